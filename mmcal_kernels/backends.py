@@ -1,0 +1,87 @@
+"""The registry of backends: what each one is, where it runs, and whether it is usable here.
+
+A backend supplies the three stages and the fused whole of SPEC.md:
+``summary``, ``gates``, ``modulate`` and ``calibrate``, with the signatures of
+``mmcal_kernels.reference``. ``resolve`` turns a user's choice (a name, or
+``"auto"``) into a backend for a device. Usability is decided once, when a
+backend registers, so that resolving inside a compiled forward is a plain
+dictionary lookup (no cached calls, no graph break).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import reference
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device_types: tuple[str, ...]  # devices whose tensors it computes on
+    dtypes: tuple[torch.dtype, ...]  # feature dtypes it accepts
+    summary: Callable
+    gates: Callable
+    modulate: Callable
+    calibrate: Callable
+    built: bool = True
+    usable: bool = True
+    why_not: str = ""  # when not built or not usable, the reason
+    priority: int = 0  # "auto" takes the usable backend of highest priority
+    notes: str = field(default="", compare=False)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    _REGISTRY[backend.name] = backend
+
+
+def available() -> list[Backend]:
+    """Every registered backend, usable or not, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    return ("auto",) + tuple(_REGISTRY)
+
+
+def check_name(name: str, arg: str = "backend") -> str:
+    if name not in names():
+        raise ValueError(f"{arg}: unknown backend {name!r}; expected one of {names()}")
+    return name
+
+
+def resolve(name: str, device_type: str, arg: str = "backend") -> Backend:
+    """The backend that computes a call whose tensors are on ``device_type``."""
+    check_name(name, arg)
+    if name == "auto":
+        fits = [b for b in _REGISTRY.values() if b.usable and device_type in b.device_types]
+        return max(fits, key=lambda b: b.priority)  # the reference fits every device
+    backend = _REGISTRY[name]
+    if not backend.usable:
+        raise RuntimeError(f"{arg}: backend {name!r} is not usable here: {backend.why_not}")
+    if device_type not in backend.device_types:
+        raise ValueError(
+            f"{arg}: backend {name!r} runs on {backend.device_types} tensors, got {device_type} tensors"
+        )
+    return backend
+
+
+register(
+    Backend(
+        name="reference",
+        device_types=("cpu", "cuda", "meta", "mps", "xpu"),
+        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        summary=reference.summary,
+        gates=reference.gates_from_summaries,
+        modulate=reference.modulate,
+        calibrate=reference.calibrate,
+        priority=0,
+        notes="plain PyTorch, autograd backward; the oracle",
+    )
+)

@@ -1,0 +1,125 @@
+"""``PreFusionCalibration``: the drop-in module that goes in front of a fusion backbone."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks, backends, ops
+from .reference import GateParams
+
+
+class PreFusionCalibration(nn.Module):
+    """Calibrates each modality's features against the others before fusion (SPEC.md).
+
+    Args:
+        dims: channel count ``D_m`` of each modality (at least 2 modalities).
+        shared_dim: ``d``, the width of the shared summary space.
+        hidden_dim: ``r``, the gate network's hidden width (default ``d``).
+        layouts: ``"sequence"`` (``[B, P, D]``) or ``"spatial"`` (``[B, D, *S]``),
+            one string for all modalities or a list with one per modality.
+        backend: ``"auto"`` (the fastest usable backend for the inputs' device),
+            or a name from ``mmcal_kernels.backends.names()``.
+
+    The last gate layers start at zero, so a freshly attached module is the
+    identity: it changes nothing until it learns.
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        *,
+        shared_dim: int = 128,
+        hidden_dim: Optional[int] = None,
+        layouts: Union[str, Sequence[str]] = "sequence",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        dims = [int(d) for d in dims]
+        if len(dims) < 2:
+            raise ValueError(f"dims: calibration compares modalities, so it needs at least 2; got {len(dims)}")
+        for i, d in enumerate(dims):
+            if d < 1:
+                raise ValueError(f"dims[{i}]: expected a positive channel count, got {d}")
+        if shared_dim < 1:
+            raise ValueError(f"shared_dim: expected a positive int, got {shared_dim}")
+        hidden_dim = shared_dim if hidden_dim is None else hidden_dim
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_dim: expected a positive int, got {hidden_dim}")
+        self.dims = dims
+        self.shared_dim = shared_dim
+        self.hidden_dim = hidden_dim
+        self.layouts = _checks.normalize_layouts(layouts, len(dims))
+        self.backend = backends.check_name(backend)
+
+        cue_dim = 2 * shared_dim + 2
+        self.proj = nn.ModuleList(nn.Linear(d, shared_dim) for d in dims)
+        self.gate_hidden = nn.ModuleList(nn.Linear(cue_dim, hidden_dim) for _ in dims)
+        self.gate_instance = nn.ModuleList(nn.Linear(hidden_dim, 1) for _ in dims)
+        self.gate_dim = nn.ModuleList(nn.Linear(hidden_dim, d) for d in dims)
+        self.reset_gates()
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.dims)
+
+    def reset_gates(self) -> None:
+        """Zero the last gate layers: the module becomes the identity again."""
+        for layer in (*self.gate_instance, *self.gate_dim):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def gate_params(self) -> list[GateParams]:
+        """The parameters of each modality in the order the functional API takes."""
+        return [
+            GateParams(
+                p.weight, p.bias, h.weight, h.bias, i.weight, i.bias, g.weight, g.bias
+            )
+            for p, h, i, g in zip(self.proj, self.gate_hidden, self.gate_instance, self.gate_dim)
+        ]
+
+    def resolved_backend(self, device: Optional[torch.device] = None) -> str:
+        """The backend a forward on ``device`` (default: the parameters') will use."""
+        device = device or self.proj[0].weight.device
+        return backends.resolve(self.backend, torch.device(device).type).name
+
+    def forward(
+        self,
+        features: Sequence[Tensor],
+        masks: Optional[Sequence[Optional[Tensor]]] = None,
+        present: Optional[Tensor] = None,
+        return_diagnostics: bool = False,
+    ):
+        """Calibrate ``features`` (one tensor per modality).
+
+        Args:
+            masks: per modality, None or a bool ``[B, P]`` validity mask for a
+                ``"sequence"`` input: True marks a REAL position (Hugging Face's
+                ``attention_mask`` convention, the opposite of
+                ``nn.MultiheadAttention``'s ``key_padding_mask``).
+            present: bool ``[B, M]``; False marks modality ``m`` missing for
+                sample ``b``; it then passes through unchanged.
+            return_diagnostics: also return the dict of agreement, support,
+                conflict, instance_gate and dimension_gates.
+        """
+        return ops.calibrate(
+            features,
+            self.gate_params(),
+            layouts=self.layouts,
+            masks=masks,
+            present=present,
+            return_diagnostics=return_diagnostics,
+            backend=self.backend,
+            dims=self.dims,
+        )
+
+    def extra_repr(self) -> str:
+        chosen = self.resolved_backend()
+        device = self.proj[0].weight.device.type
+        backend = f"{self.backend!r} -> {chosen!r} on {device}" if self.backend == "auto" else repr(self.backend)
+        return (
+            f"dims={self.dims}, shared_dim={self.shared_dim}, hidden_dim={self.hidden_dim}, "
+            f"layouts={self.layouts}, backend={backend}"
+        )

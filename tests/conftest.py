@@ -1,0 +1,34 @@
+"""Shared fixtures. Every equivalence test randomises ALL parameters first:
+at their zero initialisation every gradient through steps 1-5 is zero, and a
+test there cannot fail."""
+
+import copy
+
+import pytest
+import torch
+
+from mmcal_kernels import PreFusionCalibration
+from mmcal_kernels.testing import forward_backward, randomize_
+
+
+def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0, dtype=torch.float64, backend="reference"):
+    """A module with every parameter random, in ``dtype``."""
+    module = PreFusionCalibration(dims, shared_dim=shared_dim, hidden_dim=hidden_dim, layouts=layouts, backend=backend)
+    return randomize_(module, seed=seed).to(dtype)
+
+
+def random_grads(outputs, seed=123):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype) for y in outputs]
+
+
+def run_float64_oracle(module, features, masks, present, grad_outputs):
+    """``forward_backward`` of a float64 reference copy of ``module`` on float64 copies of the inputs."""
+    oracle = copy.deepcopy(module).double()
+    oracle.backend = "reference"
+    return forward_backward(oracle, [x.double() for x in features], masks, present, [g.double() for g in grad_outputs])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,173 @@
+"""PreFusionCalibration as a module: parameters, identity at init, layouts and
+memory formats, odd sizes, and how it behaves under PyTorch's machinery."""
+
+import copy
+import io
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads, run_float64_oracle
+from mmcal_kernels import PreFusionCalibration
+from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+
+
+def test_parameter_names_shapes_and_init():
+    torch.manual_seed(0)
+    module = PreFusionCalibration([7, 3], shared_dim=6, hidden_dim=5)
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    assert shapes == {
+        "proj.0.weight": (6, 7), "proj.0.bias": (6,), "proj.1.weight": (6, 3), "proj.1.bias": (6,),
+        "gate_hidden.0.weight": (5, 14), "gate_hidden.0.bias": (5,),
+        "gate_hidden.1.weight": (5, 14), "gate_hidden.1.bias": (5,),
+        "gate_instance.0.weight": (1, 5), "gate_instance.0.bias": (1,),
+        "gate_instance.1.weight": (1, 5), "gate_instance.1.bias": (1,),
+        "gate_dim.0.weight": (7, 5), "gate_dim.0.bias": (7,), "gate_dim.1.weight": (3, 5), "gate_dim.1.bias": (3,),
+    }  # fmt: skip
+    for name, p in module.named_parameters():
+        layer = module.get_submodule(name.rsplit(".", 1)[0])
+        if name.startswith(("gate_instance", "gate_dim")):
+            assert torch.count_nonzero(p) == 0, name
+        else:  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not zero
+            assert 0 < p.abs().max() <= layer.in_features**-0.5, name
+    assert PreFusionCalibration([4, 4]).hidden_dim == 128 and PreFusionCalibration([4, 4], shared_dim=8).hidden_dim == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_identity_at_initialisation(dtype):
+    dims, layouts = [5, 4, 3], ["sequence", "spatial", "spatial"]
+    module = PreFusionCalibration(dims, shared_dim=8, layouts=layouts)
+    features, masks, present = random_case(dims, layouts, positions=[6, (3, 3), ()], dtype=dtype)
+    ys, diag = module(features, masks=masks, present=present, return_diagnostics=True)
+    for x, y in zip(features, ys):
+        assert torch.equal(x, y) and y.dtype == x.dtype
+    assert torch.equal(diag["instance_gate"], torch.ones_like(diag["instance_gate"]))
+    assert all(torch.equal(g, torch.ones_like(g)) for g in diag["dimension_gates"])
+
+
+def test_repr_names_the_backend_auto_will_use():
+    text = repr(PreFusionCalibration([3, 4], shared_dim=4))
+    assert "backend='auto' -> 'reference' on cpu" in text
+    assert "backend='reference'" in repr(PreFusionCalibration([3, 4], backend="reference"))
+
+
+def _check_against_oracle(module, features, masks=None, present=None):
+    grads = random_grads(features)
+    got = forward_backward(module, features, masks, present, grads)
+    want = run_float64_oracle(module, features, masks, present, grads)
+    dtype = features[0].dtype
+    assert_runs_close(got, want, dtype, [n for n, _ in module.named_parameters()])
+    return got
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])
+def test_channels_last_maps_keep_their_format(memory_format):
+    fmt = getattr(torch, memory_format)
+    trailing = (4, 3) if memory_format == "channels_last" else (2, 4, 3)
+    dims = [5, 3]
+    module = make_module(dims, "spatial", seed=1)
+    features, _, present = random_case(dims, "spatial", positions=[trailing, trailing], dtype=torch.float64, seed=2)
+    cl = [x.contiguous(memory_format=fmt) for x in features]
+    outputs, _, grads = _check_against_oracle(module, cl, None, present)
+    for x, y, gx in zip(cl, outputs, grads):
+        assert y.is_contiguous(memory_format=fmt) and y.stride() == torch.empty_like(x).stride()
+    ref = module(features, present=present)
+    for a, b in zip(outputs, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_non_contiguous_inputs_match_contiguous():
+    dims, layouts = [4, 6], ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=3)
+    base_seq = torch.randn(3, 4, 2 * 9, dtype=torch.float64)
+    seq = base_seq.transpose(1, 2)[:, ::2]  # [3, 9, 4], strided, not dense
+    spa = torch.randn(3, 5, 6, 2, dtype=torch.float64).permute(0, 2, 3, 1)[..., 1:4]  # [3, 6, 2, 3]
+    masks = [torch.rand(3, 9) > 0.3, None]
+    present = torch.tensor([[True, False], [True, True], [False, True]])
+    assert not seq.is_contiguous() and not spa.is_contiguous()
+    got = _check_against_oracle(module, [seq, spa], masks, present)
+    want = forward_backward(module, [seq.contiguous(), spa.contiguous()], masks, present, random_grads([seq, spa]))
+    for a, b in zip(got[0] + got[2], want[0] + want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "batch,positions,dims",
+    [(0, [4, (2, 2)], [3, 2]), (2, [0, (0,)], [3, 2]), (2, [3, (2,)], [1, 1]), (0, [0, ()], [1, 2])],
+    ids=["B=0", "P=0", "D=1", "B=0,P=0"],
+)
+def test_degenerate_sizes_match_oracle(batch, positions, dims):
+    layouts = ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=4)
+    features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=5)
+    outputs, diag, _ = _check_against_oracle(module, features, masks, present)
+    assert [y.shape for y in outputs] == [x.shape for x in features]
+    assert diag["agreement"].shape == (batch, 2, 2)
+
+
+def test_state_dict_round_trip():
+    dims = [4, 3]
+    module = make_module(dims, seed=5, dtype=torch.float32)
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    fresh = PreFusionCalibration(dims, shared_dim=4, hidden_dim=5)
+    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    features, masks, present = random_case(dims, seed=6)
+    for a, b in zip(module(features, masks, present), fresh(features, masks, present)):
+        assert torch.equal(a, b)
+
+
+def test_to_dtype_follows_the_compute_dtype_rule():
+    dims = [4, 3]
+    module = make_module(dims, seed=7, dtype=torch.float32)
+    features, masks, present = random_case(dims, dtype=torch.float64, seed=8)
+    as64 = copy.deepcopy(module).to(torch.float64)
+    y64 = as64(features, masks, present)
+    assert all(y.dtype == torch.float64 for y in y64)
+    # bf16 parameters: ct = promote(float32, bf16, bf16) = float32; outputs keep the features' dtype.
+    as_bf16 = copy.deepcopy(module).to(torch.bfloat16)
+    feats16 = [x.to(torch.bfloat16) for x in features]
+    ys, diag = as_bf16(feats16, masks, present, return_diagnostics=True)
+    assert all(y.dtype == torch.bfloat16 for y in ys) and diag["support"].dtype == torch.float32
+
+
+def test_autocast_changes_nothing():
+    dims, layouts = [6, 4], ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=9, dtype=torch.float32)
+    features, masks, present = random_case(dims, layouts, seed=10)
+    plain, diag = module(features, masks, present, return_diagnostics=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto, diag_auto = module(features, masks, present, return_diagnostics=True)
+    for a, b in zip(plain, auto):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    assert diag_auto["agreement"].dtype == torch.float32
+    assert torch.equal(diag["agreement"], diag_auto["agreement"])
+
+
+def test_no_grad_saves_nothing_for_backward():
+    dims = [5, 3]
+    module = make_module(dims, seed=11, dtype=torch.float32)
+    features, masks, present = random_case(dims, seed=12)
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.no_grad():
+            ys = module(features, masks, present)
+        assert not packed and all(y.grad_fn is None for y in ys)
+        module(features, masks, present)
+        assert packed, "the hook must see what a grad-enabled forward saves (else this test proves nothing)"
+
+
+def test_diagnostics_are_detached_in_compute_dtype():
+    dims = [5, 3]
+    module = make_module(dims, seed=13, dtype=torch.float32)
+    features, masks, present = random_case(dims, dtype=torch.float16, seed=14)
+    ys, diag = module([x.requires_grad_() for x in features], masks, present, return_diagnostics=True)
+    tensors = [diag[k] for k in ("agreement", "support", "conflict", "instance_gate")] + diag["dimension_gates"]
+    assert all(not t.requires_grad and t.dtype == torch.float32 for t in tensors)
+    assert diag["agreement"].shape == (3, 2, 2) and diag["instance_gate"].shape == (3, 2)
+    assert [g.shape for g in diag["dimension_gates"]] == [(3, 5), (3, 3)]
