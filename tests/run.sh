@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README): installs what a fresh machine lacks, then runs the
+# suite. Extra arguments go to pytest, e.g. `bash tests/run.sh -k dtype`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# torch 2.13.0's CPU build lies on this kind of machine's disk; any other
+# version would pull several GB. Install it only if it is not already there.
+if ! "$PY" -c 'import torch, sys; sys.exit(not torch.__version__.startswith(("2.11", "2.12", "2.13")))' 2>/dev/null; then
+  "$PY" -m pip install -q torch==2.13.0
+fi
+"$PY" -m pip install -q "setuptools>=64" pytest hypothesis
+"$PY" -m pip install -q --no-build-isolation -e .
+
+"$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider "$@"

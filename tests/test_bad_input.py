@@ -1,0 +1,115 @@
+"""SPEC.md's "Bad input" table, one test per row, through the module. Each must
+raise its type before any computation (the backend is replaced by one that
+fails if it is ever called), naming the argument, what it got and what it
+expects."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mmcal_kernels import PreFusionCalibration, backends
+
+
+@pytest.fixture(autouse=True)
+def backend_must_not_run(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the backend ran before the input was rejected")
+
+    ref = backends._REGISTRY["reference"]
+    monkeypatch.setitem(
+        backends._REGISTRY, "reference", dataclasses.replace(ref, summary=boom, gates=boom, modulate=boom, calibrate=boom)
+    )
+
+
+@pytest.fixture
+def module():
+    return PreFusionCalibration([4, 3], shared_dim=4, layouts=["sequence", "spatial"])
+
+
+def seq(b=2, p=5, d=4, **kw):
+    return torch.randn(b, p, d, **kw)
+
+
+def spa(b=2, d=3, *s, **kw):
+    return torch.randn(b, d, *(s or (2, 2)), **kw)
+
+
+def test_fewer_than_two_modalities(module):
+    with pytest.raises(ValueError, match=r"^features: calibration compares modalities, so it needs at least 2; got 1"):
+        module([seq()])
+    with pytest.raises(ValueError, match=r"^dims: .*at least 2; got 1"):
+        PreFusionCalibration([4])
+
+
+def test_batch_sizes_that_differ(module):
+    with pytest.raises(ValueError, match=r"^features\[1\]: batch size 3 differs from features\[0\]'s 2"):
+        module([seq(b=2), spa(3)])
+
+
+def test_channel_count_differs_from_dims(module):
+    with pytest.raises(ValueError, match=r"^features\[0\]: expected 4 channels \(last dim of a 'sequence' input\), got 6"):
+        module([seq(d=6), spa()])
+    with pytest.raises(ValueError, match=r"^features\[1\]: expected 3 channels \(dim 1 of a 'spatial' input\), got 5"):
+        module([seq(), spa(2, 5)])
+
+
+def test_sequence_input_without_three_dims(module):
+    with pytest.raises(ValueError, match=r"^features\[0\]: a 'sequence' input must be \[B, P, D\] \(3 dims\), got shape \(2, 4\)"):
+        module([torch.randn(2, 4), spa()])
+
+
+def test_mask_shape_not_b_p(module):
+    with pytest.raises(ValueError, match=r"^masks\[0\]: expected shape \[B, P\] = \(2, 5\), got \(2, 6\)"):
+        module([seq(), spa()], masks=[torch.ones(2, 6, dtype=torch.bool), None])
+
+
+def test_mask_on_spatial_input(module):
+    with pytest.raises(ValueError, match=r"^masks\[1\]: masks apply to 'sequence' inputs only"):
+        module([seq(), spa()], masks=[None, torch.ones(2, 4, dtype=torch.bool)])
+
+
+def test_present_shape_not_b_m(module):
+    with pytest.raises(ValueError, match=r"^present: expected shape \[B, M\] = \(2, 2\), got \(2, 3\)"):
+        module([seq(), spa()], present=torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_tensors_on_different_devices(module):
+    # A CPU-only machine still has the meta device: it is a different device.
+    with pytest.raises(ValueError, match=r"^features\[1\]: on meta, but features\[0\] is on cpu"):
+        module([seq(), spa(device="meta")])
+    with pytest.raises(ValueError, match=r"^masks\[0\]: on meta, but the features are on cpu"):
+        module([seq(), spa()], masks=[torch.ones(2, 5, dtype=torch.bool, device="meta"), None])
+    with pytest.raises(ValueError, match=r"^present: on meta, but the features are on cpu"):
+        module([seq(), spa()], present=torch.ones(2, 2, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match=r"^params\[0\]\.proj_weight: on cpu, but the features are on meta"):
+        module([seq(device="meta"), spa(device="meta")])
+
+
+def test_mask_or_present_not_bool(module):
+    with pytest.raises(TypeError, match=r"^masks\[0\]: expected a bool tensor \(True = valid position\), got torch.int64"):
+        module([seq(), spa()], masks=[torch.ones(2, 5, dtype=torch.long), None])
+    with pytest.raises(TypeError, match=r"^present: expected a bool tensor \(False = modality missing\), got torch.float32"):
+        module([seq(), spa()], present=torch.ones(2, 2))
+
+
+def test_features_of_different_dtypes(module):
+    with pytest.raises(TypeError, match=r"^features\[1\]: dtype torch.float16 differs from features\[0\]'s torch.float32"):
+        module([seq(), spa(dtype=torch.float16)])
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64, torch.float8_e4m3fn])
+def test_unsupported_dtype(module, dtype):
+    with pytest.raises(TypeError, match=rf"^features\[0\]: unsupported dtype {dtype}; expected one of float16, bfloat16, float32, float64"):
+        module([seq().to(dtype), spa().to(dtype)])
+
+
+def test_constructor_arguments():
+    with pytest.raises(ValueError, match=r"^layouts\[1\]: expected one of \('sequence', 'spatial'\), got 'image'"):
+        PreFusionCalibration([4, 3], layouts=["sequence", "image"])
+    with pytest.raises(ValueError, match=r"^layouts: expected one entry per modality \(2\), got 3"):
+        PreFusionCalibration([4, 3], layouts=["sequence"] * 3)
+    with pytest.raises(ValueError, match=r"^backend: unknown backend 'gpu'"):
+        PreFusionCalibration([4, 3], backend="gpu")
+    with pytest.raises(ValueError, match=r"^dims\[1\]: expected a positive channel count, got 0"):
+        PreFusionCalibration([4, 0])

@@ -1,0 +1,65 @@
+"""What a user runs: the self-check CLI and the examples in python/."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmcal_kernels import backends, info, reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_info_reports_reference_healthy():
+    result = _run("-m", "mmcal_kernels.info")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reference  usable" in result.stdout
+    assert "PASS reference  cpu     float32" in result.stdout and "PASS reference  cpu     float64" in result.stdout
+    for word in ("torch", "triton", "CUDA"):
+        assert word in result.stdout
+
+
+def test_info_exits_nonzero_when_a_backend_fails(monkeypatch, capsys):
+    # A backend whose gates are 0.1% off: the self-check must catch it.
+    def off_by_a_little(*args):
+        outputs, diagnostics = reference.calibrate(*args)
+        return [y * 1.001 for y in outputs], diagnostics
+
+    broken = dataclasses.replace(backends._REGISTRY["reference"], name="broken", calibrate=off_by_a_little)
+    monkeypatch.setitem(backends._REGISTRY, "broken", broken)
+    assert info.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL broken     cpu     float32  AssertionError: output[0]" in out and "PASS reference" in out
+
+
+@pytest.mark.parametrize("script", ["mult_transformer.py", "resnet_two_stream.py"])
+def test_examples_run(script):
+    result = _run(os.path.join("python", script), "--steps", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "without calibration: loss" in result.stdout and "with calibration: loss" in result.stdout
+
+
+def test_package_works_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import mmcal_kernels.info as i; sys.exit(i.main([]))"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "triton        not available (ModuleNotFoundError" in result.stdout
+
+
+def test_readme_quick_start_runs():
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        quick_start = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    namespace = {}
+    exec(compile(quick_start, "README.md", "exec"), namespace)
+    assert [t.shape[1] for t in namespace["outputs"]] == [50, 500, 500]

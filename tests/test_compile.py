@@ -1,0 +1,66 @@
+"""torch.compile and torch.export of the module. Each compile costs about 20 s
+on 2 cores, so there are few, each checking several things."""
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads
+from mmcal_kernels.testing import forward_backward, random_case
+
+pytestmark = pytest.mark.compile
+
+DIMS, LAYOUTS = [6, 4, 3], ["sequence", "sequence", "spatial"]
+
+
+def _case(length, seed):
+    return random_case(DIMS, LAYOUTS, batch=3, positions=[length, length + 3, (2, 3)], dtype=torch.float32, seed=seed)
+
+
+def test_compile_fullgraph_equals_eager_forward_and_backward():
+    torch._dynamo.reset()
+    module = make_module(DIMS, LAYOUTS, seed=41, dtype=torch.float32)
+    features, masks, present = _case(7, 42)
+    explanation = torch._dynamo.explain(module)(features, masks, present, True)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+    compiled = torch.compile(module, fullgraph=True)
+    grads = random_grads(features)
+    got = forward_backward(compiled, features, masks, present, grads)
+    want = forward_backward(module, features, masks, present, grads)
+    for a, b in zip(got[0] + got[2], want[0] + want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1]["agreement"], want[1]["agreement"], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_dynamic_does_not_recompile_per_length():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    module = make_module(DIMS, LAYOUTS, seed=43, dtype=torch.float32)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(module, backend=counter, dynamic=True, fullgraph=True)
+    counts = []
+    for length, seed in ((5, 1), (9, 2), (13, 3)):
+        features, masks, present = _case(length, seed)
+        with torch.no_grad():
+            got = compiled(features, masks, present)
+            want = module(features, masks, present)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        counts.append(counter.frame_count)
+    # Dynamo may restart its first analysis once (counted as a frame); what
+    # matters is that no new length compiles again.
+    assert counts[0] >= 1 and counts[1:] == [counts[0]] * 2, f"compile counts after each length: {counts}"
+
+
+def test_export_runs_and_matches_eager():
+    module = make_module(DIMS, LAYOUTS, seed=44, dtype=torch.float32)
+    features, masks, present = _case(6, 45)
+    exported = torch.export.export(module, (features, masks, present))
+    got = exported.module()(features, masks, present)
+    want = module(features, masks, present)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    other = _case(6, 46)  # same shapes, new values: the graph is not a constant
+    for a, b in zip(exported.module()(*other), module(*other)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

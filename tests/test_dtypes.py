@@ -1,0 +1,44 @@
+"""Every feature dtype, and mixed precision, against the float64 reference on the
+same values, with the per-dtype tolerances of ``mmcal_kernels.testing.TOLERANCES``."""
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads, run_float64_oracle
+from mmcal_kernels.testing import TOLERANCES, assert_close, assert_runs_close, forward_backward, random_case
+
+DIMS = (6, 5, 3)
+LAYOUTS = ("sequence", "spatial", "sequence")
+POSITIONS = (9, (3, 2), 4)
+
+CASES = {
+    "float32": (torch.float32, torch.float32),
+    "float16": (torch.float16, torch.float32),
+    "bfloat16-mixed": (torch.bfloat16, torch.float32),  # bf16 features, fp32 parameters
+    "bfloat16-pure": (torch.bfloat16, torch.bfloat16),  # ct is still float32
+    "float64": (torch.float64, torch.float64),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dtype_against_float64(case):
+    feature_dtype, param_dtype = CASES[case]
+    module = make_module(DIMS, LAYOUTS, seed=21, dtype=param_dtype)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=4, positions=POSITIONS, dtype=feature_dtype, seed=22)
+    grads = random_grads(features)
+    got = forward_backward(module, features, masks, present, grads)
+    want = run_float64_oracle(module, features, masks, present, grads)
+    for y, x in zip(got[0], features):
+        assert y.dtype == feature_dtype
+    assert_runs_close(got, want, feature_dtype, [n for n, _ in module.named_parameters()])
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+def test_assert_close_rejects_errors_beyond_the_table(dtype):
+    rtol, atol = TOLERANCES[dtype]
+    expected = torch.randn(50, dtype=torch.float64) + 3
+    assert_close(expected * (1 + rtol / 2), expected, dtype)
+    with pytest.raises(AssertionError, match=r"worst at \(7,\)"):
+        wrong = expected.clone()
+        wrong[7] += (rtol + atol) * 2 * expected.abs().max()
+        assert_close(wrong, expected, dtype)
