@@ -10,7 +10,8 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c 'import torch, sys; sys.exit(not torch.__version__.startswith(("2.11", "2.12", "2.13")))' 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q "setuptools>=64" pytest hypothesis
+"$PY" -m pip install -q "setuptools>=64" pytest hypothesis pytest-benchmark matplotlib tqdm
 "$PY" -m pip install -q --no-build-isolation -e .
 
-"$PY" -m pytest tests -m "not slow" -q -p no:cacheprovider "$@"
+# The unit suite, then the pytest-benchmark suite once through as a smoke test.
+"$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@"

@@ -1,0 +1,12 @@
+"""The main job: benchmark every backend on every workload (see README).
+
+    python benchmarks/run.py            # full run, writes benchmarks/results/<device>.json/.png
+    python benchmarks/run.py --quick    # smoke run
+"""
+
+import sys
+
+from mmcal_kernels.bench.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main())

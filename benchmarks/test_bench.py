@@ -1,0 +1,56 @@
+"""pytest-benchmark suite: the harness's passes as benchmarks, so that
+``pytest benchmarks --benchmark-only`` and ``--benchmark-compare`` work as
+pytest-benchmark users expect. CI runs it with ``--benchmark-disable`` (each
+once, as a smoke test). torch.compile contenders cost ~20 s each to compile:
+set MMCAL_BENCH_COMPILE=1 to include them. MMCAL_BENCH_WORKLOADS picks the
+workloads (comma-separated; default: the two smallest real ones).
+"""
+
+import itertools
+import os
+
+import pytest
+import torch
+
+from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
+from mmcal_kernels.bench.floors import PASSES, floor_bytes
+from mmcal_kernels.bench.workloads import workload
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CONTENDERS = {c.label: c for c in contenders(DEVICE, compile_reference=os.environ.get("MMCAL_BENCH_COMPILE") == "1")}
+WORKLOADS = os.environ.get("MMCAL_BENCH_WORKLOADS", "mosei-aligned,cremad-resnet18").split(",")
+DTYPES = {"float32": torch.float32, "bf16-mixed": torch.bfloat16}
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    cache = {}
+
+    def get(name, dname, label):
+        key = (name, dname, label)
+        if key not in cache:
+            w = workload(name, DTYPES[dname])
+            sets = input_sets(w, DTYPES[dname], DEVICE, count=3)
+            module = make_module(w, DEVICE, CONTENDERS[label].backend)
+            cache[key] = (w, sets, module, pass_callables(w, CONTENDERS[label], module))
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("pass_name", PASSES)
+@pytest.mark.parametrize("label", list(CONTENDERS))
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_pass(benchmark, prepared, name, dname, label, pass_name):
+    w, sets, module, calls = prepared(name, dname, label)
+    fn, cycle = calls[pass_name], itertools.cycle(sets)
+    x_bytes = w.feature_bytes(DTYPES[dname])
+    p_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    g_bytes = sum(g.numel() * g.element_size() for g in sets[0].gates)
+    benchmark.extra_info.update(
+        workload=name, dtype=dname, backend=label, feature_bytes=x_bytes,
+        floor_bytes=floor_bytes(pass_name, x_bytes, w.mask_bytes(), p_bytes, g_bytes),
+    )  # fmt: skip
+    result = benchmark(lambda: fn(next(cycle)))
+    assert result is not None

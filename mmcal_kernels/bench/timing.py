@@ -1,0 +1,107 @@
+"""Timers and the copy-bandwidth probe.
+
+CPU: ``torch.utils.benchmark.Timer`` (it sets threads and synchronises as
+PyTorch's own benchmarks do). CUDA: ``triton.testing.do_bench`` when triton is
+importable (it flushes L2 between calls), else CUDA events. Every timed callable
+rotates through several input sets so small working sets do not stay in cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    samples: int
+
+
+def _quantiles(times_s: Sequence[float]) -> Timing:
+    ms = sorted(t * 1e3 for t in times_s)
+    if len(ms) == 1:
+        return Timing(ms[0], ms[0], ms[0], 1)
+    q = statistics.quantiles(ms, n=10, method="inclusive")  # deciles
+    return Timing(statistics.median(ms), q[1], q[7], len(ms))
+
+
+def rotating(fn: Callable, input_sets: Sequence) -> Callable[[], object]:
+    """A no-argument callable that calls ``fn(*inputs)`` on the next input set each time."""
+    cycle = itertools.cycle(input_sets)
+    return lambda: fn(*next(cycle))
+
+
+def time_cpu(call: Callable[[], object], *, min_reps: int = 5, max_reps: int = 50, budget_s: float = 2.0,
+             warmup: int = 2) -> Timing:  # fmt: skip
+    from torch.utils.benchmark import Timer
+
+    for _ in range(warmup):
+        call()
+    t0 = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    number = max(1, int(0.01 / once))  # each sample at least ~10 ms, to beat timer noise
+    reps = int(min(max_reps, max(min_reps, budget_s / (once * number))))
+    timer = Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    samples = [timer.timeit(number).mean for _ in range(reps)]
+    return _quantiles(samples)
+
+
+def time_cuda(call: Callable[[], object], *, reps_ms: int = 200, warmup_ms: int = 25) -> Timing:
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        med, p20, p80 = do_bench(call, warmup=warmup_ms, rep=reps_ms, quantiles=[0.5, 0.2, 0.8])
+        return Timing(med, p20, p80, -1)
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(30):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return _quantiles(samples)
+
+
+def time_call(call: Callable[[], object], device: torch.device, quick: bool = False) -> Timing:
+    if device.type == "cuda":
+        return time_cuda(call, reps_ms=40 if quick else 200)
+    if quick:
+        return time_cpu(call, min_reps=3, max_reps=5, budget_s=0.3, warmup=1)
+    return time_cpu(call)
+
+
+def copy_bandwidth(device: torch.device, quick: bool = False) -> tuple[float, Timing]:
+    """Bytes per second of a device-to-device copy (bytes read plus written) on
+    buffers large enough to leave every cache.
+
+    Shared machines vary by 20% from one probe to the next (seen on the 2-core
+    CPU machines), so this takes the best median of four probes (256 MiB and
+    1 GiB, twice each): floor fractions are then measured against the best the
+    memory system showed, never flattered by a slow probe.
+    """
+    sizes = [64 << 20] if quick else [256 << 20, 1 << 30] * 2
+    best = None
+    for nbytes in sizes:
+        src = torch.randn(nbytes // 4, device=device)
+        dst = torch.empty_like(src)
+        t = time_call(lambda: dst.copy_(src), device, quick)
+        bw = 2 * nbytes / (t.median_ms / 1e3)
+        if best is None or bw > best[0]:
+            best = (bw, t)
+        del src, dst
+    return best
