@@ -53,8 +53,9 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         "test": ["pytest", "hypothesis", "numpy"],
-        "bench": ["pytest-benchmark", "matplotlib", "tqdm"],
+        "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
     },
+    entry_points={"console_scripts": ["mmcal-bench = mmcal_kernels.bench.runner:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,
