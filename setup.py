@@ -2,37 +2,89 @@
 
 PyTorch is a dependency, never something this build downloads: install torch
 first, then ``pip install --no-build-isolation .`` (build isolation would hide
-the installed torch from the C++ extension's build).
+the installed torch from the extension's build).
 
-The C++/CUDA extension ``mmcal_kernels._C`` is built from ``csrc/`` when that
-folder holds sources; the package works without it (reference backend).
+What is built (all optional: without it the package runs on its reference):
+
+* ``mmcal_kernels._C``: the op schemas, the CPU passes with the portable
+  kernel table, and, where torch has CUDA and nvcc is found, the CUDA passes;
+* ``mmcal_kernels.mmcal_cpu_avx2`` / ``mmcal_cpu_avx512`` (x86-64): the same
+  CPU kernels compiled for those instruction sets, each in its own library,
+  loaded at run time only on a CPU that has them (never a SIGILL elsewhere).
+
 Environment variables:
 
-* ``MMCAL_NO_EXTENSION=1``   skip the extension: a pure-Python install.
-* ``MAX_JOBS``               parallel compile jobs (ninja), as torch reads it.
+* ``MMCAL_NO_EXTENSION=1``    pure-Python install.
+* ``MMCAL_CUDA=0|1``          skip, or require, the CUDA build (default: when torch has CUDA and nvcc exists).
+* ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0"; TORCH_CUDA_ARCH_LIST is honoured too).
+* ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer (see README).
+* ``MAX_JOBS``                parallel compile jobs (ninja), as torch reads it.
 """
 
 import glob
 import os
+import platform
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CAPABILITY_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}  # fmt: skip
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def extension_modules():
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
-    if not sources or os.environ.get("MMCAL_NO_EXTENSION") == "1":
+    if _flag("MMCAL_NO_EXTENSION") or not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
         return [], {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError as exc:
         raise SystemExit(
             "mmcal_kernels: building the C++ extension needs PyTorch installed first. Install torch, then "
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
-    ext = CppExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": ["-O3"]})
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+    debug, asan = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN")
+    cxx = ["-O0", "-g"] if debug or asan else ["-O3"]
+    cxx += ["-fvisibility=hidden", "-std=c++17"]
+    link = []
+    if asan:
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        link += ["-fsanitize=address"]
+
+    sources = ["csrc/registration.cpp", "csrc/cpu/passes_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernels_default.cpp"]
+    want_cuda = os.environ.get("MMCAL_CUDA")
+    has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
+    if want_cuda == "1" and not has_cuda:
+        raise SystemExit("MMCAL_CUDA=1: torch has no CUDA, or nvcc (CUDA_HOME) was not found")
+    build_cuda = has_cuda and want_cuda != "0"
+    if build_cuda:
+        arches = os.environ.get("MMCAL_CUDA_ARCH_LIST") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arches
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        nvcc = ["-O3", "-lineinfo", "--use_fast_math", "-std=c++17"]
+        main = CUDAExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DMMCAL_WITH_CUDA"], "nvcc": nvcc},
+                             extra_link_args=link)  # fmt: skip
+    else:
+        main = CppExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
+    modules = [main]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for cap, flags in CAPABILITY_FLAGS.items():
+            modules.append(
+                CppExtension(f"mmcal_kernels.mmcal_cpu_{cap}", [f"csrc/cpu/kernels_{cap}.cpp"],
+                             extra_compile_args={"cxx": cxx + flags}, extra_link_args=link)  # fmt: skip
+            )
+    # Record the torch this is built against: the loader skips _C under another torch.
+    with open(os.path.join(HERE, "mmcal_kernels", "_build_info.py"), "w") as f:
+        f.write(f'"""Written by setup.py."""\nTORCH_VERSION = "{torch.__version__}"\nCUDA = {build_cuda}\n')
+    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extension_modules()

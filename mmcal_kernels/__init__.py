@@ -4,7 +4,9 @@ SPEC.md (shipped beside the repository) defines the function; ``reference``
 computes it in plain PyTorch, and every other backend is tested against it.
 """
 
-from . import backends, ops, reference
+from . import _cpp, backends, ops, reference
+
+_cpp.register_backends()  # "cpu" and "cuda": usable where the compiled extension loads
 from .fusion import CalibratedFusion
 from .module import PreFusionCalibration
 from .reference import GateParams

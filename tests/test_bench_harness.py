@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from mmcal_kernels import backends
 from mmcal_kernels.bench import report
 from mmcal_kernels.bench.floors import floor_bytes
 from mmcal_kernels.bench.workloads import NAMES, STRESS_BYTES, make_inputs, workload
@@ -70,7 +71,9 @@ def test_quick_run_writes_table_json_and_png(tmp_path):
     assert (tmp_path / json_path.name.replace(".json", ".png")).stat().st_size > 10_000
     data = json.loads(json_path.read_text())
     rows = {(r["backend"], r["pass"], r["allocator"]) for r in data["records"]}
-    expected = {(b, p, a) for b in ("reference", "reference+compile") for p in ("forward", "summary") for a in ("glibc", "reuse")}
+    kernels = {b.name for b in backends.available() if b.usable and "cpu" in b.device_types and b.name != "reference"}
+    labels = {"reference", "reference+compile"} | kernels  # kernel backends show up by themselves
+    expected = {(b, p, a) for b in labels for p in ("forward", "summary") for a in ("glibc", "reuse")}
     assert rows == expected
     assert set(data["meta"]["copy_bandwidth_gbps"]) == {"glibc", "reuse"}
     for r in data["records"]:

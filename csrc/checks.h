@@ -1,0 +1,117 @@
+// Argument checks and stride views shared by the CPU and CUDA op
+// implementations. Errors use TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, so Python
+// sees ValueError / TypeError as SPEC.md's "Bad input" table says.
+#pragma once
+
+#include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+
+#include "common/view3.h"
+
+namespace mmcal {
+
+constexpr int64_t kSequence = 0;  // [B, P, D]
+constexpr int64_t kSpatial = 1;   // [B, D, *S]
+
+using OptionalTensors = c10::List<std::optional<at::Tensor>>;
+
+inline std::string arg(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+
+inline bool is_feature_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Layouts, feature dims and dtype of every modality of one call.
+inline void check_features(at::TensorList xs, at::IntArrayRef layouts, const char* name) {
+  TORCH_CHECK_VALUE(!xs.empty(), name, ": expected at least one tensor, got none");
+  TORCH_CHECK_VALUE(layouts.size() == xs.size(), "layouts: expected one entry per tensor of ", name, " (",
+                    xs.size(), "), got ", layouts.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const at::Tensor& x = xs[i];
+    TORCH_CHECK_VALUE(layouts[i] == kSequence || layouts[i] == kSpatial, arg("layouts", i),
+                      ": expected 0 (sequence) or 1 (spatial), got ", layouts[i]);
+    TORCH_CHECK_TYPE(is_feature_dtype(x.scalar_type()), arg(name, i), ": unsupported dtype ", x.scalar_type(),
+                     "; expected one of float16, bfloat16, float32, float64");
+    TORCH_CHECK_VALUE(layouts[i] != kSequence || x.dim() == 3, arg(name, i),
+                      ": a 'sequence' input must be [B, P, D] (3 dims), got shape ", x.sizes());
+    TORCH_CHECK_VALUE(layouts[i] != kSpatial || x.dim() >= 2, arg(name, i),
+                      ": a 'spatial' input must be [B, D, *S] (2 or more dims), got shape ", x.sizes());
+    TORCH_CHECK_TYPE(x.scalar_type() == xs[0].scalar_type(), arg(name, i), ": dtype ", x.scalar_type(),
+                     " differs from ", name, "[0]'s ", xs[0].scalar_type());
+    TORCH_CHECK_VALUE(x.device() == xs[0].device(), arg(name, i), ": on ", x.device(), ", but ", name,
+                      "[0] is on ", xs[0].device());
+    TORCH_CHECK_VALUE(x.size(0) == xs[0].size(0), arg(name, i), ": batch size ", x.size(0), " differs from ",
+                      name, "[0]'s ", xs[0].size(0));
+  }
+}
+
+inline int64_t channels(const at::Tensor& x, int64_t layout) { return layout == kSequence ? x.size(2) : x.size(1); }
+inline int64_t positions(const at::Tensor& x, int64_t layout) {
+  if (layout == kSequence) return x.size(1);
+  int64_t p = 1;
+  for (int64_t i = 2; i < x.dim(); ++i) p *= x.size(i);
+  return p;
+}
+
+// The trailing dims of a spatial map collapse to one stride (size-1 dims ignored).
+inline bool flattenable(const at::Tensor& x, int64_t layout) {
+  if (layout == kSequence) return true;
+  int64_t expected = -1;
+  for (int64_t i = x.dim() - 1; i >= 2; --i) {
+    if (x.size(i) == 1) continue;
+    if (expected != -1 && x.stride(i) != expected) return false;
+    expected = x.stride(i) * x.size(i);
+  }
+  return true;
+}
+
+// x as a [B, P, D] view, copying only a spatial map whose trailing dims do not flatten.
+inline at::Tensor readable(const at::Tensor& x, int64_t layout) {
+  return flattenable(x, layout) ? x : x.contiguous();
+}
+
+inline View3 view3(const at::Tensor& x, int64_t layout) {
+  if (layout == kSequence) return {x.size(0), x.size(1), x.size(2), x.stride(0), x.stride(1), x.stride(2)};
+  int64_t sP = 1;  // innermost non-trivial trailing stride (any value when P <= 1)
+  for (int64_t i = x.dim() - 1; i >= 2; --i) {
+    if (x.size(i) != 1) {
+      sP = x.stride(i);
+      break;
+    }
+  }
+  return {x.size(0), positions(x, layout), x.size(1), x.stride(0), sP, x.stride(1)};
+}
+
+inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout,
+                       const std::string& name) {
+  if (!mask.has_value()) return;
+  TORCH_CHECK_VALUE(layout == kSequence, name, ": masks apply to 'sequence' inputs only; pass None for a 'spatial' one");
+  TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, name, ": expected a bool tensor (True = valid position), got ",
+                   mask->scalar_type());
+  TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1), name,
+                    ": expected shape [B, P] = [", x.size(0), ", ", x.size(1), "], got ", mask->sizes());
+  TORCH_CHECK_VALUE(mask->device() == x.device(), name, ": on ", mask->device(), ", but the features are on ",
+                    x.device());
+}
+
+inline void check_compute_dtype(at::ScalarType ct, at::ScalarType feature, const char* name) {
+  TORCH_CHECK_TYPE(ct == at::kFloat || ct == at::kDouble, name, ": expected float32 or float64, got ", ct);
+  TORCH_CHECK_TYPE(feature != at::kDouble || ct == at::kDouble, name,
+                   ": float64 features need a float64 compute dtype, got ", ct);
+}
+
+// A [B, D] per-channel tensor (gate, ds) in the compute dtype.
+inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t layout, at::ScalarType ct,
+                              const std::string& name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == channels(x, layout), name,
+                    ": expected shape [B, D] = [", x.size(0), ", ", channels(x, layout), "], got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, ": on ", t.device(), ", but the features are on ", x.device());
+}
+
+}  // namespace mmcal

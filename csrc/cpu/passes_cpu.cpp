@@ -1,0 +1,196 @@
+// CPU implementations of the passes over X: argument checks, output
+// allocation, the choice of fast path from the strides, and at::parallel_for
+// over batch x channel (or position) blocks. The arithmetic is in kernels.h,
+// reached through the kernel table of the CPU's capability.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../checks.h"
+#include "kernel_table.h"
+
+namespace mmcal {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+// Work per parallel chunk: enough elements that a thread's start-up is noise.
+constexpr int64_t kChunkElements = 1 << 15;
+
+Combo combo(at::ScalarType t, at::ScalarType acc) {
+  const bool wide = acc == at::kDouble;
+  switch (t) {
+    case at::kFloat: return wide ? F32_F64 : F32_F32;
+    case at::kDouble: return F64_F64;
+    case at::kHalf: return wide ? F16_F64 : F16_F32;
+    case at::kBFloat16: return wide ? BF16_F64 : BF16_F32;
+    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
+  }
+}
+
+const bool* mask_ptr(const std::optional<Tensor>& m, int64_t& sB, int64_t& sP) {
+  sB = m.has_value() ? m->stride(0) : 0;
+  sP = m.has_value() ? m->stride(1) : 0;
+  return m.has_value() ? m->const_data_ptr<bool>() : nullptr;
+}
+
+std::optional<Tensor> get(const OptionalTensors& list, size_t i) { return list.get(i); }
+
+void check_on_cpu(const Tensor& x, const std::string& name) {
+  TORCH_CHECK_VALUE(x.device().is_cpu(), name, ": the CPU kernels take CPU tensors, got one on ", x.device());
+}
+
+// Both reductions: the summary (mask, divide) and the gate gradient (dy).
+std::vector<Tensor> reduce_all(TensorList xs, TensorList dys, const OptionalTensors* masks, at::IntArrayRef layouts,
+                               at::ScalarType ct, const char* name) {
+  check_features(xs, layouts, name);
+  std::vector<Tensor> outs;
+  const int64_t threads = at::get_num_threads();
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cpu(xs[i], arg(name, i));
+    check_compute_dtype(ct, xs[i].scalar_type(), "ct");
+    const int64_t layout = layouts[i];
+    const Tensor x = readable(xs[i], layout);
+    Tensor dy;
+    if (!dys.empty()) {
+      TORCH_CHECK_VALUE(dys[i].sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected the shape of ", arg(name, i),
+                        " ", xs[i].sizes(), ", got ", dys[i].sizes());
+      TORCH_CHECK_TYPE(dys[i].scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
+                       xs[i].scalar_type(), ", got ", dys[i].scalar_type());
+      dy = readable(dys[i], layout);
+    }
+    std::optional<Tensor> mask = masks ? get(*masks, i) : std::nullopt;
+    check_mask(mask, xs[i], layout, arg("masks", i));
+
+    ReduceArgs a{};
+    a.x = x.const_data_ptr();
+    a.vx = view3(x, layout);
+    a.dy = dy.defined() ? dy.const_data_ptr() : nullptr;
+    if (dy.defined()) a.vdy = view3(dy, layout);
+    a.mask = mask_ptr(mask, a.mask_sB, a.mask_sP);
+    a.divide = masks != nullptr;
+    Tensor out = at::empty({a.vx.B, a.vx.D}, x.options().dtype(ct));
+    a.out = out.data_ptr();
+    outs.push_back(out);
+    if (out.numel() == 0) continue;
+
+    const bool last = a.vx.channels_last() && (!a.dy || a.vdy.channels_last());
+    const bool first = a.vx.channels_first() && (!a.dy || a.vdy.channels_first()) && !a.mask;
+    const RowKind kind = last ? kChannelsLast : first ? kChannelsFirst : kGeneric;
+    int64_t blocks = a.vx.D;  // one channel a task: channels-first and generic
+    if (kind == kChannelsLast) {  // whole rows a task, split channels only when the batch is too small
+      blocks = a.vx.B >= 4 * threads ? 1 : std::min((4 * threads + a.vx.B - 1) / a.vx.B, std::max<int64_t>(1, a.vx.D / 64));
+    }
+    const int64_t width = (a.vx.D + blocks - 1) / blocks;
+    const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, a.vx.P * width));
+    const ReduceFn fn = kernels().reduce[combo(x.scalar_type(), ct)];
+    at::parallel_for(0, a.vx.B * blocks, grain, [&](int64_t begin, int64_t end) { fn(a, kind, blocks, begin, end); });
+  }
+  return outs;
+}
+
+std::vector<Tensor> summaries(TensorList xs, const OptionalTensors& masks, at::IntArrayRef layouts, at::ScalarType ct) {
+  TORCH_CHECK_VALUE(masks.size() == xs.size(), "masks: expected one entry (tensor or None) per tensor of xs (",
+                    xs.size(), "), got ", masks.size());
+  return reduce_all(xs, {}, &masks, layouts, ct, "xs");
+}
+
+std::vector<Tensor> gate_grads(TensorList dys, TensorList xs, at::IntArrayRef layouts, at::ScalarType ct) {
+  TORCH_CHECK_VALUE(dys.size() == xs.size(), "grad_ys: expected one tensor per tensor of xs (", xs.size(), "), got ",
+                    dys.size());
+  return reduce_all(xs, dys, nullptr, layouts, ct, "xs");
+}
+
+// Both maps: the modulation (src = X) and the input gradient (src = dY, and ds).
+Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src_in, const Tensor& gate,
+               const std::optional<Tensor>& mask, const Tensor& ds) {
+  Tensor out = at::empty_like(like);  // keeps the memory format of X
+  if (out.numel() == 0) return out;
+  const Tensor src = src_in.defined() ? readable(src_in, layout) : Tensor();
+  const Tensor gate_c = gate.defined() ? gate.contiguous() : Tensor();
+  const Tensor ds_c = ds.defined() ? ds.contiguous() : Tensor();
+  MapArgs a{};
+  a.vout = view3(out, layout);
+  a.out = out.data_ptr();
+  a.src = src.defined() ? src.const_data_ptr() : nullptr;
+  if (src.defined()) a.vsrc = view3(src, layout);
+  a.gate = gate_c.defined() ? gate_c.const_data_ptr() : nullptr;
+  a.ds = ds_c.defined() ? ds_c.const_data_ptr() : nullptr;
+  a.mask = mask_ptr(mask, a.mask_sB, a.mask_sP);
+
+  const bool last = a.vout.channels_last() && (!a.src || a.vsrc.channels_last());
+  const bool first = a.vout.channels_first() && (!a.src || a.vsrc.channels_first());
+  const RowKind kind = last ? kChannelsLast : first ? kChannelsFirst : kGeneric;
+  const int64_t rows = kind == kChannelsFirst ? a.vout.B * a.vout.D : a.vout.B * a.vout.P;
+  const int64_t row_len = kind == kChannelsFirst ? a.vout.P : a.vout.D;
+  const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, row_len));
+  const at::ScalarType ct = gate_c.defined() ? gate_c.scalar_type() : ds_c.scalar_type();
+  const MapFn fn = kernels().map[combo(like.scalar_type(), ct)];
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(a, kind, begin, end); });
+  return out;
+}
+
+std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
+                    gates.size());
+  std::vector<Tensor> outs;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cpu(xs[i], arg("xs", i));
+    check_compute_dtype(gates[i].scalar_type(), xs[i].scalar_type(), arg("gates", i).c_str());
+    check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg("gates", i));
+    outs.push_back(map_one(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor()));
+  }
+  return outs;
+}
+
+std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
+                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
+    TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry (tensor or None) per tensor of xs (",
+                      xs.size(), "), got ", list->size());
+  }
+  std::vector<Tensor> outs;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cpu(xs[i], arg("xs", i));
+    const std::optional<Tensor> dy = get(dys, i), gate = get(gates, i), mask = get(masks, i), ds = get(ds_scaled, i);
+    TORCH_CHECK_VALUE(dy.has_value() || ds.has_value(), "input_grads: modality ", i,
+                      " has neither grad_ys nor ds_scaled; give at least one");
+    TORCH_CHECK_VALUE(dy.has_value() == gate.has_value(), arg("gates", i), ": needed exactly when ",
+                      arg("grad_ys", i), " is given");
+    const at::ScalarType ct = gate.has_value() ? gate->scalar_type() : ds->scalar_type();
+    check_compute_dtype(ct, xs[i].scalar_type(), (gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
+    if (dy.has_value()) {
+      TORCH_CHECK_VALUE(dy->sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(), ", got ",
+                        dy->sizes());
+      TORCH_CHECK_TYPE(dy->scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
+                       xs[i].scalar_type(), ", got ", dy->scalar_type());
+      check_per_channel(*gate, xs[i], layouts[i], ct, arg("gates", i));
+    }
+    if (ds.has_value()) check_per_channel(*ds, xs[i], layouts[i], ct, arg("ds_scaled", i));
+    check_mask(mask, xs[i], layouts[i], arg("masks", i));
+    outs.push_back(map_one(xs[i], layouts[i], dy.value_or(Tensor()), gate.value_or(Tensor()), mask,
+                           ds.value_or(Tensor())));
+  }
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmcal, CPU, m) {
+  m.impl("summaries", &summaries);
+  m.impl("modulate", &modulate);
+  m.impl("gate_grads", &gate_grads);
+  m.impl("input_grads", &input_grads);
+}
+
+}  // namespace cpu
+}  // namespace mmcal

@@ -1,0 +1,206 @@
+// CUDA implementations of the passes over X: checks, allocation, and one
+// launch per pass for up to kMaxModalities modalities (larger calls are split
+// into several launches). Built only where torch has CUDA (setup.py); the
+// kernels themselves are in passes.cu, free of ATen headers.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "passes.cuh"
+
+namespace mmcal {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::F32;
+    case at::kDouble: return DType::F64;
+    case at::kHalf: return DType::F16;
+    case at::kBFloat16: return DType::BF16;
+    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
+  }
+}
+
+void check_on_cuda(const Tensor& x, const std::string& name) {
+  TORCH_CHECK_VALUE(x.is_cuda(), name, ": the CUDA kernels take CUDA tensors, got one on ", x.device());
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+std::vector<Tensor> reduce_all(TensorList xs, TensorList dys, const OptionalTensors* masks, at::IntArrayRef layouts,
+                               at::ScalarType ct) {
+  check_features(xs, layouts, "xs");
+  c10::cuda::CUDAGuard guard(xs[0].device());
+  std::vector<Tensor> outs, keep;  // keep: contiguous copies alive until launched
+  ReduceBatch batch{};
+  batch.divide = masks != nullptr;
+  const auto flush = [&] {
+    if (batch.count == 0) return;
+    check_launch(launch_reduce(batch, dtype_of(xs[0].scalar_type()), ct == at::kDouble, c10::cuda::getCurrentCUDAStream()),
+                 "mmcal reduction");
+    batch.count = 0;
+  };
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cuda(xs[i], arg("xs", i));
+    check_compute_dtype(ct, xs[i].scalar_type(), "ct");
+    const Tensor x = readable(xs[i], layouts[i]);
+    keep.push_back(x);
+    ReduceItem& it = batch.items[batch.count];
+    it = ReduceItem{};
+    it.x = x.const_data_ptr();
+    it.vx = view3(x, layouts[i]);
+    if (!dys.empty()) {
+      TORCH_CHECK_VALUE(dys[i].sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(),
+                        ", got ", dys[i].sizes());
+      TORCH_CHECK_TYPE(dys[i].scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
+                       xs[i].scalar_type(), ", got ", dys[i].scalar_type());
+      const Tensor dy = readable(dys[i], layouts[i]);
+      keep.push_back(dy);
+      it.dy = dy.const_data_ptr();
+      it.vdy = view3(dy, layouts[i]);
+    }
+    if (masks) {
+      const std::optional<Tensor> mask = masks->get(i);
+      check_mask(mask, xs[i], layouts[i], arg("masks", i));
+      if (mask.has_value()) {
+        it.mask = mask->const_data_ptr<bool>();
+        it.mask_sB = mask->stride(0);
+        it.mask_sP = mask->stride(1);
+      }
+    }
+    Tensor out = at::empty({it.vx.B, it.vx.D}, x.options().dtype(ct));
+    it.out = out.data_ptr();
+    outs.push_back(out);
+    if (out.numel() > 0 && ++batch.count == kMaxModalities) flush();
+  }
+  flush();
+  return outs;
+}
+
+std::vector<Tensor> summaries(TensorList xs, const OptionalTensors& masks, at::IntArrayRef layouts, at::ScalarType ct) {
+  TORCH_CHECK_VALUE(masks.size() == xs.size(), "masks: expected one entry per tensor of xs (", xs.size(), "), got ",
+                    masks.size());
+  return reduce_all(xs, {}, &masks, layouts, ct);
+}
+
+std::vector<Tensor> gate_grads(TensorList dys, TensorList xs, at::IntArrayRef layouts, at::ScalarType ct) {
+  TORCH_CHECK_VALUE(dys.size() == xs.size(), "grad_ys: expected one tensor per tensor of xs (", xs.size(), "), got ",
+                    dys.size());
+  return reduce_all(xs, dys, nullptr, layouts, ct);
+}
+
+std::vector<Tensor> map_all(TensorList xs, const std::vector<Tensor>& srcs, const std::vector<Tensor>& gates,
+                            const std::vector<std::optional<Tensor>>& masks, const std::vector<Tensor>& ds,
+                            at::IntArrayRef layouts, at::ScalarType ct) {
+  c10::cuda::CUDAGuard guard(xs[0].device());
+  std::vector<Tensor> outs, keep;
+  MapBatch batch{};
+  const auto flush = [&] {
+    if (batch.count == 0) return;
+    check_launch(launch_map(batch, dtype_of(xs[0].scalar_type()), ct == at::kDouble, c10::cuda::getCurrentCUDAStream()),
+                 "mmcal map");
+    batch.count = 0;
+  };
+  for (size_t i = 0; i < xs.size(); ++i) {
+    Tensor out = at::empty_like(xs[i]);
+    outs.push_back(out);
+    if (out.numel() == 0) continue;
+    MapItem& it = batch.items[batch.count];
+    it = MapItem{};
+    it.out = out.data_ptr();
+    it.vout = view3(out, layouts[i]);
+    if (srcs[i].defined()) {
+      const Tensor src = readable(srcs[i], layouts[i]);
+      const Tensor gate = gates[i].contiguous();
+      keep.push_back(src), keep.push_back(gate);
+      it.src = src.const_data_ptr();
+      it.vsrc = view3(src, layouts[i]);
+      it.gate = gate.const_data_ptr();
+    }
+    if (ds[i].defined()) {
+      const Tensor d = ds[i].contiguous();
+      keep.push_back(d);
+      it.ds = d.const_data_ptr();
+    }
+    if (masks[i].has_value()) {
+      it.mask = masks[i]->const_data_ptr<bool>();
+      it.mask_sB = masks[i]->stride(0);
+      it.mask_sP = masks[i]->stride(1);
+    }
+    if (++batch.count == kMaxModalities) flush();
+  }
+  flush();
+  return outs;
+}
+
+std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
+                    gates.size());
+  const at::ScalarType ct = gates[0].scalar_type();
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cuda(xs[i], arg("xs", i));
+    check_compute_dtype(ct, xs[i].scalar_type(), arg("gates", i).c_str());
+    check_per_channel(gates[i], xs[i], layouts[i], ct, arg("gates", i));
+  }
+  std::vector<Tensor> srcs(xs.begin(), xs.end()), g(gates.begin(), gates.end()), none(xs.size());
+  return map_all(xs, srcs, g, std::vector<std::optional<Tensor>>(xs.size()), none, layouts, ct);
+}
+
+std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
+                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
+    TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry per tensor of xs (", xs.size(), "), got ",
+                      list->size());
+  }
+  std::vector<Tensor> srcs(xs.size()), g(xs.size()), d(xs.size());
+  std::vector<std::optional<Tensor>> m(xs.size());
+  at::ScalarType ct = at::kFloat;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_on_cuda(xs[i], arg("xs", i));
+    const std::optional<Tensor> dy = dys.get(i), gate = gates.get(i), ds = ds_scaled.get(i);
+    TORCH_CHECK_VALUE(dy.has_value() || ds.has_value(), "input_grads: modality ", i,
+                      " has neither grad_ys nor ds_scaled; give at least one");
+    TORCH_CHECK_VALUE(dy.has_value() == gate.has_value(), arg("gates", i), ": needed exactly when ", arg("grad_ys", i),
+                      " is given");
+    ct = gate.has_value() ? gate->scalar_type() : ds->scalar_type();
+    check_compute_dtype(ct, xs[i].scalar_type(), (gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
+    if (dy.has_value()) {
+      TORCH_CHECK_VALUE(dy->sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(), ", got ",
+                        dy->sizes());
+      TORCH_CHECK_TYPE(dy->scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
+                       xs[i].scalar_type(), ", got ", dy->scalar_type());
+      check_per_channel(*gate, xs[i], layouts[i], ct, arg("gates", i));
+      srcs[i] = *dy, g[i] = *gate;
+    }
+    if (ds.has_value()) check_per_channel(*ds, xs[i], layouts[i], ct, arg("ds_scaled", i)), d[i] = *ds;
+    m[i] = masks.get(i);
+    check_mask(m[i], xs[i], layouts[i], arg("masks", i));
+  }
+  return map_all(xs, srcs, g, m, d, layouts, ct);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmcal, CUDA, m) {
+  m.impl("summaries", &summaries);
+  m.impl("modulate", &modulate);
+  m.impl("gate_grads", &gate_grads);
+  m.impl("input_grads", &input_grads);
+}
+
+}  // namespace cuda
+}  // namespace mmcal

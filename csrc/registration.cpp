@@ -1,0 +1,30 @@
+// Every op schema of the mmcal namespace, in one TORCH_LIBRARY block. Kernels
+// are registered per device in TORCH_LIBRARY_IMPL blocks (cpu/, cuda/);
+// Python adds register_fake and register_autograd (mmcal_kernels/_cpp.py).
+// Layouts are ints: 0 = "sequence" [B, P, D], 1 = "spatial" [B, D, *S].
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/kernel_table.h"
+
+// Lets `import mmcal_kernels._C` load this library, whose static initialisers
+// register the ops; it defines no Python functions.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(mmcal, m) {
+  // Step 1 for every modality: masked means [B, D_m] in the compute dtype ct.
+  m.def("summaries(Tensor[] xs, Tensor?[] masks, int[] layouts, ScalarType ct) -> Tensor[]");
+  // Step 7 for every modality: Y = (X * g).to(X.dtype), like X (memory format kept).
+  m.def("modulate(Tensor[] xs, Tensor[] gates, int[] layouts) -> Tensor[]");
+  // Backward: dg = sum_p dY * X over every position, [B, D_m] in ct.
+  m.def("gate_grads(Tensor[] grad_ys, Tensor[] xs, int[] layouts, ScalarType ct) -> Tensor[]");
+  // Backward: dX = dY * g + V * ds_scaled, like X; a None term is left out.
+  m.def(
+      "input_grads(Tensor[] xs, Tensor?[] grad_ys, Tensor?[] gates, Tensor?[] masks, Tensor?[] ds_scaled, "
+      "int[] layouts) -> Tensor[]");
+  // Which CPU kernel table is in use (default, AVX2, AVX512): for info and tests.
+  m.def("cpu_capability() -> str", []() { return std::string(mmcal::cpu::kernels().capability); });
+}

@@ -1,0 +1,145 @@
+"""Steps 2-6 forward with what their backward needs saved, and that backward
+written out in plain torch ops.
+
+The fused backends make steps 1-7 one autograd node (SPEC.md's hot path): its
+backward gets ``dg`` from one pass over ``dY`` and ``X``, runs these small
+``[B, D]``-sized formulas for ``ds`` and the parameter gradients, then writes
+``dX`` in one more pass. Plain torch ops, not ``torch.autograd.grad`` or
+``torch.func.vjp``, so that ``torch.compile`` traces the whole backward without
+a graph break. ``tests/test_gates_backward.py`` checks every gradient against
+autograd of ``reference.gates_from_summaries`` in float64.
+
+The derivatives follow the reference's ops exactly: ``clamp_min`` passes the
+gradient where its input is >= the bound, ``relu'(0) = 0``, exact erf GELU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .reference import NORM_EPS, GateParams
+
+
+class Saved(NamedTuple):
+    summaries: list  # s_m [B, D_m]
+    h: list  # h_m = W s + b
+    norm: list  # ||h_m|| [B, 1]
+    u: Tensor  # [B, M, d]
+    w: Tensor  # [B, M, M] weights of the others
+    k: Tensor  # [B, M]
+    agreement: Tensor  # [B, M, M]
+    context: Tensor  # [B, M, d]
+    cues: list  # q_m [B, 2d+2]
+    pre: list  # gate_hidden pre-activation [B, r]
+    hidden: list  # e_m = GELU(pre)
+    instance_gate: list  # 2 sigmoid(a) [B, 1]
+    dimension_gate: list  # 2 sigmoid(z) [B, D_m]
+
+
+def gates_forward(
+    summaries: Sequence[Tensor], params: Sequence[GateParams], present: Optional[Tensor]
+) -> tuple[list[Tensor], dict, Saved]:
+    """``reference.gates_from_summaries`` keeping its intermediates: (gates, diagnostics, saved)."""
+    ct = summaries[0].dtype
+    batch, num, device = summaries[0].shape[0], len(summaries), summaries[0].device
+    hs, norms, units = [], [], []
+    for s, p in zip(summaries, params):
+        h = F.linear(s, p.proj_weight.to(ct), p.proj_bias.to(ct))
+        norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
+        hs.append(h), norms.append(norm), units.append(h / norm.clamp_min(NORM_EPS))
+    u = torch.stack(units, 1)
+    agreement = u @ u.transpose(1, 2)
+    if present is None:
+        present = torch.ones(batch, num, dtype=torch.bool, device=device)
+    w = (present.unsqueeze(1) & ~torch.eye(num, dtype=torch.bool, device=device)).to(ct)
+    k = w.sum(-1).clamp_min(1)
+    support = (w * torch.relu(agreement)).sum(-1) / k
+    conflict = (w * torch.relu(-agreement)).sum(-1) / k
+    context = (w @ u) / k.unsqueeze(-1)
+
+    gates, cues, pres, hidden, igs, dgs = [], [], [], [], [], []
+    for m, p in enumerate(params):
+        cue = torch.cat([units[m] * context[:, m], units[m] - context[:, m], support[:, m : m + 1], conflict[:, m : m + 1]], -1)
+        pre = F.linear(cue, p.hidden_weight.to(ct), p.hidden_bias.to(ct))
+        e = F.gelu(pre)
+        ig = 2 * torch.sigmoid(F.linear(e, p.instance_weight.to(ct), p.instance_bias.to(ct)))
+        dg = 2 * torch.sigmoid(F.linear(e, p.dim_weight.to(ct), p.dim_bias.to(ct)))
+        gates.append(torch.where(present[:, m : m + 1], ig * dg, 1.0))
+        cues.append(cue), pres.append(pre), hidden.append(e), igs.append(ig), dgs.append(dg)
+
+    diagnostics = {
+        "agreement": agreement.detach(),
+        "support": support.detach(),
+        "conflict": conflict.detach(),
+        "instance_gate": torch.cat(igs, 1).detach(),
+        "dimension_gates": [g.detach() for g in dgs],
+    }
+    saved = Saved(list(summaries), hs, norms, u, w, k, agreement, context, cues, pres, hidden, igs, dgs)
+    return gates, diagnostics, saved
+
+
+def _gelu_grad(x: Tensor) -> Tensor:
+    cdf = 0.5 * (1 + torch.erf(x * (1 / math.sqrt(2))))
+    pdf = torch.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    return cdf + x * pdf
+
+
+def gates_backward(
+    saved: Saved, params: Sequence[GateParams], present: Optional[Tensor], grad_gates: Sequence[Tensor]
+) -> tuple[list[Tensor], list[GateParams]]:
+    """Gradients of steps 2-6: (d summaries, d params) from d gates, all in the compute dtype.
+
+    Parameter gradients come back in the compute dtype; the caller casts them
+    to each parameter's dtype.
+    """
+    ct = saved.u.dtype
+    d = saved.u.shape[-1]
+    du = torch.zeros_like(saved.u)
+    dcontext = torch.zeros_like(saved.context)
+    dsupport, dconflict = [], []
+    param_grads = []
+    for m, p in enumerate(params):
+        g = grad_gates[m].to(ct)
+        if present is not None:
+            g = torch.where(present[:, m : m + 1], g, 0.0)
+        ig, dg, e = saved.instance_gate[m], saved.dimension_gate[m], saved.hidden[m]
+        d_ig = (g * dg).sum(-1, keepdim=True)
+        da = d_ig * ig * (1 - 0.5 * ig)  # d(2 sigmoid(a))/da = 2 s (1 - s), s = ig / 2
+        dz = g * ig * dg * (1 - 0.5 * dg)
+        w_inst, w_dim, w_hid = p.instance_weight.to(ct), p.dim_weight.to(ct), p.hidden_weight.to(ct)
+        de = da @ w_inst + dz @ w_dim
+        dpre = de * _gelu_grad(saved.pre[m])
+        dcue = dpre @ w_hid
+        um, cm = saved.u[:, m], saved.context[:, m]
+        dq1, dq2 = dcue[:, :d], dcue[:, d : 2 * d]
+        du[:, m] += dq1 * cm + dq2
+        dcontext[:, m] += dq1 * um - dq2
+        dsupport.append(dcue[:, 2 * d]), dconflict.append(dcue[:, 2 * d + 1])
+        param_grads.append([dpre.T @ saved.cues[m], dpre.sum(0), da.T @ e, da.sum(0), dz.T @ e, dz.sum(0)])
+
+    # Step 3: support, conflict and context back to the agreement and the units.
+    w, k, agreement = saved.w, saved.k, saved.agreement
+    dS = torch.stack(dsupport, 1) / k  # [B, M]
+    dC = torch.stack(dconflict, 1) / k
+    dA = w * (dS.unsqueeze(-1) * (agreement > 0) - dC.unsqueeze(-1) * (agreement < 0))
+    du = du + (dA + dA.transpose(1, 2)) @ saved.u
+    du = du + w.transpose(1, 2) @ (dcontext / k.unsqueeze(-1))
+
+    # Step 2: normalisation and projection.
+    grad_summaries, grads = [], []
+    for m, p in enumerate(params):
+        h, norm = saved.h[m], saved.norm[m]
+        clamped = norm.clamp_min(NORM_EPS)
+        dum = du[:, m]
+        # u = h / clamp_min(||h||, eps); the norm's gradient flows only where ||h|| >= eps.
+        passes = (norm >= NORM_EPS).to(ct)
+        dh = dum / clamped - h * (passes * (dum * h).sum(-1, keepdim=True) / (clamped * clamped * norm.clamp_min(1e-300)))
+        grad_summaries.append(dh @ p.proj_weight.to(ct))
+        hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b = param_grads[m]
+        grads.append(GateParams(dh.T @ saved.summaries[m], dh.sum(0), hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b))
+    return grad_summaries, grads

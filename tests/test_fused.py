@@ -1,0 +1,55 @@
+"""The one-autograd-node structure (mmcal_kernels.fused) with plain-torch passes
+against the reference: outputs, diagnostics, every gradient, frozen features."""
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads
+from mmcal_kernels import reference
+from mmcal_kernels.fused import fused_calibrate
+from mmcal_kernels.testing import assert_close, random_case
+from torch_passes import TorchFused
+
+DIMS, LAYOUTS = [6, 4, 3, 5], ["sequence", "spatial", "spatial", "sequence"]
+POSITIONS = [7, (2, 3), (), 4]
+
+
+def _run(fn, module, features, masks, present, grads, frozen=False):
+    leaves = [x.detach().requires_grad_(not frozen) for x in features]
+    params = module.gate_params()
+    module.zero_grad(set_to_none=True)
+    outputs, diag = fn(leaves, params, module.layouts, masks, present)
+    torch.autograd.backward(outputs, grads)
+    return outputs, diag, [x.grad for x in leaves] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["features-need-grad", "frozen-features"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_fused_node_matches_reference(dtype, frozen):
+    module = make_module(DIMS, LAYOUTS, seed=71, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, dtype=dtype, seed=72)
+    present[0] = torch.tensor([True, False, False, False])
+    grads = random_grads(features)
+    got = _run(lambda *a: fused_calibrate(TorchFused, *a), module, features, masks, present, grads, frozen)
+    want = _run(reference.calibrate, module, features, masks, present, grads, frozen)
+    # Same math in a different order: float64 at 1e-10; lower dtypes within their table.
+    for i, (a, e) in enumerate(zip(got[0], want[0])):
+        assert_close(a, e, dtype, f"output[{i}]")
+    for key in ("agreement", "support", "conflict", "instance_gate"):
+        assert_close(got[1][key], want[1][key], dtype, key)
+    for i, (a, e) in enumerate(zip(got[2], want[2])):
+        if a is None or e is None:
+            assert a is None and e is None and frozen, f"gradient {i}"
+        else:
+            assert_close(a, e, dtype, f"gradient {i}")
+
+
+def test_fused_node_is_one_node_and_refuses_double_backward():
+    module = make_module(DIMS, LAYOUTS, seed=73)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=2, positions=POSITIONS, dtype=torch.float64, seed=74)
+    leaves = [x.requires_grad_() for x in features]
+    outputs, _ = fused_calibrate(TorchFused, leaves, module.gate_params(), LAYOUTS, masks, present)
+    assert len({y.grad_fn for y in outputs}) == 1 and "TorchCalibration" in type(outputs[0].grad_fn).__name__
+    (g,) = torch.autograd.grad(outputs[0].sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
+        torch.autograd.grad(g.sum(), leaves[0])
