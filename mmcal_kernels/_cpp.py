@@ -176,7 +176,10 @@ def _register_python_side() -> None:
         ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, layouts, masks)]
         none = [None] * len(xs)
         dxs = torch.ops.mmcal.input_grads(xs, none, none, masks, ds, list(ctx.layouts))
-        return dxs, None, None, None
+        # torch.library flattens a list of tensors into its items but keeps a
+        # list holding None whole: the gradient of `masks` must mirror that.
+        masks_grad = [None] * len(xs) if all(ctx.mask_slots) else None
+        return dxs, masks_grad, None, None
 
     torch.library.register_autograd("mmcal::summaries", summaries_backward, setup_context=summaries_setup)
 

@@ -110,8 +110,11 @@ std::vector<Tensor> gate_grads(TensorList dys, TensorList xs, at::IntArrayRef la
 // Both maps: the modulation (src = X) and the input gradient (src = dY, and ds).
 Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src_in, const Tensor& gate,
                const std::optional<Tensor>& mask, const Tensor& ds) {
-  Tensor out = at::empty_like(like);  // keeps the memory format of X
-  if (out.numel() == 0) return out;
+  Tensor result = at::empty_like(like);  // keeps the memory format (the dim order) of X
+  if (result.numel() == 0) return result;
+  // A dim order whose trailing dims do not flatten to one stride: compute
+  // contiguously, then copy into the output (correct, one extra pass).
+  Tensor out = flattenable(result, layout) ? result : at::empty(like.sizes(), like.options());
   const Tensor src = src_in.defined() ? readable(src_in, layout) : Tensor();
   const Tensor gate_c = gate.defined() ? gate.contiguous() : Tensor();
   const Tensor ds_c = ds.defined() ? ds.contiguous() : Tensor();
@@ -133,7 +136,8 @@ Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src_in, const T
   const at::ScalarType ct = gate_c.defined() ? gate_c.scalar_type() : ds_c.scalar_type();
   const MapFn fn = kernels().map[combo(like.scalar_type(), ct)];
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(a, kind, begin, end); });
-  return out;
+  if (!out.is_same(result)) result.copy_(out);
+  return result;
 }
 
 std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {

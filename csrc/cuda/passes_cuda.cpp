@@ -104,7 +104,7 @@ std::vector<Tensor> map_all(TensorList xs, const std::vector<Tensor>& srcs, cons
                             const std::vector<std::optional<Tensor>>& masks, const std::vector<Tensor>& ds,
                             at::IntArrayRef layouts, at::ScalarType ct) {
   c10::cuda::CUDAGuard guard(xs[0].device());
-  std::vector<Tensor> outs, keep;
+  std::vector<Tensor> outs, keep, copy_back;  // copy_back: (result, scratch) pairs, see below
   MapBatch batch{};
   const auto flush = [&] {
     if (batch.count == 0) return;
@@ -113,9 +113,15 @@ std::vector<Tensor> map_all(TensorList xs, const std::vector<Tensor>& srcs, cons
     batch.count = 0;
   };
   for (size_t i = 0; i < xs.size(); ++i) {
-    Tensor out = at::empty_like(xs[i]);
-    outs.push_back(out);
-    if (out.numel() == 0) continue;
+    const Tensor result = at::empty_like(xs[i]);  // keeps the memory format (the dim order) of X
+    outs.push_back(result);
+    if (result.numel() == 0) continue;
+    // Trailing dims that do not flatten to one stride: write a contiguous scratch, then copy.
+    Tensor out = result;
+    if (!flattenable(result, layouts[i])) {
+      out = at::empty(xs[i].sizes(), xs[i].options());
+      copy_back.push_back(result), copy_back.push_back(out);
+    }
     MapItem& it = batch.items[batch.count];
     it = MapItem{};
     it.out = out.data_ptr();
@@ -141,6 +147,7 @@ std::vector<Tensor> map_all(TensorList xs, const std::vector<Tensor>& srcs, cons
     if (++batch.count == kMaxModalities) flush();
   }
   flush();
+  for (size_t i = 0; i < copy_back.size(); i += 2) copy_back[i].copy_(copy_back[i + 1]);
   return outs;
 }
 

@@ -1,0 +1,266 @@
+"""The C++ CPU backend against the reference (all parameters random): layouts,
+masks, presence, dtypes, odd sizes, strides, degenerate sizes, frozen features;
+plus the op checks, gradcheck, torch.compile and bad input sent straight to
+the C++ ops. ``test_every_capability_table`` re-runs this file with each CPU
+kernel table the machine can run (the default table always)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads, run_float64_oracle
+from mmcal_kernels import GateParams, backends, ops
+from mmcal_kernels._cpp import STATUS
+from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+
+pytestmark = pytest.mark.skipif(not backends.resolve("auto", "cpu").name == "cpu", reason=f"no C++ extension: {STATUS['why_not']}")
+
+DTYPES = {
+    "float32": (torch.float32, torch.float32),
+    "float16": (torch.float16, torch.float32),
+    "bfloat16-mixed": (torch.bfloat16, torch.float32),
+    "float64": (torch.float64, torch.float64),
+}
+# Sizes that are multiples of no vector width (8 floats, 16 halves), and some that are.
+CASES = {
+    "sequence-masked": ([13, 33, 5], ["sequence"] * 3, [7, 19, 1]),
+    "spatial-trailing-0-1-2-3": ([3, 17, 9, 6], ["spatial"] * 4, [(), (11,), (3, 5), (2, 3, 3)]),
+    "mixed-wide": ([64, 24], ["sequence", "spatial"], [40, (4, 8)]),
+}
+
+
+def _check(module, features, masks, present):
+    grads = random_grads(features)
+    got = forward_backward(module, features, masks, present, grads)
+    want = run_float64_oracle(module, features, masks, present, grads)
+    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+    return got
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(case, dtype):
+    dims, layouts, positions = CASES[case]
+    feature_dtype, param_dtype = DTYPES[dtype]
+    module = make_module(dims, layouts, seed=81, dtype=param_dtype, backend="cpu")
+    features, masks, present = random_case(dims, layouts, batch=5, positions=positions, dtype=feature_dtype, seed=82)
+    present[0] = False
+    present[1, 0] = True
+    _check(module, features, masks, present)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16-mixed"])
+def test_frozen_features_skip_the_input_gradient_pass(dtype):
+    dims, layouts, positions = CASES["mixed-wide"]
+    feature_dtype, param_dtype = DTYPES[dtype]
+    module = make_module(dims, layouts, seed=83, dtype=param_dtype, backend="cpu")
+    features, masks, present = random_case(dims, layouts, batch=3, positions=positions, dtype=feature_dtype, seed=84)
+    grads = random_grads(features)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        outputs, diag = module(features, masks, present, return_diagnostics=True)  # features need no gradient
+        torch.autograd.backward(outputs, grads)
+    called = {e.name for e in prof.events()}
+    assert "mmcal::gate_grads" in called and "mmcal::input_grads" not in called
+    want = run_float64_oracle(module, features, masks, present, grads)
+    got = (outputs, diag, [None] * len(features) + [p.grad for p in module.parameters()])
+    want = (want[0], want[1], [None] * len(features) + want[2][len(features) :])
+    assert_runs_close(got, want, feature_dtype, [n for n, _ in module.named_parameters()])
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])
+def test_channels_last(memory_format):
+    fmt = getattr(torch, memory_format)
+    trailing = (5, 3) if memory_format == "channels_last" else (2, 5, 3)
+    dims = [19, 8]
+    module = make_module(dims, "spatial", seed=85, dtype=torch.float32, backend="cpu")
+    features, _, present = random_case(dims, "spatial", positions=[trailing, trailing], seed=86)
+    cl = [x.contiguous(memory_format=fmt) for x in features]
+    outputs, _, grads = _check(module, cl, None, present)
+    for x, y, g in zip(cl, outputs, grads):
+        assert y.is_contiguous(memory_format=fmt) and y.stride() == x.stride() and g.stride() == x.stride()
+
+
+def test_non_contiguous_and_expanded_inputs():
+    dims, layouts = [6, 9], ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=87, dtype=torch.float64, backend="cpu")
+    seq = torch.randn(3, 6, 2 * 11, dtype=torch.float64).transpose(1, 2)[:, ::2]  # [3, 11, 6], strided
+    spa = torch.randn(3, 5, 9, 4, dtype=torch.float64).permute(0, 2, 3, 1)[..., 1:4]  # trailing dims do not flatten
+    masks = [torch.rand(3, 11) > 0.3, None]
+    masks[0] = masks[0].t().contiguous().t()  # a mask with its own strides
+    present = torch.tensor([[True, False], [True, True], [False, True]])
+    _check(module, [seq, spa], masks, present)
+    # An expanded gradient (stride 0), as `Y.sum().backward()` makes.
+    leaves = [seq.detach().requires_grad_(), spa.detach().requires_grad_()]
+    sum(y.sum() for y in module(leaves, masks, present)).backward()
+    ref = [x.detach().requires_grad_() for x in (seq, spa)]
+    oracle = make_module(dims, layouts, seed=87, dtype=torch.float64, backend="reference")
+    sum(y.sum() for y in oracle(ref, masks, present)).backward()
+    for a, b in zip(leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "batch,positions,dims", [(0, [4, (2, 2)], [3, 2]), (2, [0, (0,)], [3, 2]), (2, [3, (2,)], [1, 1])], ids=["B=0", "P=0", "D=1"]
+)
+def test_degenerate_sizes(batch, positions, dims):
+    layouts = ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=88, dtype=torch.float64, backend="cpu")
+    features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=89)
+    _check(module, features, masks, present)
+
+
+def test_nan_in_padded_position_stays_in_its_position():
+    module = make_module([5, 3], seed=90, dtype=torch.float32, backend="cpu")
+    features, masks, _ = random_case([5, 3], seed=91, missing=False)
+    masks[0][1, 2] = False
+    features[0][1, 2, 3] = float("nan")
+    ys = module(features, masks)
+    assert ys[0].isnan().sum() == 1 and ys[0][1, 2, 3].isnan() and not ys[1].isnan().any()
+
+
+def test_gradcheck_float64():
+    dims, layouts = [3, 2, 4], ["sequence", "spatial", "spatial"]
+    module = make_module(dims, layouts, shared_dim=3, hidden_dim=4, seed=92)
+    features, masks, present = random_case(dims, layouts, batch=2, positions=[4, (2, 1), ()], dtype=torch.float64, seed=93)
+    present[1, 2] = False
+    params = [t.detach().requires_grad_() for p in module.gate_params() for t in p]
+    leaves = [x.detach().requires_grad_() for x in features]
+
+    def fused(*inputs):
+        ps = [GateParams(*inputs[3 + 8 * m : 11 + 8 * m]) for m in range(3)]
+        return tuple(ops.calibrate(list(inputs[:3]), ps, layouts=layouts, masks=masks, present=present, backend="cpu"))
+
+    assert torch.autograd.gradcheck(fused, (*leaves, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+    def stages(x, g):  # the stage ops' own registered autograd
+        s = ops.summary_pool(x, "sequence", masks[0], backend="cpu")
+        return s, ops.gate_modulate(x, g, "sequence", backend="cpu")
+
+    gate = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(stages, (leaves[0], gate))
+
+
+def _op_samples():
+    x = torch.randn(2, 5, 3)
+    xs = [x, torch.randn(2, 4, 2, 3)]
+    masks = [torch.rand(2, 5) > 0.3, None]
+    gates = [torch.rand(2, 3), torch.rand(2, 4)]
+    dys = [torch.randn_like(t) for t in xs]
+    return {
+        "summaries": (xs, masks, [0, 1], torch.float32),
+        "modulate": ([t.clone().requires_grad_() for t in xs], [g.clone().requires_grad_() for g in gates], [0, 1]),
+        "gate_grads": (dys, xs, [0, 1], torch.float32),
+        "input_grads": (xs, dys, gates, masks, [torch.randn(2, 3), torch.randn(2, 4)], [0, 1]),
+    }
+
+
+@pytest.mark.parametrize("name", ["summaries", "modulate", "gate_grads", "input_grads"])
+def test_opcheck(name):
+    args = _op_samples()[name]
+    torch.library.opcheck(getattr(torch.ops.mmcal, name).default, args)
+
+
+def test_opcheck_summaries_with_grad():
+    xs, masks, layouts, ct = _op_samples()["summaries"]
+    torch.library.opcheck(torch.ops.mmcal.summaries.default, ([x.requires_grad_() for x in xs], masks, layouts, ct))
+
+
+@pytest.mark.compile
+def test_compile_fullgraph_no_graph_breaks_equals_eager():
+    torch._dynamo.reset()
+    dims, layouts = [6, 4, 3], ["sequence", "spatial", "spatial"]
+    module = make_module(dims, layouts, seed=94, dtype=torch.float32, backend="cpu")
+    features, masks, present = random_case(dims, layouts, batch=3, positions=[7, (2, 3), ()], seed=95)
+    explanation = torch._dynamo.explain(module)(features, masks, present)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(module, fullgraph=True)
+    grads = random_grads(features)
+    got = forward_backward(compiled, features, masks, present, grads)
+    want = forward_backward(module, features, masks, present, grads)
+    for a, b in zip(got[0] + got[2], want[0] + want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+BAD = [
+    ("summaries", lambda: ([torch.randn(2, 3)], [None], [0], torch.float32), ValueError, r"xs\[0\]: a 'sequence' input must be \[B, P, D\]"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4).int()], [None], [0], torch.float32), TypeError, r"xs\[0\]: unsupported dtype Int"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [torch.ones(2, 4, dtype=torch.bool)], [0], torch.float32), ValueError, r"masks\[0\]: expected shape \[B, P\]"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [torch.ones(2, 3)], [0], torch.float32), TypeError, r"masks\[0\]: expected a bool tensor"),
+    ("summaries", lambda: ([torch.randn(2, 4, 3)], [torch.ones(2, 3, dtype=torch.bool)], [1], torch.float32), ValueError, r"masks\[0\]: masks apply to 'sequence' inputs only"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4), torch.randn(3, 3, 4)], [None, None], [0, 0], torch.float32), ValueError, r"xs\[1\]: batch size 3 differs"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 3, 4).double()], [None, None], [0, 0], torch.float64), TypeError, r"xs\[1\]: dtype Double differs"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [None, None], [0], torch.float32), ValueError, r"masks: expected one entry"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [None], [2], torch.float32), ValueError, r"layouts\[0\]: expected 0 \(sequence\) or 1 \(spatial\)"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4).double()], [None], [0], torch.float32), TypeError, r"ct: float64 features need a float64"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [None], [0], torch.float16), TypeError, r"ct: expected float32 or float64"),
+    ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 5)], [0]), ValueError, r"gates\[0\]: expected shape \[B, D\] = \[2, 4\]"),
+    ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4), torch.rand(2, 4)], [0]), ValueError, r"gates: expected one tensor per tensor of xs"),
+    ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds_scaled"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"gates\[0\]: needed exactly when"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_to_the_cpp_ops(name, make, exc, match):
+    with pytest.raises(exc, match=match):
+        getattr(torch.ops.mmcal, name)(*make())
+
+
+def test_capability_in_use_is_reported():
+    assert torch.ops.mmcal.cpu_capability() in ("DEFAULT", "AVX2", "AVX512")
+    expected = os.environ.get("MMCAL_CPU_CAPABILITY")
+    if expected:
+        assert torch.ops.mmcal.cpu_capability() == expected.upper()
+
+
+def test_every_capability_table():
+    """The whole file again with each narrower table this CPU can run."""
+    if os.environ.get("MMCAL_CPU_CAPABILITY"):
+        pytest.skip("already the re-run")
+    in_use = torch.ops.mmcal.cpu_capability()
+    narrower = {"AVX512": ["avx2", "default"], "AVX2": ["default"], "DEFAULT": []}[in_use]
+    for cap in narrower:
+        env = dict(os.environ, MMCAL_CPU_CAPABILITY=cap)
+        cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "not compile and not slow"]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
+        assert result.returncode == 0, f"MMCAL_CPU_CAPABILITY={cap}:\n{result.stdout[-4000:]}"
+
+
+@pytest.mark.slow
+def test_int64_indexing_over_2_31_elements():
+    """A bf16 sequence of 2^31 + 2048 elements through every pass: offsets past
+    int32 must land right. Checked against float64 sums taken in chunks, and on
+    sampled rows at the start, middle and end. About 13 GB of memory; run with
+    `pytest -m slow`."""
+    width = 2048
+    rows = (1 << 31) // width + 1
+    x = torch.empty(1, rows, width, dtype=torch.bfloat16)
+    chunk = 1 << 16
+    pattern = torch.randn(chunk * 4 + 7, dtype=torch.bfloat16)
+    flat = x.view(-1)
+    for start in range(0, flat.numel(), pattern.numel()):
+        flat[start : start + pattern.numel()] = pattern[: flat.numel() - start]
+    assert x.numel() > 2**31
+
+    def chunked_sum(fn):
+        total = torch.zeros(width, dtype=torch.float64)
+        for r in range(0, rows, chunk):
+            total += fn(x[0, r : r + chunk].double()).sum(0)
+        return total
+
+    s = ops.summary_pool(x, "sequence", backend="cpu")[0].double()
+    torch.testing.assert_close(s, chunked_sum(lambda t: t) / rows, rtol=1e-4, atol=1e-6)
+    (dg,) = torch.ops.mmcal.gate_grads([x], [x], [0], torch.float32)
+    torch.testing.assert_close(dg[0].double(), chunked_sum(lambda t: t * t), rtol=1e-4, atol=1e-3)
+
+    gate = torch.rand(1, width) * 4
+    y = ops.gate_modulate(x, gate, "sequence", backend="cpu")
+    ds = torch.randn(1, width)
+    (dx,) = torch.ops.mmcal.input_grads([x], [x], [gate], [None], [ds], [0])
+    for r in (0, rows // 2, rows - 1):
+        assert torch.equal(y[0, r], (x[0, r].float() * gate[0]).bfloat16())
+        assert torch.equal(dx[0, r], (x[0, r].float() * gate[0] + ds[0]).bfloat16())
