@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .gates_backward import gates_backward, gates_forward
+from .gates_backward import Saved, gates_backward, gates_forward
 from .reference import GateParams, compute_dtype
 
 DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")
@@ -60,14 +60,14 @@ def make_fused_function(passes: XPasses, name: str) -> type:
         ct = compute_dtype(features[0].dtype, params)
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             summaries = passes.summaries(features, masks, layouts, ct)
-            gates, diag, _ = gates_forward(summaries, params, present)
+            gates, diag, inter = gates_forward(summaries, params, present)
             outputs = passes.modulate(features, gates, layouts)
         ctx.layouts, ctx.num = layouts, num
         ctx.has_present = present is not None
         ctx.mask_slots = [m is not None for m in masks]
         ctx.save_for_backward(
             *features, *[m for m in masks if m is not None], *([present] if present is not None else []),
-            *[t for p in params for t in p], *summaries, *gates,
+            *[t for p in params for t in p], *gates, *_flatten_saved(inter),
         )  # fmt: skip
         extras = [diag[k] for k in DIAGNOSTIC_TENSORS] + diag["dimension_gates"]
         ctx.mark_non_differentiable(*extras)
@@ -84,9 +84,9 @@ def make_fused_function(passes: XPasses, name: str) -> type:
         present = saved.pop(0) if ctx.has_present else None
         flat_params, saved = saved[: 8 * num], saved[8 * num :]
         params = [GateParams(*flat_params[8 * m : 8 * m + 8]) for m in range(num)]
-        summaries, gates = saved[:num], saved[num : 2 * num]
+        gates, inter = saved[:num], _unflatten_saved(num, saved[num:])
         grad_outputs = list(grads[:num])
-        ct = summaries[0].dtype
+        ct = gates[0].dtype
 
         needs = ctx.needs_input_grad[3:]  # after layouts, num, present
         need_x = any(needs[:num])
@@ -95,7 +95,6 @@ def make_fused_function(passes: XPasses, name: str) -> type:
             return (None,) * (3 + len(needs))
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             dg = passes.gate_grads(grad_outputs, features, layouts, ct)
-            _, _, inter = gates_forward(summaries, params, present)  # small: recompute, don't save
             ds, dparams = gates_backward(inter, params, present, dg)
             grad_features = [None] * num
             if need_x:
@@ -112,6 +111,21 @@ def make_fused_function(passes: XPasses, name: str) -> type:
     return type(f"Fused{name.capitalize()}Calibration", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward),
     })  # fmt: skip
+
+
+_PER_MODALITY = ("summaries", "h", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
+
+
+def _flatten_saved(saved: Saved) -> list[Tensor]:
+    """Steps 2-6's intermediates as a flat tensor list (small: [B, D]-sized)."""
+    flat = [t for name in _PER_MODALITY for t in getattr(saved, name)]
+    return flat + [saved.u, saved.w, saved.k, saved.agreement, saved.context]
+
+
+def _unflatten_saved(num: int, flat: Sequence[Tensor]) -> Saved:
+    fields = {name: list(flat[i * num : (i + 1) * num]) for i, name in enumerate(_PER_MODALITY)}
+    u, w, k, agreement, context = flat[len(_PER_MODALITY) * num :]
+    return Saved(u=u, w=w, k=k, agreement=agreement, context=context, **fields)
 
 
 def _chunks(seq, n):
