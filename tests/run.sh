@@ -11,7 +11,9 @@ if ! "$PY" -c 'import torch, sys; sys.exit(not torch.__version__.startswith(("2.
   "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q "setuptools>=64" pytest hypothesis pytest-benchmark matplotlib tqdm
-"$PY" -m pip install -q --no-build-isolation -e .
+start=$(date +%s)
+"$PY" -m pip install -q --no-build-isolation -e .  # builds mmcal_kernels._C (C++; CUDA where torch has it)
+echo "install and extension build took $(( $(date +%s) - start )) s"
 
 # The unit suite, then the pytest-benchmark suite once through as a smoke test.
 "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@"

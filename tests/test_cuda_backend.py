@@ -1,0 +1,93 @@
+"""The CUDA backend against the reference on a GPU (skipped without one):
+dtypes, layouts, masks, presence, channels_last, strides, opcheck, and
+torch.compile. Run by benchmarks/gpu/test_gpu.sh on a lent GPU machine."""
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads, run_float64_oracle
+from mmcal_kernels import backends
+from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+DTYPES = {
+    "float32": (torch.float32, torch.float32),
+    "float16": (torch.float16, torch.float32),
+    "bfloat16-mixed": (torch.bfloat16, torch.float32),
+    "float64": (torch.float64, torch.float64),
+}
+CASES = {
+    "sequence-masked": ([13, 33, 5], ["sequence"] * 3, [7, 19, 1]),
+    "spatial-trailing-0-1-2-3": ([3, 17, 9, 6], ["spatial"] * 4, [(), (11,), (3, 5), (2, 3, 3)]),
+    "mixed-wide": ([256, 24], ["sequence", "spatial"], [40, (4, 8)]),
+}
+
+
+def _check(module, features, masks, present):
+    grads = random_grads(features)
+    got = forward_backward(module, features, masks, present, grads)
+    cpu = [x.cpu() for x in features]
+    want = run_float64_oracle(module.cpu(), cpu, [m if m is None else m.cpu() for m in masks], present.cpu(), [g.cpu() for g in grads])
+    module.cuda()
+    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+    return got
+
+
+def test_cuda_backend_is_usable():
+    b = backends.available()
+    assert any(x.name == "cuda" and x.usable for x in b), [(x.name, x.why_not) for x in b]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(case, dtype):
+    dims, layouts, positions = CASES[case]
+    feature_dtype, param_dtype = DTYPES[dtype]
+    module = make_module(dims, layouts, seed=101, dtype=param_dtype, backend="cuda").cuda()
+    features, masks, present = random_case(dims, layouts, batch=5, positions=positions, dtype=feature_dtype, device="cuda", seed=102)
+    present[0] = False
+    _check(module, features, masks, present)
+
+
+def test_channels_last_and_strided():
+    dims = [19, 8]
+    module = make_module(dims, "spatial", seed=103, dtype=torch.float32, backend="cuda").cuda()
+    features, _, present = random_case(dims, "spatial", positions=[(5, 3), (5, 3)], device="cuda", seed=104)
+    cl = [x.contiguous(memory_format=torch.channels_last) for x in features]
+    outputs, _, _ = _check(module, cl, [None, None], present)
+    assert all(y.stride() == x.stride() for x, y in zip(cl, outputs))
+    strided = [x[:, :, ::2] for x in features]
+    _check(module, strided, [None, None], present)
+
+
+@pytest.mark.parametrize("name", ["summaries", "modulate", "gate_grads", "input_grads"])
+def test_opcheck_on_cuda(name):
+    x = torch.randn(2, 5, 3, device="cuda")
+    xs = [x, torch.randn(2, 4, 2, 3, device="cuda")]
+    masks = [torch.rand(2, 5, device="cuda") > 0.3, None]
+    gates = [torch.rand(2, 3, device="cuda"), torch.rand(2, 4, device="cuda")]
+    dys = [torch.randn_like(t) for t in xs]
+    args = {
+        "summaries": (xs, masks, [0, 1], torch.float32),
+        "modulate": (xs, gates, [0, 1]),
+        "gate_grads": (dys, xs, [0, 1], torch.float32),
+        "input_grads": (xs, dys, gates, masks, [torch.randn(2, 3, device="cuda"), torch.randn(2, 4, device="cuda")], [0, 1]),
+    }[name]
+    torch.library.opcheck(getattr(torch.ops.mmcal, name).default, args)
+
+
+def test_compile_fullgraph_equals_eager():
+    torch._dynamo.reset()
+    dims, layouts = [64, 24], ["sequence", "spatial"]
+    module = make_module(dims, layouts, seed=105, dtype=torch.float32, backend="cuda").cuda()
+    features, masks, present = random_case(dims, layouts, batch=4, positions=[33, (4, 8)], device="cuda", seed=106)
+    assert torch._dynamo.explain(module)(features, masks, present).graph_break_count == 0
+    compiled = torch.compile(module, fullgraph=True)
+    grads = random_grads(features)
+    got = forward_backward(compiled, features, masks, present, grads)
+    want = forward_backward(module, features, masks, present, grads)
+    for a, b in zip(got[0] + got[2], want[0] + want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
