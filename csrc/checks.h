@@ -9,6 +9,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/view3.h"
 
@@ -112,6 +114,57 @@ inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t 
   TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype), got ",
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x.device(), name, ": on ", t.device(), ", but the features are on ", x.device());
+}
+
+// dY of one modality: the shape and dtype of its X.
+inline void check_grad_like(const at::Tensor& dy, const at::Tensor& x, const std::string& name) {
+  TORCH_CHECK_VALUE(dy.sizes() == x.sizes(), name, ": expected the shape of its features ", x.sizes(), ", got ",
+                    dy.sizes());
+  TORCH_CHECK_TYPE(dy.scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(), ", got ",
+                   dy.scalar_type());
+}
+
+inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
+                    gates.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_compute_dtype(gates[i].scalar_type(), xs[i].scalar_type(), arg("gates", i).c_str());
+    check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg("gates", i));
+  }
+}
+
+// One modality's terms of dX = dY * g + V * ds_scaled (either term may be absent).
+struct InputGradTerms {
+  std::optional<at::Tensor> dy, gate, mask, ds;
+};
+
+inline std::vector<InputGradTerms> check_input_grads_args(at::TensorList xs, const OptionalTensors& dys,
+                                                          const OptionalTensors& gates, const OptionalTensors& masks,
+                                                          const OptionalTensors& ds_scaled, at::IntArrayRef layouts) {
+  check_features(xs, layouts, "xs");
+  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
+    TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry (tensor or None) per tensor of xs (",
+                      xs.size(), "), got ", list->size());
+  }
+  std::vector<InputGradTerms> terms;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds_scaled.get(i)};
+    TORCH_CHECK_VALUE(t.dy.has_value() || t.ds.has_value(), "input_grads: modality ", i,
+                      " has neither grad_ys nor ds_scaled; give at least one");
+    TORCH_CHECK_VALUE(t.dy.has_value() == t.gate.has_value(), arg("gates", i), ": needed exactly when ",
+                      arg("grad_ys", i), " is given");
+    const at::ScalarType ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
+    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
+    if (t.dy.has_value()) {
+      check_grad_like(*t.dy, xs[i], arg("grad_ys", i));
+      check_per_channel(*t.gate, xs[i], layouts[i], ct, arg("gates", i));
+    }
+    if (t.ds.has_value()) check_per_channel(*t.ds, xs[i], layouts[i], ct, arg("ds_scaled", i));
+    check_mask(t.mask, xs[i], layouts[i], arg("masks", i));
+    terms.push_back(t);
+  }
+  return terms;
 }
 
 }  // namespace mmcal

@@ -19,6 +19,8 @@ TORCH_LIBRARY(mmcal, m) {
   m.def("summaries(Tensor[] xs, Tensor?[] masks, int[] layouts, ScalarType ct) -> Tensor[]");
   // Step 7 for every modality: Y = (X * g).to(X.dtype), like X (memory format kept).
   m.def("modulate(Tensor[] xs, Tensor[] gates, int[] layouts) -> Tensor[]");
+  // Inference, in place: X *= g, rounded once; no new memory for the outputs.
+  m.def("modulate_(Tensor(a!)[] xs, Tensor[] gates, int[] layouts) -> ()");
   // Backward: dg = sum_p dY * X over every position, [B, D_m] in ct.
   m.def("gate_grads(Tensor[] grad_ys, Tensor[] xs, int[] layouts, ScalarType ct) -> Tensor[]");
   // Backward: dX = dY * g + V * ds_scaled, like X; a None term is left out.

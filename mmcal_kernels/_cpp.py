@@ -10,6 +10,8 @@ reference backend, and ``python -m mmcal_kernels.info`` says why):
 2. a JIT build of ``csrc/`` with ``torch.utils.cpp_extension.load``, cached
    per torch version under ``$MMCAL_CACHE`` (default ``~/.cache/mmcal_kernels``),
    where the sources are present (a source checkout); ``MMCAL_NO_JIT=1`` skips it.
+
+``MMCAL_SKIP_PREBUILT=1`` ignores a prebuilt ``_C``, to exercise step 2.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _torch_release(version: str) -> str:
 
 def _load_prebuilt() -> Optional[str]:
     """None on success, else why not."""
+    if os.environ.get("MMCAL_SKIP_PREBUILT") == "1":  # to exercise the fallbacks
+        return "prebuilt _C skipped (MMCAL_SKIP_PREBUILT=1)"
     try:
         info = importlib.import_module("mmcal_kernels._build_info")
     except ImportError:
@@ -120,6 +124,10 @@ def modulate(xs, gates, layouts):
     return torch.ops.mmcal.modulate(list(xs), list(gates), _codes(layouts))
 
 
+def modulate_(xs, gates, layouts):
+    torch.ops.mmcal.modulate_(list(xs), list(gates), _codes(layouts))
+
+
 def gate_grads(dys, xs, layouts, ct):
     return torch.ops.mmcal.gate_grads(list(dys), list(xs), _codes(layouts), ct)
 
@@ -150,6 +158,11 @@ def _register_python_side() -> None:
         for x, g, c in zip(xs, gates, layouts):
             torch._check(g.shape[0] == x.shape[0] and g.shape[1] == _channels(x, c), lambda: "gates: expected [B, D]")
         return [torch.empty_like(x) for x in xs]
+
+    @torch.library.register_fake("mmcal::modulate_")
+    def _(xs, gates, layouts):
+        torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
+        return None
 
     @torch.library.register_fake("mmcal::gate_grads")
     def _(dys, xs, layouts, ct):
@@ -223,7 +236,8 @@ def register_backends() -> None:
     if ok:
         _register_python_side()
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    common = dict(summary=_summary, gates=reference.gates_from_summaries, modulate=_modulate, calibrate=_calibrate)
+    common = dict(summary=_summary, gates=reference.gates_from_summaries, modulate=_modulate, calibrate=_calibrate,
+                  modulate_=modulate_)  # fmt: skip
     backends.register(backends.Backend(
         name="cpu", device_types=("cpu",), dtypes=dtypes, built=ok, usable=ok, why_not=STATUS["why_not"],
         priority=10, notes=f"C++ extension ({STATUS['how'] or 'not loaded'}; kernels {STATUS['cpu_capability'] or '-'})",

@@ -27,6 +27,7 @@ class Backend:
     gates: Callable
     modulate: Callable
     calibrate: Callable
+    modulate_: Callable = None  # in place, for inference: (xs, gates, layouts) -> None
     built: bool = True
     usable: bool = True
     why_not: str = ""  # when not built or not usable, the reason
@@ -81,6 +82,7 @@ register(
         gates=reference.gates_from_summaries,
         modulate=reference.modulate,
         calibrate=reference.calibrate,
+        modulate_=reference.modulate_,
         priority=0,
         notes="plain PyTorch, autograd backward; the oracle",
     )

@@ -104,7 +104,22 @@ class PreFusionCalibration(nn.Module):
             return_diagnostics: also return the dict of agreement, support,
                 conflict, instance_gate and dimension_gates.
         """
-        return ops.calibrate(
+        return self._call(ops.calibrate, features, masks, present, return_diagnostics)
+
+    @torch.no_grad()
+    def calibrate_(
+        self,
+        features: Sequence[Tensor],
+        masks: Optional[Sequence[Optional[Tensor]]] = None,
+        present: Optional[Tensor] = None,
+        return_diagnostics: bool = False,
+    ):
+        """Inference only: ``forward``'s values written into ``features`` in place
+        (no output memory). Returns the same tensors (and the diagnostics)."""
+        return self._call(ops.calibrate_, features, masks, present, return_diagnostics)
+
+    def _call(self, fn, features, masks, present, return_diagnostics):
+        return fn(
             features,
             self.gate_params(),
             layouts=self.layouts,

@@ -109,15 +109,53 @@ def calibrate(
     ``dims``, when given, are the channel counts the caller was built for.
     Returns the list of calibrated features, or ``(list, diagnostics)``.
     """
+    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend)
+    outputs, diagnostics = impl.calibrate(features, params, layouts, masks, present)
+    return (outputs, diagnostics) if return_diagnostics else outputs
+
+
+def calibrate_(
+    features: Sequence[Tensor],
+    params: Sequence[GateParams],
+    *,
+    layouts="sequence",
+    masks: Optional[Sequence[Optional[Tensor]]] = None,
+    present: Optional[Tensor] = None,
+    return_diagnostics: bool = False,
+    backend: str = "auto",
+    dims: Optional[Sequence[int]] = None,
+):
+    """``calibrate`` for inference, writing each ``Y_m`` into ``features[m]`` in place.
+
+    Same values as ``calibrate``; no output memory is allocated (on the CPU
+    backend the modulation pass writes straight into X). Nothing is recorded
+    for autograd, so it refuses inputs that need a gradient while grad mode is
+    on: use it under ``torch.no_grad()`` or ``torch.inference_mode()``.
+    Returns ``features`` (the same tensors), or ``(features, diagnostics)``.
+    """
+    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in [*features, *(t for p in params for t in p)]):
+        raise RuntimeError(
+            "calibrate_: writes the features in place and records nothing for autograd; "
+            "call it under torch.no_grad() or torch.inference_mode(), or use calibrate()"
+        )
+    ct = compute_dtype(features[0].dtype, params)
+    with torch.no_grad(), torch.autocast(device_type=features[0].device.type, enabled=False):
+        summaries = [impl.summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
+        gates, diagnostics = impl.gates(summaries, params, present)
+        impl.modulate_(features, gates, layouts)
+    return (features, diagnostics) if return_diagnostics else features
+
+
+def _prepare(features, params, layouts, masks, present, dims, backend):
+    """The checks every whole-calibration entry point makes, and its backend."""
     backends.check_name(backend)
     first = features[0] if isinstance(features, (list, tuple)) and len(features) else None
-    device_type = first.device.type if isinstance(first, Tensor) else "cpu"
-    impl = backends.resolve(backend, device_type)
+    impl = backends.resolve(backend, first.device.type if isinstance(first, Tensor) else "cpu")
     features, layouts, masks = _checks.check_features(features, layouts, masks, present, dims, impl.dtypes)
     channels = [x.shape[-1] if lay == "sequence" else x.shape[1] for x, lay in zip(features, layouts)]
     params = _check_param_list(params, channels, features[0].device)
-    outputs, diagnostics = impl.calibrate(features, params, layouts, masks, present)
-    return (outputs, diagnostics) if return_diagnostics else outputs
+    return impl, features, params, layouts, masks
 
 
 def _check_param_list(params, channels: Sequence[int], device: torch.device) -> list[GateParams]:
@@ -140,4 +178,4 @@ def _check_param_list(params, channels: Sequence[int], device: torch.device) -> 
     return params
 
 
-__all__ = ["GateParams", "calibrate", "calibration_gates", "compute_dtype", "gate_modulate", "summary_pool"]
+__all__ = ["GateParams", "calibrate", "calibrate_", "calibration_gates", "compute_dtype", "gate_modulate", "summary_pool"]

@@ -140,6 +140,13 @@ def modulate(x: Tensor, gate: Tensor, layout: str) -> Tensor:
     return (x.to(ct) * g.to(ct)).to(x.dtype)
 
 
+def modulate_(features: Sequence[Tensor], gates: Sequence[Tensor], layouts: Sequence[str]) -> None:
+    """Step 7 in place, for inference: ``X *= g`` computed in the gate's dtype, rounded once."""
+    for x, gate, layout in zip(features, gates, layouts):
+        g = gate.unsqueeze(1) if layout == "sequence" else gate.reshape(gate.shape + (1,) * (x.dim() - 2))
+        x.mul_(g)
+
+
 def calibrate(
     features: Sequence[Tensor],
     params: Sequence[GateParams],

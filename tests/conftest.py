@@ -29,6 +29,21 @@ def run_float64_oracle(module, features, masks, present, grad_outputs):
     return forward_backward(oracle, [x.double() for x in features], masks, present, [g.double() for g in grad_outputs])
 
 
+# Kernel backends are checked on these, against the float64 reference.
+KERNEL_DTYPES = {  # feature dtype, parameter dtype
+    "float32": (torch.float32, torch.float32),
+    "float16": (torch.float16, torch.float32),
+    "bfloat16-mixed": (torch.bfloat16, torch.float32),
+    "float64": (torch.float64, torch.float64),
+}
+# Sizes that are multiples of no vector width (8 floats, 16 halves), and some that are.
+KERNEL_CASES = {  # dims, layouts, positions
+    "sequence-masked": ([13, 33, 5], ["sequence"] * 3, [7, 19, 1]),
+    "spatial-trailing-0-1-2-3": ([3, 17, 9, 6], ["spatial"] * 4, [(), (11,), (3, 5), (2, 3, 3)]),
+    "mixed-wide": ([64, 24], ["sequence", "spatial"], [40, (4, 8)]),
+}
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

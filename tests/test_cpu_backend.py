@@ -11,25 +11,14 @@ import sys
 import pytest
 import torch
 
-from conftest import make_module, random_grads, run_float64_oracle
+from conftest import KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, backends, ops
 from mmcal_kernels._cpp import STATUS
 from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
 
 pytestmark = pytest.mark.skipif(not backends.resolve("auto", "cpu").name == "cpu", reason=f"no C++ extension: {STATUS['why_not']}")
 
-DTYPES = {
-    "float32": (torch.float32, torch.float32),
-    "float16": (torch.float16, torch.float32),
-    "bfloat16-mixed": (torch.bfloat16, torch.float32),
-    "float64": (torch.float64, torch.float64),
-}
-# Sizes that are multiples of no vector width (8 floats, 16 halves), and some that are.
-CASES = {
-    "sequence-masked": ([13, 33, 5], ["sequence"] * 3, [7, 19, 1]),
-    "spatial-trailing-0-1-2-3": ([3, 17, 9, 6], ["spatial"] * 4, [(), (11,), (3, 5), (2, 3, 3)]),
-    "mixed-wide": ([64, 24], ["sequence", "spatial"], [40, (4, 8)]),
-}
+DTYPES, CASES = KERNEL_DTYPES, KERNEL_CASES
 
 
 def _check(module, features, masks, present):
@@ -198,7 +187,7 @@ BAD = [
     ("summaries", lambda: ([torch.randn(2, 3, 4)], [None], [0], torch.float16), TypeError, r"ct: expected float32 or float64"),
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 5)], [0]), ValueError, r"gates\[0\]: expected shape \[B, D\] = \[2, 4\]"),
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4), torch.rand(2, 4)], [0]), ValueError, r"gates: expected one tensor per tensor of xs"),
-    ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape"),
+    ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape of its features"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds_scaled"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"gates\[0\]: needed exactly when"),
 ]

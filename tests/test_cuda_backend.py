@@ -5,7 +5,7 @@ torch.compile. Run by benchmarks/gpu/test_gpu.sh on a lent GPU machine."""
 import pytest
 import torch
 
-from conftest import make_module, random_grads, run_float64_oracle
+from conftest import KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import backends
 from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
 
@@ -13,17 +13,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
-DTYPES = {
-    "float32": (torch.float32, torch.float32),
-    "float16": (torch.float16, torch.float32),
-    "bfloat16-mixed": (torch.bfloat16, torch.float32),
-    "float64": (torch.float64, torch.float64),
-}
-CASES = {
-    "sequence-masked": ([13, 33, 5], ["sequence"] * 3, [7, 19, 1]),
-    "spatial-trailing-0-1-2-3": ([3, 17, 9, 6], ["spatial"] * 4, [(), (11,), (3, 5), (2, 3, 3)]),
-    "mixed-wide": ([256, 24], ["sequence", "spatial"], [40, (4, 8)]),
-}
+DTYPES, CASES = KERNEL_DTYPES, KERNEL_CASES
 
 
 def _check(module, features, masks, present):

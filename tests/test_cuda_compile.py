@@ -39,3 +39,24 @@ def test_cu_compiles_without_spills(path, arch, tmp_path):
     assert spills and all(s == ("0", "0") for s in spills), f"spills:\n{report}"
     stacks = re.findall(r"(\d+) bytes stack frame", report)
     assert all(s == "0" for s in stacks), f"local memory (stack frame) used:\n{report}"
+
+
+def test_cuda_binding_parses_against_torch_headers(tmp_path):
+    """passes_cuda.cpp is built only where torch has CUDA; here g++ at least
+    parses it against this torch's headers and the CUDA toolkit's, so a typo
+    cannot wait for a GPU machine to show. (The CPU build of torch lacks one
+    generated header, cuda_cmake_macros.h; an empty one stands in.)"""
+    import sysconfig
+
+    import torch.utils.cpp_extension as ext
+
+    cuda_include = "/usr/local/cuda/include"
+    if not os.path.exists(os.path.join(cuda_include, "cuda_runtime.h")):
+        pytest.skip("no CUDA toolkit headers")
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("")
+    includes = [str(tmp_path), *ext.include_paths(), cuda_include, os.path.join(ROOT, "csrc"), sysconfig.get_paths()["include"]]
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", "passes_cuda.cpp")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -59,10 +59,7 @@ std::vector<Tensor> reduce_all(TensorList xs, TensorList dys, const OptionalTens
     const Tensor x = readable(xs[i], layout);
     Tensor dy;
     if (!dys.empty()) {
-      TORCH_CHECK_VALUE(dys[i].sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected the shape of ", arg(name, i),
-                        " ", xs[i].sizes(), ", got ", dys[i].sizes());
-      TORCH_CHECK_TYPE(dys[i].scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
-                       xs[i].scalar_type(), ", got ", dys[i].scalar_type());
+      check_grad_like(dys[i], xs[i], arg("grad_ys", i));
       dy = readable(dys[i], layout);
     }
     std::optional<Tensor> mask = masks ? get(*masks, i) : std::nullopt;
@@ -107,14 +104,12 @@ std::vector<Tensor> gate_grads(TensorList dys, TensorList xs, at::IntArrayRef la
   return reduce_all(xs, dys, nullptr, layouts, ct, "xs");
 }
 
-// Both maps: the modulation (src = X) and the input gradient (src = dY, and ds).
-Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src_in, const Tensor& gate,
-               const std::optional<Tensor>& mask, const Tensor& ds) {
-  Tensor result = at::empty_like(like);  // keeps the memory format (the dim order) of X
-  if (result.numel() == 0) return result;
-  // A dim order whose trailing dims do not flatten to one stride: compute
-  // contiguously, then copy into the output (correct, one extra pass).
-  Tensor out = flattenable(result, layout) ? result : at::empty(like.sizes(), like.options());
+// Both maps: the modulation (src = X) and the input gradient (src = dY, and
+// ds), written into `out`, whose trailing dims must flatten. `src` may be
+// `out` itself: each element is read, then written, by the same thread.
+void map_into(const Tensor& out, int64_t layout, const Tensor& src_in, const Tensor& gate,
+              const std::optional<Tensor>& mask, const Tensor& ds) {
+  if (out.numel() == 0) return;
   const Tensor src = src_in.defined() ? readable(src_in, layout) : Tensor();
   const Tensor gate_c = gate.defined() ? gate.contiguous() : Tensor();
   const Tensor ds_c = ds.defined() ? ds.contiguous() : Tensor();
@@ -134,55 +129,54 @@ Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src_in, const T
   const int64_t row_len = kind == kChannelsFirst ? a.vout.P : a.vout.D;
   const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, row_len));
   const at::ScalarType ct = gate_c.defined() ? gate_c.scalar_type() : ds_c.scalar_type();
-  const MapFn fn = kernels().map[combo(like.scalar_type(), ct)];
+  const MapFn fn = kernels().map[combo(out.scalar_type(), ct)];
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(a, kind, begin, end); });
-  if (!out.is_same(result)) result.copy_(out);
+}
+
+// Into `result` (allocated like X, or X itself): through a contiguous scratch
+// when its trailing dims do not flatten to one stride (correct, one extra pass).
+void map_to(const Tensor& result, int64_t layout, const Tensor& src, const Tensor& gate,
+            const std::optional<Tensor>& mask, const Tensor& ds) {
+  if (flattenable(result, layout)) return map_into(result, layout, src, gate, mask, ds);
+  const Tensor scratch = at::empty(result.sizes(), result.options());
+  map_into(scratch, layout, src, gate, mask, ds);
+  result.copy_(scratch);
+}
+
+Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src, const Tensor& gate,
+               const std::optional<Tensor>& mask, const Tensor& ds) {
+  Tensor result = at::empty_like(like);  // keeps the memory format (the dim order) of X
+  map_to(result, layout, src, gate, mask, ds);
   return result;
 }
 
+void check_modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  check_modulate_args(xs, gates, layouts);
+  for (size_t i = 0; i < xs.size(); ++i) check_on_cpu(xs[i], arg("xs", i));
+}
+
 std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
-  check_features(xs, layouts, "xs");
-  TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
-                    gates.size());
+  check_modulate(xs, gates, layouts);
   std::vector<Tensor> outs;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    check_on_cpu(xs[i], arg("xs", i));
-    check_compute_dtype(gates[i].scalar_type(), xs[i].scalar_type(), arg("gates", i).c_str());
-    check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg("gates", i));
-    outs.push_back(map_one(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor()));
-  }
+  for (size_t i = 0; i < xs.size(); ++i) outs.push_back(map_one(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor()));
   return outs;
+}
+
+void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  check_modulate(xs, gates, layouts);
+  for (size_t i = 0; i < xs.size(); ++i) map_to(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor());
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
                                 const OptionalTensors& masks, const OptionalTensors& ds_scaled,
                                 at::IntArrayRef layouts) {
-  check_features(xs, layouts, "xs");
-  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
-    TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry (tensor or None) per tensor of xs (",
-                      xs.size(), "), got ", list->size());
-  }
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
   std::vector<Tensor> outs;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cpu(xs[i], arg("xs", i));
-    const std::optional<Tensor> dy = get(dys, i), gate = get(gates, i), mask = get(masks, i), ds = get(ds_scaled, i);
-    TORCH_CHECK_VALUE(dy.has_value() || ds.has_value(), "input_grads: modality ", i,
-                      " has neither grad_ys nor ds_scaled; give at least one");
-    TORCH_CHECK_VALUE(dy.has_value() == gate.has_value(), arg("gates", i), ": needed exactly when ",
-                      arg("grad_ys", i), " is given");
-    const at::ScalarType ct = gate.has_value() ? gate->scalar_type() : ds->scalar_type();
-    check_compute_dtype(ct, xs[i].scalar_type(), (gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
-    if (dy.has_value()) {
-      TORCH_CHECK_VALUE(dy->sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(), ", got ",
-                        dy->sizes());
-      TORCH_CHECK_TYPE(dy->scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
-                       xs[i].scalar_type(), ", got ", dy->scalar_type());
-      check_per_channel(*gate, xs[i], layouts[i], ct, arg("gates", i));
-    }
-    if (ds.has_value()) check_per_channel(*ds, xs[i], layouts[i], ct, arg("ds_scaled", i));
-    check_mask(mask, xs[i], layouts[i], arg("masks", i));
-    outs.push_back(map_one(xs[i], layouts[i], dy.value_or(Tensor()), gate.value_or(Tensor()), mask,
-                           ds.value_or(Tensor())));
+    const InputGradTerms& t = terms[i];
+    outs.push_back(map_one(xs[i], layouts[i], t.dy.value_or(Tensor()), t.gate.value_or(Tensor()), t.mask,
+                           t.ds.value_or(Tensor())));
   }
   return outs;
 }
@@ -192,6 +186,7 @@ std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const
 TORCH_LIBRARY_IMPL(mmcal, CPU, m) {
   m.impl("summaries", &summaries);
   m.impl("modulate", &modulate);
+  m.impl("modulate_", &modulate_inplace);
   m.impl("gate_grads", &gate_grads);
   m.impl("input_grads", &input_grads);
 }

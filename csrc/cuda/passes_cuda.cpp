@@ -61,10 +61,7 @@ std::vector<Tensor> reduce_all(TensorList xs, TensorList dys, const OptionalTens
     it.x = x.const_data_ptr();
     it.vx = view3(x, layouts[i]);
     if (!dys.empty()) {
-      TORCH_CHECK_VALUE(dys[i].sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(),
-                        ", got ", dys[i].sizes());
-      TORCH_CHECK_TYPE(dys[i].scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
-                       xs[i].scalar_type(), ", got ", dys[i].scalar_type());
+      check_grad_like(dys[i], xs[i], arg("grad_ys", i));
       const Tensor dy = readable(dys[i], layouts[i]);
       keep.push_back(dy);
       it.dy = dy.const_data_ptr();
@@ -152,50 +149,31 @@ std::vector<Tensor> map_all(TensorList xs, const std::vector<Tensor>& srcs, cons
 }
 
 std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
-  check_features(xs, layouts, "xs");
-  TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
-                    gates.size());
-  const at::ScalarType ct = gates[0].scalar_type();
-  for (size_t i = 0; i < xs.size(); ++i) {
-    check_on_cuda(xs[i], arg("xs", i));
-    check_compute_dtype(ct, xs[i].scalar_type(), arg("gates", i).c_str());
-    check_per_channel(gates[i], xs[i], layouts[i], ct, arg("gates", i));
-  }
+  check_modulate_args(xs, gates, layouts);
+  for (size_t i = 0; i < xs.size(); ++i) check_on_cuda(xs[i], arg("xs", i));
   std::vector<Tensor> srcs(xs.begin(), xs.end()), g(gates.begin(), gates.end()), none(xs.size());
-  return map_all(xs, srcs, g, std::vector<std::optional<Tensor>>(xs.size()), none, layouts, ct);
+  return map_all(xs, srcs, g, std::vector<std::optional<Tensor>>(xs.size()), none, layouts, gates[0].scalar_type());
+}
+
+// In place: through a fresh output and a copy (one extra pass; the CPU op
+// writes in place directly).
+void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  const std::vector<Tensor> outs = modulate(xs, gates, layouts);
+  for (size_t i = 0; i < xs.size(); ++i) xs[i].copy_(outs[i]);
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
                                 const OptionalTensors& masks, const OptionalTensors& ds_scaled,
                                 at::IntArrayRef layouts) {
-  check_features(xs, layouts, "xs");
-  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
-    TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry per tensor of xs (", xs.size(), "), got ",
-                      list->size());
-  }
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
   std::vector<Tensor> srcs(xs.size()), g(xs.size()), d(xs.size());
   std::vector<std::optional<Tensor>> m(xs.size());
   at::ScalarType ct = at::kFloat;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cuda(xs[i], arg("xs", i));
-    const std::optional<Tensor> dy = dys.get(i), gate = gates.get(i), ds = ds_scaled.get(i);
-    TORCH_CHECK_VALUE(dy.has_value() || ds.has_value(), "input_grads: modality ", i,
-                      " has neither grad_ys nor ds_scaled; give at least one");
-    TORCH_CHECK_VALUE(dy.has_value() == gate.has_value(), arg("gates", i), ": needed exactly when ", arg("grad_ys", i),
-                      " is given");
-    ct = gate.has_value() ? gate->scalar_type() : ds->scalar_type();
-    check_compute_dtype(ct, xs[i].scalar_type(), (gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
-    if (dy.has_value()) {
-      TORCH_CHECK_VALUE(dy->sizes() == xs[i].sizes(), arg("grad_ys", i), ": expected shape ", xs[i].sizes(), ", got ",
-                        dy->sizes());
-      TORCH_CHECK_TYPE(dy->scalar_type() == xs[i].scalar_type(), arg("grad_ys", i), ": expected dtype ",
-                       xs[i].scalar_type(), ", got ", dy->scalar_type());
-      check_per_channel(*gate, xs[i], layouts[i], ct, arg("gates", i));
-      srcs[i] = *dy, g[i] = *gate;
-    }
-    if (ds.has_value()) check_per_channel(*ds, xs[i], layouts[i], ct, arg("ds_scaled", i)), d[i] = *ds;
-    m[i] = masks.get(i);
-    check_mask(m[i], xs[i], layouts[i], arg("masks", i));
+    const InputGradTerms& t = terms[i];
+    srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), d[i] = t.ds.value_or(Tensor()), m[i] = t.mask;
+    ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
   }
   return map_all(xs, srcs, g, m, d, layouts, ct);
 }
@@ -205,6 +183,7 @@ std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const
 TORCH_LIBRARY_IMPL(mmcal, CUDA, m) {
   m.impl("summaries", &summaries);
   m.impl("modulate", &modulate);
+  m.impl("modulate_", &modulate_inplace);
   m.impl("gate_grads", &gate_grads);
   m.impl("input_grads", &input_grads);
 }

@@ -1,0 +1,40 @@
+"""How the compiled extension loads: the one-warning fallback to the reference,
+and (slow) the JIT build from csrc/."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT = (
+    "import warnings, mmcal_kernels as m, mmcal_kernels._cpp as c;"
+    "print('HOW', c.STATUS['how']); print('WHY', c.STATUS['why_not']);"
+    "print('AUTO', m.backends.resolve('auto', 'cpu').name)"
+)
+
+
+def _run(env, code=REPORT, timeout=600):
+    full = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, cwd=ROOT, env=full, timeout=timeout)
+
+
+def test_without_extension_one_warning_and_the_reference():
+    result = _run({"MMCAL_SKIP_PREBUILT": "1", "MMCAL_NO_JIT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("RuntimeWarning: mmcal_kernels: the compiled kernels are unavailable") == 1, result.stderr
+    assert "AUTO reference" in result.stdout and "MMCAL_NO_JIT=1" in result.stdout
+    info = _run({"MMCAL_SKIP_PREBUILT": "1", "MMCAL_NO_JIT": "1"}, "import mmcal_kernels.info as i, sys; sys.exit(i.main([]))")
+    assert info.returncode == 0 and "cpu        not built (prebuilt _C skipped" in info.stdout, info.stdout
+
+
+@pytest.mark.slow
+def test_jit_build_when_the_prebuilt_library_is_skipped(tmp_path):
+    """Builds csrc/ with torch.utils.cpp_extension.load (a minute or two on 2 cores)."""
+    env = {"MMCAL_SKIP_PREBUILT": "1", "MMCAL_CACHE": str(tmp_path)}
+    result = _run(env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HOW JIT build" in result.stdout and "AUTO cpu" in result.stdout, result.stdout
+    check = _run(env, "import mmcal_kernels.info as i, sys; sys.exit(i.main([]))")
+    assert check.returncode == 0 and "PASS cpu" in check.stdout, check.stdout
