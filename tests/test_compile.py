@@ -4,8 +4,8 @@ on 2 cores, so there are few, each checking several things."""
 import pytest
 import torch
 
-from conftest import make_module, random_grads
-from mmcal_kernels.testing import forward_backward, random_case
+from conftest import assert_compiled_matches_eager, make_module
+from mmcal_kernels.testing import random_case
 
 pytestmark = pytest.mark.compile
 
@@ -23,12 +23,7 @@ def test_compile_fullgraph_equals_eager_forward_and_backward():
     explanation = torch._dynamo.explain(module)(features, masks, present, True)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
-    compiled = torch.compile(module, fullgraph=True)
-    grads = random_grads(features)
-    got = forward_backward(compiled, features, masks, present, grads)
-    want = forward_backward(module, features, masks, present, grads)
-    for a, b in zip(got[0] + got[2], want[0] + want[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    got, want = assert_compiled_matches_eager(module, features, masks, present)
     torch.testing.assert_close(got[1]["agreement"], want[1]["agreement"], rtol=1e-5, atol=1e-6)
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, backends, ops
 from mmcal_kernels._cpp import STATUS
 from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
@@ -165,12 +165,7 @@ def test_compile_fullgraph_no_graph_breaks_equals_eager():
     features, masks, present = random_case(dims, layouts, batch=3, positions=[7, (2, 3), ()], seed=95)
     explanation = torch._dynamo.explain(module)(features, masks, present)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-    compiled = torch.compile(module, fullgraph=True)
-    grads = random_grads(features)
-    got = forward_backward(compiled, features, masks, present, grads)
-    want = forward_backward(module, features, masks, present, grads)
-    for a, b in zip(got[0] + got[2], want[0] + want[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_compiled_matches_eager(module, features, masks, present)
 
 
 BAD = [

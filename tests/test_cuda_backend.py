@@ -5,7 +5,7 @@ torch.compile. Run by benchmarks/gpu/test_gpu.sh on a lent GPU machine."""
 import pytest
 import torch
 
-from conftest import KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import backends
 from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
 
@@ -75,9 +75,4 @@ def test_compile_fullgraph_equals_eager():
     module = make_module(dims, layouts, seed=105, dtype=torch.float32, backend="cuda").cuda()
     features, masks, present = random_case(dims, layouts, batch=4, positions=[33, (4, 8)], device="cuda", seed=106)
     assert torch._dynamo.explain(module)(features, masks, present).graph_break_count == 0
-    compiled = torch.compile(module, fullgraph=True)
-    grads = random_grads(features)
-    got = forward_backward(compiled, features, masks, present, grads)
-    want = forward_backward(module, features, masks, present, grads)
-    for a, b in zip(got[0] + got[2], want[0] + want[2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_compiled_matches_eager(module, features, masks, present)

@@ -99,7 +99,7 @@ def copy_bandwidth(device: torch.device, quick: bool = False) -> tuple[float, Ti
     for nbytes in sizes:
         src = torch.randn(nbytes // 4, device=device)
         dst = torch.empty_like(src)
-        t = time_call(lambda: dst.copy_(src), device, quick)
+        t = time_call(lambda dst=dst, src=src: dst.copy_(src), device, quick)
         bw = 2 * nbytes / (t.median_ms / 1e3)
         if best is None or bw > best[0]:
             best = (bw, t)
