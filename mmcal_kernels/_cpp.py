@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
 import warnings
 from typing import Optional
 
@@ -69,6 +70,7 @@ def _jit_build() -> Optional[str]:
     )
     os.makedirs(cache, exist_ok=True)
     flags = ["-O3", "-fvisibility=hidden", "-std=c++17"]
+    print(f"mmcal_kernels: building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
     try:
         if platform.machine().lower() in ("x86_64", "amd64"):
             capabilities = {
