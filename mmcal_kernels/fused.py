@@ -22,8 +22,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .gates_backward import Saved, gates_backward, gates_forward
-from .reference import GateParams, compute_dtype
+from .gates_backward import gates_backward
+from .reference import GateParams, GatesIntermediates, compute_dtype, gates_with_intermediates
 
 DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")
 
@@ -60,7 +60,7 @@ def make_fused_function(passes: XPasses, name: str) -> type:
         ct = compute_dtype(features[0].dtype, params)
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             summaries = passes.summaries(features, masks, layouts, ct)
-            gates, diag, inter = gates_forward(summaries, params, present)
+            gates, diag, inter = gates_with_intermediates(summaries, params, present)
             outputs = passes.modulate(features, gates, layouts)
         ctx.layouts, ctx.num = layouts, num
         ctx.has_present = present is not None
@@ -116,16 +116,16 @@ def make_fused_function(passes: XPasses, name: str) -> type:
 _PER_MODALITY = ("summaries", "h", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
 
 
-def _flatten_saved(saved: Saved) -> list[Tensor]:
+def _flatten_saved(saved: GatesIntermediates) -> list[Tensor]:
     """Steps 2-6's intermediates as a flat tensor list (small: [B, D]-sized)."""
     flat = [t for name in _PER_MODALITY for t in getattr(saved, name)]
     return flat + [saved.u, saved.w, saved.k, saved.agreement, saved.context]
 
 
-def _unflatten_saved(num: int, flat: Sequence[Tensor]) -> Saved:
+def _unflatten_saved(num: int, flat: Sequence[Tensor]) -> GatesIntermediates:
     fields = {name: list(flat[i * num : (i + 1) * num]) for i, name in enumerate(_PER_MODALITY)}
     u, w, k, agreement, context = flat[len(_PER_MODALITY) * num :]
-    return Saved(u=u, w=w, k=k, agreement=agreement, context=context, **fields)
+    return GatesIntermediates(u=u, w=w, k=k, agreement=agreement, context=context, **fields)
 
 
 def _chunks(seq, n):

@@ -1,5 +1,5 @@
-"""Steps 2-6 forward with what their backward needs saved, and that backward
-written out in plain torch ops.
+"""The backward of steps 2-6 written out in plain torch ops, from the
+intermediates ``reference.gates_with_intermediates`` keeps.
 
 The fused backends make steps 1-7 one autograd node (SPEC.md's hot path): its
 backward gets ``dg`` from one pass over ``dY`` and ``X``, runs these small
@@ -16,71 +16,12 @@ gradient where its input is >= the bound, ``relu'(0) = 0``, exact erf GELU.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import NORM_EPS, GateParams
-
-
-class Saved(NamedTuple):
-    summaries: list  # s_m [B, D_m]
-    h: list  # h_m = W s + b
-    norm: list  # ||h_m|| [B, 1]
-    u: Tensor  # [B, M, d]
-    w: Tensor  # [B, M, M] weights of the others
-    k: Tensor  # [B, M]
-    agreement: Tensor  # [B, M, M]
-    context: Tensor  # [B, M, d]
-    cues: list  # q_m [B, 2d+2]
-    pre: list  # gate_hidden pre-activation [B, r]
-    hidden: list  # e_m = GELU(pre)
-    instance_gate: list  # 2 sigmoid(a) [B, 1]
-    dimension_gate: list  # 2 sigmoid(z) [B, D_m]
-
-
-def gates_forward(
-    summaries: Sequence[Tensor], params: Sequence[GateParams], present: Optional[Tensor]
-) -> tuple[list[Tensor], dict, Saved]:
-    """``reference.gates_from_summaries`` keeping its intermediates: (gates, diagnostics, saved)."""
-    ct = summaries[0].dtype
-    batch, num, device = summaries[0].shape[0], len(summaries), summaries[0].device
-    hs, norms, units = [], [], []
-    for s, p in zip(summaries, params):
-        h = F.linear(s, p.proj_weight.to(ct), p.proj_bias.to(ct))
-        norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
-        hs.append(h), norms.append(norm), units.append(h / norm.clamp_min(NORM_EPS))
-    u = torch.stack(units, 1)
-    agreement = u @ u.transpose(1, 2)
-    if present is None:
-        present = torch.ones(batch, num, dtype=torch.bool, device=device)
-    w = (present.unsqueeze(1) & ~torch.eye(num, dtype=torch.bool, device=device)).to(ct)
-    k = w.sum(-1).clamp_min(1)
-    support = (w * torch.relu(agreement)).sum(-1) / k
-    conflict = (w * torch.relu(-agreement)).sum(-1) / k
-    context = (w @ u) / k.unsqueeze(-1)
-
-    gates, cues, pres, hidden, igs, dgs = [], [], [], [], [], []
-    for m, p in enumerate(params):
-        cue = torch.cat([units[m] * context[:, m], units[m] - context[:, m], support[:, m : m + 1], conflict[:, m : m + 1]], -1)
-        pre = F.linear(cue, p.hidden_weight.to(ct), p.hidden_bias.to(ct))
-        e = F.gelu(pre)
-        ig = 2 * torch.sigmoid(F.linear(e, p.instance_weight.to(ct), p.instance_bias.to(ct)))
-        dg = 2 * torch.sigmoid(F.linear(e, p.dim_weight.to(ct), p.dim_bias.to(ct)))
-        gates.append(torch.where(present[:, m : m + 1], ig * dg, 1.0))
-        cues.append(cue), pres.append(pre), hidden.append(e), igs.append(ig), dgs.append(dg)
-
-    diagnostics = {
-        "agreement": agreement.detach(),
-        "support": support.detach(),
-        "conflict": conflict.detach(),
-        "instance_gate": torch.cat(igs, 1).detach(),
-        "dimension_gates": [g.detach() for g in dgs],
-    }
-    saved = Saved(list(summaries), hs, norms, u, w, k, agreement, context, cues, pres, hidden, igs, dgs)
-    return gates, diagnostics, saved
+from .reference import NORM_EPS, GateParams, GatesIntermediates
 
 
 def _gelu_grad(x: Tensor) -> Tensor:
@@ -90,7 +31,7 @@ def _gelu_grad(x: Tensor) -> Tensor:
 
 
 def gates_backward(
-    saved: Saved, params: Sequence[GateParams], present: Optional[Tensor], grad_gates: Sequence[Tensor]
+    saved: GatesIntermediates, params: Sequence[GateParams], present: Optional[Tensor], grad_gates: Sequence[Tensor]
 ) -> tuple[list[Tensor], list[GateParams]]:
     """Gradients of steps 2-6: (d summaries, d params) from d gates, all in the compute dtype.
 

@@ -5,7 +5,8 @@ kernel backend can reuse steps 2-6 (``gates_from_summaries``) for its backward
 through ``torch.func.vjp``:
 
 * ``summary``               step 1, one modality: masked mean over positions;
-* ``gates_from_summaries``  steps 2-6, all modalities: summaries -> gates;
+* ``gates_from_summaries``  steps 2-6, all modalities: summaries -> gates
+                            (``gates_with_intermediates`` also keeps what a backward needs);
 * ``modulate``              step 7, one modality: ``Y = (X.to(ct) * g).to(X.dtype)``;
 * ``calibrate``             steps 1-7 composed.
 
@@ -69,26 +70,44 @@ def summary(x: Tensor, layout: str, mask: Optional[Tensor] = None, ct: Optional[
     return flat.sum(-1) / torch.sym_max(flat.shape[-1], 1)
 
 
-def gates_from_summaries(
+class GatesIntermediates(NamedTuple):
+    """What steps 2-6 compute on the way, kept for a hand-written backward."""
+
+    summaries: list  # s_m [B, D_m]
+    h: list  # h_m = W s + b
+    norm: list  # ||h_m|| [B, 1]
+    u: Tensor  # [B, M, d]
+    w: Tensor  # [B, M, M] weights of the others
+    k: Tensor  # [B, M]
+    agreement: Tensor  # [B, M, M]
+    context: Tensor  # [B, M, d]
+    cues: list  # q_m [B, 2d+2]
+    pre: list  # gate_hidden pre-activation [B, r]
+    hidden: list  # e_m = GELU(pre)
+    instance_gate: list  # 2 sigmoid(a) [B, 1]
+    dimension_gate: list  # 2 sigmoid(z) [B, D_m]
+
+
+def gates_with_intermediates(
     summaries: Sequence[Tensor],
     params: Sequence[GateParams],
     present: Optional[Tensor] = None,
-) -> tuple[list[Tensor], dict]:
+) -> tuple[list[Tensor], dict, GatesIntermediates]:
     """Steps 2-6: the summaries ``[B, D_m]`` (in ``ct``) to the gates ``g_m`` ``[B, D_m]``.
 
-    Returns ``(gates, diagnostics)``; the diagnostics are detached and hold the
-    values before step 6's pass-through for missing modalities.
+    Returns ``(gates, diagnostics, intermediates)``; the diagnostics are
+    detached and hold the values before step 6's pass-through for missing
+    modalities.
     """
     ct = summaries[0].dtype
-    batch, num = summaries[0].shape[0], len(summaries)
-    device = summaries[0].device
+    batch, num, device = summaries[0].shape[0], len(summaries), summaries[0].device
 
     # Step 2: project to the shared space and normalise.
-    units = []
+    hs, norms, units = [], [], []
     for s, p in zip(summaries, params):
         h = F.linear(s, p.proj_weight.to(ct), p.proj_bias.to(ct))
         norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
-        units.append(h / norm.clamp_min(NORM_EPS))
+        hs.append(h), norms.append(norm), units.append(h / norm.clamp_min(NORM_EPS))
     u = torch.stack(units, 1)  # [B, M, d]
 
     # Step 3: agreement, and support/conflict/context over the present others.
@@ -102,30 +121,43 @@ def gates_from_summaries(
     conflict = (w * torch.relu(-agreement)).sum(-1) / k
     context = (w @ u) / k.unsqueeze(-1)  # [B, M, d]
 
-    gates, instance_gates, dimension_gates = [], [], []
+    gates, cues, pres, hidden, instance_gates, dimension_gates = [], [], [], [], [], []
     for m, p in enumerate(params):
         um, cm = units[m], context[:, m]
         # Step 4: the cue vector, length 2d + 2.
         cue = torch.cat([um * cm, um - cm, support[:, m : m + 1], conflict[:, m : m + 1]], dim=-1)
         # Step 5: the gate network (exact erf GELU).
-        hidden = F.gelu(F.linear(cue, p.hidden_weight.to(ct), p.hidden_bias.to(ct)))
-        a = F.linear(hidden, p.instance_weight.to(ct), p.instance_bias.to(ct))  # [B, 1]
-        z = F.linear(hidden, p.dim_weight.to(ct), p.dim_bias.to(ct))  # [B, D_m]
+        pre = F.linear(cue, p.hidden_weight.to(ct), p.hidden_bias.to(ct))
+        e = F.gelu(pre)
+        a = F.linear(e, p.instance_weight.to(ct), p.instance_bias.to(ct))  # [B, 1]
+        z = F.linear(e, p.dim_weight.to(ct), p.dim_bias.to(ct))  # [B, D_m]
         # Step 6: the gate in (0, 4); a missing modality passes through.
         instance_gate = 2 * torch.sigmoid(a)
         dimension_gate = 2 * torch.sigmoid(z)
-        gate = instance_gate * dimension_gate
-        gates.append(torch.where(present[:, m : m + 1], gate, 1.0))
-        instance_gates.append(instance_gate.detach())
-        dimension_gates.append(dimension_gate.detach())
+        gates.append(torch.where(present[:, m : m + 1], instance_gate * dimension_gate, 1.0))
+        cues.append(cue), pres.append(pre), hidden.append(e)
+        instance_gates.append(instance_gate), dimension_gates.append(dimension_gate)
 
     diagnostics = {
         "agreement": agreement.detach(),
         "support": support.detach(),
         "conflict": conflict.detach(),
-        "instance_gate": torch.cat(instance_gates, 1),
-        "dimension_gates": dimension_gates,
+        "instance_gate": torch.cat(instance_gates, 1).detach(),
+        "dimension_gates": [g.detach() for g in dimension_gates],
     }
+    intermediates = GatesIntermediates(
+        list(summaries), hs, norms, u, w, k, agreement, context, cues, pres, hidden, instance_gates, dimension_gates
+    )
+    return gates, diagnostics, intermediates
+
+
+def gates_from_summaries(
+    summaries: Sequence[Tensor],
+    params: Sequence[GateParams],
+    present: Optional[Tensor] = None,
+) -> tuple[list[Tensor], dict]:
+    """Steps 2-6 as ``(gates, diagnostics)``; see ``gates_with_intermediates``."""
+    gates, diagnostics, _ = gates_with_intermediates(summaries, params, present)
     return gates, diagnostics
 
 
