@@ -55,6 +55,12 @@ def extension_modules():
     cxx = ["-O0", "-g"] if debug or asan else ["-O3"]
     cxx += ["-fvisibility=hidden", "-std=c++17"]
     link = []
+    # at::parallel_for is a header template: without -fopenmp (under a torch
+    # built with OpenMP, as the Linux wheels are) it compiles to a serial loop.
+    # The runtime is the libgomp torch has already loaded (same soname).
+    if torch._C.has_openmp and platform.system() != "Windows":
+        cxx += ["-fopenmp"]
+        link += ["-fopenmp"]
     if asan:
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]

@@ -70,6 +70,9 @@ def _jit_build() -> Optional[str]:
     )
     os.makedirs(cache, exist_ok=True)
     flags = ["-O3", "-fvisibility=hidden", "-std=c++17"]
+    ldflags = []
+    if torch._C.has_openmp and platform.system() != "Windows":  # else at::parallel_for runs serially (see setup.py)
+        flags, ldflags = flags + ["-fopenmp"], ["-fopenmp"]
     print(f"mmcal_kernels: building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
     try:
         if platform.machine().lower() in ("x86_64", "amd64"):
@@ -78,9 +81,9 @@ def _jit_build() -> Optional[str]:
             }
             for cap, cap_flags in capabilities.items():
                 load(f"mmcal_cpu_{cap}", [os.path.join(SOURCES, "cpu", f"kernels_{cap}.cpp")], extra_cflags=flags + cap_flags,
-                     build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
+                     extra_ldflags=ldflags, build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
         main = ["registration.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp"]
-        load("mmcal_C", [os.path.join(SOURCES, s) for s in main], extra_cflags=flags, build_directory=cache,
+        load("mmcal_C", [os.path.join(SOURCES, s) for s in main], extra_cflags=flags, extra_ldflags=ldflags, build_directory=cache,
              is_python_module=False, verbose=False)  # fmt: skip
     except Exception as exc:  # a compiler error, no compiler, ...
         return f"JIT build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
