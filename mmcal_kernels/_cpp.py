@@ -26,9 +26,8 @@ from typing import Optional
 import torch
 
 from . import backends, reference
-from .fused import XPasses, fused_calibrate, make_fused_function, position_counts
+from .pass_ops import LAYOUT_CODES, PassOps
 
-LAYOUT_CODES = {"sequence": 0, "spatial": 1}
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = os.path.join(os.path.dirname(HERE), "csrc")
 
@@ -114,34 +113,17 @@ def load_extension() -> bool:
     return True
 
 
-# ---- the ops as Python functions of layout names --------------------------
+# ---- the ops as the passes of the fused node and the stage functions ------
 
-
-def _codes(layouts):
-    return [LAYOUT_CODES[lay] for lay in layouts]
-
-
-def summaries(xs, masks, layouts, ct):
-    return torch.ops.mmcal.summaries(list(xs), list(masks), _codes(layouts), ct)
-
-
-def modulate(xs, gates, layouts):
-    return torch.ops.mmcal.modulate(list(xs), list(gates), _codes(layouts))
-
-
-def modulate_(xs, gates, layouts):
-    torch.ops.mmcal.modulate_(list(xs), list(gates), _codes(layouts))
-
-
-def gate_grads(dys, xs, layouts, ct):
-    return torch.ops.mmcal.gate_grads(list(dys), list(xs), _codes(layouts), ct)
-
-
-def input_grads(xs, dys, gates, masks, ds_scaled, layouts):
-    return torch.ops.mmcal.input_grads(list(xs), list(dys), list(gates), list(masks), list(ds_scaled), _codes(layouts))
-
-
-PASSES = XPasses(summaries, modulate, gate_grads, input_grads)
+OPS = PassOps(
+    "cpp",
+    summaries=lambda *a: torch.ops.mmcal.summaries(*a),
+    modulate=lambda *a: torch.ops.mmcal.modulate(*a),
+    modulate_=lambda *a: torch.ops.mmcal.modulate_(*a),
+    gate_grads=lambda *a: torch.ops.mmcal.gate_grads(*a),
+    input_grads=lambda *a: torch.ops.mmcal.input_grads(*a),
+)  # resolved at call time: the ops exist only once the extension has loaded
+CppFused = OPS.fused
 
 
 # ---- fake (meta) implementations and autograd of the stage ops -------------
@@ -180,60 +162,10 @@ def _register_python_side() -> None:
                      lambda: "input_grads: list lengths differ")  # fmt: skip
         return [torch.empty_like(x) for x in xs]
 
-    def summaries_setup(ctx, inputs, output):
-        xs, masks, layouts, ct = inputs
-        ctx.layouts = layouts
-        ctx.mask_slots = [m is not None for m in masks]
-        ctx.save_for_backward(*xs, *[m for m in masks if m is not None])
-
-    def summaries_backward(ctx, grads):
-        saved = list(ctx.saved_tensors)
-        xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
-        masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
-        layouts = [("sequence", "spatial")[c] for c in ctx.layouts]
-        ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, layouts, masks)]
-        none = [None] * len(xs)
-        dxs = torch.ops.mmcal.input_grads(xs, none, none, masks, ds, list(ctx.layouts))
-        # torch.library flattens a list of tensors into its items but keeps a
-        # list holding None whole: the gradient of `masks` must mirror that.
-        masks_grad = [None] * len(xs) if all(ctx.mask_slots) else None
-        return dxs, masks_grad, None, None
-
-    torch.library.register_autograd("mmcal::summaries", summaries_backward, setup_context=summaries_setup)
-
-    def modulate_setup(ctx, inputs, output):
-        xs, gates, layouts = inputs
-        ctx.layouts = layouts
-        ctx.save_for_backward(*xs, *gates)
-
-    def modulate_backward(ctx, grads):
-        n = len(ctx.layouts)
-        xs, gates = list(ctx.saved_tensors[:n]), list(ctx.saved_tensors[n:])
-        none = [None] * n
-        dxs = torch.ops.mmcal.input_grads(xs, list(grads), gates, none, none, list(ctx.layouts))
-        dgs = torch.ops.mmcal.gate_grads(list(grads), xs, list(ctx.layouts), gates[0].dtype)
-        return dxs, [d.to(g.dtype) for d, g in zip(dgs, gates)], None
-
-    torch.library.register_autograd("mmcal::modulate", modulate_backward, setup_context=modulate_setup)
+    OPS.register_autograd("mmcal::summaries", "mmcal::modulate")
 
 
 # ---- the backends ----------------------------------------------------------
-
-
-def _summary(x, layout, mask, ct):
-    return summaries([x], [mask], [layout], ct)[0]
-
-
-def _modulate(x, gate, layout):
-    ct = torch.promote_types(torch.promote_types(torch.float32, x.dtype), gate.dtype)
-    return modulate([x], [gate.to(ct)], [layout])[0]
-
-
-CppFused = make_fused_function(PASSES, "cpp")
-
-
-def _calibrate(features, params, layouts, masks, present):
-    return fused_calibrate(CppFused, features, params, layouts, masks, present)
 
 
 def register_backends() -> None:
@@ -241,8 +173,8 @@ def register_backends() -> None:
     if ok:
         _register_python_side()
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    common = dict(summary=_summary, gates=reference.gates_from_summaries, modulate=_modulate, calibrate=_calibrate,
-                  modulate_=modulate_)  # fmt: skip
+    common = dict(summary=OPS.summary_one, gates=reference.gates_from_summaries, modulate=OPS.modulate_one,
+                  calibrate=OPS.calibrate, modulate_=OPS.modulate_)  # fmt: skip
     backends.register(backends.Backend(
         name="cpu", device_types=("cpu",), dtypes=dtypes, built=ok, usable=ok, why_not=STATUS["why_not"],
         priority=10, notes=f"C++ extension ({STATUS['how'] or 'not loaded'}; kernels {STATUS['cpu_capability'] or '-'})",

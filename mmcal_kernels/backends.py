@@ -11,7 +11,7 @@ dictionary lookup (no cached calls, no graph break).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -32,6 +32,9 @@ class Backend:
     usable: bool = True
     why_not: str = ""  # when not built or not usable, the reason
     priority: int = 0  # "auto" takes the usable backend of highest priority
+    # devices "auto" may pick it for (None: all of device_types); Triton's
+    # interpreter runs on CPU tensors, but only when asked for by name
+    auto_device_types: Optional[tuple[str, ...]] = None
     notes: str = field(default="", compare=False)
 
 
@@ -45,6 +48,11 @@ def register(backend: Backend) -> None:
 def available() -> list[Backend]:
     """Every registered backend, usable or not, in registration order."""
     return list(_REGISTRY.values())
+
+
+def get(name: str) -> Backend:
+    """The registered backend called ``name``, usable or not."""
+    return _REGISTRY[check_name(name)] if name != "auto" else check_name("", "name")
 
 
 def names() -> tuple[str, ...]:
@@ -61,7 +69,7 @@ def resolve(name: str, device_type: str, arg: str = "backend") -> Backend:
     """The backend that computes a call whose tensors are on ``device_type``."""
     check_name(name, arg)
     if name == "auto":
-        fits = [b for b in _REGISTRY.values() if b.usable and device_type in b.device_types]
+        fits = [b for b in _REGISTRY.values() if b.usable and device_type in (b.auto_device_types or b.device_types)]
         return max(fits, key=lambda b: b.priority)  # the reference fits every device
     backend = _REGISTRY[name]
     if not backend.usable:

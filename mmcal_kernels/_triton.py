@@ -1,0 +1,55 @@
+"""The ``"triton"`` backend's import guard: the Triton kernels load only where
+they can run (a CUDA GPU, or CPU tensors under ``TRITON_INTERPRET=1``) with a
+supported Triton; otherwise the backend is listed as unusable, with the reason
+``python -m mmcal_kernels.info`` prints. A Triton that is present but fails to
+load gives one warning."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from . import backends
+
+SUPPORTED = ((3, 6), (3, 9))  # tested range of triton releases (major, minor), inclusive
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _release(version: str) -> tuple[int, int]:
+    parts = (version.split("+")[0].split(".") + ["0"])[:2]
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+
+
+def _why_not() -> str:
+    """Empty when the Triton kernels can run here, else the reason."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if not interpreting and not torch.cuda.is_available():
+        return "no CUDA GPU visible (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
+    import triton
+
+    low, high = SUPPORTED
+    if not low <= _release(triton.__version__) <= high:
+        return f"triton {triton.__version__} is outside the supported {low[0]}.{low[1]}-{high[0]}.{high[1]}"
+    return ""
+
+
+def register_backend() -> None:
+    why = _why_not()
+    if not why:
+        try:
+            from .triton_backend import backend
+        except Exception as exc:  # a triton/torch combination that cannot build the ops
+            why = f"loading the Triton kernels failed: {type(exc).__name__}: {exc}"
+            warnings.warn(f"mmcal_kernels: backend 'triton' is unavailable ({why})", RuntimeWarning, stacklevel=3)
+        else:
+            backend.register()
+            return
+    backends.register(backends.Backend(
+        name="triton", device_types=("cuda",), dtypes=DTYPES, summary=None, gates=None, modulate=None,
+        calibrate=None, built=False, usable=False, why_not=why, priority=5,
+    ))  # fmt: skip

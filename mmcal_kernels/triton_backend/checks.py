@@ -1,0 +1,92 @@
+"""Argument checks of the Triton ops: bad input is a ValueError or TypeError
+that names the argument, never an out-of-bounds kernel. Shape-only, so they
+also run on fake tensors under ``torch.compile``."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .slots import SEQUENCE, SPATIAL
+
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def _fail(cls, message: str):
+    raise cls(message)
+
+
+def lengths(name: str, items: Sequence, count: int, what: str = "xs") -> None:
+    if len(items) != count:
+        _fail(ValueError, f"{name}: expected one entry per tensor of {what} ({count}), got {len(items)}")
+
+
+def features(xs: Sequence[Tensor], layouts: Sequence[int], name: str = "xs") -> None:
+    if len(xs) == 0:
+        _fail(ValueError, f"{name}: expected at least one tensor")
+    lengths("layouts", layouts, len(xs), name)
+    first = xs[0]
+    for i, (x, layout) in enumerate(zip(xs, layouts)):
+        where = f"{name}[{i}]"
+        if not isinstance(x, Tensor):
+            _fail(TypeError, f"{where}: expected a tensor, got {type(x).__name__}")
+        if layout not in (SEQUENCE, SPATIAL):
+            _fail(ValueError, f"layouts[{i}]: expected 0 (sequence) or 1 (spatial), got {layout}")
+        if x.dtype not in FEATURE_DTYPES:
+            _fail(TypeError, f"{where}: dtype {x.dtype} is not one of {FEATURE_DTYPES}")
+        if x.dtype != first.dtype:
+            _fail(TypeError, f"{where}: dtype {x.dtype} differs from {name}[0]'s {first.dtype}")
+        if x.device != first.device:
+            _fail(ValueError, f"{where}: on {x.device}, but {name}[0] is on {first.device}")
+        if layout == SEQUENCE and x.dim() != 3:
+            _fail(ValueError, f"{where}: a sequence is [B, P, D], got {x.dim()} dims")
+        if layout == SPATIAL and x.dim() < 2:
+            _fail(ValueError, f"{where}: a spatial map is [B, D, *S], got {x.dim()} dims")
+        if x.shape[0] != first.shape[0]:
+            _fail(ValueError, f"{where}: batch {x.shape[0]} differs from {name}[0]'s {first.shape[0]}")
+
+
+def channels(x: Tensor, layout: int) -> int:
+    return x.shape[2] if layout == SEQUENCE else x.shape[1]
+
+
+def compute_dtype(ct: torch.dtype, x: Tensor, name: str = "ct") -> None:
+    if ct not in COMPUTE_DTYPES or torch.promote_types(ct, x.dtype) != ct:
+        _fail(TypeError, f"{name}: the compute dtype must be float32 or float64 and hold {x.dtype}, got {ct}")
+
+
+def like(t: Tensor, x: Tensor, name: str) -> None:
+    """A gradient of ``Y = f(X)``: X's shape, dtype and device."""
+    if not isinstance(t, Tensor):
+        _fail(TypeError, f"{name}: expected a tensor, got {type(t).__name__}")
+    if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+        _fail(ValueError, f"{name}: expected {tuple(x.shape)} {x.dtype} on {x.device}, "
+                          f"got {tuple(t.shape)} {t.dtype} on {t.device}")  # fmt: skip
+
+
+def per_channel(g: Tensor, x: Tensor, layout: int, name: str) -> None:
+    """A gate (or ds): ``[B, D]`` in a float compute dtype, on X's device."""
+    if not isinstance(g, Tensor):
+        _fail(TypeError, f"{name}: expected a tensor, got {type(g).__name__}")
+    if g.dtype not in COMPUTE_DTYPES and g.dtype != x.dtype:
+        _fail(TypeError, f"{name}: dtype {g.dtype} must be float32, float64 or X's {x.dtype}")
+    if g.dim() != 2 or g.shape[0] != x.shape[0] or g.shape[1] != channels(x, layout):
+        _fail(ValueError, f"{name}: expected [{x.shape[0]}, {channels(x, layout)}], got {tuple(g.shape)}")
+    if g.device != x.device:
+        _fail(ValueError, f"{name}: on {g.device}, but the features are on {x.device}")
+
+
+def mask(m: Optional[Tensor], x: Tensor, layout: int, name: str) -> None:
+    if m is None:
+        return
+    if m.dtype != torch.bool:
+        _fail(TypeError, f"{name}: expected a bool mask, got {m.dtype}")
+    if layout != SEQUENCE:
+        _fail(ValueError, f"{name}: masks are for the sequence layout only")
+    if m.dim() != 2 or m.shape[0] != x.shape[0] or m.shape[1] != x.shape[1]:
+        _fail(ValueError, f"{name}: expected [{x.shape[0]}, {x.shape[1]}], got {tuple(m.shape)}")
+    if m.device != x.device:
+        _fail(ValueError, f"{name}: on {m.device}, but the features are on {x.device}")

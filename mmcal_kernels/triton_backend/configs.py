@@ -1,0 +1,89 @@
+"""Autotune configurations of the Triton kernels, by GPU architecture, and how
+they are launched: autotuned on a GPU, one explicit configuration under the
+interpreter.
+
+``triton.autotune`` with two or more configurations fails under
+``TRITON_INTERPRET=1`` ("0 active drivers"), so there the launcher runs the
+bare kernel with one configuration, and the tests run every configuration in
+turn through ``forced``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Optional
+
+import torch
+import triton
+
+# (architectures, configuration). The reductions stream [BLOCK_P, BLOCK_D]
+# tiles down the positions; the maps write one tile a program. Wider channel
+# tiles give 16-byte accesses on channels-last rows; sm_90's larger register
+# file and L2 take more warps and deeper tiles.
+REDUCE_CONFIGS = [
+    ((80, 90), triton.Config({"BLOCK_P": 32, "BLOCK_D": 64}, num_warps=4)),
+    ((80, 90), triton.Config({"BLOCK_P": 16, "BLOCK_D": 128}, num_warps=4)),
+    ((80,), triton.Config({"BLOCK_P": 64, "BLOCK_D": 64}, num_warps=8)),
+    ((90,), triton.Config({"BLOCK_P": 32, "BLOCK_D": 128}, num_warps=8)),
+]
+MAP_CONFIGS = [
+    ((80, 90), triton.Config({"BLOCK_P": 16, "BLOCK_D": 64}, num_warps=4)),
+    ((80, 90), triton.Config({"BLOCK_P": 8, "BLOCK_D": 128}, num_warps=4)),
+    ((80,), triton.Config({"BLOCK_P": 32, "BLOCK_D": 64}, num_warps=8)),
+    ((90,), triton.Config({"BLOCK_P": 16, "BLOCK_D": 256}, num_warps=8)),
+]
+ARCHS = (80, 90)
+
+
+def for_arch(table, arch: int) -> list:
+    """The configurations for compute capability ``arch`` (e.g. 90); newer GPUs take sm_90's."""
+    arch = max(a for a in ARCHS if a <= arch) if arch >= ARCHS[0] else ARCHS[0]
+    return [cfg for archs, cfg in table if arch in archs]
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _prune_for_device(table):
+    def prune(configs, named_args, **kwargs):
+        major, minor = torch.cuda.get_device_capability()
+        keep = {id(c) for c in for_arch(table, 10 * major + minor)}
+        return [c for c in configs if id(c) in keep] or configs
+
+    return prune
+
+
+def autotuned(kernel, table, key: list[str]):
+    """``kernel`` autotuned over every configuration of ``table`` that suits the GPU it runs on."""
+    return triton.autotune(
+        configs=[cfg for _, cfg in table], key=key, prune_configs_by={"early_config_prune": _prune_for_device(table)}
+    )(kernel)
+
+
+_FORCED: dict[int, triton.Config] = {}
+
+
+@contextlib.contextmanager
+def forced(tuner, config: triton.Config):
+    """Launch ``tuner``'s kernel with ``config`` only (tests, and the interpreter)."""
+    _FORCED[id(tuner)] = config
+    try:
+        yield
+    finally:
+        _FORCED.pop(id(tuner), None)
+
+
+def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict) -> None:
+    """One launch of ``tuner`` (a ``triton.autotune`` object) through ``wrap_triton``."""
+    from torch.library import wrap_triton
+
+    config: Optional[triton.Config] = _FORCED.get(id(tuner))
+    if config is None and interpreting():
+        config = tuner.configs[0]
+    if config is None:
+        wrap_triton(tuner)[grid](*args, **constexprs)
+        return
+    meta = dict(constexprs, **config.kwargs)
+    wrap_triton(tuner.fn)[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
