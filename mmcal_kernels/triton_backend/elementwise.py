@@ -50,9 +50,6 @@ def _map_slot(t, src, g, ds, m, out, B, P, D, ssb, ssp, ssd, sob, sop, sod,
             val = val + term
         else:
             val = term
-    if not HAS_SRC:
-        if not HAS_DS:
-            val = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
     tl.store(out + b * sob + p64 * sop + d64 * sod, val.to(out.dtype.element_ty), mask=tile_ok)
 
 
@@ -181,6 +178,8 @@ def input_grads(
     for i, (x, dy, g, m, q, lay) in enumerate(zip(xs, grad_ys, gates, masks, ds_scaled, layouts)):
         if (dy is None) != (g is None):
             raise ValueError(f"grad_ys[{i}], gates[{i}]: give both (the dY * g term) or neither")
+        if dy is None and q is None:
+            raise ValueError(f"grad_ys[{i}], ds_scaled[{i}]: neither is given, so dX has no term")
         if dy is not None:
             checks.like(dy, x, f"grad_ys[{i}]")
             checks.per_channel(g, x, lay, f"gates[{i}]")

@@ -1,0 +1,77 @@
+"""The Triton ops as ``torch.library`` ops: ``opcheck`` (on CPU under the
+interpreter only its schema and autograd-registration checks, whose fake-tensor
+checks need a GPU; all of them on a GPU), and bad input sent straight to each
+op: a ValueError or TypeError that names the argument, never a kernel launch."""
+
+import pytest
+import torch
+
+from triton_env import DEVICE, ON_GPU
+
+OPCHECK_TESTS = None if ON_GPU else ("test_schema", "test_autograd_registration")
+
+
+def _samples():
+    xs = [torch.randn(2, 5, 3, device=DEVICE), torch.randn(2, 4, 2, 3, device=DEVICE)]
+    masks = [(torch.rand(2, 5) > 0.3).to(DEVICE), None]
+    gates = [torch.rand(2, 3, device=DEVICE), torch.rand(2, 4, device=DEVICE)]
+    dys = [torch.randn_like(t) for t in xs]
+    ds = [torch.randn(2, 3, device=DEVICE), torch.randn(2, 4, device=DEVICE)]
+    return {
+        "triton_summaries": (xs, masks, [0, 1], torch.float32),
+        "triton_modulate": ([t.clone().requires_grad_() for t in xs], [g.clone().requires_grad_() for g in gates], [0, 1]),
+        "triton_modulate_": ([t.clone() for t in xs], gates, [0, 1]),
+        "triton_gate_grads": (dys, xs, [0, 1], torch.float32),
+        "triton_input_grads": (xs, dys, gates, masks, ds, [0, 1]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_samples()))
+def test_opcheck(name):
+    args = _samples()[name]
+    torch.library.opcheck(getattr(torch.ops.mmcal, name).default, args, test_utils=OPCHECK_TESTS or
+                          ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))  # fmt: skip
+
+
+def test_opcheck_summaries_with_grad():
+    xs, masks, layouts, ct = _samples()["triton_summaries"]
+    args = ([x.requires_grad_() for x in xs], masks, layouts, ct)
+    torch.library.opcheck(torch.ops.mmcal.triton_summaries.default, args, test_utils=OPCHECK_TESTS or
+                          ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))  # fmt: skip
+
+
+def t(*shape, dtype=torch.float32):
+    return torch.randn(shape, device=DEVICE).to(dtype)
+
+
+def b(*shape):
+    return torch.ones(shape, dtype=torch.bool, device=DEVICE)
+
+
+BAD = [
+    ("triton_summaries", lambda: ([t(2, 3)], [None], [0], torch.float32), ValueError, r"xs\[0\]: a sequence is \[B, P, D\]"),
+    ("triton_summaries", lambda: ([t(2, 3, 4).int()], [None], [0], torch.float32), TypeError, r"xs\[0\]: dtype torch.int32"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [b(2, 4)], [0], torch.float32), ValueError, r"masks\[0\]: expected \[2, 3\]"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [torch.ones(2, 3, device=DEVICE)], [0], torch.float32), TypeError, r"masks\[0\]: expected a bool"),
+    ("triton_summaries", lambda: ([t(2, 4, 3)], [b(2, 3)], [1], torch.float32), ValueError, r"masks\[0\]: masks are for the sequence layout"),
+    ("triton_summaries", lambda: ([t(2, 3, 4), t(3, 3, 4)], [None, None], [0, 0], torch.float32), ValueError, r"xs\[1\]: batch 3 differs"),
+    ("triton_summaries", lambda: ([t(2, 3, 4), t(2, 3, 4).double()], [None, None], [0, 0], torch.float64), TypeError, r"xs\[1\]: dtype torch.float64 differs"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [None, None], [0], torch.float32), ValueError, r"masks: expected one entry"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [None], [2], torch.float32), ValueError, r"layouts\[0\]: expected 0 \(sequence\) or 1"),
+    ("triton_summaries", lambda: ([t(2, 3, 4).double()], [None], [0], torch.float32), TypeError, r"ct: the compute dtype must .* hold torch.float64"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [None], [0], torch.float16), TypeError, r"ct: the compute dtype must be float32 or float64"),
+    ("triton_summaries", lambda: ([], [], [], torch.float32), ValueError, r"xs: expected at least one tensor"),
+    ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 5, device=DEVICE)], [0]), ValueError, r"gates\[0\]: expected \[2, 4\]"),
+    ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 4, device=DEVICE)] * 2, [0]), ValueError, r"gates: expected one entry"),
+    ("triton_modulate_", lambda: ([t(2, 4, 3)], [torch.rand(2, 3, device=DEVICE)], [1]), ValueError, r"gates\[0\]: expected \[2, 4\]"),
+    ("triton_gate_grads", lambda: ([t(2, 3, 5)], [t(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected \(2, 3, 4\)"),
+    ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
+    ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"give both"),
+    ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [torch.rand(2, 3, device=DEVICE)], [0]), ValueError, r"ds_scaled\[0\]: expected \[2, 4\]"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", BAD, ids=[f"{x[0]}-{i}" for i, x in enumerate(BAD)])
+def test_bad_input_to_the_triton_ops(name, make, exc, match):
+    with pytest.raises(exc, match=match):
+        getattr(torch.ops.mmcal, name)(*make())
