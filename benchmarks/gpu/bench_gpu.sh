@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mmcal-gpu}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+python3 benchmarks/gpu/launch_counts.py --out "$OUT" 2>&1 | tee "$OUT/launch_counts.log"
 python3 benchmarks/run.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log"

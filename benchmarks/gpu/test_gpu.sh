@@ -13,5 +13,8 @@ start=$(date +%s)
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tee "$OUT/build.log"
 echo "build took $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
 python3 -m mmcal_kernels.info 2>&1 | tee "$OUT/info.log"
+# The whole suite on the GPU: the CUDA extension's tests, and tests/triton on
+# CUDA tensors (full opcheck, torch.compile, generated code). The interpreter
+# run of tests/triton is CI's (it would not fit this command's 600 s).
 python3 -m pytest tests -m "not slow" -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 exit "${PIPESTATUS[0]}"
