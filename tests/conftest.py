@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcal_kernels import PreFusionCalibration
-from mmcal_kernels.testing import forward_backward, randomize_
+from mmcal_kernels.testing import assert_runs_close, forward_backward, randomize_
 
 
 def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0, dtype=torch.float64, backend="reference"):
@@ -27,6 +27,15 @@ def run_float64_oracle(module, features, masks, present, grad_outputs):
     oracle = copy.deepcopy(module).double()
     oracle.backend = "reference"
     return forward_backward(oracle, [x.double() for x in features], masks, present, [g.double() for g in grad_outputs])
+
+
+def check_against_oracle(module, features, masks=None, present=None):
+    """Forward and backward of ``module`` against its float64 reference copy, at the features' dtype tolerances."""
+    grads = random_grads(features)
+    got = forward_backward(module, features, masks, present, grads)
+    want = run_float64_oracle(module, features, masks, present, grads)
+    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+    return got
 
 
 def assert_compiled_matches_eager(module, features, masks, present):

@@ -11,22 +11,16 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, backends, ops
 from mmcal_kernels._cpp import STATUS
-from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+from mmcal_kernels.testing import assert_runs_close, random_case
 
 pytestmark = pytest.mark.skipif(not backends.resolve("auto", "cpu").name == "cpu", reason=f"no C++ extension: {STATUS['why_not']}")
 
 DTYPES, CASES = KERNEL_DTYPES, KERNEL_CASES
 
 
-def _check(module, features, masks, present):
-    grads = random_grads(features)
-    got = forward_backward(module, features, masks, present, grads)
-    want = run_float64_oracle(module, features, masks, present, grads)
-    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
-    return got
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -38,7 +32,7 @@ def test_matches_reference(case, dtype):
     features, masks, present = random_case(dims, layouts, batch=5, positions=positions, dtype=feature_dtype, seed=82)
     present[0] = False
     present[1, 0] = True
-    _check(module, features, masks, present)
+    check_against_oracle(module, features, masks, present)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16-mixed"])
@@ -67,7 +61,7 @@ def test_channels_last(memory_format):
     module = make_module(dims, "spatial", seed=85, dtype=torch.float32, backend="cpu")
     features, _, present = random_case(dims, "spatial", positions=[trailing, trailing], seed=86)
     cl = [x.contiguous(memory_format=fmt) for x in features]
-    outputs, _, grads = _check(module, cl, None, present)
+    outputs, _, grads = check_against_oracle(module, cl, None, present)
     for x, y, g in zip(cl, outputs, grads):
         assert y.is_contiguous(memory_format=fmt) and y.stride() == x.stride() and g.stride() == x.stride()
 
@@ -80,7 +74,7 @@ def test_non_contiguous_and_expanded_inputs():
     masks = [torch.rand(3, 11) > 0.3, None]
     masks[0] = masks[0].t().contiguous().t()  # a mask with its own strides
     present = torch.tensor([[True, False], [True, True], [False, True]])
-    _check(module, [seq, spa], masks, present)
+    check_against_oracle(module, [seq, spa], masks, present)
     # An expanded gradient (stride 0), as `Y.sum().backward()` makes.
     leaves = [seq.detach().requires_grad_(), spa.detach().requires_grad_()]
     sum(y.sum() for y in module(leaves, masks, present)).backward()
@@ -98,7 +92,7 @@ def test_degenerate_sizes(batch, positions, dims):
     layouts = ["sequence", "spatial"]
     module = make_module(dims, layouts, seed=88, dtype=torch.float64, backend="cpu")
     features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=89)
-    _check(module, features, masks, present)
+    check_against_oracle(module, features, masks, present)
 
 
 def test_nan_in_padded_position_stays_in_its_position():

@@ -7,9 +7,9 @@ import io
 import pytest
 import torch
 
-from conftest import make_module, random_grads, run_float64_oracle
+from conftest import check_against_oracle, make_module, random_grads
 from mmcal_kernels import PreFusionCalibration, backends
-from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+from mmcal_kernels.testing import forward_backward, random_case
 
 
 def test_parameter_names_shapes_and_init():
@@ -52,13 +52,6 @@ def test_repr_names_the_backend_auto_will_use():
     assert "backend='reference'" in repr(PreFusionCalibration([3, 4], backend="reference"))
 
 
-def _check_against_oracle(module, features, masks=None, present=None):
-    grads = random_grads(features)
-    got = forward_backward(module, features, masks, present, grads)
-    want = run_float64_oracle(module, features, masks, present, grads)
-    dtype = features[0].dtype
-    assert_runs_close(got, want, dtype, [n for n, _ in module.named_parameters()])
-    return got
 
 
 @pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])
@@ -69,7 +62,7 @@ def test_channels_last_maps_keep_their_format(memory_format):
     module = make_module(dims, "spatial", seed=1)
     features, _, present = random_case(dims, "spatial", positions=[trailing, trailing], dtype=torch.float64, seed=2)
     cl = [x.contiguous(memory_format=fmt) for x in features]
-    outputs, _, grads = _check_against_oracle(module, cl, None, present)
+    outputs, _, grads = check_against_oracle(module, cl, None, present)
     for x, y, gx in zip(cl, outputs, grads):
         assert y.is_contiguous(memory_format=fmt) and y.stride() == torch.empty_like(x).stride()
     ref = module(features, present=present)
@@ -86,7 +79,7 @@ def test_non_contiguous_inputs_match_contiguous():
     masks = [torch.rand(3, 9) > 0.3, None]
     present = torch.tensor([[True, False], [True, True], [False, True]])
     assert not seq.is_contiguous() and not spa.is_contiguous()
-    got = _check_against_oracle(module, [seq, spa], masks, present)
+    got = check_against_oracle(module, [seq, spa], masks, present)
     want = forward_backward(module, [seq.contiguous(), spa.contiguous()], masks, present, random_grads([seq, spa]))
     for a, b in zip(got[0] + got[2], want[0] + want[2]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
@@ -101,7 +94,7 @@ def test_degenerate_sizes_match_oracle(batch, positions, dims):
     layouts = ["sequence", "spatial"]
     module = make_module(dims, layouts, seed=4)
     features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=5)
-    outputs, diag, _ = _check_against_oracle(module, features, masks, present)
+    outputs, diag, _ = check_against_oracle(module, features, masks, present)
     assert [y.shape for y in outputs] == [x.shape for x in features]
     assert diag["agreement"].shape == (batch, 2, 2)
 

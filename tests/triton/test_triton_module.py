@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from triton_env import DEVICE
-from conftest import KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import check_against_oracle, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, ops
-from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+from mmcal_kernels.testing import assert_runs_close, random_case
 
 
 def _to(features, masks, present):
@@ -21,12 +21,6 @@ def _module(dims, layouts, seed, dtype, **kw):
     return make_module(dims, layouts, seed=seed, dtype=dtype, backend="triton", **kw).to(DEVICE)
 
 
-def _check(module, features, masks, present):
-    grads = random_grads(features)
-    got = forward_backward(module, features, masks, present, grads)
-    want = run_float64_oracle(module, features, masks, present, grads)
-    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
-    return got
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES)
@@ -38,14 +32,14 @@ def test_matches_reference(case, dtype):
     features, masks, present = _to(*random_case(dims, layouts, batch=5, positions=positions, dtype=feature_dtype, seed=82))
     present[0] = False
     present[1, 0] = True
-    _check(module, features, masks, present)
+    check_against_oracle(module, features, masks, present)
 
 
 def test_five_modalities_take_two_launches_and_match():
     dims, layouts = [5, 3, 7, 2, 4], ["sequence", "spatial", "sequence", "spatial", "spatial"]
     module = _module(dims, layouts, 70, torch.float32)
     features, masks, present = _to(*random_case(dims, layouts, batch=3, positions=[6, (2, 3), 4, (), (3,)], seed=71))
-    _check(module, features, masks, present)
+    check_against_oracle(module, features, masks, present)
 
 
 @pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])
@@ -56,7 +50,7 @@ def test_channels_last(memory_format):
     module = _module(dims, "spatial", 85, torch.float32)
     features, _, present = _to(*random_case(dims, "spatial", positions=[trailing, trailing], seed=86))
     cl = [x.contiguous(memory_format=fmt) for x in features]
-    outputs, _, grads = _check(module, cl, [None, None], present)
+    outputs, _, grads = check_against_oracle(module, cl, [None, None], present)
     for x, y, g in zip(cl, outputs, grads):
         assert y.stride() == x.stride() and g.stride() == x.stride()
 
@@ -68,7 +62,7 @@ def test_non_contiguous_inputs_and_expanded_gradient():
     spa = torch.randn(3, 5, 9, 4, dtype=torch.float64, device=DEVICE).permute(0, 2, 3, 1)[..., 1:4]  # no flattening
     masks = [(torch.rand(3, 11) > 0.3).to(DEVICE), None]
     present = torch.tensor([[True, False], [True, True], [False, True]], device=DEVICE)
-    _check(module, [seq, spa], masks, present)
+    check_against_oracle(module, [seq, spa], masks, present)
     leaves = [seq.detach().requires_grad_(), spa.detach().requires_grad_()]
     sum(y.sum() for y in module(leaves, masks, present)).backward()  # dY with stride 0
     oracle = make_module(dims, layouts, seed=87, dtype=torch.float64).to(DEVICE)
@@ -82,7 +76,7 @@ def test_non_contiguous_inputs_and_expanded_gradient():
 def test_degenerate_sizes(batch, positions):
     dims, layouts = [3, 2], ["sequence", "spatial"]
     module = _module(dims, layouts, 88, torch.float64)
-    _check(module, *_to(*random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=89)))
+    check_against_oracle(module, *_to(*random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=89)))
 
 
 def test_frozen_features_skip_the_input_gradient_pass():
