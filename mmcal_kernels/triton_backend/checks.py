@@ -68,11 +68,11 @@ def like(t: Tensor, x: Tensor, name: str) -> None:
 
 
 def per_channel(g: Tensor, x: Tensor, layout: int, name: str) -> None:
-    """A gate (or ds): ``[B, D]`` in a float compute dtype, on X's device."""
+    """A gate (or ds): ``[B, D]`` in the compute dtype, on X's device: the products are taken in it."""
     if not isinstance(g, Tensor):
         _fail(TypeError, f"{name}: expected a tensor, got {type(g).__name__}")
-    if g.dtype not in COMPUTE_DTYPES and g.dtype != x.dtype:
-        _fail(TypeError, f"{name}: dtype {g.dtype} must be float32, float64 or X's {x.dtype}")
+    if g.dtype not in COMPUTE_DTYPES or torch.promote_types(g.dtype, x.dtype) != g.dtype:
+        _fail(TypeError, f"{name}: expected the compute dtype (float32 or float64, holding {x.dtype}), got {g.dtype}")
     if g.dim() != 2 or g.shape[0] != x.shape[0] or g.shape[1] != channels(x, layout):
         _fail(ValueError, f"{name}: expected [{x.shape[0]}, {channels(x, layout)}], got {tuple(g.shape)}")
     if g.device != x.device:

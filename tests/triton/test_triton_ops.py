@@ -64,6 +64,8 @@ BAD = [
     ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 5, device=DEVICE)], [0]), ValueError, r"gates\[0\]: expected \[2, 4\]"),
     ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 4, device=DEVICE)] * 2, [0]), ValueError, r"gates: expected one entry"),
     ("triton_modulate_", lambda: ([t(2, 4, 3)], [torch.rand(2, 3, device=DEVICE)], [1]), ValueError, r"gates\[0\]: expected \[2, 4\]"),
+    ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 4, device=DEVICE).half()], [0]), TypeError, r"gates\[0\]: expected the compute dtype"),
+    ("triton_modulate", lambda: ([t(2, 3, 4).double()], [torch.rand(2, 4, device=DEVICE)], [0]), TypeError, r"gates\[0\]: expected the compute dtype .* holding torch.float64"),
     ("triton_gate_grads", lambda: ([t(2, 3, 5)], [t(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected \(2, 3, 4\)"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"give both"),
