@@ -48,6 +48,8 @@ def interpreting() -> bool:
 
 def _prune_for_device(table):
     def prune(configs, named_args, **kwargs):
+        if not torch.cuda.is_available():  # tracing with fake tensors on a machine without a GPU
+            return configs
         major, minor = torch.cuda.get_device_capability()
         keep = {id(c) for c in for_arch(table, 10 * major + minor)}
         return [c for c in configs if id(c) in keep] or configs
