@@ -174,3 +174,24 @@ def test_empty(batch, positions):
     assert [y.shape for y in ys] == [x.shape for x in xs]
     dgs = torch.ops.mmcal.triton_gate_grads(ys, xs, layouts, torch.float32)
     assert all((d == 0).all() for d in dgs)
+
+
+def test_offsets_past_2_31_elements_use_int64():
+    """A batch stride of 2^30 elements: sample 2 starts past 2^31, where int32
+    offsets wrap (the interpreter wraps them like a GPU would). The storage is
+    reserved, never touched beyond the few elements the view reads."""
+    stride = 2**30
+    storage = torch.empty(2 * stride + 2 * 8, dtype=torch.bfloat16, device=DEVICE)
+    x = storage.as_strided((3, 2, 8), (stride, 8, 1))
+    values = torch.randn(3, 2, 8).to(torch.bfloat16)
+    for b in range(3):
+        x[b].copy_(values[b])
+    mask = torch.tensor([[True, False], [True, True], [False, True]], device=DEVICE)
+    gate = torch.rand(3, 8, device=DEVICE)
+    means = torch.ops.mmcal.triton_summaries([x], [mask], [SEQ], torch.float32)[0]
+    want = (values.double() * mask.cpu().double().unsqueeze(-1)).sum(1) / mask.cpu().sum(1, keepdim=True)
+    assert_close(means.cpu(), want.float(), torch.bfloat16, "summary")
+    y = torch.ops.mmcal.triton_modulate([x], [gate], [SEQ])[0]
+    assert_close(y.cpu(), (values.double() * gate.cpu().double().unsqueeze(1)).to(torch.bfloat16), torch.bfloat16, "Y")
+    dg = torch.ops.mmcal.triton_gate_grads([x], [x], [SEQ], torch.float32)[0]
+    assert_close(dg.cpu(), (values.double() ** 2).sum(1).float(), torch.bfloat16, "dg")
