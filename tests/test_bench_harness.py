@@ -71,8 +71,10 @@ def test_quick_run_writes_table_json_and_png(tmp_path):
     assert (tmp_path / json_path.name.replace(".json", ".png")).stat().st_size > 10_000
     data = json.loads(json_path.read_text())
     rows = {(r["backend"], r["pass"], r["allocator"]) for r in data["records"]}
-    kernels = {b.name for b in backends.available() if b.usable and "cpu" in b.device_types and b.name != "reference"}
-    labels = {"reference", "reference+compile"} | kernels  # kernel backends show up by themselves
+    kernels = {b.name for b in backends.available()
+               if b.usable and "cpu" in (b.auto_device_types or b.device_types) and b.name != "reference"}  # fmt: skip
+    # kernel backends show up by themselves, eager and compiled
+    labels = {"reference", "reference+compile"} | kernels | {f"{k}+compile" for k in kernels}
     expected = {(b, p, a) for b in labels for p in ("forward", "summary") for a in ("glibc", "reuse")}
     assert rows == expected
     assert set(data["meta"]["copy_bandwidth_gbps"]) == {"glibc", "reuse"}

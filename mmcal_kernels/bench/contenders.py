@@ -2,7 +2,9 @@
 
 Contenders: the reference in eager mode, ``torch.compile`` of the reference,
 and every usable kernel backend (found in the registry, so new backends show
-up here without edits). Passes are those of ``floors.PASSES``.
+up here without edits), in eager mode and, labelled ``<name>+compile``, under
+``torch.compile`` (the kernels stay custom ops; Inductor compiles the glue
+of steps 2-6 around them). Passes are those of ``floors.PASSES``.
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ EAGER, COMPILED = "reference", "reference+compile"
 
 @dataclass(frozen=True)
 class Contender:
-    label: str  # as printed: "reference", "reference+compile", or a kernel backend's name
+    label: str  # as printed: "reference", "reference+compile", a kernel backend's name, "<name>+compile"
     backend: str
     compiled: bool
 
 
 def contenders(device: torch.device, compile_reference: bool = True, only=None) -> list[Contender]:
+    """``compile_reference`` False leaves out every compiled contender (compiling is most of a run's time)."""
     found = [Contender(EAGER, "reference", False)]
     if compile_reference:
         found.append(Contender(COMPILED, "reference", True))
     for b in backends.available():
-        if b.name != "reference" and b.usable and device.type in b.device_types:
+        if b.name != "reference" and b.usable and device.type in (b.auto_device_types or b.device_types):
             found.append(Contender(b.name, b.name, False))
+            if compile_reference:
+                found.append(Contender(f"{b.name}+compile", b.name, True))
     return [c for c in found if only is None or c.label in only]
 
 

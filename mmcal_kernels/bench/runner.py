@@ -48,7 +48,7 @@ def parse_args(argv):
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     p.add_argument("--backends", nargs="+", default=None, help="contender labels to keep (default: all)")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders (reference and kernel backends)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for JSON and PNG")
     p.add_argument("--allocator-rerun", choices=("auto", "always", "never"), default="auto",
