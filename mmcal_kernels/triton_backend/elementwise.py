@@ -101,17 +101,17 @@ def map_all(outs, layouts, srcs, gates, dss, masks) -> None:
             out, lay = outs[i], layouts[i]
             src = readable(srcs[i], lay) if srcs[i] is not None else out
             vo, vs = view3(out, lay), view3(src, lay)
-            ct_term = gates[i] if gates[i] is not None else dss[i]
-            g = gates[i].contiguous() if gates[i] is not None else ct_term if ct_term is not None else out
+            # An absent term's pointer is a stand-in its flag keeps the kernel from reading.
+            g = gates[i].contiguous() if gates[i] is not None else dss[i]
             q = dss[i].contiguous() if dss[i] is not None else g
             bits["SRCS"] |= (srcs[i] is not None) << slot
             bits["DSS"] |= (dss[i] is not None) << slot
             bits["MASKS"] |= (masks[i] is not None and dss[i] is not None) << slot
             slots.append((src, g, q, mask_bytes(masks[i], out), out, vo.positions, vo.channels,
                           vs.stride_b, vs.stride_p, vs.stride_d, vo.stride_b, vo.stride_p, vo.stride_d))  # fmt: skip
-        if batch == 0 or all(sl[5] == 0 for sl in slots):
+        if batch == 0 or all(slot_args[5] == 0 for slot_args in slots):  # no positions anywhere
             continue
-        tiles = [(sl[5], sl[6]) for sl in slots]
+        tiles = [(slot_args[5], slot_args[6]) for slot_args in slots]  # (P, D) of each slot
 
         def grid(meta, tiles=tiles):
             return (sum(batch * cdiv(p, meta["BLOCK_P"]) * cdiv(d, meta["BLOCK_D"]) for p, d in tiles),)

@@ -121,7 +121,7 @@ def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[in
             slots.append((x, y, mask_bytes(m, x), o, vx.positions, vx.channels, vx.stride_b, vx.stride_p,
                           vx.stride_d, vy.stride_b, vy.stride_p, vy.stride_d, s))  # fmt: skip
         if batch > 0:
-            tiles = [(sl[5], sl[12]) for sl in slots]
+            tiles = [(slot_args[5], slot_args[12]) for slot_args in slots]  # (D, S) of each slot
 
             def grid(meta, tiles=tiles):
                 return (sum(batch * cdiv(d, meta["BLOCK_D"]) * s for d, s in tiles),)

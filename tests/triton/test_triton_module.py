@@ -129,3 +129,25 @@ def test_gradcheck_float64():
 
     gate = torch.rand(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
     assert torch.autograd.gradcheck(stages, (leaves[0], gate), fast_mode=True)
+
+
+def test_two_launches_over_x_each_way(monkeypatch):
+    """Forward: one summary launch and one modulation launch for all three
+    modalities; backward: one dg launch and one dX launch (none for frozen X)."""
+    from mmcal_kernels.triton_backend import configs
+
+    launched = []
+    real_launch = configs.launch
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: (launched.append(tuner.fn.__name__), real_launch(tuner, *a, **k)))
+    dims, layouts = [6, 4, 3], ["sequence", "spatial", "spatial"]
+    module = _module(dims, layouts, 62, torch.float32)
+    features, masks, present = _to(*random_case(dims, layouts, batch=3, positions=[5, (2, 3), ()], seed=63))
+    leaves = [x.detach().requires_grad_() for x in features]
+    outputs = module(leaves, masks, present)
+    assert launched == ["_reduce_kernel", "_map_kernel"]
+    launched.clear()
+    torch.autograd.backward(outputs, random_grads(outputs))
+    assert launched == ["_reduce_kernel", "_map_kernel"]
+    launched.clear()
+    torch.autograd.backward(module(features, masks, present), random_grads(outputs))  # frozen features
+    assert launched == ["_reduce_kernel", "_map_kernel", "_reduce_kernel"]
