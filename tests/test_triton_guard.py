@@ -1,0 +1,50 @@
+"""The ``"triton"`` backend's import guard (``mmcal_kernels._triton``): it says
+why the backend is unusable, and the package works without triton."""
+
+import os
+import subprocess
+import sys
+import types
+from importlib.machinery import ModuleSpec
+
+import pytest
+import torch
+
+from mmcal_kernels import _triton, backends
+
+
+def test_reasons(monkeypatch):
+    monkeypatch.setattr(_triton.importlib.util, "find_spec", lambda name: None)
+    assert _triton._why_not() == "triton is not installed (pip install triton)"
+    monkeypatch.undo()
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _triton._why_not().startswith("no CUDA GPU visible (TRITON_INTERPRET=1 runs")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.5.1", __spec__=ModuleSpec("triton", None)))
+    assert _triton._why_not() == "triton 3.5.1 is outside the supported 3.6-3.9"
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.9.0+git1234", __spec__=ModuleSpec("triton", None)))
+    assert _triton._why_not() == ""
+
+
+def test_unusable_backend_is_listed_and_refused_by_name():
+    triton = backends.get("triton")
+    if triton.usable:
+        pytest.skip("triton is usable here")
+    assert triton.why_not and not triton.built
+    with pytest.raises(RuntimeError, match="backend 'triton' is not usable here"):
+        backends.resolve("triton", "cpu")
+
+
+def test_package_imports_without_triton(tmp_path):
+    # A stand-in `triton` that cannot be imported, first on the path.
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text("raise ImportError('no triton here')\n")
+    code = ("import mmcal_kernels as m; b = m.backends.get('triton'); "
+            "print(b.usable, m.backends.resolve('auto', 'cpu').name)")  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TRITON_INTERPRET", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "False"
