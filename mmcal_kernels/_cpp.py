@@ -25,8 +25,8 @@ from typing import Optional
 
 import torch
 
-from . import backends, reference
-from .pass_ops import LAYOUT_CODES, PassOps
+from . import _checks, backends, reference
+from .pass_ops import LAYOUT_NAMES, PassOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = os.path.join(os.path.dirname(HERE), "csrc")
@@ -130,7 +130,7 @@ CppFused = OPS.fused
 
 
 def _channels(x, code):
-    return x.shape[2] if code == 0 else x.shape[1]
+    return reference.channels(x, LAYOUT_NAMES[code])
 
 
 def _register_python_side() -> None:
@@ -172,7 +172,7 @@ def register_backends() -> None:
     ok = load_extension()
     if ok:
         _register_python_side()
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = _checks.FEATURE_DTYPES
     common = dict(summary=OPS.summary_one, gates=reference.gates_from_summaries, modulate=OPS.modulate_one,
                   calibrate=OPS.calibrate, modulate_=OPS.modulate_)  # fmt: skip
     backends.register(backends.Backend(

@@ -12,10 +12,9 @@ import warnings
 
 import torch
 
-from . import backends
+from . import _checks, backends
 
 SUPPORTED = ((3, 6), (3, 9))  # tested range of triton releases (major, minor), inclusive
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _release(version: str) -> tuple[int, int]:
@@ -50,6 +49,6 @@ def register_backend() -> None:
             backend.register()
             return
     backends.register(backends.Backend(
-        name="triton", device_types=("cuda",), dtypes=DTYPES, summary=None, gates=None, modulate=None,
+        name="triton", device_types=("cuda",), dtypes=_checks.FEATURE_DTYPES, summary=None, gates=None, modulate=None,
         calibrate=None, built=False, usable=False, why_not=why, priority=5,
     ))  # fmt: skip

@@ -51,8 +51,10 @@ def available() -> list[Backend]:
 
 
 def get(name: str) -> Backend:
-    """The registered backend called ``name``, usable or not."""
-    return _REGISTRY[check_name(name)] if name != "auto" else check_name("", "name")
+    """The registered backend called ``name``, usable or not (``"auto"`` names none)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"name: no backend called {name!r}; registered: {tuple(_REGISTRY)}")
+    return _REGISTRY[name]
 
 
 def names() -> tuple[str, ...]:

@@ -10,9 +10,7 @@ CPU tensors, by name only, so that the tests reach the kernels themselves.
 
 from __future__ import annotations
 
-import torch
-
-from .. import backends, reference
+from .. import _checks, backends, reference
 from ..pass_ops import PassOps
 from . import configs, elementwise, reductions
 
@@ -32,7 +30,7 @@ def register() -> None:
     devices = ("cuda", "cpu") if configs.interpreting() else ("cuda",)
     backends.register(backends.Backend(
         name="triton", device_types=devices, auto_device_types=("cuda",),
-        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        dtypes=_checks.FEATURE_DTYPES,
         summary=OPS.summary_one, gates=reference.gates_from_summaries, modulate=OPS.modulate_one,
         calibrate=OPS.calibrate, modulate_=OPS.modulate_, priority=5,
         notes="Triton kernels" + (" (interpreter)" if configs.interpreting() else ""),

@@ -9,9 +9,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .. import _checks, reference
+from ..pass_ops import LAYOUT_NAMES
 from .slots import SEQUENCE, SPATIAL
 
-FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -31,26 +32,19 @@ def features(xs: Sequence[Tensor], layouts: Sequence[int], name: str = "xs") -> 
     first = xs[0]
     for i, (x, layout) in enumerate(zip(xs, layouts)):
         where = f"{name}[{i}]"
-        if not isinstance(x, Tensor):
-            _fail(TypeError, f"{where}: expected a tensor, got {type(x).__name__}")
         if layout not in (SEQUENCE, SPATIAL):
             _fail(ValueError, f"layouts[{i}]: expected 0 (sequence) or 1 (spatial), got {layout}")
-        if x.dtype not in FEATURE_DTYPES:
-            _fail(TypeError, f"{where}: dtype {x.dtype} is not one of {FEATURE_DTYPES}")
+        _checks.check_feature(x, LAYOUT_NAMES[layout], where)
         if x.dtype != first.dtype:
             _fail(TypeError, f"{where}: dtype {x.dtype} differs from {name}[0]'s {first.dtype}")
         if x.device != first.device:
             _fail(ValueError, f"{where}: on {x.device}, but {name}[0] is on {first.device}")
-        if layout == SEQUENCE and x.dim() != 3:
-            _fail(ValueError, f"{where}: a sequence is [B, P, D], got {x.dim()} dims")
-        if layout == SPATIAL and x.dim() < 2:
-            _fail(ValueError, f"{where}: a spatial map is [B, D, *S], got {x.dim()} dims")
         if x.shape[0] != first.shape[0]:
             _fail(ValueError, f"{where}: batch {x.shape[0]} differs from {name}[0]'s {first.shape[0]}")
 
 
 def channels(x: Tensor, layout: int) -> int:
-    return x.shape[2] if layout == SEQUENCE else x.shape[1]
+    return reference.channels(x, LAYOUT_NAMES[layout])
 
 
 def compute_dtype(ct: torch.dtype, x: Tensor, name: str = "ct") -> None:
@@ -80,13 +74,4 @@ def per_channel(g: Tensor, x: Tensor, layout: int, name: str) -> None:
 
 
 def mask(m: Optional[Tensor], x: Tensor, layout: int, name: str) -> None:
-    if m is None:
-        return
-    if m.dtype != torch.bool:
-        _fail(TypeError, f"{name}: expected a bool mask, got {m.dtype}")
-    if layout != SEQUENCE:
-        _fail(ValueError, f"{name}: masks are for the sequence layout only")
-    if m.dim() != 2 or m.shape[0] != x.shape[0] or m.shape[1] != x.shape[1]:
-        _fail(ValueError, f"{name}: expected [{x.shape[0]}, {x.shape[1]}], got {tuple(m.shape)}")
-    if m.device != x.device:
-        _fail(ValueError, f"{name}: on {m.device}, but the features are on {x.device}")
+    _checks.check_mask(m, x, LAYOUT_NAMES[layout], name)

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from . import checks, configs
-from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, view3
+from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
 
 
 @triton.jit
@@ -116,8 +116,7 @@ def map_all(outs, layouts, srcs, gates, dss, masks) -> None:
         def grid(meta, tiles=tiles):
             return (sum(batch * cdiv(p, meta["BLOCK_P"]) * cdiv(d, meta["BLOCK_D"]) for p, d in tiles),)
 
-        size = sum(outs[i].numel() for i in group)
-        configs.launch(map_kernel, grid, pad(slots) + [batch, size.bit_length() if isinstance(size, int) else 0],
+        configs.launch(map_kernel, grid, pad(slots) + [batch, size_class([outs[i] for i in group])],
                        dict(NUM=len(group), **bits))  # fmt: skip
 
 

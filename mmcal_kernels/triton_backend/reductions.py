@@ -19,8 +19,10 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
+from ..fused import position_counts
+from ..pass_ops import LAYOUT_NAMES
 from . import checks, configs
-from .slots import cdiv, groups, mask_bytes, pad, readable, view3
+from .slots import cdiv, groups, mask_bytes, pad, readable, size_class, view3
 
 TARGET_PROGRAMS = 1024  # a few waves of programs on a 108-132 SM GPU
 MIN_SLICE = 64  # positions; shorter slices cost more in partial sums than they win
@@ -96,12 +98,6 @@ def slices(batch, positions, channels):
     return torch.sym_max(1, torch.sym_min(cdiv(positions, MIN_SLICE), cdiv(TARGET_PROGRAMS, per_tile)))
 
 
-def size_class(xs) -> int:
-    """The autotune key's size: log2 of the elements read (0 for symbolic sizes)."""
-    total = sum(x.numel() for x in xs)
-    return total.bit_length() if isinstance(total, int) else 0
-
-
 def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[int] = None) -> list[Tensor]:
     """``sum_p`` over valid positions of X (or of dY * X), ``[B, D_m]`` in ct, one launch per 4 modalities."""
     batch = xs[0].shape[0]
@@ -132,13 +128,6 @@ def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[in
     return outs
 
 
-def position_counts(x: Tensor, layout: int, mask: Optional[Tensor], ct: torch.dtype) -> Tensor:
-    """``max(1, number of valid positions)`` as ``[B, 1]`` in ct."""
-    if mask is not None:
-        return mask.sum(1, keepdim=True).to(ct).clamp_min(1)
-    return x.new_full((x.shape[0], 1), torch.sym_max(view3(x, layout).positions, 1), dtype=ct)
-
-
 @triton_op("mmcal::triton_summaries", mutates_args=())
 def summaries(xs: list[Tensor], masks: list[Optional[Tensor]], layouts: list[int], ct: torch.dtype) -> list[Tensor]:
     """Step 1 for every modality: masked means ``[B, D_m]`` in ct."""
@@ -148,7 +137,7 @@ def summaries(xs: list[Tensor], masks: list[Optional[Tensor]], layouts: list[int
         checks.compute_dtype(ct, x)
         checks.mask(m, x, lay, f"masks[{i}]")
     sums = reduce_all(xs, None, masks, layouts, ct)
-    return [s / position_counts(x, lay, m, ct) for s, x, lay, m in zip(sums, xs, layouts, masks)]
+    return [s / position_counts(x, LAYOUT_NAMES[lay], m, ct) for s, x, lay, m in zip(sums, xs, layouts, masks)]
 
 
 @triton_op("mmcal::triton_gate_grads", mutates_args=())

@@ -78,5 +78,11 @@ def pad(slots: list[tuple]) -> list:
     return [a for slot in padded for a in slot]
 
 
+def size_class(xs) -> int:
+    """The autotune key's size: log2 of the elements touched (0 for symbolic sizes)."""
+    total = sum(x.numel() for x in xs)
+    return total.bit_length() if isinstance(total, int) else 0
+
+
 def cdiv(a, b):
     return -(-a // b)

@@ -49,11 +49,11 @@ def b(*shape):
 
 
 BAD = [
-    ("triton_summaries", lambda: ([t(2, 3)], [None], [0], torch.float32), ValueError, r"xs\[0\]: a sequence is \[B, P, D\]"),
-    ("triton_summaries", lambda: ([t(2, 3, 4).int()], [None], [0], torch.float32), TypeError, r"xs\[0\]: dtype torch.int32"),
-    ("triton_summaries", lambda: ([t(2, 3, 4)], [b(2, 4)], [0], torch.float32), ValueError, r"masks\[0\]: expected \[2, 3\]"),
-    ("triton_summaries", lambda: ([t(2, 3, 4)], [torch.ones(2, 3, device=DEVICE)], [0], torch.float32), TypeError, r"masks\[0\]: expected a bool"),
-    ("triton_summaries", lambda: ([t(2, 4, 3)], [b(2, 3)], [1], torch.float32), ValueError, r"masks\[0\]: masks are for the sequence layout"),
+    ("triton_summaries", lambda: ([t(2, 3)], [None], [0], torch.float32), ValueError, r"xs\[0\]: a 'sequence' input must be \[B, P, D\]"),
+    ("triton_summaries", lambda: ([t(2, 3, 4).int()], [None], [0], torch.float32), TypeError, r"xs\[0\]: unsupported dtype torch.int32"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [b(2, 4)], [0], torch.float32), ValueError, r"masks\[0\]: expected shape \[B, P\] = \(2, 3\)"),
+    ("triton_summaries", lambda: ([t(2, 3, 4)], [torch.ones(2, 3, device=DEVICE)], [0], torch.float32), TypeError, r"masks\[0\]: expected a bool tensor \(True = valid position\)"),
+    ("triton_summaries", lambda: ([t(2, 4, 3)], [b(2, 3)], [1], torch.float32), ValueError, r"masks\[0\]: masks apply to 'sequence' inputs only"),
     ("triton_summaries", lambda: ([t(2, 3, 4), t(3, 3, 4)], [None, None], [0, 0], torch.float32), ValueError, r"xs\[1\]: batch 3 differs"),
     ("triton_summaries", lambda: ([t(2, 3, 4), t(2, 3, 4).double()], [None, None], [0, 0], torch.float64), TypeError, r"xs\[1\]: dtype torch.float64 differs"),
     ("triton_summaries", lambda: ([t(2, 3, 4)], [None, None], [0], torch.float32), ValueError, r"masks: expected one entry"),
