@@ -65,7 +65,7 @@ def extension_modules():
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]
 
-    sources = ["csrc/registration.cpp", "csrc/cpu/passes_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernels_default.cpp"]
+    sources = ["csrc/registration.cpp", "csrc/inplace.cpp", "csrc/cpu/passes_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernels_default.cpp"]
     want_cuda = os.environ.get("MMCAL_CUDA")
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     if want_cuda == "1" and not has_cuda:

@@ -118,6 +118,7 @@ inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t 
 
 // dY of one modality: the shape and dtype of its X.
 inline void check_grad_like(const at::Tensor& dy, const at::Tensor& x, const std::string& name) {
+  TORCH_CHECK_VALUE(dy.device() == x.device(), name, ": on ", dy.device(), ", but the features are on ", x.device());
   TORCH_CHECK_VALUE(dy.sizes() == x.sizes(), name, ": expected the shape of its features ", x.sizes(), ", got ",
                     dy.sizes());
   TORCH_CHECK_TYPE(dy.scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(), ", got ",
@@ -133,6 +134,11 @@ inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::Int
     check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg("gates", i));
   }
 }
+
+// Before an op writes `xs` in place (inplace.cpp): no tensor of xs whose
+// elements overlap, none sharing memory with another of xs or with `read`,
+// no inference tensor outside inference mode.
+void check_inplace_targets(at::TensorList xs, at::TensorList read, const char* name, const char* read_name);
 
 // One modality's terms of dX = dY * g + V * ds_scaled (either term may be absent).
 struct InputGradTerms {

@@ -26,6 +26,8 @@ def normalize_layouts(layouts, num: int, name: str = "layouts") -> list[str]:
     """One layout string for all modalities, or a list with one per modality."""
     if isinstance(layouts, str):
         layouts = [layouts] * num
+    if not isinstance(layouts, (list, tuple)):
+        raise TypeError(f"{name}: expected one of {LAYOUTS} or a list with one per modality, got {type(layouts).__name__}")
     layouts = list(layouts)
     if len(layouts) != num:
         raise ValueError(f"{name}: expected one entry per modality ({num}), got {len(layouts)}")
@@ -116,11 +118,91 @@ def check_features(
 
 
 def check_params(params: Sequence[GateParams], device: torch.device, name: str = "params") -> list[GateParams]:
-    params = [p if isinstance(p, GateParams) else GateParams(*p) for p in params]
+    checked = []
+    for m, p in enumerate(params):
+        if isinstance(p, Tensor) or not isinstance(p, (tuple, list)) or len(p) != len(GateParams._fields):
+            got = "a tensor" if isinstance(p, Tensor) else f"{type(p).__name__}" + (f" of {len(p)}" if isinstance(p, (tuple, list)) else "")
+            raise TypeError(f"{name}[{m}]: expected a GateParams (or a tuple of its {len(GateParams._fields)} tensors), got {got}")
+        checked.append(p if isinstance(p, GateParams) else GateParams(*p))
+    params = checked
     for m, p in enumerate(params):
         for field, t in zip(GateParams._fields, p):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}[{m}].{field}: expected a tensor, got {type(t).__name__}")
             if not t.is_floating_point():
                 raise TypeError(f"{name}[{m}].{field}: expected a floating-point tensor, got {t.dtype}")
             if t.device != device:
                 raise ValueError(f"{name}[{m}].{field}: on {t.device}, but the features are on {device}")
     return params
+
+
+def check_size(value, name: str, what: str = "a positive int") -> int:
+    """A size argument: a positive int (not a float, str or bool)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{name}: expected {what}, got {int(value)}")
+    return int(value)
+
+
+def check_sizes(values, name: str) -> list[int]:
+    """A list of channel counts (``dims``): a list or tuple of ints, never a string."""
+    if isinstance(values, (str, bytes, Tensor)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name}: expected a list of ints (one channel count per modality), got {type(values).__name__} {values!r}")
+    return [check_size(v, f"{name}[{i}]", "a positive channel count") for i, v in enumerate(values)]
+
+
+# ---- in place: what an op must refuse before it writes (as Tensor.mul_ does) ----
+
+
+def _touched(x: Tensor) -> Tensor:
+    """The storage elements a strided view touches: for the views whose overlap
+    torch's quick analysis cannot decide (rare, so the index tensor is affordable)."""
+    idx = torch.full((), x.storage_offset(), dtype=torch.long, device=x.device)
+    for size, stride in zip(x.shape, x.stride()):
+        idx = idx.unsqueeze(-1) + torch.arange(size, device=x.device) * stride
+    return idx.flatten()
+
+
+def _overlaps_itself(x: Tensor) -> bool:
+    status = torch._debug_has_internal_overlap(x)  # 0 no, 1 yes, 2 too hard to tell
+    if status != 2 or x.numel() < 2:
+        return status == 1
+    return _touched(x).unique().numel() < x.numel()
+
+
+def _share_elements(a: Tensor, b: Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    if a.element_size() != b.element_size():
+        return True  # different element grids on one storage: assume the worst
+    return bool(torch.isin(_touched(a), _touched(b)).any())
+
+
+def check_inplace_targets(xs: Sequence[Tensor], read: Sequence[Tensor] = (), name: str = "features",
+                          read_name: str = "gates") -> None:  # fmt: skip
+    """Refuse to write ``xs`` in place where the result would be silently wrong
+    (elements that overlap, memory shared with another written or read tensor)
+    or where torch refuses it (an inference tensor outside inference mode)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(is_fake(t) or t.device.type == "meta" for t in xs):
+        return  # tracing: no memory to look at (functionalization orders the writes)
+    for i, x in enumerate(xs):
+        if x.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{name}[{i}]: Inplace update to inference tensor outside InferenceMode is not allowed; "
+                               "clone it first, or write it inside torch.inference_mode()")  # fmt: skip
+        if _overlaps_itself(x):
+            raise ValueError(f"{name}[{i}]: more than one element refers to a single memory location (an expanded or "
+                             "broadcast view), so writing in place would write them several times; pass x.clone(), "
+                             "or use the out-of-place call")  # fmt: skip
+        for j in range(i):
+            if _share_elements(x, xs[j]):
+                raise ValueError(f"{name}[{i}] and {name}[{j}]: share memory, so writing one in place would change "
+                                 "the other; pass separate tensors (e.g. .clone() one), or use the out-of-place call")  # fmt: skip
+        for j, r in enumerate(read):
+            if r is not None and _share_elements(x, r):
+                raise ValueError(f"{name}[{i}] and {read_name}[{j}]: share memory, so writing {name}[{i}] in place "
+                                 f"would change {read_name}[{j}] while it is read; pass separate tensors")  # fmt: skip

@@ -81,7 +81,7 @@ def _jit_build() -> Optional[str]:
             for cap, cap_flags in capabilities.items():
                 load(f"mmcal_cpu_{cap}", [os.path.join(SOURCES, "cpu", f"kernels_{cap}.cpp")], extra_cflags=flags + cap_flags,
                      extra_ldflags=ldflags, build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
-        main = ["registration.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp"]
+        main = ["registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp"]
         load("mmcal_C", [os.path.join(SOURCES, s) for s in main], extra_cflags=flags, extra_ldflags=ldflags, build_directory=cache,
              is_python_module=False, verbose=False)  # fmt: skip
     except Exception as exc:  # a compiler error, no compiler, ...
@@ -133,15 +133,27 @@ def _channels(x, code):
     return reference.channels(x, LAYOUT_NAMES[code])
 
 
+def _one_device(**lists) -> None:
+    """Every tensor of an op on xs[0]'s device, as the C++ ops check: a fake
+    kernel is what runs when one argument is on ``meta``, so it checks too."""
+    device = lists["xs"][0].device
+    for name, items in lists.items():
+        for i, t in enumerate(items):
+            if t is not None and t.device != device:
+                raise ValueError(f"{name}[{i}]: on {t.device}, but xs[0] is on {device}")
+
+
 def _register_python_side() -> None:
     @torch.library.register_fake("mmcal::summaries")
     def _(xs, masks, layouts, ct):
         torch._check(len(xs) == len(masks) == len(layouts), lambda: "xs, masks, layouts: lengths differ")
+        _one_device(xs=xs, masks=masks)
         return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
 
     @torch.library.register_fake("mmcal::modulate")
     def _(xs, gates, layouts):
         torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
+        _one_device(xs=xs, gates=gates)
         for x, g, c in zip(xs, gates, layouts):
             torch._check(g.shape[0] == x.shape[0] and g.shape[1] == _channels(x, c), lambda: "gates: expected [B, D]")
         return [torch.empty_like(x) for x in xs]
@@ -149,20 +161,23 @@ def _register_python_side() -> None:
     @torch.library.register_fake("mmcal::modulate_")
     def _(xs, gates, layouts):
         torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
+        _one_device(xs=xs, gates=gates)
         return None
 
     @torch.library.register_fake("mmcal::gate_grads")
     def _(dys, xs, layouts, ct):
         torch._check(len(xs) == len(dys) == len(layouts), lambda: "grad_ys, xs, layouts: lengths differ")
+        _one_device(xs=xs, grad_ys=dys)
         return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
 
     @torch.library.register_fake("mmcal::input_grads")
     def _(xs, dys, gates, masks, ds_scaled, layouts):
         torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds_scaled) == len(layouts),
                      lambda: "input_grads: list lengths differ")  # fmt: skip
+        _one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds_scaled=ds_scaled)
         return [torch.empty_like(x) for x in xs]
 
-    OPS.register_autograd("mmcal::summaries", "mmcal::modulate")
+    OPS.register_autograd("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
 
 
 # ---- the backends ----------------------------------------------------------

@@ -139,6 +139,9 @@ def calibrate_(
             "calibrate_: writes the features in place and records nothing for autograd; "
             "call it under torch.no_grad() or torch.inference_mode(), or use calibrate()"
         )
+    # Every summary is taken before the first write, so only the written
+    # features themselves must not share memory (masks and present are read first).
+    _checks.check_inplace_targets(features, name="features")
     ct = compute_dtype(features[0].dtype, params)
     with torch.no_grad(), torch.autocast(device_type=features[0].device.type, enabled=False):
         summaries = [impl.summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
@@ -165,6 +168,9 @@ def _check_param_list(params, channels: Sequence[int], device: torch.device) -> 
     params = _checks.check_params(params, device)
     for m, (p, dm) in enumerate(zip(params, channels)):
         d = p.proj_weight.shape[0]
+        if m and d != params[0].proj_weight.shape[0]:
+            raise ValueError(f"params[{m}].proj_weight: shared dim d = {d} differs from params[0]'s "
+                             f"{params[0].proj_weight.shape[0]}; every modality projects into one shared space")  # fmt: skip
         r = p.hidden_weight.shape[0]
         expected = {
             "proj_weight": (d, dm), "proj_bias": (d,),

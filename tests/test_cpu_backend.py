@@ -179,6 +179,13 @@ BAD = [
     ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape of its features"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds_scaled"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"gates\[0\]: needed exactly when"),
+    # One argument on `meta` sends the call to the fake kernel: it must refuse, not return empty CPU memory.
+    ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("modulate_", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4)], [torch.ones(2, 3, dtype=torch.bool, device="meta")], [0], torch.float32), ValueError, r"masks\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("gate_grads", lambda: ([torch.randn(2, 3, 4, device="meta")], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"ds_scaled\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("summaries", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 3, 4, device="meta")], [None, None], [0, 0], torch.float32), ValueError, r"xs\[1\]: on meta, but xs\[0\] is on cpu"),
 ]
 
 
@@ -242,3 +249,21 @@ def test_int64_indexing_over_2_31_elements():
     for r in (0, rows // 2, rows - 1):
         assert torch.equal(y[0, r], (x[0, r].float() * gate[0]).bfloat16())
         assert torch.equal(dx[0, r], (x[0, r].float() * gate[0] + ds[0]).bfloat16())
+
+
+@pytest.mark.parametrize("how", ["hvp", "create_graph"])
+def test_second_derivative_is_refused_not_zero(how):
+    """The reference has a second derivative; the fused node has none and must say so (it once returned 0)."""
+    dims = [4, 3]
+    module = make_module(dims, seed=96, dtype=torch.float64, backend="cpu")
+    features, masks, present = random_case(dims, dtype=torch.float64, seed=97)
+    x0 = features[0].requires_grad_()
+
+    def loss(x):
+        return sum(y.square().sum() for y in module([x, features[1]], masks, present))
+
+    with pytest.raises(RuntimeError, match="a second derivative through the fused calibration node"):
+        if how == "hvp":
+            torch.autograd.functional.hvp(loss, x0, torch.ones_like(x0))
+        else:
+            torch.autograd.grad(loss(x0), x0, create_graph=True)

@@ -36,3 +36,99 @@ def test_in_place_refuses_to_run_under_autograd():
     features, masks, present = random_case(DIMS, LAYOUTS, positions=POSITIONS, seed=114)
     with pytest.raises(RuntimeError, match="calibrate_: writes the features in place"):
         ops.calibrate_(features, module.gate_params(), layouts=LAYOUTS, masks=masks, present=present)
+
+
+# ---- what Tensor.mul_ refuses or records, the in-place calibration does too ----
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_in_place_bumps_the_version_counter(backend):
+    """A backward that saved a tensor which calibrate_ then wrote must raise, as after mul_."""
+    module = make_module([4, 3], seed=115, dtype=torch.float32, backend=backend)
+    base = torch.randn(2, 5, 4, requires_grad=True)
+    h = base.exp()  # exp saves its output for the backward
+    version = h._version
+    module.calibrate_([h, torch.randn(2, 6, 3)])
+    assert h._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+def test_in_place_op_declares_its_mutation():
+    schema = torch.ops.mmcal.modulate_.default._schema
+    assert schema.is_mutable
+    (xs,) = [a for a in schema.arguments if a.name == "xs"]
+    assert xs.alias_info is not None and xs.alias_info.is_write
+
+
+def _gate(x):
+    return torch.rand(x.shape[0], x.shape[-1]) + 0.5
+
+
+def test_in_place_op_refuses_what_mul_refuses():
+    op = torch.ops.mmcal.modulate_
+    leaf = torch.randn(2, 5, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: a leaf Variable that requires grad"):
+        op([leaf], [_gate(leaf)], [0])
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: requires grad"):
+        op([leaf[:, 1:]], [_gate(leaf)], [0])  # a view of the leaf
+    nonleaf = leaf * 2
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: requires grad"):
+        op([nonleaf], [_gate(leaf)], [0])
+    gate = _gate(leaf).requires_grad_()
+    with pytest.raises(RuntimeError, match=r"gates\[0\]: requires grad"):
+        op([torch.randn(2, 5, 4)], [gate], [0])
+    with torch.inference_mode():
+        frozen = torch.randn(2, 5, 4)
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: Inplace update to inference tensor outside InferenceMode"):
+        op([frozen], [_gate(frozen)], [0])
+    # What mul_ allows, it allows: a leaf under no_grad, an inference tensor in inference mode.
+    with torch.no_grad():
+        want = leaf * gate.detach().unsqueeze(1)
+        op([leaf], [gate.detach()], [0])
+    torch.testing.assert_close(leaf.detach(), want, rtol=0, atol=0)
+    with torch.inference_mode():
+        g = _gate(frozen)
+        want = frozen * g.unsqueeze(1)
+        op([frozen], [g], [0])
+    torch.testing.assert_close(frozen, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_in_place_refuses_overlapping_or_shared_memory(backend):
+    module = make_module([4, 4], seed=116, dtype=torch.float32, backend=backend)
+    other = torch.randn(2, 6, 4)
+    expanded = torch.randn(1, 5, 4).expand(2, 5, 4)
+    shared = torch.randn(2, 5, 4)
+    base = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"features\[0\]: more than one element refers to a single memory location"):
+            module.calibrate_([expanded, other])
+        with pytest.raises(ValueError, match=r"features\[1\] and features\[0\]: share memory"):
+            module.calibrate_([shared, shared])
+        with pytest.raises(ValueError, match=r"features\[1\] and features\[0\]: share memory"):
+            module.calibrate_([base[..., :4], base[..., 2:6]])  # partly overlapping channel slices
+        # Disjoint slices of one tensor share a storage but no element: allowed, and right.
+        want = module([base[..., :4], base[..., 4:]])
+        module.calibrate_([base[..., :4], base[..., 4:]])
+    torch.testing.assert_close(base, torch.cat(want, -1), rtol=0, atol=0)
+
+
+def test_in_place_op_refuses_overlapping_or_shared_memory():
+    op = torch.ops.mmcal.modulate_
+    x = torch.ones(1, 3, 4).expand(2, 3, 4)
+    with pytest.raises(ValueError, match=r"xs\[0\]: more than one element refers to a single memory location"):
+        op([x], [_gate(x)], [0])
+    assert torch.equal(x, torch.ones(2, 3, 4))
+    y = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"xs\[1\] and xs\[0\]: share memory"):
+        op([y, y[:, 1:]], [_gate(y), _gate(y)], [0, 0])
+    # A gate that is a view into the features it scales.
+    z = torch.randn(2, 4, 4)
+    with pytest.raises(ValueError, match=r"xs\[0\] and gates\[0\]: share memory"):
+        op([z], [z[:, 0]], [0])
+    # Interleaved views whose overlap torch cannot decide quickly are checked element by element.
+    w = torch.randn(2, 3, 8)
+    op([w[..., 0::2], w[..., 1::2]], [_gate(w[..., 0::2]), _gate(w[..., 1::2])], [0, 0])
+    with pytest.raises(ValueError, match=r"xs\[1\] and xs\[0\]: share memory"):
+        op([w[..., 0::2], w[..., 2::2]], [_gate(w[..., 0::2]), _gate(w[..., 2::2])], [0, 0])

@@ -170,6 +170,7 @@ std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef la
 
 void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
   check_modulate(xs, gates, layouts);
+  check_inplace_targets(xs, gates, "xs", "gates");
   for (size_t i = 0; i < xs.size(); ++i) map_to(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor());
 }
 

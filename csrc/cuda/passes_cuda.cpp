@@ -158,6 +158,8 @@ std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef la
 // In place: through a fresh output and a copy (one extra pass; the CPU op
 // writes in place directly).
 void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
+  check_modulate_args(xs, gates, layouts);
+  check_inplace_targets(xs, gates, "xs", "gates");
   const std::vector<Tensor> outs = modulate(xs, gates, layouts);
   for (size_t i = 0; i < xs.size(); ++i) xs[i].copy_(outs[i]);
 }

@@ -59,9 +59,21 @@ def _prune_for_device(table):
 
 def autotuned(kernel, table, key: list[str]):
     """``kernel`` autotuned over every configuration of ``table`` that suits the GPU it runs on."""
-    return triton.autotune(
+    tuner = triton.autotune(
         configs=[cfg for _, cfg in table], key=key, prune_configs_by={"early_config_prune": _prune_for_device(table)}
     )(kernel)
+    tuner.mmcal_table = table  # for fixed_config
+    return tuner
+
+
+def fixed_config(tuner) -> triton.Config:
+    """The first configuration for the GPU at hand: for launches that must not be
+    autotuned, such as an in-place write, which the autotuner's timing runs would
+    apply to the same data several times."""
+    if interpreting() or not torch.cuda.is_available():
+        return tuner.configs[0]
+    major, minor = torch.cuda.get_device_capability()
+    return for_arch(tuner.mmcal_table, 10 * major + minor)[0]
 
 
 _FORCED: dict[int, triton.Config] = {}
@@ -77,13 +89,14 @@ def forced(tuner, config: triton.Config):
         _FORCED.pop(id(tuner), None)
 
 
-def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict) -> None:
-    """One launch of ``tuner`` (a ``triton.autotune`` object) through ``wrap_triton``."""
+def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, tune: bool = True) -> None:
+    """One launch of ``tuner`` (a ``triton.autotune`` object) through ``wrap_triton``;
+    ``tune=False`` launches ``fixed_config`` without autotuning."""
     from torch.library import wrap_triton
 
     config: Optional[triton.Config] = _FORCED.get(id(tuner))
-    if config is None and interpreting():
-        config = tuner.configs[0]
+    if config is None and (interpreting() or not tune):
+        config = fixed_config(tuner)
     if config is None:
         wrap_triton(tuner)[grid](*args, **constexprs)
         return

@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
+from .. import _checks
 from . import checks, configs
 from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
 
@@ -89,10 +90,11 @@ def _map_kernel(
 map_kernel = configs.autotuned(_map_kernel, configs.MAP_CONFIGS, key=["NUM", "SRCS", "DSS", "MASKS", "SIZE_CLASS"])
 
 
-def map_all(outs, layouts, srcs, gates, dss, masks) -> None:
+def map_all(outs, layouts, srcs, gates, dss, masks, tune: bool = True) -> None:
     """``outs[i] = srcs[i] * gates[i] + V * dss[i]`` (either term None), one launch per 4 modalities.
 
-    ``outs[i]`` must flatten (``slots.flattenable``); it may be ``srcs[i]`` itself.
+    ``outs[i]`` must flatten (``slots.flattenable``); it may be ``srcs[i]`` itself,
+    and then ``tune=False``: no autotuning, whose timing runs would write it again.
     """
     batch = outs[0].shape[0]
     for group in groups(len(outs)):
@@ -117,7 +119,7 @@ def map_all(outs, layouts, srcs, gates, dss, masks) -> None:
             return (sum(batch * cdiv(p, meta["BLOCK_P"]) * cdiv(d, meta["BLOCK_D"]) for p, d in tiles),)
 
         configs.launch(map_kernel, grid, pad(slots) + [batch, size_class([outs[i] for i in group])],
-                       dict(NUM=len(group), **bits))  # fmt: skip
+                       dict(NUM=len(group), **bits), tune=tune)  # fmt: skip
 
 
 def _into_like(xs, layouts, compute) -> list[Tensor]:
@@ -152,10 +154,11 @@ def modulate(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> list[
 def modulate_(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> None:
     """Step 7 in place, for inference: ``X *= g``, rounded once."""
     _check_gates(xs, gates, layouts)
+    _checks.check_inplace_targets(xs, gates, name="xs", read_name="gates")
     none = [None] * len(xs)
     direct = [flattenable(x, lay) for x, lay in zip(xs, layouts)]
     targets = [x if ok else x.contiguous() for x, ok in zip(xs, direct)]
-    map_all(targets, layouts, targets, gates, none, none)
+    map_all(targets, layouts, targets, gates, none, none, tune=False)
     for x, t, ok in zip(xs, targets, direct):
         if not ok:
             x.copy_(t)
