@@ -73,8 +73,16 @@ def make_fused_function(passes: XPasses, name: str) -> type:
         ctx.mark_non_differentiable(*extras)
         return (*outputs, *extras)
 
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
+        # create_graph=True runs the backward with grad mode on. Nothing here
+        # is differentiable again, and a silently constant gradient (what
+        # once_differentiable gives when only the saved inputs need grad) is
+        # a wrong result: refuse instead.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"mmcal_kernels ({name} kernels): a second derivative through the fused calibration node (create_graph=True, "
+                "torch.autograd.functional.hvp, a gradient penalty) is not supported; use backend='reference' for it"
+            )
         num, layouts = ctx.num, ctx.layouts
         saved = list(ctx.saved_tensors)
         features, saved = saved[:num], saved[num:]

@@ -62,8 +62,9 @@ class PassOps:
         return fused_calibrate(self.fused, features, params, layouts, masks, present)
 
     # ---- autograd of the stage ops -----------------------------------------
-    def register_autograd(self, summaries_op: str, modulate_op: str) -> None:
-        """Gradients of the stage ops ``summaries`` and ``modulate`` through the backend's own passes."""
+    def register_autograd(self, summaries_op: str, modulate_op: str, gate_grads_op: str, input_grads_op: str) -> None:
+        """Gradients of the stage ops ``summaries`` and ``modulate`` through the backend's own
+        passes; the backward ops ``gate_grads`` and ``input_grads`` have none, and say so."""
         ops = self.ops
 
         def summaries_setup(ctx, inputs, output):
@@ -73,6 +74,7 @@ class PassOps:
             ctx.save_for_backward(*xs, *[m for m in masks if m is not None])
 
         def summaries_backward(ctx, grads):
+            _refuse_second_derivative(summaries_op)
             saved = list(ctx.saved_tensors)
             xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
             masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
@@ -93,6 +95,7 @@ class PassOps:
             ctx.save_for_backward(*xs, *gates)
 
         def modulate_backward(ctx, grads):
+            _refuse_second_derivative(modulate_op)
             n = len(ctx.layouts)
             xs, gates = list(ctx.saved_tensors[:n]), list(ctx.saved_tensors[n:])
             none = [None] * n
@@ -101,3 +104,24 @@ class PassOps:
             return dxs, [d.to(g.dtype) for d, g in zip(dgs, gates)], None
 
         torch.library.register_autograd(modulate_op, modulate_backward, setup_context=modulate_setup)
+
+        # Without an autograd kernel torch would let a graph through these ops
+        # and give zero with a warning: a silently wrong second derivative.
+        for op in (gate_grads_op, input_grads_op):
+            torch.library.register_autograd(op, _no_derivative(op), setup_context=lambda ctx, inputs, output: None)
+
+
+def _refuse_second_derivative(op: str) -> None:
+    """A backward run with create_graph=True (grad mode on) would differentiate
+    the backward ops, which have no derivative: refuse before computing."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: a second derivative (create_graph=True, hvp, a gradient penalty) is not supported "
+                           "by the kernel backends; use backend='reference' for it")  # fmt: skip
+
+
+def _no_derivative(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op} is a backward pass and has no derivative of its own (a second derivative through "
+                           "the kernel backends is not supported; use backend='reference' for it)")  # fmt: skip
+
+    return backward

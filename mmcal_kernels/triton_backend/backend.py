@@ -22,7 +22,7 @@ OPS = PassOps(
     gate_grads=reductions.gate_grads,
     input_grads=elementwise.input_grads,
 )
-OPS.register_autograd("mmcal::triton_summaries", "mmcal::triton_modulate")
+OPS.register_autograd("mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
 TritonFused = OPS.fused
 
 
