@@ -77,9 +77,13 @@ def gates_backward(
         h, norm = saved.h[m], saved.norm[m]
         clamped = norm.clamp_min(NORM_EPS)
         dum = du[:, m]
-        # u = h / clamp_min(||h||, eps); the norm's gradient flows only where ||h|| >= eps.
-        passes = (norm >= NORM_EPS).to(ct)
-        dh = dum / clamped - h * (passes * (dum * h).sum(-1, keepdim=True) / (clamped * clamped * norm.clamp_min(1e-300)))
+        # u = h / clamp_min(||h||, eps), differentiated op by op in autograd's
+        # own order and association (div, clamp_min, vector_norm), so that
+        # rounding and the overflow cases match it: with ||h|| = inf the norm's
+        # term is 0, not inf/inf; with d = 1 the two terms cancel exactly.
+        dclamped = (-dum * ((h / clamped) / clamped)).sum(-1, keepdim=True)
+        dnorm = torch.where(norm >= NORM_EPS, dclamped, 0.0)
+        dh = dum / clamped + h * (dnorm / norm).masked_fill(norm == 0, 0)
         grad_summaries.append(dh @ p.proj_weight.to(ct))
         hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b = param_grads[m]
         grads.append(GateParams(dh.T @ saved.summaries[m], dh.sum(0), hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b))
