@@ -3,9 +3,10 @@
 A backend supplies the three stages and the fused whole of SPEC.md:
 ``summary``, ``gates``, ``modulate`` and ``calibrate``, with the signatures of
 ``mmcal_kernels.reference``. ``resolve`` turns a user's choice (a name, or
-``"auto"``) into a backend for a device. Usability is decided once, when a
-backend registers, so that resolving inside a compiled forward is a plain
-dictionary lookup (no cached calls, no graph break).
+``"auto"``) into a backend for a device. Usability, and what ``"auto"`` picks
+on each device type, are decided once, when a backend registers, so that
+resolving inside a compiled forward is a plain dictionary lookup (no graph
+break, with the default constructor under ``fullgraph=True`` too).
 """
 
 from __future__ import annotations
@@ -39,10 +40,20 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
+_AUTO: dict[str, str] = {}  # device type -> the name of what "auto" picks there
 
 
 def register(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
+    # Decided here, not per call: inside a compiled forward "auto" is then one
+    # dictionary lookup that dynamo guards on, never a traced max() over a
+    # generator with a key function (a graph break, an error under fullgraph).
+    _AUTO.clear()
+    for b in _REGISTRY.values():
+        if b.usable:
+            for device_type in b.auto_device_types or b.device_types:
+                if device_type not in _AUTO or b.priority > _REGISTRY[_AUTO[device_type]].priority:
+                    _AUTO[device_type] = b.name
 
 
 def available() -> list[Backend]:
@@ -71,8 +82,7 @@ def resolve(name: str, device_type: str, arg: str = "backend") -> Backend:
     """The backend that computes a call whose tensors are on ``device_type``."""
     check_name(name, arg)
     if name == "auto":
-        fits = [b for b in _REGISTRY.values() if b.usable and device_type in (b.auto_device_types or b.device_types)]
-        return max(fits, key=lambda b: b.priority)  # the reference fits every device
+        return _REGISTRY[_AUTO.get(device_type, "reference")]  # the reference runs on any device
     backend = _REGISTRY[name]
     if not backend.usable:
         raise RuntimeError(f"{arg}: backend {name!r} is not usable here: {backend.why_not}")

@@ -37,17 +37,11 @@ class PreFusionCalibration(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        dims = [int(d) for d in dims]
+        dims = _checks.check_sizes(dims, "dims")
         if len(dims) < 2:
             raise ValueError(f"dims: calibration compares modalities, so it needs at least 2; got {len(dims)}")
-        for i, d in enumerate(dims):
-            if d < 1:
-                raise ValueError(f"dims[{i}]: expected a positive channel count, got {d}")
-        if shared_dim < 1:
-            raise ValueError(f"shared_dim: expected a positive int, got {shared_dim}")
-        hidden_dim = shared_dim if hidden_dim is None else hidden_dim
-        if hidden_dim < 1:
-            raise ValueError(f"hidden_dim: expected a positive int, got {hidden_dim}")
+        shared_dim = _checks.check_size(shared_dim, "shared_dim")
+        hidden_dim = shared_dim if hidden_dim is None else _checks.check_size(hidden_dim, "hidden_dim")
         self.dims = dims
         self.shared_dim = shared_dim
         self.hidden_dim = hidden_dim
