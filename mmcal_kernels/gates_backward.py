@@ -76,14 +76,14 @@ def gates_backward(
     for m, p in enumerate(params):
         h, norm = saved.h[m], saved.norm[m]
         clamped = norm.clamp_min(NORM_EPS)
-        dum = du[:, m]
-        # u = h / clamp_min(||h||, eps), differentiated op by op in autograd's
-        # own order and association (div, clamp_min, vector_norm), so that
-        # rounding and the overflow cases match it: with ||h|| = inf the norm's
-        # term is 0, not inf/inf; with d = 1 the two terms cancel exactly.
-        dclamped = (-dum * ((h / clamped) / clamped)).sum(-1, keepdim=True)
-        dnorm = torch.where(norm >= NORM_EPS, dclamped, 0.0)
-        dh = dum / clamped + h * (dnorm / norm).masked_fill(norm == 0, 0)
+        dum, um = du[:, m], saved.u[:, m]
+        # u = h / max(||h||, eps). Where the norm is differentiated (||h|| >=
+        # eps) the gradient is du's part orthogonal to u, over ||h||: written as
+        # that projection, not as autograd's difference of two terms of size
+        # |du| / ||h||, it cancels exactly where it is zero (d = 1: u = +-1 is
+        # locally constant) and stays finite where ||h|| overflows (u = 0).
+        radial = torch.where(norm >= NORM_EPS, (um * dum).sum(-1, keepdim=True), 0.0)
+        dh = (dum - um * radial) / clamped
         grad_summaries.append(dh @ p.proj_weight.to(ct))
         hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b = param_grads[m]
         grads.append(GateParams(dh.T @ saved.summaries[m], dh.sum(0), hidden_w, hidden_b, inst_w, inst_b, dim_w, dim_b))

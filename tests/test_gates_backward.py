@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_module
+from conftest import check_against_oracle, make_module
 from mmcal_kernels import GateParams, reference
 from mmcal_kernels.gates_backward import gates_backward
 from mmcal_kernels.reference import gates_with_intermediates
@@ -53,3 +53,48 @@ def test_gates_backward_matches_autograd(case, seed):
         for field, a, leaf in zip(GateParams._fields, got_dp[m], leaves_p[m]):
             want = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             assert_close(a, want, torch.float64, f"d params[{m}].{field}")
+
+
+def _module_grads(module, features, backend):
+    module.backend = backend
+    module.zero_grad(set_to_none=True)
+    leaves = [x.detach().clone().requires_grad_() for x in features]
+    outputs = module(leaves)
+    gen = torch.Generator().manual_seed(7)
+    torch.autograd.backward(outputs, [torch.randn(y.shape, generator=gen, dtype=y.dtype) for y in outputs])
+    return [x.grad for x in leaves] + [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e30])
+@pytest.mark.parametrize("backend", ["cpu"])
+def test_overflowing_features_give_the_references_finite_gradients(backend, magnitude):
+    """|X| >= 1e20 in float32: ||h|| overflows to inf, u = h / inf = 0. Autograd of
+    the reference then gives finite gradients; the hand-written backward once gave NaN."""
+    dims = [4, 3]
+    module = make_module(dims, seed=31, dtype=torch.float32)
+    features = [torch.full((2, 5, 4), magnitude), torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(32))]
+    want = _module_grads(module, features, "reference")
+    got = _module_grads(module, features, backend)
+    names = ["dX0", "dX1"] + [n for n, _ in module.named_parameters()]
+    for name, a, e in zip(names, got, want):
+        assert e.isfinite().all(), f"reference {name} is not finite: the case no longer tests overflow"
+        assert_close(a, e, torch.float32, name)
+
+
+@pytest.mark.parametrize("backend", ["cpu"])
+def test_shared_dim_one_cancels_exactly(backend):
+    """With d = 1, u = h / |h| = +-1 is locally constant, so every gradient
+    through the projection is exactly zero. Autograd of the float32 reference
+    gets it as the difference of two terms of size |du| / |h| and leaves
+    rounding residue (up to 1e-3 here); the hand-written backward, written as
+    du's projection orthogonal to u, gives 0.0, and everything else matches
+    the float64 oracle."""
+    dims = [64, 32]
+    module = make_module(dims, shared_dim=1, hidden_dim=8, seed=3, dtype=torch.float32, backend=backend)
+    gen = torch.Generator().manual_seed(3)
+    features = [torch.randn(32, 5, 64, generator=gen) * 3, torch.randn(32, 6, 32, generator=gen) * 3]
+    _, _, grads = check_against_oracle(module, features)
+    names = [n for n, _ in module.named_parameters()]
+    for name, g in zip(names, grads[len(features):]):
+        if name.startswith("proj."):
+            assert torch.count_nonzero(g) == 0, f"{name}: {g.abs().max().item():.3g}, expected exactly 0 at d = 1"

@@ -84,16 +84,22 @@ void reduce_generic(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
   Acc* out = static_cast<Acc*>(a.out);
   const Acc div = divisor<Acc>(a, b);
   for (int64_t d = d0; d < d1; ++d) {
-    Acc acc = 0, part = 0;  // two-level sum, as in reduce_channels_last
-    int64_t terms_in_part = 0;
+    // Blocked like the fast paths, one level deeper: they also spread the
+    // terms over vector lanes, this scalar loop has none. The rounding error
+    // grows with 2 kBlockRows + P / kBlockRows^2 terms rather than P.
+    Acc acc = 0, mid = 0, part = 0;
+    int64_t in_part = 0, in_mid = 0;
     for (int64_t p = 0; p < a.vx.P; ++p) {
       if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;  // a selection: padded values are never read
-      if (terms_in_part++ == kBlockRows) acc += part, part = 0, terms_in_part = 1;
+      if (in_part == kBlockRows) {
+        mid += part, part = 0, in_part = 0;
+        if (++in_mid == kBlockRows) acc += mid, mid = 0, in_mid = 0;
+      }
       Acc v = static_cast<Acc>(x[a.vx.offset(b, p, d)]);
       if (dy) v *= static_cast<Acc>(dy[a.vdy.offset(b, p, d)]);
-      part += v;
+      part += v, ++in_part;
     }
-    out[b * a.vx.D + d] = (acc + part) / div;
+    out[b * a.vx.D + d] = (acc + (mid + part)) / div;
   }
 }
 
