@@ -113,3 +113,32 @@ def test_constructor_arguments():
         PreFusionCalibration([4, 3], backend="gpu")
     with pytest.raises(ValueError, match=r"^dims\[1\]: expected a positive channel count, got 0"):
         PreFusionCalibration([4, 0])
+
+
+def test_constructor_argument_types():
+    with pytest.raises(TypeError, match=r"^dims: expected a list of ints \(one channel count per modality\), got str '43'"):
+        PreFusionCalibration("43")
+    with pytest.raises(TypeError, match=r"^dims\[0\]: expected a positive channel count, got float 768.0"):
+        PreFusionCalibration([768.0, 74])
+    with pytest.raises(TypeError, match=r"^shared_dim: expected a positive int, got float 128.0"):
+        PreFusionCalibration([4, 3], shared_dim=128.0)
+    with pytest.raises(TypeError, match=r"^hidden_dim: expected a positive int, got str '8'"):
+        PreFusionCalibration([4, 3], hidden_dim="8")
+    with pytest.raises(TypeError, match=r"^layouts: expected one of \('sequence', 'spatial'\) or a list with one per modality, got NoneType"):
+        PreFusionCalibration([4, 3], layouts=None)
+
+
+def test_functional_parameter_errors():
+    from mmcal_kernels import ops
+
+    params = PreFusionCalibration([4, 3], shared_dim=4).gate_params()
+    features = [seq(), seq(d=3)]
+    with pytest.raises(TypeError, match=r"^params\[1\]: expected a GateParams \(or a tuple of its 8 tensors\), got a tensor"):
+        ops.calibrate(features, [params[0], torch.randn(3)])
+    with pytest.raises(TypeError, match=r"^params\[0\].proj_bias: expected a tensor, got list"):
+        ops.calibrate(features, [params[0]._replace(proj_bias=[0.0] * 4), params[1]])
+    other_d = PreFusionCalibration([4, 3], shared_dim=6).gate_params()
+    with pytest.raises(ValueError, match=r"^params\[1\].proj_weight: shared dim d = 6 differs from params\[0\]'s 4"):
+        ops.calibrate(features, [params[0], other_d[1]])
+    with pytest.raises(TypeError, match=r"^layouts: expected one of"):
+        ops.calibrate(features, params, layouts=None)

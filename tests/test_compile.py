@@ -59,3 +59,41 @@ def test_export_runs_and_matches_eager():
     other = _case(6, 46)  # same shapes, new values: the graph is not a constant
     for a, b in zip(exported.module()(*other), module(*other)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_quick_start_module_default_backend():
+    """The README's Quick start as a user compiles it: the default constructor
+    (backend="auto"), fullgraph=True, and dynamic=True, with zero graph breaks."""
+    from mmcal_kernels import PreFusionCalibration
+    from mmcal_kernels.testing import randomize_
+
+    torch._dynamo.reset()
+    module = randomize_(PreFusionCalibration(DIMS, shared_dim=8, layouts=LAYOUTS), seed=47)
+    assert module.backend == "auto"
+    features, masks, present = _case(7, 48)
+    explanation = torch._dynamo.explain(module)(features, masks, present)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    for dynamic in (False, True):
+        compiled = torch.compile(module, fullgraph=True, dynamic=dynamic)
+        for length, seed in ((7, 48), (10, 49)):
+            features, masks, present = _case(length, seed)
+            with torch.no_grad():
+                for a, b in zip(compiled(features, masks, present), module(features, masks, present)):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_under_compile_names_the_argument():
+    """Without fullgraph, dynamo hands the raise back to eager: the package's
+    own ValueError reaches the user. Under fullgraph=True torch wraps every
+    exception raised while tracing as torch._dynamo.exc.Unsupported ("Observed
+    exception"); the package's message is then in its text (README)."""
+    torch._dynamo.reset()
+    module = make_module(DIMS, LAYOUTS, seed=50, dtype=torch.float32, backend="auto")
+    features, masks, present = _case(5, 51)
+    bad = [features[0][..., :5], *features[1:]]  # 5 channels where the module expects 6
+    message = r"features\[0\]: expected 6 channels"
+    with pytest.raises(ValueError, match=message):
+        torch.compile(module)(bad, masks, present)
+    torch._dynamo.reset()  # else the frame dynamo just gave up on runs eagerly again
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=message):
+        torch.compile(module, fullgraph=True)(bad, masks, present)
