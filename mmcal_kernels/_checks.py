@@ -8,6 +8,7 @@ becomes a guard, never a graph break.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -206,3 +207,53 @@ def check_inplace_targets(xs: Sequence[Tensor], read: Sequence[Tensor] = (), nam
             if r is not None and _share_elements(x, r):
                 raise ValueError(f"{name}[{i}] and {read_name}[{j}]: share memory, so writing {name}[{i}] in place "
                                  f"would change {read_name}[{j}] while it is read; pass separate tensors")  # fmt: skip
+
+
+# ---- masks that are valid but probably not what the caller meant ----------
+
+_MASK_LOOKS_LEFT = [8]  # eager calls still looked at: enough to catch a data pipeline's convention
+_MASK_WARNED: set = set()
+
+
+def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[Tensor]) -> None:
+    """One warning each, once per process, for masks that are valid input but
+    look like a mistake: a present modality with no valid position in a row,
+    and masks whose padding sits at the START of every padded row (True =
+    PADDING, the key_padding_mask convention, passed where True = valid is
+    expected). Only the first calls are looked at, and never while tracing:
+    the look reads values (a device sync on a GPU)."""
+    if _MASK_LOOKS_LEFT[0] <= 0 or all(m is None for m in masks) or torch.compiler.is_compiling():
+        return
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(m is not None and (is_fake(m) or m.device.type == "meta") for m in masks):
+        return
+    _MASK_LOOKS_LEFT[0] -= 1
+    for i, mask in enumerate(masks):
+        if mask is None or mask.numel() == 0:
+            continue
+        empty = ~mask.any(1)
+        if present is not None:
+            empty &= present[:, i]
+        if "empty" not in _MASK_WARNED and bool(empty.any()):
+            _MASK_WARNED.add("empty")
+            row = int(empty.nonzero()[0, 0])
+            warnings.warn(
+                f"masks[{i}]: row {row} has no valid position (all False) although the modality is present there, "
+                f"so its summary is zero. Masks mark VALID positions with True; if the modality is missing for that "
+                f"sample, set present[{row}, {i}] = False (this warning is given once)",
+                UserWarning,
+                stacklevel=4,
+            )
+        padded = ~mask.all(1) & mask.any(1)
+        # Padding first: each padded row is False...False True...True.
+        starts_padded = (mask[:, 1:] >= mask[:, :-1]).all(1) & ~mask[:, 0]
+        if "inverted" not in _MASK_WARNED and bool(padded.any()) and bool((starts_padded | ~padded).all()):
+            _MASK_WARNED.add("inverted")
+            warnings.warn(
+                f"masks[{i}]: every padded row has its padding at the START (False...False True...True). Masks mark "
+                f"VALID positions with True, the opposite of nn.MultiheadAttention's key_padding_mask: if you passed "
+                f"a key_padding_mask, pass ~mask (this warning is given once)",
+                UserWarning,
+                stacklevel=4,
+            )

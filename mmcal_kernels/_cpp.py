@@ -12,6 +12,9 @@ reference backend, and ``python -m mmcal_kernels.info`` says why):
    where the sources are present (a source checkout); ``MMCAL_NO_JIT=1`` skips it.
 
 ``MMCAL_SKIP_PREBUILT=1`` ignores a prebuilt ``_C``, to exercise step 2.
+``MMCAL_NO_EXTENSION=1`` (at run time, or at install: ``_build_info.EXTENSION``)
+chooses the pure-Python package on purpose: nothing is loaded or built, and
+nothing is warned.
 """
 
 from __future__ import annotations
@@ -89,9 +92,26 @@ def _jit_build() -> Optional[str]:
     return None
 
 
+def _pure_python_chosen() -> Optional[str]:
+    """Why the extension is off on purpose (no warning then), else None."""
+    if os.environ.get("MMCAL_NO_EXTENSION", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "pure-Python mode chosen (MMCAL_NO_EXTENSION=1)"
+    try:
+        info = importlib.import_module("mmcal_kernels._build_info")
+    except ImportError:
+        return None
+    if getattr(info, "EXTENSION", True) is False:
+        return "installed without the compiled extension (MMCAL_NO_EXTENSION=1 at install)"
+    return None
+
+
 def load_extension() -> bool:
     if STATUS["loaded"]:
         return True
+    chosen = _pure_python_chosen()
+    if chosen:
+        STATUS["why_not"] = chosen
+        return False
     why_prebuilt = _load_prebuilt()
     if why_prebuilt is None:
         STATUS.update(loaded=True, how="prebuilt mmcal_kernels._C")

@@ -28,7 +28,8 @@ def _why_not() -> str:
         return "triton is not installed (pip install triton)"
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if not interpreting and not torch.cuda.is_available():
-        return "no CUDA GPU visible (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly, for tests)"
+        return ("installed, but no GPU is visible; set TRITON_INTERPRET=1 to run it on CPU tensors "
+                "(slowly, for tests)")  # fmt: skip
     import triton
 
     low, high = SUPPORTED
@@ -50,5 +51,5 @@ def register_backend() -> None:
             return
     backends.register(backends.Backend(
         name="triton", device_types=("cuda",), dtypes=_checks.FEATURE_DTYPES, summary=None, gates=None, modulate=None,
-        calibrate=None, built=False, usable=False, why_not=why, priority=5,
+        calibrate=None, built=why.startswith("installed"), usable=False, why_not=why, priority=5, notes="Triton kernels",
     ))  # fmt: skip

@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     print("\n".join(describe_environment()))
     print("\nbackends:")
     for b in backends.available():
-        state = "usable" if b.usable else ("built, not usable" if b.built else "not built")
-        why = f" ({b.why_not})" if b.why_not else ""
-        print(f"  {b.name:<10} {state}{why}; devices {', '.join(b.device_types)}; {b.notes}")
+        state = "usable" if b.usable else ("not usable here" if b.built else "not built") + (f": {b.why_not}" if b.why_not else "")
+        parts = [state, f"devices {', '.join(b.device_types)}", b.notes]
+        print(f"  {b.name:<10} " + "; ".join(p for p in parts if p))
     for dev in devices():
         print(f"  auto on {dev.split(':')[0]:<5}-> {backends.resolve('auto', dev.split(':')[0]).name}")
     if args.no_check:

@@ -156,6 +156,7 @@ def _prepare(features, params, layouts, masks, present, dims, backend):
     first = features[0] if isinstance(features, (list, tuple)) and len(features) else None
     impl = backends.resolve(backend, first.device.type if isinstance(first, Tensor) else "cpu")
     features, layouts, masks = _checks.check_features(features, layouts, masks, present, dims, impl.dtypes)
+    _checks.warn_suspicious_masks(masks, present)
     channels = [x.shape[-1] if lay == "sequence" else x.shape[1] for x, lay in zip(features, layouts)]
     params = _check_param_list(params, channels, features[0].device)
     return impl, features, params, layouts, masks

@@ -26,7 +26,14 @@ def test_without_extension_one_warning_and_the_reference():
     assert result.stderr.count("RuntimeWarning: mmcal_kernels: the compiled kernels are unavailable") == 1, result.stderr
     assert "AUTO reference" in result.stdout and "MMCAL_NO_JIT=1" in result.stdout
     info = _run({"MMCAL_SKIP_PREBUILT": "1", "MMCAL_NO_JIT": "1"}, "import mmcal_kernels.info as i, sys; sys.exit(i.main([]))")
-    assert info.returncode == 0 and "cpu        not built (prebuilt _C skipped" in info.stdout, info.stdout
+    assert info.returncode == 0 and "cpu        not built: prebuilt _C skipped" in info.stdout, info.stdout
+
+
+def test_pure_python_chosen_on_purpose_is_silent():
+    result = _run({"MMCAL_NO_EXTENSION": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    assert "AUTO reference" in result.stdout and "WHY pure-Python mode chosen (MMCAL_NO_EXTENSION=1)" in result.stdout
 
 
 @pytest.mark.slow

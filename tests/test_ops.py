@@ -1,6 +1,8 @@
 """The functional API: each stage alone against the reference, and the stages
 composed equal to ``calibrate``."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -84,3 +86,33 @@ def test_stage_op_bad_input_names_the_argument():
         ops.calibrate(features, params, layouts=LAYOUTS)
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'fast'"):
         ops.calibrate(features, module.gate_params(), layouts=LAYOUTS, backend="fast")
+
+
+def test_suspicious_masks_warn_once(monkeypatch):
+    from mmcal_kernels import _checks
+
+    monkeypatch.setattr(_checks, "_MASK_LOOKS_LEFT", [8])
+    monkeypatch.setattr(_checks, "_MASK_WARNED", set())
+    module, features, _, _ = _case()
+    params, batch, length = module.gate_params(), features[0].shape[0], features[0].shape[1]
+    right_padded = torch.arange(length).expand(batch, length) < torch.tensor([length - 1, 2, 3])[:batch, None]
+    masks = [right_padded, None, None][: len(features)]
+
+    def run(masks, present=None):
+        return ops.calibrate(features, params, layouts=LAYOUTS, masks=masks, present=present, backend="reference")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(masks)  # right padding: what a tokenizer gives, no warning
+    with pytest.warns(UserWarning, match=r"masks\[0\]: every padded row has its padding at the START"):
+        run([~right_padded, None, None][: len(features)])  # a key_padding_mask passed as is
+    empty = right_padded.clone()
+    empty[1] = False
+    with pytest.warns(UserWarning, match=r"masks\[0\]: row 1 has no valid position"):
+        run([empty, None, None][: len(features)])
+    present = torch.ones(batch, len(features), dtype=torch.bool)
+    present[1, 0] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: neither warns again
+        run([~right_padded, None, None][: len(features)])
+        run([empty, None, None][: len(features)], present)
