@@ -19,11 +19,18 @@ Environment variables:
 * ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0"; TORCH_CUDA_ARCH_LIST is honoured too).
 * ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer (see README).
 * ``MAX_JOBS``                parallel compile jobs (ninja), as torch reads it.
+
+Only commands that compile (build, build_ext, install, develop, bdist_wheel,
+editable_wheel, ...) look for torch: ``sdist``, ``egg_info`` and ``dist_info``
+need nothing but setuptools, so ``python -m build --sdist`` works without torch
+and a source distribution's content never depends on the machine it was made on
+(MANIFEST.in lists it).
 """
 
 import glob
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
 
@@ -35,12 +42,27 @@ CAPABILITY_FLAGS = {
 }  # fmt: skip
 
 
+# The setup.py commands that compile, or run one that does. Any other command
+# (sdist, egg_info, dist_info, check, clean, --version, ...) gets no extension
+# modules, so it needs no torch.
+BUILD_COMMANDS = {
+    "build", "build_ext", "install", "install_lib", "develop", "editable_wheel",
+    "bdist", "bdist_wheel", "bdist_egg", "bdist_dumb", "bdist_rpm",
+}  # fmt: skip
+
+
 def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _compiles(argv):
+    return any(arg in BUILD_COMMANDS for arg in argv[1:])
+
+
 def extension_modules():
     if _flag("MMCAL_NO_EXTENSION") or not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
+        return [], {}
+    if not _compiles(sys.argv):
         return [], {}
     try:
         import torch
