@@ -18,6 +18,8 @@ Environment variables:
 * ``MMCAL_CUDA=0|1``          skip, or require, the CUDA build (default: when torch has CUDA and nvcc exists).
 * ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0"; TORCH_CUDA_ARCH_LIST is honoured too).
 * ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer (see README).
+* ``MMCAL_SANITIZE=1``        -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer, every
+                              report fatal (tests/sanitizers.sh builds and runs the suite so).
 * ``MAX_JOBS``                parallel compile jobs (ninja), as torch reads it.
 
 Only commands that compile (build, build_ext, install, develop, bdist_wheel,
@@ -73,8 +75,8 @@ def extension_modules():
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
-    debug, asan = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN")
-    cxx = ["-O0", "-g"] if debug or asan else ["-O3"]
+    debug, asan, sanitize = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN"), _flag("MMCAL_SANITIZE")
+    cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3"]
     cxx += ["-fvisibility=hidden", "-std=c++17"]
     link = []
     # at::parallel_for is a header template: without -fopenmp (under a torch
@@ -83,7 +85,11 @@ def extension_modules():
     if torch._C.has_openmp and platform.system() != "Windows":
         cxx += ["-fopenmp"]
         link += ["-fopenmp"]
-    if asan:
+    if sanitize:
+        checks = "-fsanitize=address,undefined,float-cast-overflow"
+        cxx += [checks, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        link += [checks]
+    elif asan:
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]
 
