@@ -18,12 +18,21 @@ Environment variables:
 * ``MMCAL_CUDA=0|1``          skip, or require, the CUDA build (default: when torch has CUDA and nvcc exists).
 * ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0"; TORCH_CUDA_ARCH_LIST is honoured too).
 * ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer (see README).
+* ``MMCAL_SANITIZE=1``        -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer, every
+                              report fatal (tests/sanitizers.sh builds and runs the suite so).
 * ``MAX_JOBS``                parallel compile jobs (ninja), as torch reads it.
+
+Only commands that compile (build, build_ext, install, develop, bdist_wheel,
+editable_wheel, ...) look for torch: ``sdist``, ``egg_info`` and ``dist_info``
+need nothing but setuptools, so ``python -m build --sdist`` works without torch
+and a source distribution's content never depends on the machine it was made on
+(MANIFEST.in lists it).
 """
 
 import glob
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
 
@@ -35,12 +44,27 @@ CAPABILITY_FLAGS = {
 }  # fmt: skip
 
 
+# The setup.py commands that compile, or run one that does. Any other command
+# (sdist, egg_info, dist_info, check, clean, --version, ...) gets no extension
+# modules, so it needs no torch.
+BUILD_COMMANDS = {
+    "build", "build_ext", "install", "install_lib", "develop", "editable_wheel",
+    "bdist", "bdist_wheel", "bdist_egg", "bdist_dumb", "bdist_rpm",
+}  # fmt: skip
+
+
 def _flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _compiles(argv):
+    return any(arg in BUILD_COMMANDS for arg in argv[1:])
+
+
 def extension_modules():
     if _flag("MMCAL_NO_EXTENSION") or not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
+        return [], {}
+    if not _compiles(sys.argv):
         return [], {}
     try:
         import torch
@@ -51,8 +75,8 @@ def extension_modules():
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
-    debug, asan = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN")
-    cxx = ["-O0", "-g"] if debug or asan else ["-O3"]
+    debug, asan, sanitize = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN"), _flag("MMCAL_SANITIZE")
+    cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3"]
     cxx += ["-fvisibility=hidden", "-std=c++17"]
     link = []
     # at::parallel_for is a header template: without -fopenmp (under a torch
@@ -61,7 +85,11 @@ def extension_modules():
     if torch._C.has_openmp and platform.system() != "Windows":
         cxx += ["-fopenmp"]
         link += ["-fopenmp"]
-    if asan:
+    if sanitize:
+        checks = "-fsanitize=address,undefined,float-cast-overflow"
+        cxx += [checks, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        link += [checks]
+    elif asan:
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]
 
