@@ -61,8 +61,19 @@ def _compiles(argv):
     return any(arg in BUILD_COMMANDS for arg in argv[1:])
 
 
+def _write_build_info(**facts):
+    """What the loader (mmcal_kernels/_cpp.py) reads: the torch _C was built
+    against (it skips _C under another torch), or that none was built on purpose."""
+    with open(os.path.join(HERE, "mmcal_kernels", "_build_info.py"), "w") as f:
+        f.write('"""Written by setup.py."""\n' + "".join(f"{k} = {v!r}\n" for k, v in facts.items()))
+
+
 def extension_modules():
-    if _flag("MMCAL_NO_EXTENSION") or not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
+    if _flag("MMCAL_NO_EXTENSION"):
+        if _compiles(sys.argv):  # a pure-Python install chosen on purpose: the package says so, no warning
+            _write_build_info(EXTENSION=False)
+        return [], {}
+    if not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
         return [], {}
     if not _compiles(sys.argv):
         return [], {}
@@ -115,9 +126,7 @@ def extension_modules():
                 CppExtension(f"mmcal_kernels.mmcal_cpu_{cap}", [f"csrc/cpu/kernels_{cap}.cpp"],
                              extra_compile_args={"cxx": cxx + flags}, extra_link_args=link)  # fmt: skip
             )
-    # Record the torch this is built against: the loader skips _C under another torch.
-    with open(os.path.join(HERE, "mmcal_kernels", "_build_info.py"), "w") as f:
-        f.write(f'"""Written by setup.py."""\nTORCH_VERSION = "{torch.__version__}"\nCUDA = {build_cuda}\n')
+    _write_build_info(EXTENSION=True, TORCH_VERSION=torch.__version__, CUDA=build_cuda)
     return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
