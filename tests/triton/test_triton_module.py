@@ -151,3 +151,61 @@ def test_two_launches_over_x_each_way(monkeypatch):
     launched.clear()
     torch.autograd.backward(module(features, masks, present), random_grads(outputs))  # frozen features
     assert launched == ["_reduce_kernel", "_map_kernel", "_reduce_kernel"]
+
+
+# ---- no silent wrong result: in place, second derivatives ------------------
+
+
+def test_in_place_first_call_is_right():
+    """The in-place launch is the first of its kind here: on a GPU, an autotuned
+    in-place launch would multiply X by the gate once per timing run."""
+    dims, layouts = [9, 5], ["sequence", "spatial"]
+    module = _module(dims, layouts, 62, torch.float32)
+    features, masks, present = _to(*random_case(dims, layouts, batch=3, positions=[11, (3, 7)], seed=63))
+    targets = [x.clone() for x in features]
+    with torch.no_grad():
+        module.calibrate_(targets, masks, present)  # before any out-of-place call with these sizes
+        want = module(features, masks, present)
+    for a, b in zip(targets, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_in_place_bumps_versions_and_refuses_shared_memory():
+    dims, layouts = [4, 4], ["sequence", "sequence"]
+    module = _module(dims, layouts, 64, torch.float32)
+    base = torch.randn(2, 5, 4, device=DEVICE, requires_grad=True)
+    h = base.exp()  # saves its output for the backward
+    module.calibrate_([h, torch.randn(2, 6, 4, device=DEVICE)])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+    x = torch.randn(2, 5, 4, device=DEVICE)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"features\[0\]: more than one element refers to a single memory location"):
+            module.calibrate_([torch.randn(1, 5, 4, device=DEVICE).expand(2, 5, 4), x])
+        with pytest.raises(ValueError, match=r"features\[1\] and features\[0\]: share memory"):
+            module.calibrate_([x, x])
+    op = torch.ops.mmcal.triton_modulate_
+    y = torch.ones(1, 3, 4, device=DEVICE).expand(2, 3, 4)
+    with pytest.raises(ValueError, match=r"xs\[0\]: more than one element refers to a single memory location"):
+        op([y], [torch.rand(2, 4, device=DEVICE)], [0])
+    z = torch.randn(2, 4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=r"xs\[0\] and gates\[0\]: share memory"):
+        op([z], [z[:, 0]], [0])
+
+
+def test_second_derivative_is_refused_not_zero():
+    dims, layouts = [4, 3], ["sequence", "spatial"]
+    module = _module(dims, layouts, 65, torch.float64)
+    features, masks, present = _to(*random_case(dims, layouts, batch=2, positions=[5, (2, 2)], dtype=torch.float64, seed=66))
+    x0 = features[0].requires_grad_()
+
+    def loss(x):
+        return sum(y.square().sum() for y in module([x, features[1]], masks, present))
+
+    with pytest.raises(RuntimeError, match="a second derivative through the fused calibration node"):
+        torch.autograd.functional.hvp(loss, x0, torch.ones_like(x0))
+    x = torch.randn(2, 5, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    g = torch.rand(2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    y = ops.gate_modulate(x, g, "sequence", backend="triton")
+    with pytest.raises(RuntimeError, match="a second derivative"):
+        torch.autograd.grad(y.square().sum(), (x, g), create_graph=True)
