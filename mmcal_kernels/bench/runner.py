@@ -91,6 +91,7 @@ def parse_args(argv):
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="start no new row after S seconds (eager rows run first, then compiled ones)")
     p.add_argument("--name", default=None, help="file name stem instead of the device tag")
+    p.add_argument("--compile-inner", default=None, help=argparse.SUPPRESS)  # tests: dynamo's "eager" backend, no Inductor
     p.add_argument("--child-json", default=None, help=argparse.SUPPRESS)  # the re-run's records go here
     p.add_argument("--expect-package", default=None, help=argparse.SUPPRESS)  # the re-run checks what it imports
     return p.parse_args(argv)
@@ -162,9 +163,9 @@ def measure(args, device: torch.device, progress_for) -> tuple[list[dict], dict]
     jobs = _jobs(args)
     chosen = contenders(device, compile_reference=not args.no_compile, only=args.backends)
     total = len(jobs) * len(chosen) * len(args.passes)
+    meta.update(skipped_rows=0, errors=[])
     progress = progress_for(meta, total)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
-    meta.update(skipped_rows=0, errors=[])
     common = {"allocator": alloc, "device": name, "kernels": pkg["kernels"]}
     try:
         # eager contenders first (seconds), then compiled ones (a compile each): a time budget keeps the cheap rows
@@ -193,7 +194,7 @@ def _measure_contender(args, device, w, dname, c, sets, common, progress, deadli
     watch = None
     if c.compiled:  # its own compiled functions, from a clean dynamo: no inherited cache entries
         fresh()
-        watch = CompileWatch(c.label, c.mode)
+        watch = CompileWatch(c.label, c.mode, inner=args.compile_inner)
     module = make_module(w, device, c.backend, param_dtype)
     p_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     g_bytes = sum(g.numel() * g.element_size() for g in sets[0].gates)
@@ -235,6 +236,19 @@ def _measure_contender(args, device, w, dname, c, sets, common, progress, deadli
 
 
 def _time_row(args, device, c, calls, pass_name, sets, watch, what) -> dict:
+    try:
+        return _time_row_inner(args, device, c, calls, pass_name, sets, watch, what)
+    except CompileFallback:
+        raise
+    except Exception as exc:
+        # dynamo's own refusals (a graph break under fullgraph, the recompile limit) say the same: not compiled
+        if watch is not None and type(exc).__module__.startswith("torch._dynamo"):
+            raise CompileFallback(f"{what}: the compiled contender cannot run as one compiled graph: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc  # fmt: skip
+        raise
+
+
+def _time_row_inner(args, device, c, calls, pass_name, sets, watch, what) -> dict:
     fn = calls[pass_name]
     with strict_recompiles():
         before = watch.snapshot() if watch else None
@@ -331,6 +345,7 @@ def run_meta(args, device: torch.device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "allocator_env": {k: os.environ.get(k) for k in REUSE_ENV}, "quick": args.quick,
         "filters": filters_used(args), "time_budget_s": args.time_budget,
+        "compile_backend": args.compile_inner or "inductor",
         "compile_check": "each compiled contender: dynamo reset, its own CompileWatch backend, fullgraph=True; "
                          "an eager fallback or a recompile while timing fails the row",
         "floors": "SPEC.md: summary |X|, modulate 2|X|, forward 3|X|, fwd+bwd 7|X|, frozen 5|X| (+ masks, parameters)",
@@ -362,7 +377,8 @@ def main(argv=None) -> int:
         return Progress(json_path, meta, total, desc)
 
     try:
-        records, _ = measure(args, device, progress_for)
+        records, measured_meta = measure(args, device, progress_for)
+        meta.update(measured_meta)  # the counts of skipped and failed rows as they ended
     except (Interrupted, KeyboardInterrupt) as exc:
         interrupted = str(exc) or type(exc).__name__
         records = _read_records(json_path)
