@@ -87,9 +87,12 @@ def write_json(path: str, meta: dict, records: list[dict]) -> None:
 
 
 def write_png(path: str, records: list[dict], title: str) -> None:
-    """One row of panels per module pass: left, the fraction of SPEC.md's byte
-    floor; right, the speedup against torch.compile of the reference with each
-    bar's median ms written on it. Bars per workload / dtype / allocator."""
+    """Two panels per module pass, one above the other: the fraction of
+    SPEC.md's byte floor, then the speedup against torch.compile of the
+    reference with each bar's median ms written on it. Bars per workload /
+    dtype / allocator."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,53 +105,47 @@ def write_png(path: str, records: list[dict], title: str) -> None:
         return
     groups = sorted({(r["workload"], r["dtype"], r["allocator"]) for r in ok}, key=str)
     labels = sorted({r["backend"] for r in ok}, key=lambda b: (b != EAGER, b != COMPILED, b))
-    width = 0.8 / max(1, len(labels))
-    import textwrap
-
-    fig_w = min(60, max(12, 0.32 * len(groups) * len(labels)))
-    title = "\n".join(textwrap.fill(line, width=int(fig_w * 7)) for line in title.split("\n"))
-    head_in = 0.24 * (title.count("\n") + 1) + 0.35  # title lines and the legend, in inches
-    fig, axes = plt.subplots(len(passes), 2, figsize=(fig_w, 3.2 * len(passes) + head_in), squeeze=False)
     versus = "speedup_vs_compile" if any(r["backend"] == COMPILED for r in ok) else "speedup_vs_eager"
-    versus_name = "torch.compile" if versus == "speedup_vs_compile" else "eager reference (no compiled rows)"
+    versus_name = "torch.compile of the reference" if versus == "speedup_vs_compile" else "the eager reference (no compiled rows)"
+    width = 0.8 / max(1, len(labels))
+    fig_w = min(60, max(12, 1.25 * len(groups) + 1.5, 0.22 * len(groups) * len(labels) + 1.5))
+    title = "\n".join(textwrap.fill(line, width=int(fig_w * 9)) for line in title.split("\n"))
+    panels = [(p, kind) for p in passes for kind in ("floor", "speed")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(fig_w, 2.6 * len(panels) + 1.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for row, pass_name in enumerate(passes):
-        left, right = axes[row]
+    for ax, (pass_name, kind) in zip(axes[:, 0], panels):
         for i, label in enumerate(labels):
-            xs, floor, speed, ms = [], [], [], []
+            xs, ys, ms = [], [], []
             for k, g in enumerate(groups):
                 match = [r for r in ok if (r["workload"], r["dtype"], r["allocator"]) == g
                          and r["backend"] == label and r["pass"] == pass_name]  # fmt: skip
                 if match:
                     xs.append(k + i * width)
-                    floor.append(match[0].get("floor_fraction") or 0.0)
-                    speed.append(match[0].get(versus) or 0.0)
+                    ys.append(match[0].get("floor_fraction" if kind == "floor" else versus) or 0.0)
                     ms.append(match[0]["median_ms"])
-            color = colors[i % len(colors)]
-            left.bar(xs, floor, width, label=label, color=color)
-            bars = right.bar(xs, speed, width, label=label, color=color)
-            for bar, m in zip(bars, ms):
-                right.annotate(f"{m:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), rotation=90,
-                               ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
-        left.axhline(1.0, color="k", lw=0.8, ls="--")
-        right.axhline(1.0, color="k", lw=0.8, ls="--")
-        left.set_ylabel(f"{pass_name}\nfraction of byte floor", fontsize=10)
-        right.set_ylabel(f"{pass_name}\nspeedup (bar label: ms)", fontsize=10)
-        top = max([b.get_height() for b in right.patches] + [1.0])
-        right.set_ylim(0, top * 1.3)
-        for ax in (left, right):
-            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))])
-            ax.set_xticklabels([f"{w}\n{d}\n{a}" for w, d, a in groups] if row == len(passes) - 1 else [],
-                               fontsize=9)  # fmt: skip
-            ax.tick_params(axis="y", labelsize=9)
-            ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_title("fraction of SPEC.md's byte floor (higher is better)", fontsize=11)
-    axes[0, 1].set_title(f"speedup vs {versus_name}; bar label: median ms", fontsize=11)
+            bars = ax.bar(xs, ys, width, label=label, color=colors[i % len(colors)])
+            if kind == "speed":
+                for bar, m in zip(bars, ms):
+                    ax.annotate(f"{m:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), rotation=90,
+                                ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        if kind == "floor":
+            ax.set_ylabel(f"{pass_name}\nfraction of floor", fontsize=10)
+            ax.set_title(f"{pass_name}: fraction of SPEC.md's byte floor (higher is better)", fontsize=10, loc="left")
+        else:
+            ax.set_ylabel(f"{pass_name}\nspeedup", fontsize=10)
+            ax.set_title(f"{pass_name}: speedup vs {versus_name} (higher is better); on each bar its median ms",
+                         fontsize=10, loc="left")  # fmt: skip
+            ax.set_ylim(0, max([b.get_height() for b in ax.patches] + [1.0]) * 1.3)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))])
+        ax.set_xticklabels([f"{w}\n{d}\n{a}" for w, d, a in groups], fontsize=9)
+        ax.tick_params(axis="y", labelsize=9)
+        ax.grid(axis="y", alpha=0.3)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    h = fig.get_figheight()
-    fig.suptitle(title, fontsize=12, y=1 - 0.05 / h, va="top")
-    fig.legend(handles, names, loc="upper center", ncol=min(len(labels), 8), fontsize=10,
-               bbox_to_anchor=(0.5, 1 - (head_in - 0.35) / h))  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 1 - (head_in + 0.05) / h))
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # tight_layout leaves the suptitle its room
+    top = max(ax.get_position().y1 for ax in axes[:, 0])
+    fig.legend(handles, names, loc="lower center", ncol=min(len(labels), 8), fontsize=10,
+               bbox_to_anchor=(0.5, top + 0.25 / fig.get_figheight()))  # fmt: skip
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -143,9 +143,11 @@ class Progress:
 
 
 def _jobs(args):
+    """(workload, dtype) in the order given, dtype-major: under a time budget, the first dtype
+    of every workload is measured before the second."""
     jobs = []
-    for name in args.workloads:
-        for dname in args.dtypes:
+    for dname in args.dtypes:
+        for name in args.workloads:
             w = workload(name, DTYPES[dname][0])
             if args.quick:
                 w = w.scaled(batch=4, max_positions=16)
