@@ -66,7 +66,7 @@ def test_quick_run_writes_table_json_and_png(tmp_path):
     The compiled contenders go through dynamo (fullgraph, the watch) with its "eager" backend instead
     of Inductor, which would cost ~20 s a compile here; check.sh's dry run compiles with Inductor."""
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--workloads", "mosei-aligned",
-           "--dtypes", "bf16-mixed", "--passes", "forward", "summary", "--allocator-rerun", "always",
+           "--dtypes", "bf16-mixed", "--passes", "forward", "--allocator-rerun", "always",
            "--compile-inner", "eager", "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -80,7 +80,7 @@ def test_quick_run_writes_table_json_and_png(tmp_path):
                if b.usable and "cpu" in (b.auto_device_types or b.device_types) and b.name != "reference"}  # fmt: skip
     # kernel backends show up by themselves, eager and compiled
     labels = {"reference", "reference+compile"} | kernels | {f"{k}+compile" for k in kernels}
-    expected = {(b, p, a) for b in labels for p in ("forward", "summary") for a in ("glibc", "reuse")}
+    expected = {(b, p, a) for b in labels for p in ("forward",) for a in ("glibc", "reuse")}
     assert rows == expected
     assert set(data["meta"]["copy_bandwidth_gbps"]) == {"glibc", "reuse"}
     meta = data["meta"]
@@ -235,7 +235,7 @@ class _Tiny(torch.nn.Module):
         return y.relu()
 
 
-def _row(fn, steps_module=None):
+def _row(fn):
     args = runner.parse_args(["--quick"])
     contender = contenders_mod.Contender("tiny+compile", "reference", True)
     sets = [torch.randn(3, 4), torch.randn(3, 4)]
@@ -341,3 +341,30 @@ def test_launch_classification():
               ev("cudaLaunchKernel"), ev("cuLaunchKernelEx"), ev("cudaGraphLaunch"), ev("aten::mul")]  # fmt: skip
     got = counting.classify_events(events)
     assert got["kernels"] == 2 and got["launch_calls"] == 2 and got["graph_launches"] == 1
+
+
+# ---- a bounded run keeps what it measured ------------------------------------------------------------
+
+
+def test_time_budget_and_interruption_keep_the_rows(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(runner, "copy_bandwidth", lambda device, quick=False: (1e10, None))
+    argv = ["--quick", "--no-compile", "--workloads", "mosei-aligned", "--dtypes", "float32", "--passes", "gates",
+            "modulate", "--out", str(tmp_path)]  # fmt: skip
+    assert runner.main(argv + ["--time-budget", "0"]) == 0
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert data["records"] == [] and data["meta"]["skipped_rows"] >= 4 and not data["meta"]["complete"]
+    assert "INCOMPLETE" in capsys.readouterr().out
+
+    real, calls = runner.time_call, []
+
+    def cut(*a, **k):  # SIGTERM (timeout) during the second row
+        calls.append(1)
+        if len(calls) == 2:
+            raise runner.Interrupted("signal 15")
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "time_call", cut)
+    assert runner.main(argv) == 130
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert len(data["records"]) == 1 and data["meta"]["interrupted"] == "signal 15" and not data["meta"]["complete"]
+    assert next(tmp_path.glob("*.png")).stat().st_size > 10_000
