@@ -368,3 +368,19 @@ def test_time_budget_and_interruption_keep_the_rows(monkeypatch, tmp_path, capsy
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert len(data["records"]) == 1 and data["meta"]["interrupted"] == "signal 15" and not data["meta"]["complete"]
     assert next(tmp_path.glob("*.png")).stat().st_size > 10_000
+
+
+def test_an_interruption_wrapped_by_a_library_is_still_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "copy_bandwidth", lambda device, quick=False: (1e10, None))
+    monkeypatch.setattr(runner, "_INTERRUPTED", [])
+
+    def wrapped(*a, **k):  # what Inductor does with a SIGTERM that lands inside a compile
+        runner._INTERRUPTED.append("signal 15")
+        raise RuntimeError("InductorError: Interrupted: signal 15")
+
+    monkeypatch.setattr(runner, "time_call", wrapped)
+    argv = ["--quick", "--no-compile", "--workloads", "mosei-aligned", "--dtypes", "float32", "--passes", "gates",
+            "--keep-going", "--out", str(tmp_path)]  # fmt: skip
+    assert runner.main(argv) == 130
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert data["records"] == [] and not data["meta"]["errors"] and data["meta"]["interrupted"] == "signal 15"

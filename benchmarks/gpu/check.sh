@@ -141,7 +141,7 @@ else
   BENCH_ARGS=(--device cuda)
 fi
 timeout -k 15 "$BENCH_S" "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" --workloads "${WORKLOADS[@]}" \
-  --dtypes float32 bf16-mixed --passes forward fwd+bwd --keep-going --time-budget $(( BENCH_S - 35 )) --out "$OUT"
+  --dtypes float32 bf16-mixed --passes forward fwd+bwd --keep-going --time-budget $(( BENCH_S - 45 )) --out "$OUT"
 BENCH_RC=$?
 echo "benchmark exit status $BENCH_RC"
 done_stage

@@ -111,7 +111,11 @@ class Interrupted(Exception):
     """SIGTERM (e.g. from ``timeout``): stop, keep what was measured."""
 
 
+_INTERRUPTED: list = []  # set by the handler: an Interrupted that a library wrapped is still one
+
+
 def _on_sigterm(signum, frame):
+    _INTERRUPTED.append(f"signal {signum}")
     raise Interrupted(f"signal {signum}")
 
 
@@ -223,6 +227,8 @@ def _measure_contender(args, device, w, dname, c, sets, common, progress, deadli
         except (Interrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
+            if _INTERRUPTED:  # e.g. raised inside Inductor and wrapped in its InductorError
+                raise Interrupted(_INTERRUPTED[0]) from exc
             if not args.keep_going:
                 raise
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -432,5 +438,16 @@ def _read_records(path) -> list[dict]:
         return []
 
 
+def cli() -> None:
+    """``main`` as a program. After an interruption its outputs are written, but compile workers
+    busy with an abandoned compile could hold the exit past ``timeout -k``: leave at once."""
+    rc = main()
+    if _INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
