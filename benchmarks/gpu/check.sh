@@ -193,4 +193,5 @@ done_stage
 echo
 echo "=== stage times (s): $(for k in env build tests bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
 echo "files under $OUT:"; ls -la "$OUT"
+sleep 1  # let tee finish check.log
 exit 0
