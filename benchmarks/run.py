@@ -4,9 +4,7 @@
     python benchmarks/run.py --quick    # smoke run
 """
 
-import sys
-
-from mmcal_kernels.bench.runner import main
+from mmcal_kernels.bench.runner import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

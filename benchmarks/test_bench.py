@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+from mmcal_kernels.bench.compiled import CompileWatch, fresh
 from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
 from mmcal_kernels.bench.floors import PASSES, floor_bytes
 from mmcal_kernels.bench.workloads import workload
@@ -31,8 +32,13 @@ def prepared():
         if key not in cache:
             w = workload(name, DTYPES[dname])
             sets = input_sets(w, DTYPES[dname], DEVICE, count=3)
-            module = make_module(w, DEVICE, CONTENDERS[label].backend)
-            cache[key] = (w, sets, module, pass_callables(w, CONTENDERS[label], module))
+            c = CONTENDERS[label]
+            module = make_module(w, DEVICE, c.backend)
+            watch = None
+            if c.compiled:  # its own compiled functions, never another contender's cache entries
+                fresh()
+                watch = CompileWatch(label, c.mode)
+            cache[key] = (w, sets, module, pass_callables(w, c, module, watch))
         return cache[key]
 
     return get

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The one command for a lent GPU machine (no network; torch with CUDA, triton,
+# nvcc there), from the repository root or anywhere:
+#
+#   bash benchmarks/gpu/check.sh               # on the GPU, under 480 s on 16 cores
+#   bash benchmarks/gpu/check.sh --dry-run     # on a CPU machine: every stage, GPU parts skipped
+#                                              # (or MMCAL_GPU_DRY_RUN=1)
+#
+# Stages, each with a hard time limit, each writing under $OUT as it goes:
+#   1. env      nvidia-smi, versions                                   -> check.log
+#   2. build    find CUDA_HOME, build _C in place for THIS GPU's arch  -> build.log
+#               stops here (exit 1, log tail shown) if the build fails or _C has no CUDA kernels
+#   3. tests    the CUDA backend, the .cu compile checks, tests/triton on the GPU (full opcheck,
+#               torch.compile), per-test timeout                        -> tests.log, tests.xml (junit)
+#               whatever they report, the benchmark runs
+#   4. bench    real workloads + stress, fp32 and bf16-mixed, forward and fwd+bwd; eager
+#               reference/cuda/triton first, then the compiled reference, reduce-overhead
+#               reference and compiled kernel backends (each its own watched compile);
+#               CUDA launches of each row's forward and backward (torch.profiler);
+#               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
+#   5. summary  tests and rows at a glance, per-stage times            -> check.log
+# At most 6 files under $OUT: check.log build.log tests.log tests.xml <gpu>-filtered.json <gpu>-filtered.png
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/mmcal-gpu-out}
+mkdir -p "$OUT"
+DRY=${MMCAL_GPU_DRY_RUN:-0}
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || PY=python
+TOTAL=${MMCAL_GPU_TOTAL_S:-470}     # the whole script; the benchmark gets what is left
+BUILD_S=${MMCAL_GPU_BUILD_S:-170}
+TESTS_S=${MMCAL_GPU_TESTS_S:-120}
+TEST_TIMEOUT_S=${MMCAL_GPU_TEST_TIMEOUT_S:-45}
+SUMMARY_RESERVE_S=25
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
+exec > >(tee -a "$OUT/check.log") 2>&1
+T0=$(date +%s)
+declare -A STAGE_S
+now() { echo $(( $(date +%s) - T0 )); }
+stage() { STAGE_NAME=$1; STAGE_T=$(date +%s); echo; echo "=== [$(now) s] $1 (limit $2 s)"; }
+done_stage() { STAGE_S[$STAGE_NAME]=$(( $(date +%s) - STAGE_T )); echo "=== $STAGE_NAME took ${STAGE_S[$STAGE_NAME]} s"; }
+echo "mmcal_kernels GPU check, $(date -u +%FT%TZ), dry run: $DRY, OUT=$OUT"
+
+# ---- 1. env -----------------------------------------------------------------
+stage env 20
+git log --oneline -1 2>/dev/null || true
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "nvidia-smi: none"
+timeout 20 "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as e:
+    print("triton: not importable:", e)
+EOF
+done_stage
+
+# ---- 2. build -----------------------------------------------------------------
+stage build "$BUILD_S"
+find_cuda_home() {  # the directory with include/cuda_runtime.h (torch's guess fails with an nvcc wrapper)
+  local nvcc cands=()
+  [[ -n "${CUDA_HOME:-}" ]] && cands+=("$CUDA_HOME")
+  cands+=(/usr/local/cuda)
+  nvcc=$(command -v nvcc 2>/dev/null) && cands+=("$(dirname "$(dirname "$(readlink -f "$nvcc")")")")
+  cands+=("$(timeout 30 "$PY" -c 'import torch.utils.cpp_extension as c; print(c.CUDA_HOME or "")' 2>/dev/null)")
+  cands+=(/usr/local/cuda-*)
+  for c in "${cands[@]}"; do
+    if [[ -n "$c" && -f "$c/include/cuda_runtime.h" ]]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+if [[ $DRY == 1 ]]; then
+  echo "dry run: building the CPU kernels only (no GPU: no arch, no CUDA kernels to check)"
+  CUDA_HOME_FOUND=$(find_cuda_home) && echo "CUDA_HOME would be $CUDA_HOME_FOUND" || echo "no CUDA toolkit here"
+  BUILD_ENV=(MMCAL_CUDA=0)
+else
+  if ! CUDA_HOME_FOUND=$(find_cuda_home); then
+    echo "FATAL: no CUDA toolkit (include/cuda_runtime.h) in \$CUDA_HOME, /usr/local/cuda, nvcc's prefix or torch's CUDA_HOME"
+    exit 1
+  fi
+  ARCH=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  echo "CUDA_HOME=$CUDA_HOME_FOUND, arch $ARCH"
+  export CUDA_HOME=$CUDA_HOME_FOUND PATH="$CUDA_HOME_FOUND/bin:$PATH"
+  BUILD_ENV=(MMCAL_CUDA=1 "MMCAL_CUDA_ARCH_LIST=$ARCH")
+fi
+if ! env "${BUILD_ENV[@]}" timeout -k 10 "$BUILD_S" "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  echo "FATAL: the build failed (or ran past $BUILD_S s); the end of $OUT/build.log:"
+  tail -n 40 "$OUT/build.log"
+  exit 1
+fi
+tail -n 3 "$OUT/build.log"
+if ! timeout 60 "$PY" - "$DRY" <<'EOF'
+import sys, torch, mmcal_kernels
+from mmcal_kernels import _cpp, backends
+backends.available()
+st = _cpp.STATUS
+print("extension:", st["how"] or st["why_not"], "| CPU kernels", st["cpu_capability"], "| CUDA kernels", st["cuda_kernels"])
+if not st["loaded"] or "prebuilt" not in st["how"]:
+    sys.exit("FATAL: the prebuilt _C did not load (a JIT build would measure another build)")
+cuda = torch._C._dispatch_has_kernel_for_dispatch_key("mmcal::summaries", "CUDA")
+if sys.argv[1] != "1" and not cuda:
+    sys.exit("FATAL: _C has no CUDA kernels (mmcal::summaries has no CUDA dispatch key)")
+EOF
+then
+  tail -n 40 "$OUT/build.log"
+  exit 1
+fi
+done_stage
+
+# ---- 3. tests (never stop the run) --------------------------------------------
+stage tests "$TESTS_S"
+TIMEOUT_ARGS=()
+if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
+  TIMEOUT_ARGS=(--timeout "$TEST_TIMEOUT_S")
+else
+  echo "pytest-timeout missing: only the stage's $TESTS_S s limit applies"
+fi
+# Most telling first; the .cu spill checks (nvcc only, no GPU) last.
+TESTS=(tests/test_cuda_backend.py tests/triton tests/test_cuda_compile.py)
+echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml)"
+# SIGINT at the limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
+timeout -s INT -k 15 "$TESTS_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
+  "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+TESTS_RC=$?
+tail -n 15 "$OUT/tests.log"
+[[ $TESTS_RC == 124 || $TESTS_RC == 137 || $TESTS_RC == 2 ]] && echo "tests: interrupted or cut at the stage limit ($TESTS_S s)"
+echo "tests exit status $TESTS_RC (the benchmark runs regardless)"
+done_stage
+
+# ---- 4. bench -----------------------------------------------------------------
+BENCH_S=$(( TOTAL - $(now) - SUMMARY_RESERVE_S ))
+(( BENCH_S < 60 )) && BENCH_S=60
+stage bench "$BENCH_S"
+WORKLOADS=(stress-256MiB mosei-aligned cremad-resnet18 ave-resnet18 mosei-unaligned mosi-unaligned)
+if [[ $DRY == 1 ]]; then
+  BENCH_ARGS=(--device cpu --quick --allocator-rerun never)
+else
+  BENCH_ARGS=(--device cuda)
+fi
+timeout -k 15 "$BENCH_S" "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" --workloads "${WORKLOADS[@]}" \
+  --dtypes float32 bf16-mixed --passes forward fwd+bwd --keep-going --time-budget $(( BENCH_S - 45 )) --out "$OUT"
+BENCH_RC=$?
+echo "benchmark exit status $BENCH_RC"
+done_stage
+
+# ---- 5. summary -----------------------------------------------------------------
+stage summary "$SUMMARY_RESERVE_S"
+timeout 20 "$PY" - "$OUT" <<'EOF'
+import glob, json, os, sys
+import xml.etree.ElementTree as ET
+out = sys.argv[1]
+try:
+    suites = ET.parse(os.path.join(out, "tests.xml")).getroot()
+    suites = [suites] if suites.tag == "testsuite" else list(suites)
+    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    print(f"tests: {n['tests']} run, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped")
+    for s in suites:
+        for case in s.iter("testcase"):
+            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+            if bad is not None:
+                print(f"  FAILED {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
+except (OSError, ET.ParseError) as e:
+    print("tests: no junit XML (cut before pytest wrote it?):", e)
+paths = sorted(glob.glob(os.path.join(out, "*.json")))
+if not paths:
+    sys.exit("bench: no JSON")
+data = json.load(open(paths[0]))
+meta, rows = data["meta"], data["records"]
+ok = [r for r in rows if r.get("median_ms")]
+print(f"bench: {len(ok)} rows timed, {len(rows) - len(ok)} failed, {meta.get('skipped_rows', 0)} skipped (budget); "
+      f"complete {meta.get('complete')}; {meta.get('device')}; {paths[0]}")
+for e in meta.get("errors", [])[:8]:
+    print("  FAILED", e[:200])
+from mmcal_kernels.bench import report
+report.add_speedups(ok)  # a cut run's JSON has its rows, not yet their speedups
+png = paths[0][:-5] + ".png"
+if not os.path.exists(png) and ok:  # the run was killed before its end: draw what the JSON holds
+    report.write_png(png, ok, f"{meta.get('device')}: CUT run, {len(ok)} rows")
+print(f"{'workload':16s} {'dtype':10s} {'backend':26s} {'pass':8s} {'ms':>9s} {'x compile':>9s} {'launches fwd/bwd':>16s}")
+for r in ok:
+    if r["workload"] not in ("mosei-aligned", "stress-256MiB"):
+        continue
+    la = r.get("launches") or {}
+    launches = "/".join(str(v.get("kernels")) for k, v in la.items() if isinstance(v, dict)) or "-"
+    x = r.get("speedup_vs_compile")
+    print(f"{r['workload']:16s} {r['dtype']:10s} {r['backend']:26s} {r['pass']:8s} {r['median_ms']:9.3f} "
+          f"{(f'{x:.2f}' if x else '-'):>9s} {launches:>16s}")
+EOF
+done_stage
+echo
+echo "=== stage times (s): $(for k in env build tests bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
+echo "files under $OUT:"; ls -la "$OUT"
+sleep 1  # let tee finish check.log
+exit 0
