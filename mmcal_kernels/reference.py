@@ -118,7 +118,8 @@ def gates_with_intermediates(
     u = torch.stack(units, 1)  # [B, M, d]
 
     # Step 3: agreement, and support/conflict/context over the present others.
-    agreement = u @ u.transpose(1, 2)  # [B, M, M]
+    # torch.bmm, not `@`: on fake tensors torch 2.11's 3-d matmul specialises B.
+    agreement = torch.bmm(u, u.transpose(1, 2))  # [B, M, M]
     if present is None:
         present = torch.ones(batch, num, dtype=torch.bool, device=device)
     others = ~torch.eye(num, dtype=torch.bool, device=device)
@@ -126,7 +127,7 @@ def gates_with_intermediates(
     k = w.sum(-1).clamp_min(1)  # [B, M]
     support = (w * torch.relu(agreement)).sum(-1) / k
     conflict = (w * torch.relu(-agreement)).sum(-1) / k
-    context = (w @ u) / k.unsqueeze(-1)  # [B, M, d]
+    context = torch.bmm(w, u) / k.unsqueeze(-1)  # [B, M, d]
 
     gates, cues, pres, hidden, instance_gates, dimension_gates = [], [], [], [], [], []
     for m, p in enumerate(params):
