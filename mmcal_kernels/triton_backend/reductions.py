@@ -43,10 +43,8 @@ def _reduce_slot(t, x, y, m, o, B, P, D, sxb, sxp, sxd, syb, syp, syd, S,
     p_begin = s * chunk
     p_end = tl.minimum(p_begin + chunk, P)
     acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=acc_t)
-    # A count from 0, not range(p_begin, p_end, BLOCK_P): triton 3.6's
-    # interpreter cannot take run-time bounds there.
-    for i in range(0, tl.cdiv(tl.maximum(p_end - p_begin, 0), BLOCK_P)):
-        p = p_begin + i * BLOCK_P + tl.arange(0, BLOCK_P)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
         ok = p < p_end
         if HAS_MASK:  # a selection: padded values are never loaded
             ok = ok & (tl.load(m + b * P + p, mask=ok, other=0) != 0)
