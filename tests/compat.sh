@@ -11,7 +11,7 @@
 # stay untouched.
 #
 #   MMCAL_COMPAT_VENV  the venv (default /work/venv-compat), made or reused
-#   MMCAL_COMPAT_SRC   the copy (default /tmp/mmcal-compat-src), made anew each run
+#   MMCAL_COMPAT_SRC   the copy (default /tmp/mmcal-compat-src), made anew each run but for build/
 #   MMCAL_COMPAT_PYTHON the python that makes the venv (default python3.11, else python3)
 #   CUDA_HOME          the CUDA toolkit, if the search below finds the wrong one
 set -euo pipefail
@@ -37,7 +37,10 @@ then
   echo "compat: installing torch==$TORCH_VERSION triton==$TRITON_VERSION into $VENV (several GB, once)"
   "$PY" -m pip install -q "torch==$TORCH_VERSION" "triton==$TRITON_VERSION"
 fi
-"$PY" -m pip install -q "setuptools>=64" ninja numpy pytest hypothesis pytest-benchmark matplotlib tqdm
+# numpy < 2.4: triton 3.6's interpreter takes int() of 1-element arrays, which
+# numpy 2.4 refuses ("only 0-dimensional arrays can be converted to Python
+# scalars"): every kernel loop with run-time bounds would fail (3.9 is fixed).
+"$PY" -m pip install -q "setuptools>=64" ninja "numpy<2.4" pytest hypothesis pytest-benchmark matplotlib tqdm
 "$PY" -c 'import torch, triton; print(f"compat: torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")'
 
 # 2. The CUDA toolkit: the directory holding include/cuda_runtime.h and
@@ -65,9 +68,14 @@ fi
 export CUDA_HOME
 echo "compat: CUDA_HOME=$CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | grep -o 'release [0-9.]*'))"
 
-# 3. A copy of the checkout's files, built in place there with CUDA.
+# 3. A copy of the checkout's files, built in place there with CUDA. The
+#    copy is made anew; its build/ (ninja's objects) is kept from the last run,
+#    so only changed sources recompile (the files keep their mtimes).
+rm -rf "$SRC.build"
+[ -d "$SRC/build" ] && mv "$SRC/build" "$SRC.build"
 rm -rf "$SRC"
 mkdir -p "$SRC"
+[ -d "$SRC.build" ] && mv "$SRC.build" "$SRC/build"
 git -C "$REPO" ls-files -z --cached --others --exclude-standard \
   | (cd "$REPO" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' _) \
   | tar -C "$REPO" --null -T - -cf - | tar -C "$SRC" -xf -
