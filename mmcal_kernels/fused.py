@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .gates_backward import gates_backward
-from .reference import GateParams, GatesIntermediates, compute_dtype, gates_with_intermediates
+from .reference import GateParams, GatesIntermediates, at_least_one, compute_dtype, gates_with_intermediates
 
 DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")
 
@@ -49,7 +49,7 @@ def position_counts(x: Tensor, layout: str, mask: Optional[Tensor], ct: torch.dt
     if layout == "sequence" and mask is not None:
         return mask.sum(1, keepdim=True).to(ct).clamp_min(1)
     positions = x.shape[1] if layout == "sequence" else math.prod(x.shape[2:])
-    return x.new_full((x.shape[0], 1), torch.sym_max(positions, 1), dtype=ct)
+    return x.new_full((x.shape[0], 1), at_least_one(positions), dtype=ct)
 
 
 def make_fused_function(passes: XPasses, name: str) -> type:

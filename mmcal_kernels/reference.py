@@ -54,20 +54,27 @@ def channels(x: Tensor, layout: str) -> int:
     return x.shape[-1] if layout == "sequence" else x.shape[1]
 
 
+def at_least_one(n):
+    """``max(n, 1)`` for a size: ``torch.sym_max`` on a SymInt (no guard), the
+    builtin on a plain int (under Dynamo, torch 2.11 graph-breaks on
+    ``torch.sym_max`` of plain ints; 2.13 does not)."""
+    return torch.sym_max(n, 1) if isinstance(n, torch.SymInt) else max(n, 1)
+
+
 def summary(x: Tensor, layout: str, mask: Optional[Tensor] = None, ct: Optional[torch.dtype] = None) -> Tensor:
     """Step 1: ``s[b] = sum_p V[b,p] X[b,p,:] / max(1, sum_p V[b,p])``, shape ``[B, D]`` in ``ct``."""
     ct = ct or torch.promote_types(torch.float32, x.dtype)
     xc = x.to(ct)
     if layout == "sequence":
         if mask is None:
-            return xc.sum(1) / torch.sym_max(x.shape[1], 1)
+            return xc.sum(1) / at_least_one(x.shape[1])
         # A selection, not a product: a NaN at a padded position must reach
         # neither the sum nor (through the where's backward) the gradient.
         total = torch.where(mask.unsqueeze(-1), xc, 0).sum(1)
         count = mask.sum(1, keepdim=True).to(ct).clamp_min(1)
         return total / count
     flat = xc.flatten(2) if x.dim() > 2 else xc.unsqueeze(-1)  # [B, D, P]; P = 1 for [B, D]
-    return flat.sum(-1) / torch.sym_max(flat.shape[-1], 1)
+    return flat.sum(-1) / at_least_one(flat.shape[-1])
 
 
 class GatesIntermediates(NamedTuple):
@@ -111,7 +118,8 @@ def gates_with_intermediates(
     u = torch.stack(units, 1)  # [B, M, d]
 
     # Step 3: agreement, and support/conflict/context over the present others.
-    agreement = u @ u.transpose(1, 2)  # [B, M, M]
+    # torch.bmm, not `@`: on fake tensors torch 2.11's 3-d matmul specialises B.
+    agreement = torch.bmm(u, u.transpose(1, 2))  # [B, M, M]
     if present is None:
         present = torch.ones(batch, num, dtype=torch.bool, device=device)
     others = ~torch.eye(num, dtype=torch.bool, device=device)
@@ -119,7 +127,7 @@ def gates_with_intermediates(
     k = w.sum(-1).clamp_min(1)  # [B, M]
     support = (w * torch.relu(agreement)).sum(-1) / k
     conflict = (w * torch.relu(-agreement)).sum(-1) / k
-    context = (w @ u) / k.unsqueeze(-1)  # [B, M, d]
+    context = torch.bmm(w, u) / k.unsqueeze(-1)  # [B, M, d]
 
     gates, cues, pres, hidden, instance_gates, dimension_gates = [], [], [], [], [], []
     for m, p in enumerate(params):

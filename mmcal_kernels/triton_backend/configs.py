@@ -101,4 +101,9 @@ def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, t
         wrap_triton(tuner)[grid](*args, **constexprs)
         return
     meta = dict(constexprs, **config.kwargs)
-    wrap_triton(tuner.fn)[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+    # Under the interpreter ``tuner.fn`` is an InterpretedFunction: torch 2.13's
+    # wrap_triton hands it back unchanged, torch 2.11's refuses it ("only works
+    # on functions annotated with triton.jit"). Nothing traces an interpreted
+    # launch, so it is launched directly on both.
+    kernel = tuner.fn if interpreting() else wrap_triton(tuner.fn)
+    kernel[grid(meta)](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
