@@ -1,6 +1,6 @@
 """The CUDA backend against the reference on a GPU (skipped without one):
 dtypes, layouts, masks, presence, channels_last, strides, opcheck, and
-torch.compile. Run by benchmarks/gpu/test_gpu.sh on a lent GPU machine."""
+torch.compile. Run by benchmarks/gpu/check.sh on a lent GPU machine."""
 
 import pytest
 import torch
