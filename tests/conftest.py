@@ -19,7 +19,8 @@ def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0,
 
 def random_grads(outputs, seed=123):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype) for y in outputs]
+    # Drawn on the CPU (the same values on every device), then put where the outputs are.
+    return [torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device, dtype=y.dtype) for y in outputs]
 
 
 def run_float64_oracle(module, features, masks, present, grad_outputs):

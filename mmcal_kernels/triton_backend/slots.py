@@ -64,6 +64,10 @@ def mask_bytes(mask: Optional[Tensor], like: Tensor) -> Tensor:
     """A mask as contiguous uint8 ``[B, P]`` (index ``b * P + p``); ``like`` stands in when absent."""
     if mask is None:
         return like
+    if torch.compiler.is_compiling():
+        # Inductor (torch 2.11) cannot lower a bool -> uint8 view (torch.iinfo(bool)):
+        # a [B, P] byte copy there, the free view in eager.
+        return mask.contiguous().to(torch.uint8)
     return mask.contiguous().view(torch.uint8)
 
 
