@@ -1,6 +1,6 @@
 """mmcal_kernels: fused kernels for pre-fusion calibration of multimodal features.
 
-SPEC.md (shipped beside the repository) defines the function; ``reference``
+docs/spec.md defines the function; ``reference``
 computes it in plain PyTorch, and every other backend is tested against it.
 """
 

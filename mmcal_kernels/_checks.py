@@ -1,4 +1,4 @@
-"""Input checks shared by every public entry point (SPEC.md, "Bad input").
+"""Input checks shared by every public entry point (docs/spec.md, "Bad input").
 
 Each check raises before any computation, naming the argument, what it got and
 what it expects. They look only at metadata (shapes, dtypes, devices), so they
@@ -83,7 +83,7 @@ def check_features(
     dims: Optional[Sequence[int]] = None,
     dtypes=FEATURE_DTYPES,
 ) -> tuple[list[Tensor], list[str], list[Optional[Tensor]]]:
-    """All of SPEC.md's checks on one call. Returns (features, layouts, masks) as lists."""
+    """All of docs/spec.md's checks on one call. Returns (features, layouts, masks) as lists."""
     if isinstance(features, Tensor) or not isinstance(features, (list, tuple)):
         raise TypeError(f"features: expected a list of tensors, one per modality, got {type(features).__name__}")
     features = list(features)

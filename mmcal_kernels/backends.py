@@ -1,6 +1,6 @@
 """The registry of backends: what each one is, where it runs, and whether it is usable here.
 
-A backend supplies the three stages and the fused whole of SPEC.md:
+A backend supplies the three stages and the fused whole of docs/spec.md:
 ``summary``, ``gates``, ``modulate`` and ``calibrate``, with the signatures of
 ``mmcal_kernels.reference``. ``resolve`` turns a user's choice (a name, or
 ``"auto"``) into a backend for a device. Usability, and what ``"auto"`` picks

@@ -1,4 +1,4 @@
-"""Steps 1-7 for all modalities as ONE autograd node (SPEC.md, "The hot path").
+"""Steps 1-7 for all modalities as ONE autograd node (docs/spec.md, "The hot path").
 
 A kernel backend supplies the four passes over X (``XPasses``); this file
 supplies the rest, the same for every backend:

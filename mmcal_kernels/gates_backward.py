@@ -1,7 +1,7 @@
 """The backward of steps 2-6 written out in plain torch ops, from the
 intermediates ``reference.gates_with_intermediates`` keeps.
 
-The fused backends make steps 1-7 one autograd node (SPEC.md's hot path): its
+The fused backends make steps 1-7 one autograd node (docs/spec.md's hot path): its
 backward gets ``dg`` from one pass over ``dY`` and ``X``, runs these small
 ``[B, D]``-sized formulas for ``ds`` and the parameter gradients, then writes
 ``dX`` in one more pass. Plain torch ops, not ``torch.autograd.grad`` or

@@ -12,7 +12,7 @@ from .reference import GateParams
 
 
 class PreFusionCalibration(nn.Module):
-    """Calibrates each modality's features against the others before fusion (SPEC.md).
+    """Calibrates each modality's features against the others before fusion (docs/spec.md).
 
     Args:
         dims: channel count ``D_m`` of each modality (at least 2 modalities).

@@ -1,11 +1,11 @@
-"""The functional API: SPEC.md's stages and the fused whole, each with ``backend=``.
+"""The functional API: docs/spec.md's stages and the fused whole, each with ``backend=``.
 
 * ``summary_pool``      step 1, one modality       ``[B, P, D]`` / ``[B, D, *S]`` -> ``[B, D]``
 * ``calibration_gates`` steps 2-6, all modalities  summaries -> (gates, diagnostics)
 * ``gate_modulate``     step 7, one modality       (X, g) -> Y
 * ``calibrate``         steps 1-7, all modalities  what ``PreFusionCalibration`` calls
 
-Every function checks its arguments (SPEC.md, "Bad input") before anything
+Every function checks its arguments (docs/spec.md, "Bad input") before anything
 runs, then hands them to the backend that ``backend=`` resolves to for the
 inputs' device. ``calibrate`` is one call on purpose: a kernel backend makes it
 a single autograd node, the only shape that reaches the traffic floor.

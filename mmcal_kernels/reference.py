@@ -1,4 +1,4 @@
-"""SPEC.md in plain PyTorch: the oracle every kernel backend is tested against.
+"""docs/spec.md in plain PyTorch: the oracle every kernel backend is tested against.
 
 Split by the stages of the spec so that each can be checked alone and so that a
 kernel backend can reuse steps 2-6 (``gates_from_summaries``) for its backward
@@ -28,7 +28,7 @@ DIAGNOSTIC_KEYS = ("agreement", "support", "conflict", "instance_gate", "dimensi
 
 
 class GateParams(NamedTuple):
-    """The parameters of one modality, in SPEC.md's order and shapes."""
+    """The parameters of one modality, in docs/spec.md's order and shapes."""
 
     proj_weight: Tensor  # [d, D_m]
     proj_bias: Tensor  # [d]

@@ -1,4 +1,4 @@
-"""SPEC.md written a second, independent way: loops over samples and modalities
+"""docs/spec.md written a second, independent way: loops over samples and modalities
 in float64, one formula per line of the spec, no batching.
 
 Slow and only for tiny cases; it exists so that the reference is itself checked

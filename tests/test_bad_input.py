@@ -1,4 +1,4 @@
-"""SPEC.md's "Bad input" table, one test per row, through the module. Each must
+"""the spec's "Bad input" table, one test per row, through the module. Each must
 raise its type before any computation (the backend is replaced by one that
 fails if it is ever called), naming the argument, what it got and what it
 expects."""

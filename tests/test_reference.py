@@ -1,4 +1,4 @@
-"""The reference against SPEC.md: a case worked by hand, an independent loop
+"""The reference against docs/spec.md: a case worked by hand, an independent loop
 oracle on random cases, gradcheck, and the spec's edge cases."""
 
 import math
@@ -20,7 +20,7 @@ def _params(module):
 
 def test_hand_computed_tiny_case():
     # B=1, M=2, D=2, P=2, d=2, r=1 with identity projections: every number below
-    # follows SPEC.md's formulas by hand.
+    # follows the spec's formulas by hand.
     x0 = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]], dtype=torch.float64)  # s0 = [2, 0] -> u0 = [1, 0]
     x1 = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)  # s1 = [.5, 1] -> u1 = [1, 2]/sqrt5
     eye, zero2 = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
@@ -182,7 +182,7 @@ def test_padded_values_reach_no_gradient_through_the_summary():
     """The summary's backward gives padded positions nothing and takes nothing
     from them: with dY zero at padded positions, a padded value (however large)
     changes no gradient. (With dY non-zero there, it does reach the gate
-    gradient through dg = sum_p dY*X over every position, as SPEC.md's
+    gradient through dg = sum_p dY*X over every position, as the spec's
     modulation at padded positions implies; a NaN there then spreads in the
     backward exactly as autograd of the spec's formula spreads it.)"""
     dims = [4, 3]

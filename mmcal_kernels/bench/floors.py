@@ -1,4 +1,4 @@
-"""SPEC.md's byte floor of each timed pass: the fewest bytes it must move.
+"""docs/spec.md's byte floor of each timed pass: the fewest bytes it must move.
 
 ``|X|`` is the bytes of all features, ``|V|`` of the masks, ``|P|`` of the
 parameters. The module's forward+backward is the forward (3|X|) plus the

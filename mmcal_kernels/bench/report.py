@@ -88,7 +88,7 @@ def write_json(path: str, meta: dict, records: list[dict]) -> None:
 
 def write_png(path: str, records: list[dict], title: str) -> None:
     """Two panels per module pass, one above the other: the fraction of
-    SPEC.md's byte floor, then the speedup against torch.compile of the
+    docs/spec.md's byte floor, then the speedup against torch.compile of the
     reference with each bar's median ms written on it. Bars per workload /
     dtype / allocator."""
     import textwrap
@@ -131,7 +131,7 @@ def write_png(path: str, records: list[dict], title: str) -> None:
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         if kind == "floor":
             ax.set_ylabel(f"{pass_name}\nfraction of floor", fontsize=10)
-            ax.set_title(f"{pass_name}: fraction of SPEC.md's byte floor (higher is better)", fontsize=10, loc="left")
+            ax.set_title(f"{pass_name}: fraction of docs/spec.md's byte floor (higher is better)", fontsize=10, loc="left")
         else:
             ax.set_ylabel(f"{pass_name}\nspeedup", fontsize=10)
             ax.set_title(f"{pass_name}: speedup vs {versus_name} (higher is better); on each bar its median ms",

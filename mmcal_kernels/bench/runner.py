@@ -362,7 +362,7 @@ def run_meta(args, device: torch.device) -> dict:
         "compile_backend": args.compile_inner or "inductor",
         "compile_check": "each compiled contender: dynamo reset, its own CompileWatch backend, fullgraph=True; "
                          "an eager fallback or a recompile while timing fails the row",
-        "floors": "SPEC.md: summary |X|, modulate 2|X|, forward 3|X|, fwd+bwd 7|X|, frozen 5|X| (+ masks, parameters)",
+        "floors": "docs/spec.md: summary |X|, modulate 2|X|, forward 3|X|, fwd+bwd 7|X|, frozen 5|X| (+ masks, parameters)",
     }  # fmt: skip
 
 
