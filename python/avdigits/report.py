@@ -146,8 +146,8 @@ def figures(result, out, suffix=""):
 
     # 4. training curves
     fig, axes = plt.subplots(len(bbs), 4, figsize=(17, 3.4 * len(bbs)), squeeze=False)
-    keys = (("loss", "training loss (with augmentation)"), ("val_clean", "val accuracy, clean (%)"),
-            ("val_corrupted", "val accuracy, corrupted mixture (%)"))  # fmt: skip
+    keys = (("loss", "train loss (augmented)"), ("val_clean", "val acc. clean (%)"),
+            ("val_corrupted", "val acc. corrupted mix (%)"))  # fmt: skip
     for row, b in enumerate(bbs):
         for v in VARIANTS:
             runs = runs_of(result, b, v)
@@ -167,9 +167,9 @@ def figures(result, out, suffix=""):
             ep = np.arange(1, g.shape[1] + 1)
             ax.plot(ep, g[:, :, j].mean(0), color=MOD_COLORS[m], label=m)
             ax.fill_between(ep, g[:, :, j].min(0), g[:, :, j].max(0), color=MOD_COLORS[m], alpha=0.2)
-        ax.set_title(f"{b}: spread of the instance gate over val samples")
+        ax.set_title(f"{b}: instance-gate spread (val)")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("std over samples (0 = not input-dependent)")
+        ax.set_ylabel("std over samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         axes[row, 0].legend()
