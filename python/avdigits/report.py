@@ -66,7 +66,9 @@ def figures(result, out, suffix=""):
     n_seeds = len(result["config"]["seeds"])
     paths = []
 
-    def save(fig, name):
+    def save(fig, name, title):
+        fig.suptitle(title)
+        fig.tight_layout()
         path = os.path.join(out, f"{name}{suffix}.png")
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -89,9 +91,7 @@ def figures(result, out, suffix=""):
             axes[row, col].set_ylabel("test accuracy (%)")
             axes[row, col].grid(alpha=0.3)
         axes[row, 0].legend()
-    fig.suptitle(f"Accuracy under corruption, mean ± std over {n_seeds} seed(s)")
-    fig.tight_layout()
-    save(fig, "accuracy")
+    save(fig, "accuracy", f"Accuracy under corruption, mean ± std over {n_seeds} seed(s)")
 
     # 2. per modality: noise curves, conflict and removal bars
     fig, axes = plt.subplots(len(bbs), 4, figsize=(17, 3.6 * len(bbs)), squeeze=False)
@@ -116,9 +116,7 @@ def figures(result, out, suffix=""):
         ax.set_title(f"{b}: conflict / removal of one modality")
         ax.grid(alpha=0.3, axis="y")
         axes[row, 0].legend()
-    fig.suptitle(f"Which modality is corrupted matters: mean ± std over {n_seeds} seed(s)")
-    fig.tight_layout()
-    save(fig, "accuracy_by_modality")
+    save(fig, "accuracy_by_modality", f"Which modality is corrupted matters: mean ± std over {n_seeds} seed(s)")
 
     # 3. learned instance gates vs the severity of a modality's own corruption
     fig, axes = plt.subplots(len(bbs), 3, figsize=(13, 3.6 * len(bbs)), squeeze=False)
@@ -140,9 +138,7 @@ def figures(result, out, suffix=""):
             ax.set_title(f"{b}: {m} corrupted")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"Calibrated models: mean instance gate per modality (1 = identity), mean ± std over {n_seeds} seed(s)")
-    fig.tight_layout()
-    save(fig, "gates")
+    save(fig, "gates", f"Calibrated models: mean instance gate per modality (1 = identity), mean ± std over {n_seeds} seed(s)")
 
     # 4. training curves
     fig, axes = plt.subplots(len(bbs), 4, figsize=(17, 3.4 * len(bbs)), squeeze=False)
@@ -173,9 +169,7 @@ def figures(result, out, suffix=""):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         axes[row, 0].legend()
-    fig.suptitle(f"Training: mean over {n_seeds} seed(s), band = min..max")
-    fig.tight_layout()
-    save(fig, "training")
+    save(fig, "training", f"Training: mean over {n_seeds} seed(s), band = min..max")
     return paths
 
 
