@@ -109,10 +109,11 @@ def evaluate(model, batch, size=400):
     return out
 
 
-def train_run(backbone, calibrated, seed, data, hp, evals, val_sets, pbar=None, steps=None):
+def train_run(backbone, variant, seed, data, hp, evals, val_sets, pbar=None, steps=None):
     """Train one model; returns its record (curves, test results, gate weights)."""
     torch.manual_seed(seed)
-    model = BACKBONES[backbone](calibrated)
+    model = BACKBONES[backbone](variant)
+    gated = variant != "baseline"
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     n = len(data.train)
     per_epoch = steps or -(-n // hp["batch"])
@@ -137,16 +138,16 @@ def train_run(backbone, calibrated, seed, data, hp, evals, val_sets, pbar=None, 
         clean, mixed = evaluate(model, val_sets["clean"]), evaluate(model, val_sets["mixture"])
         curves["val_clean"].append(clean["acc"])
         curves["val_corrupted"].append(mixed["acc"])
-        if calibrated:
+        if gated:
             curves["instance_gate_val"].append(mixed["instance_gate"])
             curves["instance_gate_std"].append(mixed["instance_gate_std"])
         if pbar is not None:
             pbar.update(1)
     train_s = time.perf_counter() - start
-    record = {"backbone": backbone, "variant": "calibrated" if calibrated else "baseline", "seed": seed,
+    record = {"backbone": backbone, "variant": variant, "seed": seed,
               "hparams": hp, "train_seconds": train_s, "curves": curves,
               "test": {name: evaluate(model, b) for name, b in evals.items()}}  # fmt: skip
-    if calibrated:
+    if variant == "calibrated":
         # What the trained gates contribute: the same network with the calibration
         # taken out (every gate 1) on a few conditions.
         c, model.calib = model.calib, None
@@ -173,11 +174,11 @@ def _prepare(seed, cfg):
 
 def _worker(task):
     torch.set_num_threads(1)
-    backbone, calibrated, seed, hp, steps, split = task
+    backbone, variant, seed, hp, steps, split = task
     data, evals, val_sets = SHARED[seed]
     if split == "val":  # hyperparameter search: score on the validation split only
         evals = val_sets
-    return train_run(backbone, calibrated, seed, data, hp, evals, val_sets, SHARED["queue"], steps)
+    return train_run(backbone, variant, seed, data, hp, evals, val_sets, SHARED["queue"], steps)
 
 
 class _Ticks:
@@ -224,6 +225,10 @@ def main(argv=None):
     ap.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--select", action="store_true", help="hyperparameter search on the validation split only")
     ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3], help="--select: learning rates to try")
+    ap.add_argument("--variants", nargs="*", default=["baseline", "calibrated"],
+                    choices=["baseline", "calibrated", "constant-gate"], help="constant-gate: the ablation")
+    ap.add_argument("--conditions", nargs="*", default=None, help="evaluate only these test conditions (default all)")
+    ap.add_argument("--tag", default="", help="suffix of the output files, e.g. -ablation")
     ap.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     ap.add_argument("--out", default=RESULTS, help="output folder (default python/results)")
     ap.add_argument("--no-figures", action="store_true")
@@ -236,18 +241,19 @@ def main(argv=None):
     if args.select:
         return select(args, cfg, started)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(range(5)))
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-quick" if args.quick else "") + args.tag
+    names = args.conditions or list(conditions())
     for seed in seeds:
         data, val_sets = _prepare(seed, cfg)
-        SHARED[seed] = (data, corrupted_sets(data.test, data.stats, list(conditions())), val_sets)
+        SHARED[seed] = (data, corrupted_sets(data.test, data.stats, names), val_sets)
     tasks = [(b, c, s, {**cfg, **HPARAMS[b]}, cfg.get("steps"), "test")
-             for s in seeds for b in args.backbones for c in (False, True)]  # fmt: skip
+             for s in seeds for b in args.backbones for c in args.variants]  # fmt: skip
     path = os.path.join(args.out, f"robustness{suffix}.json")
 
     def write(runs):
         result = {
             "config": {**cfg, "hparams": HPARAMS, "seeds": seeds, "snr_db": corrupt.SNR_DB,
-                       "conditions": {k: list(v) for k, v in conditions().items()}},
+                       "variants": args.variants, "conditions": {k: list(conditions()[k]) for k in names}},
             "machine": machine(args.workers),
             "wall_seconds": time.time() - started,
             "complete": len(runs) == len(tasks),
@@ -281,7 +287,7 @@ def select(args, cfg, started):
     data, val_sets = _prepare(SELECT_SEED, cfg)
     SHARED[SELECT_SEED] = (data, None, val_sets)
     tasks = [(b, c, SELECT_SEED, {**cfg, "lr": lr}, None, "val")
-             for b in args.backbones for lr in args.lrs for c in (False, True)]  # fmt: skip
+             for b in args.backbones for lr in args.lrs for c in ("baseline", "calibrated")]  # fmt: skip
     runs = run_all(tasks, args.workers, "select", len(tasks) * cfg["epochs"], lambda runs: None)
     rows = [{"backbone": r["backbone"], "lr": r["hparams"]["lr"], "variant": r["variant"],
              "val_clean": r["test"]["clean"]["acc"], "val_corrupted": r["test"]["mixture"]["acc"]} for r in runs]  # fmt: skip

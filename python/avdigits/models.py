@@ -1,7 +1,11 @@
 """The two backbones, each with or without ``PreFusionCalibration`` in front of
-its fusion. With ``calibrated=False`` the model is exactly the same network
-minus the calibration module (same parameters in the same creation order, so
-one seed gives both variants the same initial backbone).
+its fusion. ``variant`` is "baseline" (no calibration), "calibrated"
+(``PreFusionCalibration``) or "constant-gate" (an ablation: the calibration's
+gate parametrisation, ``2 sigmoid(a) * 2 sigmoid(z)`` per modality and channel,
+identity at initialisation, but learned as constants that do not look at the
+input). The backbone is the same network in every variant (same parameters in
+the same creation order, so one seed gives every variant the same initial
+backbone).
 
 * ``SequenceModel``: MulT-style. Per modality a small encoder turns the input
   into a ``[B, L, D]`` stream (MNIST rows, 8x8 rows, log-mel frames with a
@@ -24,6 +28,39 @@ from mmcal_kernels import PreFusionCalibration
 from .data import MAX_FRAMES, N_MELS
 
 
+class ConstantGate(nn.Module):
+    """Ablation: learned per-modality gates that ignore the input (no cross-modal cues)."""
+
+    def __init__(self, dims, layouts):
+        super().__init__()
+        self.layouts = [layouts] * len(dims) if isinstance(layouts, str) else list(layouts)
+        self.instance = nn.Parameter(torch.zeros(len(dims)))
+        self.dim = nn.ParameterList(nn.Parameter(torch.zeros(d)) for d in dims)
+
+    def forward(self, streams, masks=None, present=None, return_diagnostics=False):
+        B = streams[0].shape[0]
+        inst = 2 * torch.sigmoid(self.instance)
+        dims = [2 * torch.sigmoid(z) for z in self.dim]
+        out = []
+        for m, (x, layout) in enumerate(zip(streams, self.layouts)):
+            g = inst[m] * dims[m]
+            out.append(x * (g if layout == "sequence" else g.view(-1, *([1] * (x.dim() - 2)))))
+        if not return_diagnostics:
+            return out
+        diag = {"instance_gate": inst.detach().expand(B, -1), "dimension_gates": [d.detach().expand(B, -1) for d in dims]}
+        return out, diag
+
+
+def make_calibration(variant, dims, layouts, shared_dim, backend):
+    if variant == "calibrated":
+        return PreFusionCalibration(dims, shared_dim=shared_dim, layouts=layouts, backend=backend)
+    if variant == "constant-gate":
+        return ConstantGate(dims, layouts)
+    if variant != "baseline":
+        raise ValueError(f"variant: expected baseline, calibrated or constant-gate, got {variant!r}")
+    return None
+
+
 def audio_mask(batch, T):
     return torch.arange(T) < batch["audio_len"].unsqueeze(1)  # True = VALID frame
 
@@ -31,7 +68,7 @@ def audio_mask(batch, T):
 class CalibratedModel(nn.Module):
     """Shared plumbing: encode, optionally calibrate, fuse."""
 
-    calib: PreFusionCalibration | None
+    calib: PreFusionCalibration | ConstantGate | None
 
     def calibrate(self, streams, masks, batch, diagnostics):
         if self.calib is None:
@@ -64,7 +101,7 @@ class CrossModalBlock(nn.Module):
 
 
 class SequenceModel(CalibratedModel):
-    def __init__(self, calibrated: bool, width=32, heads=4, shared_dim=32, backend="auto"):
+    def __init__(self, variant: str, width=32, heads=4, shared_dim=32, backend="auto"):
         super().__init__()
         self.image_in = nn.Sequential(nn.Linear(28, width), nn.GELU(), nn.Linear(width, width))
         self.digits_in = nn.Sequential(nn.Linear(8, width), nn.GELU(), nn.Linear(width, width))
@@ -73,7 +110,7 @@ class SequenceModel(CalibratedModel):
         self.pos = nn.ParameterList(nn.Parameter(0.02 * torch.randn(n, width)) for n in (28, MAX_FRAMES, 8))
         self.blocks = nn.ModuleList(CrossModalBlock(width, heads) for _ in range(6))
         self.head = nn.Linear(3 * width, 10)
-        self.calib = PreFusionCalibration([width] * 3, shared_dim=shared_dim, backend=backend) if calibrated else None
+        self.calib = make_calibration(variant, [width] * 3, "sequence", shared_dim, backend)
 
     def encode(self, batch):
         T = int(batch["audio_len"].max())  # crop the padding the whole batch shares
@@ -107,16 +144,12 @@ def conv_stream(channels, pools):
 
 
 class ConvModel(CalibratedModel):
-    def __init__(self, calibrated: bool, channels=32, shared_dim=32, backend="auto"):
+    def __init__(self, variant: str, channels=32, shared_dim=32, backend="auto"):
         super().__init__()
         # image -> [B,C,7,7]; spectrogram [T=40, 40] -> [B,C,10,10]; 8x8 -> [B,C,4,4]
         self.streams = nn.ModuleList(conv_stream(channels, p) for p in ((True, True), (True, True), (False, True)))
         self.head = nn.Linear(3 * channels, 10)
-        self.calib = (
-            PreFusionCalibration([channels] * 3, shared_dim=shared_dim, layouts="spatial", backend=backend)
-            if calibrated
-            else None
-        )
+        self.calib = make_calibration(variant, [channels] * 3, "spatial", shared_dim, backend)
 
     def encode(self, batch):
         # Padded frames are 0 and every batch has the same map size; the
