@@ -6,6 +6,8 @@ with and without ``PreFusionCalibration``, several seeds, on the CPU.
     python python/robustness.py                # 5 seeds x 2 backbones x 2 variants
     python python/robustness.py --quick        # 1 seed, a few steps (CI)
     python python/robustness.py --select       # the validation-only hyperparameter search
+    python python/robustness.py --backbones conv --variants constant-gate --tag=-ablation --no-figures
+                                               # the ablation of docs/robustness.md (it also passes --conditions)
 
 Writes ``python/results/robustness.json`` (every run's numbers) and the
 figures ``python/results/*.png`` (``--quick`` writes ``*-quick.*``).
@@ -228,7 +230,7 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="*", default=["baseline", "calibrated"],
                     choices=["baseline", "calibrated", "constant-gate"], help="constant-gate: the ablation")
     ap.add_argument("--conditions", nargs="*", default=None, help="evaluate only these test conditions (default all)")
-    ap.add_argument("--tag", default="", help="suffix of the output files, e.g. -ablation")
+    ap.add_argument("--tag", default="", help="suffix of the output files; write --tag=-ablation (with '=': it starts with a dash)")
     ap.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     ap.add_argument("--out", default=RESULTS, help="output folder (default python/results)")
     ap.add_argument("--no-figures", action="store_true")
