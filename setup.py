@@ -149,6 +149,7 @@ setup(
         "triton": ["triton>=3.6"],
         "test": ["pytest", "hypothesis", "numpy"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
+        "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["mmcal-bench = mmcal_kernels.bench.runner:main"]},
     ext_modules=ext_modules,

