@@ -15,6 +15,9 @@ fi
 if ! "$PY" -c 'import triton' 2>/dev/null; then
   "$PY" -m pip install -q "triton>=3.6,<3.10"
 fi
+# The real-data experiment's tests (python/avdigits): espeak-ng and the "demo"
+# extra; they skip, saying why, where these cannot be installed.
+PYTHON="$PY" bash tests/install_demo_deps.sh
 start=$(date +%s)
 "$PY" -m pip install -q --no-build-isolation -e .  # builds mmcal_kernels._C (C++; CUDA where torch has it)
 echo "install and extension build took $(( $(date +%s) - start )) s"
