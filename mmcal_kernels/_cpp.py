@@ -143,7 +143,6 @@ OPS = PassOps(
     gate_grads=lambda *a: torch.ops.mmcal.gate_grads(*a),
     input_grads=lambda *a: torch.ops.mmcal.input_grads(*a),
 )  # resolved at call time: the ops exist only once the extension has loaded
-CppFused = OPS.fused
 
 
 # ---- fake (meta) implementations and autograd of the stage ops -------------

@@ -25,7 +25,6 @@ from torch import Tensor
 from .gates_backward import gates_backward
 from .reference import GateParams, GatesIntermediates, at_least_one, compute_dtype, gates_with_intermediates
 
-DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")
 
 
 class XPasses(NamedTuple):

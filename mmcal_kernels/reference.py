@@ -24,7 +24,7 @@ from torch import Tensor
 
 LAYOUTS = ("sequence", "spatial")
 NORM_EPS = 1e-6
-DIAGNOSTIC_KEYS = ("agreement", "support", "conflict", "instance_gate", "dimension_gates")
+DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")  # and "dimension_gates", a list
 
 
 class GateParams(NamedTuple):

@@ -23,7 +23,6 @@ OPS = PassOps(
     input_grads=elementwise.input_grads,
 )
 OPS.register_autograd("mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
-TritonFused = OPS.fused
 
 
 def register() -> None:
