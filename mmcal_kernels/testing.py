@@ -17,6 +17,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .reference import DIAGNOSTIC_TENSORS
+
 # Against the float64 reference: |got - want| <= rtol * |want| + atol * scale,
 # with scale the largest |want| of the tensor but at least 1, so that
 # cancellation in a sum is judged against the size of its terms, and a
@@ -144,7 +146,7 @@ def assert_runs_close(got, want, dtype: torch.dtype, param_names=()) -> None:
     (outs, diag, grads), (outs_w, diag_w, grads_w) = got, want
     for i, (a, e) in enumerate(zip(outs, outs_w, strict=True)):
         assert_close(a, e, dtype, f"output[{i}]")
-    for key in ("agreement", "support", "conflict", "instance_gate"):
+    for key in DIAGNOSTIC_TENSORS:
         assert_close(diag[key], diag_w[key], dtype, key)
     for i, (a, e) in enumerate(zip(diag["dimension_gates"], diag_w["dimension_gates"], strict=True)):
         assert_close(a, e, dtype, f"dimension_gates[{i}]")
