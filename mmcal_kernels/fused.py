@@ -23,7 +23,14 @@ import torch
 from torch import Tensor
 
 from .gates_backward import gates_backward
-from .reference import GateParams, GatesIntermediates, at_least_one, compute_dtype, gates_with_intermediates
+from .reference import (
+    DIAGNOSTIC_TENSORS,
+    GateParams,
+    GatesIntermediates,
+    at_least_one,
+    compute_dtype,
+    gates_with_intermediates,
+)
 
 
 
