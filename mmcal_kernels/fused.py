@@ -58,6 +58,15 @@ def position_counts(x: Tensor, layout: str, mask: Optional[Tensor], ct: torch.dt
     return x.new_full((x.shape[0], 1), at_least_one(positions), dtype=ct)
 
 
+def refuse_second_derivative(what: str) -> None:
+    """A backward run with create_graph=True (grad mode on) would have to
+    differentiate the kernel backends' backward passes, which have no
+    derivative: refuse before computing (SPEC: double backward says so)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what}: a second derivative (create_graph=True, torch.autograd.functional.hvp, a gradient "
+                           "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
+
+
 def make_fused_function(passes: XPasses, name: str) -> type:
     """An autograd.Function running steps 1-7 with ``passes`` over X."""
 
@@ -84,11 +93,7 @@ def make_fused_function(passes: XPasses, name: str) -> type:
         # is differentiable again, and a silently constant gradient (what
         # once_differentiable gives when only the saved inputs need grad) is
         # a wrong result: refuse instead.
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"mmcal_kernels ({name} kernels): a second derivative through the fused calibration node (create_graph=True, "
-                "torch.autograd.functional.hvp, a gradient penalty) is not supported; use backend='reference' for it"
-            )
+        refuse_second_derivative(f"the fused calibration node ({name} kernels)")
         num, layouts = ctx.num, ctx.layouts
         saved = list(ctx.saved_tensors)
         features, saved = saved[:num], saved[num:]

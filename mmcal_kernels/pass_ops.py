@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .fused import XPasses, fused_calibrate, make_fused_function, position_counts
+from .fused import XPasses, fused_calibrate, make_fused_function, position_counts, refuse_second_derivative
 
 LAYOUT_CODES = {"sequence": 0, "spatial": 1}
 LAYOUT_NAMES = ("sequence", "spatial")
@@ -74,7 +74,7 @@ class PassOps:
             ctx.save_for_backward(*xs, *[m for m in masks if m is not None])
 
         def summaries_backward(ctx, grads):
-            _refuse_second_derivative(summaries_op)
+            refuse_second_derivative(summaries_op)
             saved = list(ctx.saved_tensors)
             xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
             masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
@@ -95,7 +95,7 @@ class PassOps:
             ctx.save_for_backward(*xs, *gates)
 
         def modulate_backward(ctx, grads):
-            _refuse_second_derivative(modulate_op)
+            refuse_second_derivative(modulate_op)
             n = len(ctx.layouts)
             xs, gates = list(ctx.saved_tensors[:n]), list(ctx.saved_tensors[n:])
             none = [None] * n
@@ -109,14 +109,6 @@ class PassOps:
         # and give zero with a warning: a silently wrong second derivative.
         for op in (gate_grads_op, input_grads_op):
             torch.library.register_autograd(op, _no_derivative(op), setup_context=lambda ctx, inputs, output: None)
-
-
-def _refuse_second_derivative(op: str) -> None:
-    """A backward run with create_graph=True (grad mode on) would differentiate
-    the backward ops, which have no derivative: refuse before computing."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{op}: a second derivative (create_graph=True, hvp, a gradient penalty) is not supported "
-                           "by the kernel backends; use backend='reference' for it")  # fmt: skip
 
 
 def _no_derivative(op: str):
