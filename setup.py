@@ -30,18 +30,24 @@ and a source distribution's content never depends on the machine it was made on
 """
 
 import glob
+import importlib.util
 import os
-import platform
 import sys
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CAPABILITY_FLAGS = {
-    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
-}  # fmt: skip
+
+
+def _load_build_config():
+    """mmcal_kernels/build_config.py by its path: the package itself imports torch."""
+    spec = importlib.util.spec_from_file_location("mmcal_build_config", os.path.join(HERE, "mmcal_kernels", "build_config.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_config = _load_build_config()
 
 
 # The setup.py commands that compile, or run one that does. Any other command
@@ -86,46 +92,29 @@ def extension_modules():
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
-    debug, asan, sanitize = _flag("MMCAL_DEBUG"), _flag("MMCAL_ASAN"), _flag("MMCAL_SANITIZE")
-    cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3"]
-    cxx += ["-fvisibility=hidden", "-std=c++17"]
-    link = []
-    # at::parallel_for is a header template: without -fopenmp (under a torch
-    # built with OpenMP, as the Linux wheels are) it compiles to a serial loop.
-    # The runtime is the libgomp torch has already loaded (same soname).
-    if torch._C.has_openmp and platform.system() != "Windows":
-        cxx += ["-fopenmp"]
-        link += ["-fopenmp"]
-    if sanitize:
-        checks = "-fsanitize=address,undefined,float-cast-overflow"
-        cxx += [checks, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-        link += [checks]
-    elif asan:
-        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
-        link += ["-fsanitize=address"]
-
-    sources = ["csrc/registration.cpp", "csrc/inplace.cpp", "csrc/cpu/passes_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/kernels_default.cpp"]
+    cxx, link = build_config.compile_flags(
+        torch._C.has_openmp, debug=_flag("MMCAL_DEBUG"), asan=_flag("MMCAL_ASAN"), sanitize=_flag("MMCAL_SANITIZE")
+    )
+    sources = build_config.sources("csrc", build_config.MAIN_SOURCES)
     want_cuda = os.environ.get("MMCAL_CUDA")
     has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     if want_cuda == "1" and not has_cuda:
         raise SystemExit("MMCAL_CUDA=1: torch has no CUDA, or nvcc (CUDA_HOME) was not found")
     build_cuda = has_cuda and want_cuda != "0"
     if build_cuda:
-        arches = os.environ.get("MMCAL_CUDA_ARCH_LIST") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
+        arches = os.environ.get("MMCAL_CUDA_ARCH_LIST") or os.environ.get("TORCH_CUDA_ARCH_LIST") or build_config.DEFAULT_CUDA_ARCHS
         os.environ["TORCH_CUDA_ARCH_LIST"] = arches
-        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
-        nvcc = ["-O3", "-lineinfo", "--use_fast_math", "-std=c++17"]
-        main = CUDAExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": cxx + ["-DMMCAL_WITH_CUDA"], "nvcc": nvcc},
-                             extra_link_args=link)  # fmt: skip
+        sources += build_config.sources("csrc", build_config.CUDA_SOURCES)
+        main = CUDAExtension("mmcal_kernels._C", sources, extra_link_args=link,
+                             extra_compile_args={"cxx": cxx + ["-DMMCAL_WITH_CUDA"], "nvcc": build_config.NVCC_FLAGS})  # fmt: skip
     else:
         main = CppExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     modules = [main]
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        for cap, flags in CAPABILITY_FLAGS.items():
-            modules.append(
-                CppExtension(f"mmcal_kernels.mmcal_cpu_{cap}", [f"csrc/cpu/kernels_{cap}.cpp"],
-                             extra_compile_args={"cxx": cxx + flags}, extra_link_args=link)  # fmt: skip
-            )
+    for cap, flags in build_config.capability_flags().items():
+        modules.append(
+            CppExtension(f"mmcal_kernels.mmcal_cpu_{cap}", [f"csrc/cpu/kernels_{cap}.cpp"],
+                         extra_compile_args={"cxx": cxx + flags}, extra_link_args=link)  # fmt: skip
+        )
     _write_build_info(EXTENSION=True, TORCH_VERSION=torch.__version__, CUDA=build_cuda)
     return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import platform
 import sys
 import warnings
 from typing import Optional
 
 import torch
 
-from . import _checks, backends, reference
+from . import _checks, backends, build_config, reference
 from .pass_ops import LAYOUT_NAMES, PassOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,22 +70,17 @@ def _jit_build() -> Optional[str]:
         f"torch-{_torch_release(torch.__version__)}",
     )
     os.makedirs(cache, exist_ok=True)
-    flags = ["-O3", "-fvisibility=hidden", "-std=c++17"]
-    ldflags = []
-    if torch._C.has_openmp and platform.system() != "Windows":  # else at::parallel_for runs serially (see setup.py)
-        flags, ldflags = flags + ["-fopenmp"], ["-fopenmp"]
+    # The recipe setup.py builds (build_config), the CPU part: every kernel
+    # table this CPU can run, then _C. CUDA kernels need the setup.py build
+    # (nvcc, an arch list); a JIT-built _C has none.
+    cxx, link = build_config.compile_flags(torch._C.has_openmp)
     print(f"mmcal_kernels: building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
     try:
-        if platform.machine().lower() in ("x86_64", "amd64"):
-            capabilities = {
-                "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
-            }
-            for cap, cap_flags in capabilities.items():
-                load(f"mmcal_cpu_{cap}", [os.path.join(SOURCES, "cpu", f"kernels_{cap}.cpp")], extra_cflags=flags + cap_flags,
-                     extra_ldflags=ldflags, build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
-        main = ["registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp"]
-        load("mmcal_C", [os.path.join(SOURCES, s) for s in main], extra_cflags=flags, extra_ldflags=ldflags, build_directory=cache,
-             is_python_module=False, verbose=False)  # fmt: skip
+        for cap, cap_flags in build_config.runnable_capability_flags().items():
+            load(f"mmcal_cpu_{cap}", [os.path.join(SOURCES, "cpu", f"kernels_{cap}.cpp")], extra_cflags=cxx + cap_flags,
+                 extra_ldflags=link, build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
+        load("mmcal_C", build_config.sources(SOURCES, build_config.MAIN_SOURCES), extra_cflags=cxx, extra_ldflags=link,
+             build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
     except Exception as exc:  # a compiler error, no compiler, ...
         return f"JIT build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None

@@ -1,6 +1,7 @@
 """How the compiled extension loads: the one-warning fallback to the reference,
 and (slow) the JIT build from csrc/."""
 
+import glob
 import os
 import subprocess
 import sys
@@ -45,3 +46,16 @@ def test_jit_build_when_the_prebuilt_library_is_skipped(tmp_path):
     assert "HOW JIT build" in result.stdout and "AUTO cpu" in result.stdout, result.stdout
     check = _run(env, "import mmcal_kernels.info as i, sys; sys.exit(i.main([]))")
     assert check.returncode == 0 and "PASS cpu" in check.stdout, check.stdout
+    # The same recipe as setup.py (build_config): every kernel table this CPU can run...
+    from mmcal_kernels import build_config
+
+    built = {os.path.basename(p).split(".")[0] for p in glob.glob(str(tmp_path / "*" / "mmcal_cpu_*.so"))}
+    assert built == {f"mmcal_cpu_{cap}" for cap in build_config.runnable_capability_flags()}, built
+    # ...and the widest of them in use, as with the prebuilt library.
+    table = _run(env, "import mmcal_kernels, torch; print('TABLE', torch.ops.mmcal.cpu_capability())")
+    widest = "AVX512" if "avx512" in built_caps(built) else "AVX2" if "avx2" in built_caps(built) else "DEFAULT"
+    assert f"TABLE {widest}" in table.stdout, table.stdout + table.stderr
+
+
+def built_caps(names):
+    return {n.removeprefix("mmcal_cpu_") for n in names}
