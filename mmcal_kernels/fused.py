@@ -132,7 +132,7 @@ def make_fused_function(passes: XPasses, name: str) -> type:
     })  # fmt: skip
 
 
-_PER_MODALITY = ("summaries", "h", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
+_PER_MODALITY = ("summaries", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
 
 
 def _flatten_saved(saved: GatesIntermediates) -> list[Tensor]:

@@ -74,7 +74,7 @@ def gates_backward(
     # Step 2: normalisation and projection.
     grad_summaries, grads = [], []
     for m, p in enumerate(params):
-        h, norm = saved.h[m], saved.norm[m]
+        norm = saved.norm[m]
         clamped = norm.clamp_min(NORM_EPS)
         dum, um = du[:, m], saved.u[:, m]
         # u = h / max(||h||, eps). Where the norm is differentiated (||h|| >=

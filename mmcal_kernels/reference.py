@@ -81,7 +81,6 @@ class GatesIntermediates(NamedTuple):
     """What steps 2-6 compute on the way, kept for a hand-written backward."""
 
     summaries: list  # s_m [B, D_m]
-    h: list  # h_m = W s + b
     norm: list  # ||h_m|| [B, 1]
     u: Tensor  # [B, M, d]
     w: Tensor  # [B, M, M] weights of the others
@@ -110,11 +109,11 @@ def gates_with_intermediates(
     batch, num, device = summaries[0].shape[0], len(summaries), summaries[0].device
 
     # Step 2: project to the shared space and normalise.
-    hs, norms, units = [], [], []
+    norms, units = [], []
     for s, p in zip(summaries, params):
         h = F.linear(s, p.proj_weight.to(ct), p.proj_bias.to(ct))
         norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
-        hs.append(h), norms.append(norm), units.append(h / norm.clamp_min(NORM_EPS))
+        norms.append(norm), units.append(h / norm.clamp_min(NORM_EPS))
     u = torch.stack(units, 1)  # [B, M, d]
 
     # Step 3: agreement, and support/conflict/context over the present others.
@@ -154,7 +153,7 @@ def gates_with_intermediates(
         "dimension_gates": [g.detach() for g in dimension_gates],
     }
     intermediates = GatesIntermediates(
-        list(summaries), hs, norms, u, w, k, agreement, context, cues, pres, hidden, instance_gates, dimension_gates
+        list(summaries), norms, u, w, k, agreement, context, cues, pres, hidden, instance_gates, dimension_gates
     )
     return gates, diagnostics, intermediates
 
