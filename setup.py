@@ -59,10 +59,6 @@ BUILD_COMMANDS = {
 }  # fmt: skip
 
 
-def _flag(name):
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _compiles(argv):
     return any(arg in BUILD_COMMANDS for arg in argv[1:])
 
@@ -75,7 +71,7 @@ def _write_build_info(**facts):
 
 
 def extension_modules():
-    if _flag("MMCAL_NO_EXTENSION"):
+    if build_config.env_flag("MMCAL_NO_EXTENSION"):
         if _compiles(sys.argv):  # a pure-Python install chosen on purpose: the package says so, no warning
             _write_build_info(EXTENSION=False)
         return [], {}
@@ -93,7 +89,10 @@ def extension_modules():
         ) from exc
 
     cxx, link = build_config.compile_flags(
-        torch._C.has_openmp, debug=_flag("MMCAL_DEBUG"), asan=_flag("MMCAL_ASAN"), sanitize=_flag("MMCAL_SANITIZE")
+        torch._C.has_openmp,
+        debug=build_config.env_flag("MMCAL_DEBUG"),
+        asan=build_config.env_flag("MMCAL_ASAN"),
+        sanitize=build_config.env_flag("MMCAL_SANITIZE"),
     )
     sources = build_config.sources("csrc", build_config.MAIN_SOURCES)
     want_cuda = os.environ.get("MMCAL_CUDA")

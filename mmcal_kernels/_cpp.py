@@ -88,7 +88,7 @@ def _jit_build() -> Optional[str]:
 
 def _pure_python_chosen() -> Optional[str]:
     """Why the extension is off on purpose (no warning then), else None."""
-    if os.environ.get("MMCAL_NO_EXTENSION", "").strip().lower() in ("1", "true", "yes", "on"):
+    if build_config.env_flag("MMCAL_NO_EXTENSION"):
         return "pure-Python mode chosen (MMCAL_NO_EXTENSION=1)"
     try:
         info = importlib.import_module("mmcal_kernels._build_info")

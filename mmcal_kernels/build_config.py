@@ -27,6 +27,11 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--use_fast_math", "-std=c++17"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
+def env_flag(name: str) -> bool:
+    """An on/off environment switch (MMCAL_NO_EXTENSION, MMCAL_CUDA, ...): 1, true, yes or on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def sources(root: str, names) -> list[str]:
     return [os.path.join(root, name) for name in names]
 
