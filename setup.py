@@ -64,7 +64,7 @@ def _compiles(argv):
 
 
 def _write_build_info(**facts):
-    """What the loader (mmcal_kernels/_cpp.py) reads: the torch _C was built
+    """What the loader (mmcal_kernels/backends/cpp/load.py) reads: the torch _C was built
     against (it skips _C under another torch), or that none was built on purpose."""
     with open(os.path.join(HERE, "mmcal_kernels", "_build_info.py"), "w") as f:
         f.write('"""Written by setup.py."""\n' + "".join(f"{k} = {v!r}\n" for k, v in facts.items()))

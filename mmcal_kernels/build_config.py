@@ -1,7 +1,7 @@
 """The one build recipe of the compiled extension: its sources and flags.
 
 Read by ``setup.py`` (loaded from its path, before the package can be imported)
-and by the JIT build in ``_cpp.py``, so that both build the same libraries with
+and by the JIT build in ``backends/cpp/load.py``, so that both build the same libraries with
 the same flags. Imports nothing but the standard library.
 """
 

@@ -15,7 +15,7 @@ from . import __version__, backends
 from .selfcheck import check_backend
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -26,7 +26,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _triton_version() -> str:
+def triton_version() -> str:
     try:
         import triton
     except Exception as exc:  # not installed, or broken: say which
@@ -46,9 +46,9 @@ def describe_environment() -> list[str]:
         f"mmcal_kernels {__version__}",
         f"python        {platform.python_version()}",
         f"torch         {torch.__version__}",
-        f"triton        {_triton_version()}",
+        f"triton        {triton_version()}",
         f"CUDA (torch)  {torch.version.cuda or 'none (CPU build)'}",
-        f"cpu           {_cpu_name()}, {torch.get_num_threads()} threads",
+        f"cpu           {cpu_name()}, {torch.get_num_threads()} threads",
     ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -1,4 +1,6 @@
-"""``PreFusionCalibration``: the drop-in module that goes in front of a fusion backbone."""
+"""The modules: ``PreFusionCalibration``, the drop-in that goes in front of a
+fusion backbone, and ``CalibratedFusion``, which puts it in front of an
+existing fusion module, unchanged."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import _checks, backends, ops
-from .reference import GateParams
+from . import backends, checks, functional
+from .spec import GateParams
 
 
 class PreFusionCalibration(nn.Module):
@@ -37,15 +39,15 @@ class PreFusionCalibration(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        dims = _checks.check_sizes(dims, "dims")
+        dims = checks.check_sizes(dims, "dims")
         if len(dims) < 2:
             raise ValueError(f"dims: calibration compares modalities, so it needs at least 2; got {len(dims)}")
-        shared_dim = _checks.check_size(shared_dim, "shared_dim")
-        hidden_dim = shared_dim if hidden_dim is None else _checks.check_size(hidden_dim, "hidden_dim")
+        shared_dim = checks.check_size(shared_dim, "shared_dim")
+        hidden_dim = shared_dim if hidden_dim is None else checks.check_size(hidden_dim, "hidden_dim")
         self.dims = dims
         self.shared_dim = shared_dim
         self.hidden_dim = hidden_dim
-        self.layouts = _checks.normalize_layouts(layouts, len(dims))
+        self.layouts = checks.normalize_layouts(layouts, len(dims))
         self.backend = backends.check_name(backend)
 
         cue_dim = 2 * shared_dim + 2
@@ -98,7 +100,7 @@ class PreFusionCalibration(nn.Module):
             return_diagnostics: also return the dict of agreement, support,
                 conflict, instance_gate and dimension_gates.
         """
-        return self._call(ops.calibrate, features, masks, present, return_diagnostics)
+        return self._call(functional.calibrate, features, masks, present, return_diagnostics)
 
     @torch.no_grad()
     def calibrate_(
@@ -110,7 +112,7 @@ class PreFusionCalibration(nn.Module):
     ):
         """Inference only: ``forward``'s values written into ``features`` in place
         (no output memory). Returns the same tensors (and the diagnostics)."""
-        return self._call(ops.calibrate_, features, masks, present, return_diagnostics)
+        return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
 
     def _call(self, fn, features, masks, present, return_diagnostics):
         return fn(
@@ -132,3 +134,41 @@ class PreFusionCalibration(nn.Module):
             f"dims={self.dims}, shared_dim={self.shared_dim}, hidden_dim={self.hidden_dim}, "
             f"layouts={self.layouts}, backend={backend}"
         )
+
+
+class CalibratedFusion(nn.Module):
+    """``fusion(*calibration(args[:M]), *args[M:], **kwargs)``.
+
+    The first ``M`` positional arguments (``M = calibration.num_modalities``)
+    are the features; they are calibrated and handed on in their places. The
+    rest of the arguments reach ``fusion`` untouched. ``masks`` and ``present``
+    are consumed by the calibration, and also passed to ``fusion`` as keyword
+    arguments of those names when ``forward_masks=True``.
+
+    The fusion module keeps its own state_dict keys under ``fusion.``, so a
+    trained backbone loads with ``wrapped.fusion.load_state_dict(...)``.
+    """
+
+    def __init__(self, fusion: nn.Module, calibration: PreFusionCalibration, forward_masks: bool = False):
+        super().__init__()
+        if not isinstance(calibration, PreFusionCalibration):
+            raise TypeError(f"calibration: expected a PreFusionCalibration, got {type(calibration).__name__}")
+        if not callable(fusion):
+            raise TypeError(f"fusion: expected a callable module, got {type(fusion).__name__}")
+        self.fusion = fusion
+        self.calibration = calibration
+        self.forward_masks = forward_masks
+
+    def forward(self, *args, masks=None, present=None, **kwargs):
+        num = self.calibration.num_modalities
+        if len(args) < num:
+            raise ValueError(
+                f"args: the first {num} positional arguments must be the modality features, got {len(args)} arguments"
+            )
+        calibrated = self.calibration(list(args[:num]), masks=masks, present=present)
+        if self.forward_masks:
+            kwargs = dict(kwargs, masks=masks, present=present)
+        return self.fusion(*calibrated, *args[num:], **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"forward_masks={self.forward_masks}"

@@ -10,55 +10,19 @@ through ``torch.func.vjp``:
 * ``modulate``              step 7, one modality: ``Y = (X.to(ct) * g).to(X.dtype)``;
 * ``calibrate``             steps 1-7 composed.
 
-Nothing here validates its inputs: the public entry points in ``ops`` do that
+Nothing here validates its inputs: the public entry points in ``functional`` do that
 before any computation. Keep this file obviously correct rather than clever.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LAYOUTS = ("sequence", "spatial")
-NORM_EPS = 1e-6
-DIAGNOSTIC_TENSORS = ("agreement", "support", "conflict", "instance_gate")  # and "dimension_gates", a list
-
-
-class GateParams(NamedTuple):
-    """The parameters of one modality, in docs/spec.md's order and shapes."""
-
-    proj_weight: Tensor  # [d, D_m]
-    proj_bias: Tensor  # [d]
-    hidden_weight: Tensor  # [r, 2d+2]
-    hidden_bias: Tensor  # [r]
-    instance_weight: Tensor  # [1, r]
-    instance_bias: Tensor  # [1]
-    dim_weight: Tensor  # [D_m, r]
-    dim_bias: Tensor  # [D_m]
-
-
-def compute_dtype(feature_dtype: torch.dtype, params: Sequence[GateParams] = ()) -> torch.dtype:
-    """``ct = promote_types(float32, feature dtype, parameter dtype)``."""
-    ct = torch.promote_types(torch.float32, feature_dtype)
-    for p in params:
-        for t in p:
-            ct = torch.promote_types(ct, t.dtype)
-    return ct
-
-
-def channels(x: Tensor, layout: str) -> int:
-    """``D_m``: channels last for ``"sequence"``, dim 1 for ``"spatial"``."""
-    return x.shape[-1] if layout == "sequence" else x.shape[1]
-
-
-def at_least_one(n):
-    """``max(n, 1)`` for a size: ``torch.sym_max`` on a SymInt (no guard), the
-    builtin on a plain int (under Dynamo, torch 2.11 graph-breaks on
-    ``torch.sym_max`` of plain ints; 2.13 does not)."""
-    return torch.sym_max(n, 1) if isinstance(n, torch.SymInt) else max(n, 1)
+from .spec import NORM_EPS, GateParams, GatesIntermediates, at_least_one, compute_dtype
 
 
 def summary(x: Tensor, layout: str, mask: Optional[Tensor] = None, ct: Optional[torch.dtype] = None) -> Tensor:
@@ -75,23 +39,6 @@ def summary(x: Tensor, layout: str, mask: Optional[Tensor] = None, ct: Optional[
         return total / count
     flat = xc.flatten(2) if x.dim() > 2 else xc.unsqueeze(-1)  # [B, D, P]; P = 1 for [B, D]
     return flat.sum(-1) / at_least_one(flat.shape[-1])
-
-
-class GatesIntermediates(NamedTuple):
-    """What steps 2-6 compute on the way, kept for a hand-written backward."""
-
-    summaries: list  # s_m [B, D_m]
-    norm: list  # ||h_m|| [B, 1]
-    u: Tensor  # [B, M, d]
-    w: Tensor  # [B, M, M] weights of the others
-    k: Tensor  # [B, M]
-    agreement: Tensor  # [B, M, M]
-    context: Tensor  # [B, M, d]
-    cues: list  # q_m [B, 2d+2]
-    pre: list  # gate_hidden pre-activation [B, r]
-    hidden: list  # e_m = GELU(pre)
-    instance_gate: list  # 2 sigmoid(a) [B, 1]
-    dimension_gate: list  # 2 sigmoid(z) [B, D_m]
 
 
 def gates_with_intermediates(

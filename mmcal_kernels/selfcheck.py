@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .module import PreFusionCalibration
-from .testing import assert_runs_close, forward_backward, randomize_, random_case
+from .compare import assert_runs_close, forward_backward, randomize_, random_case
 
 DIMS = (6, 5, 3)
 LAYOUTS = ("sequence", "spatial", "spatial")

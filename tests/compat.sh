@@ -91,7 +91,7 @@ echo "compat: extension build (CPU + CUDA sm_80/sm_90) took $(( $(date +%s) - bu
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - <<'EOF'
 import sys
-from mmcal_kernels import _cpp
+from mmcal_kernels.backends.cpp import load as _cpp
 ok = _cpp.load_extension()
 print(f"compat: _C {_cpp.STATUS['how'] or _cpp.STATUS['why_not']}; CUDA kernels: {_cpp.STATUS['cuda_kernels']}")
 sys.exit(not (ok and _cpp.STATUS["how"].startswith("prebuilt") and _cpp.STATUS["cuda_kernels"]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcal_kernels import PreFusionCalibration
-from mmcal_kernels.testing import assert_runs_close, forward_backward, randomize_
+from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_
 
 
 def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0, dtype=torch.float64, backend="reference"):

@@ -72,7 +72,7 @@ for cap in $caps; do
   echo "== MMCAL_CPU_CAPABILITY=$cap"
   # The run must use the instrumented build of this copy, with the table asked for.
   MMCAL_CPU_CAPABILITY=$cap "$PY" -c "
-import mmcal_kernels, mmcal_kernels._cpp as c
+import mmcal_kernels, mmcal_kernels.backends.cpp.load as c
 assert mmcal_kernels.__file__.startswith('$work/'), mmcal_kernels.__file__
 assert c.STATUS['how'] == 'prebuilt mmcal_kernels._C', c.STATUS
 assert c.STATUS['cpu_capability'].lower() == '$cap', c.STATUS

@@ -129,16 +129,16 @@ def test_constructor_argument_types():
 
 
 def test_functional_parameter_errors():
-    from mmcal_kernels import ops
+    from mmcal_kernels import functional
 
     params = PreFusionCalibration([4, 3], shared_dim=4).gate_params()
     features = [seq(), seq(d=3)]
     with pytest.raises(TypeError, match=r"^params\[1\]: expected a GateParams \(or a tuple of its 8 tensors\), got a tensor"):
-        ops.calibrate(features, [params[0], torch.randn(3)])
+        functional.calibrate(features, [params[0], torch.randn(3)])
     with pytest.raises(TypeError, match=r"^params\[0\].proj_bias: expected a tensor, got list"):
-        ops.calibrate(features, [params[0]._replace(proj_bias=[0.0] * 4), params[1]])
+        functional.calibrate(features, [params[0]._replace(proj_bias=[0.0] * 4), params[1]])
     other_d = PreFusionCalibration([4, 3], shared_dim=6).gate_params()
     with pytest.raises(ValueError, match=r"^params\[1\].proj_weight: shared dim d = 6 differs from params\[0\]'s 4"):
-        ops.calibrate(features, [params[0], other_d[1]])
+        functional.calibrate(features, [params[0], other_d[1]])
     with pytest.raises(TypeError, match=r"^layouts: expected one of"):
-        ops.calibrate(features, params, layouts=None)
+        functional.calibrate(features, params, layouts=None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import assert_compiled_matches_eager, make_module
-from mmcal_kernels.testing import random_case
+from mmcal_kernels.compare import random_case
 
 pytestmark = pytest.mark.compile
 
@@ -65,7 +65,7 @@ def test_compile_quick_start_module_default_backend():
     """The README's Quick start as a user compiles it: the default constructor
     (backend="auto"), fullgraph=True, and dynamic=True, with zero graph breaks."""
     from mmcal_kernels import PreFusionCalibration
-    from mmcal_kernels.testing import randomize_
+    from mmcal_kernels.compare import randomize_
 
     torch._dynamo.reset()
     module = randomize_(PreFusionCalibration(DIMS, shared_dim=8, layouts=LAYOUTS), seed=47)

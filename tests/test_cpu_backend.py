@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
-from mmcal_kernels import GateParams, backends, ops
-from mmcal_kernels._cpp import STATUS
-from mmcal_kernels.testing import assert_runs_close, random_case
+from mmcal_kernels import GateParams, backends, functional
+from mmcal_kernels.backends.cpp.load import STATUS
+from mmcal_kernels.compare import assert_runs_close, random_case
 
 pytestmark = pytest.mark.skipif(not backends.resolve("auto", "cpu").name == "cpu", reason=f"no C++ extension: {STATUS['why_not']}")
 
@@ -114,13 +114,13 @@ def test_gradcheck_float64():
 
     def fused(*inputs):
         ps = [GateParams(*inputs[3 + 8 * m : 11 + 8 * m]) for m in range(3)]
-        return tuple(ops.calibrate(list(inputs[:3]), ps, layouts=layouts, masks=masks, present=present, backend="cpu"))
+        return tuple(functional.calibrate(list(inputs[:3]), ps, layouts=layouts, masks=masks, present=present, backend="cpu"))
 
     assert torch.autograd.gradcheck(fused, (*leaves, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
     def stages(x, g):  # the stage ops' own registered autograd
-        s = ops.summary_pool(x, "sequence", masks[0], backend="cpu")
-        return s, ops.gate_modulate(x, g, "sequence", backend="cpu")
+        s = functional.summary_pool(x, "sequence", masks[0], backend="cpu")
+        return s, functional.gate_modulate(x, g, "sequence", backend="cpu")
 
     gate = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(stages, (leaves[0], gate))
@@ -237,13 +237,13 @@ def test_int64_indexing_over_2_31_elements():
             total += fn(x[0, r : r + chunk].double()).sum(0)
         return total
 
-    s = ops.summary_pool(x, "sequence", backend="cpu")[0].double()
+    s = functional.summary_pool(x, "sequence", backend="cpu")[0].double()
     torch.testing.assert_close(s, chunked_sum(lambda t: t) / rows, rtol=1e-4, atol=1e-6)
     (dg,) = torch.ops.mmcal.gate_grads([x], [x], [0], torch.float32)
     torch.testing.assert_close(dg[0].double(), chunked_sum(lambda t: t * t), rtol=1e-4, atol=1e-3)
 
     gate = torch.rand(1, width) * 4
-    y = ops.gate_modulate(x, gate, "sequence", backend="cpu")
+    y = functional.gate_modulate(x, gate, "sequence", backend="cpu")
     ds = torch.randn(1, width)
     (dx,) = torch.ops.mmcal.input_grads([x], [x], [gate], [None], [ds], [0])
     for r in (0, rows // 2, rows - 1):
@@ -282,7 +282,7 @@ def test_strided_reduction_keeps_precision_over_long_sums(layout):
     else:  # every other position of an NCHW map: neither contiguous axis
         x = torch.full((1, 2, 2 * positions), 0.1)[:, :, ::2]
         lay = "spatial"
-    s = ops.summary_pool(x, lay, backend="cpu").double()
+    s = functional.summary_pool(x, lay, backend="cpu").double()
     exact = torch.tensor(0.1, dtype=torch.float32).double()
     rel = ((s - exact).abs() / exact).max().item()
     assert rel < 1e-5, f"relative error {rel:.3g} of a strided mean over 2^20 positions"

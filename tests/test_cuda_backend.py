@@ -7,7 +7,7 @@ import torch
 
 from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import backends
-from mmcal_kernels.testing import assert_runs_close, forward_backward, random_case
+from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case
 
 pytestmark = [
     pytest.mark.gpu,

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import make_module
-from mmcal_kernels.testing import random_case
+from mmcal_kernels.compare import random_case
 
 DIMS, LAYOUTS = [5, 4], ["sequence", "spatial"]
 

@@ -1,11 +1,11 @@
 """Every feature dtype, and mixed precision, against the float64 reference on the
-same values, with the per-dtype tolerances of ``mmcal_kernels.testing.TOLERANCES``."""
+same values, with the per-dtype tolerances of ``mmcal_kernels.compare.TOLERANCES``."""
 
 import pytest
 import torch
 
 from conftest import make_module, random_grads, run_float64_oracle
-from mmcal_kernels.testing import TOLERANCES, assert_close, assert_runs_close, forward_backward, random_case
+from mmcal_kernels.compare import TOLERANCES, assert_close, assert_runs_close, forward_backward, random_case
 
 DIMS = (6, 5, 3)
 LAYOUTS = ("sequence", "spatial", "sequence")

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT = (
-    "import warnings, mmcal_kernels as m, mmcal_kernels._cpp as c;"
+    "import warnings, mmcal_kernels as m, mmcal_kernels.backends.cpp.load as c;"
     "print('HOW', c.STATUS['how']); print('WHY', c.STATUS['why_not']);"
     "print('AUTO', m.backends.resolve('auto', 'cpu').name)"
 )

@@ -1,4 +1,4 @@
-"""The one-autograd-node structure (mmcal_kernels.fused) with plain-torch passes
+"""The one-autograd-node structure (mmcal_kernels.autograd) with plain-torch passes
 against the reference: outputs, diagnostics, every gradient, frozen features."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 
 from conftest import make_module, random_grads
 from mmcal_kernels import reference
-from mmcal_kernels.fused import fused_calibrate
-from mmcal_kernels.testing import assert_close, random_case
+from mmcal_kernels.autograd import fused_calibrate
+from mmcal_kernels.compare import assert_close, random_case
 from torch_passes import TorchFused
 
 DIMS, LAYOUTS = [6, 4, 3, 5], ["sequence", "spatial", "spatial", "sequence"]

@@ -6,7 +6,7 @@ from torch import nn
 
 from conftest import make_module
 from mmcal_kernels import CalibratedFusion, PreFusionCalibration
-from mmcal_kernels.testing import random_case
+from mmcal_kernels.compare import random_case
 
 
 class Recorder(nn.Module):

@@ -7,7 +7,7 @@ from conftest import check_against_oracle, make_module
 from mmcal_kernels import GateParams, reference
 from mmcal_kernels.gates_backward import gates_backward
 from mmcal_kernels.reference import gates_with_intermediates
-from mmcal_kernels.testing import assert_close
+from mmcal_kernels.compare import assert_close
 
 CASES = {
     "all-present": (None, False),

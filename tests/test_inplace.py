@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import make_module
-from mmcal_kernels import backends, ops
-from mmcal_kernels.testing import random_case
+from mmcal_kernels import backends, functional
+from mmcal_kernels.compare import random_case
 
 CPU_BACKENDS = [b.name for b in backends.available() if b.usable and "cpu" in b.device_types]
 DIMS, LAYOUTS, POSITIONS = [13, 6, 5], ["sequence", "spatial", "spatial"], [9, (3, 4), ()]
@@ -35,7 +35,7 @@ def test_in_place_refuses_to_run_under_autograd():
     module = make_module(DIMS, LAYOUTS, seed=113, dtype=torch.float32)
     features, masks, present = random_case(DIMS, LAYOUTS, positions=POSITIONS, seed=114)
     with pytest.raises(RuntimeError, match="calibrate_: writes the features in place"):
-        ops.calibrate_(features, module.gate_params(), layouts=LAYOUTS, masks=masks, present=present)
+        functional.calibrate_(features, module.gate_params(), layouts=LAYOUTS, masks=masks, present=present)
 
 
 # ---- what Tensor.mul_ refuses or records, the in-place calibration does too ----

@@ -9,7 +9,7 @@ import torch
 
 from conftest import check_against_oracle, make_module, random_grads
 from mmcal_kernels import PreFusionCalibration, backends
-from mmcal_kernels.testing import assert_close, forward_backward, random_case
+from mmcal_kernels.compare import assert_close, forward_backward, random_case
 
 
 def test_parameter_names_shapes_and_init():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_module
-from mmcal_kernels import backends, ops, reference
-from mmcal_kernels.testing import random_case
+from mmcal_kernels import backends, functional, reference
+from mmcal_kernels.compare import random_case
 
 DIMS, LAYOUTS = [5, 4, 3], ["sequence", "spatial", "spatial"]
 POSITIONS = [6, (2, 3), ()]
@@ -27,10 +27,10 @@ CPU_BACKENDS = ["auto"] + [b.name for b in backends.available() if b.usable and 
 def test_stages_compose_to_calibrate(backend):
     module, features, masks, present = _case()
     params = module.gate_params()
-    summaries = [ops.summary_pool(x, lay, v, backend=backend) for x, lay, v in zip(features, LAYOUTS, masks)]
-    gates, diag = ops.calibration_gates(summaries, params, present, backend=backend)
-    staged = [ops.gate_modulate(x, g, lay, backend=backend) for x, g, lay in zip(features, gates, LAYOUTS)]
-    fused, fused_diag = ops.calibrate(
+    summaries = [functional.summary_pool(x, lay, v, backend=backend) for x, lay, v in zip(features, LAYOUTS, masks)]
+    gates, diag = functional.calibration_gates(summaries, params, present, backend=backend)
+    staged = [functional.gate_modulate(x, g, lay, backend=backend) for x, g, lay in zip(features, gates, LAYOUTS)]
+    fused, fused_diag = functional.calibrate(
         features, params, layouts=LAYOUTS, masks=masks, present=present, return_diagnostics=True, backend=backend
     )
     for a, b in zip(staged, fused):
@@ -42,28 +42,28 @@ def test_summary_pool_is_the_masked_mean():
     x = torch.randn(2, 4, 3, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, True], [False, True, False, False]])
     want = torch.stack([x[0, [0, 1, 3]].mean(0), x[1, 1]])
-    torch.testing.assert_close(ops.summary_pool(x, "sequence", mask), want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(functional.summary_pool(x, "sequence", mask), want, rtol=1e-15, atol=0)
     spatial = torch.randn(2, 3, 4, 5, dtype=torch.float16)
-    s = ops.summary_pool(spatial, "spatial")
+    s = functional.summary_pool(spatial, "spatial")
     assert s.dtype == torch.float32
     torch.testing.assert_close(s, spatial.float().mean((2, 3)), rtol=1e-6, atol=1e-6)
-    assert ops.summary_pool(spatial, "spatial", compute_dtype=torch.float64).dtype == torch.float64
+    assert functional.summary_pool(spatial, "spatial", compute_dtype=torch.float64).dtype == torch.float64
 
 
 def test_gate_modulate_rounds_once_in_the_feature_dtype():
     x = torch.randn(3, 5, 4, dtype=torch.bfloat16)
     g = torch.rand(3, 4) * 4
-    y = ops.gate_modulate(x, g, "sequence")
+    y = functional.gate_modulate(x, g, "sequence")
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, (x.float() * g.unsqueeze(1)).bfloat16())
     xs = torch.randn(3, 4, 2, 2, dtype=torch.float64)
-    torch.testing.assert_close(ops.gate_modulate(xs, g.double(), "spatial"), xs * g.double()[:, :, None, None])
+    torch.testing.assert_close(functional.gate_modulate(xs, g.double(), "spatial"), xs * g.double()[:, :, None, None])
 
 
 def test_gates_pass_missing_modalities_through_exactly():
     module, features, masks, present = _case()
     summaries = [reference.summary(x, lay, v) for x, lay, v in zip(features, LAYOUTS, masks)]
-    gates, diag = ops.calibration_gates(summaries, module.gate_params(), present)
+    gates, diag = functional.calibration_gates(summaries, module.gate_params(), present)
     for m, g in enumerate(gates):
         assert torch.equal(g[~present[:, m]], torch.ones_like(g[~present[:, m]]))
         # The diagnostics keep the computed values, before the pass-through.
@@ -72,24 +72,24 @@ def test_gates_pass_missing_modalities_through_exactly():
 
 def test_stage_op_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"layout\[0\]"):
-        ops.summary_pool(torch.randn(2, 3, 4), "channels")
+        functional.summary_pool(torch.randn(2, 3, 4), "channels")
     with pytest.raises(ValueError, match=r"^gate: expected shape \[B, D\] = \(2, 4\), got \(2, 3\)"):
-        ops.gate_modulate(torch.randn(2, 3, 4), torch.rand(2, 3))
+        functional.gate_modulate(torch.randn(2, 3, 4), torch.rand(2, 3))
     with pytest.raises(TypeError, match=r"^summaries\[1\]"):
-        ops.calibration_gates([torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64)], [])
+        functional.calibration_gates([torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64)], [])
     with pytest.raises(ValueError, match=r"^params: expected one GateParams per modality \(2\), got 0"):
-        ops.calibration_gates([torch.randn(2, 3), torch.randn(2, 3)], [])
+        functional.calibration_gates([torch.randn(2, 3), torch.randn(2, 3)], [])
     module, features, masks, present = _case()
     params = module.gate_params()
     params[1] = params[1]._replace(dim_bias=torch.zeros(7, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"^params\[1\]\.dim_bias: expected shape \(4,\), got \(7,\)"):
-        ops.calibrate(features, params, layouts=LAYOUTS)
+        functional.calibrate(features, params, layouts=LAYOUTS)
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'fast'"):
-        ops.calibrate(features, module.gate_params(), layouts=LAYOUTS, backend="fast")
+        functional.calibrate(features, module.gate_params(), layouts=LAYOUTS, backend="fast")
 
 
 def test_suspicious_masks_warn_once(monkeypatch):
-    from mmcal_kernels import _checks
+    from mmcal_kernels import checks as _checks
 
     monkeypatch.setattr(_checks, "_MASK_LOOKS_LEFT", [8])
     monkeypatch.setattr(_checks, "_MASK_WARNED", set())
@@ -99,7 +99,7 @@ def test_suspicious_masks_warn_once(monkeypatch):
     masks = [right_padded, None, None][: len(features)]
 
     def run(masks, present=None):
-        return ops.calibrate(features, params, layouts=LAYOUTS, masks=masks, present=present, backend="reference")
+        return functional.calibrate(features, params, layouts=LAYOUTS, masks=masks, present=present, backend="reference")
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_module, random_grads
-from mmcal_kernels import GateParams, ops, reference
-from mmcal_kernels.testing import assert_close, forward_backward, random_case
+from mmcal_kernels import GateParams, functional, reference
+from mmcal_kernels.compare import assert_close, forward_backward, random_case
 from spec_oracle import oracle
 
 
@@ -30,7 +30,7 @@ def test_hand_computed_tiny_case():
         torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
         torch.tensor([[1.0], [-1.0]], dtype=torch.float64), torch.tensor([0.0, 0.5], dtype=torch.float64),
     )  # fmt: skip
-    (y0, y1), diag = ops.calibrate([x0, x1], [p, p], return_diagnostics=True)
+    (y0, y1), diag = functional.calibrate([x0, x1], [p, p], return_diagnostics=True)
 
     r5 = 1 / math.sqrt(5)
     assert diag["agreement"][0].flatten().tolist() == pytest.approx([1, r5, r5, 1], rel=1e-14)
@@ -121,7 +121,7 @@ def test_gradcheck_float64_features_and_parameters():
     def fn(*inputs):
         xs, flat = inputs[:3], inputs[3:]
         ps = [GateParams(*flat[8 * m : 8 * m + 8]) for m in range(3)]
-        return tuple(ops.calibrate(list(xs), ps, layouts=layouts, masks=masks, present=present))
+        return tuple(functional.calibrate(list(xs), ps, layouts=layouts, masks=masks, present=present))
 
     assert torch.autograd.gradcheck(fn, (*leaves, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -157,7 +157,7 @@ def test_all_padded_row_summarises_to_zero():
     module = make_module(dims, seed=4)
     features, masks, present = random_case(dims, batch=3, dtype=torch.float64, missing=False, seed=5)
     masks[1][2] = False  # sample 2 of modality 1: every position padded
-    s = ops.summary_pool(features[1], "sequence", masks[1])
+    s = functional.summary_pool(features[1], "sequence", masks[1])
     assert torch.equal(s[2], torch.zeros(3, dtype=torch.float64))
     _calibrate_with_oracle(module, features, masks, present)
 

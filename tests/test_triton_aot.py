@@ -20,8 +20,8 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from mmcal_kernels.triton_backend import configs, elementwise, reductions  # noqa: E402
-from mmcal_kernels.triton_backend.slots import MAX_SLOTS  # noqa: E402
+from mmcal_kernels.backends.triton import configs, elementwise, reductions  # noqa: E402
+from mmcal_kernels.backends.triton.slots import MAX_SLOTS  # noqa: E402
 
 
 

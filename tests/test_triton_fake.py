@@ -21,8 +21,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext  # noqa: E402
 
 from mmcal_kernels import GateParams  # noqa: E402
-from mmcal_kernels.testing import randomize_  # noqa: E402
-from mmcal_kernels.triton_backend import backend as triton_backend  # noqa: E402
+from mmcal_kernels.compare import randomize_  # noqa: E402
+from mmcal_kernels.backends.triton import ops as triton_backend  # noqa: E402
 
 
 @pytest.fixture

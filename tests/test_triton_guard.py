@@ -1,4 +1,4 @@
-"""The ``"triton"`` backend's import guard (``mmcal_kernels._triton``): it says
+"""The ``"triton"`` backend's import guard (``mmcal_kernels.backends.triton``): it says
 why the backend is unusable, and the package works without triton."""
 
 import os
@@ -10,7 +10,8 @@ from importlib.machinery import ModuleSpec
 import pytest
 import torch
 
-from mmcal_kernels import _triton, backends
+from mmcal_kernels import backends
+from mmcal_kernels.backends import triton as _triton
 
 
 def test_reasons(monkeypatch):

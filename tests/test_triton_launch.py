@@ -9,7 +9,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from mmcal_kernels.triton_backend import configs, elementwise  # noqa: E402
+from mmcal_kernels.backends.triton import configs, elementwise  # noqa: E402
 
 
 class Recorder:

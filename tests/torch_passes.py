@@ -1,10 +1,12 @@
-"""``XPasses`` written in plain torch ops: the fused node's glue tested on its
+"""The passes over X a kernel backend provides, written in plain torch ops: the fused node's glue tested on its
 own, apart from any kernel."""
+
+from types import SimpleNamespace
 
 import torch
 
 from mmcal_kernels import reference
-from mmcal_kernels.fused import XPasses, make_fused_function
+from mmcal_kernels.autograd import make_fused_function
 
 
 def _broadcast(t, x, layout):
@@ -42,4 +44,6 @@ def input_grads(xs, dys, gates, masks, ds_scaled, layouts):
     return out
 
 
-TorchFused = make_fused_function(XPasses(summaries, modulate, gate_grads, input_grads), "torch")
+TorchFused = make_fused_function(
+    SimpleNamespace(summaries=summaries, modulate=modulate, gate_grads=gate_grads, input_grads=input_grads), "torch"
+)

@@ -94,7 +94,8 @@ fi
 tail -n 3 "$OUT/build.log"
 if ! timeout 60 "$PY" - "$DRY" <<'EOF'
 import sys, torch, mmcal_kernels
-from mmcal_kernels import _cpp, backends
+from mmcal_kernels import backends
+from mmcal_kernels.backends.cpp import load as _cpp
 backends.available()
 st = _cpp.STATUS
 print("extension:", st["how"] or st["why_not"], "| CPU kernels", st["cpu_capability"], "| CUDA kernels", st["cuda_kernels"])

@@ -19,10 +19,10 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import backends, ops
+from .. import backends, functional
 from ..module import PreFusionCalibration
-from ..reference import compute_dtype
-from ..testing import randomize_
+from ..spec import compute_dtype
+from ..compare import randomize_
 from .compiled import CompileWatch
 from .workloads import Workload, make_inputs
 
@@ -99,13 +99,13 @@ def pass_callables(
 
     def summary_all(features, masks):
         ct = compute_dtype(features[0].dtype, gate_params)
-        return [ops.summary_pool(x, lay, v, compute_dtype=ct, backend=backend) for x, lay, v in zip(features, layouts, masks)]
+        return [functional.summary_pool(x, lay, v, compute_dtype=ct, backend=backend) for x, lay, v in zip(features, layouts, masks)]
 
     def gates(summaries, present):
-        return ops.calibration_gates(summaries, gate_params, present, backend=backend)
+        return functional.calibration_gates(summaries, gate_params, present, backend=backend)
 
     def modulate_all(features, gates):
-        return [ops.gate_modulate(x, g, lay, backend=backend) for x, g, lay in zip(features, gates, layouts)]
+        return [functional.gate_modulate(x, g, lay, backend=backend) for x, g, lay in zip(features, gates, layouts)]
 
     if contender.compiled:
         summary_all, gates, modulate_all = map(watch.compile, (summary_all, gates, modulate_all))

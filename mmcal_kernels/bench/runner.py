@@ -33,7 +33,7 @@ import time
 import torch
 
 from .. import __version__
-from ..info import _cpu_name, _triton_version
+from ..info import cpu_name, triton_version
 from . import report
 from .compiled import CompileFallback, CompileWatch, fresh, strict_recompiles
 from .contenders import contenders, input_sets, make_module, pass_callables
@@ -55,21 +55,22 @@ def allocator_label(device: torch.device) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def package_info() -> dict:
     """Which build this process measures: the package directory, the extension and its CPU kernel table."""
     import mmcal_kernels
-    from .. import _cpp, backends
+    from .. import backends
+    from ..backends.cpp.load import STATUS
 
     backends.available()  # loads the extension as the package does (or not, under MMCAL_NO_EXTENSION)
     ext = sys.modules.get("mmcal_kernels._C")
     return {
         "package": os.path.dirname(os.path.abspath(mmcal_kernels.__file__)),
-        "extension": getattr(ext, "__file__", None) or _cpp.STATUS["how"] or "not loaded",
-        "kernels": _cpp.STATUS["cpu_capability"] or "none (extension not loaded)",
-        "cuda_kernels": bool(_cpp.STATUS["cuda_kernels"]),
+        "extension": getattr(ext, "__file__", None) or STATUS["how"] or "not loaded",
+        "kernels": STATUS["cpu_capability"] or "none (extension not loaded)",
+        "cuda_kernels": bool(STATUS["cuda_kernels"]),
     }
 
 
@@ -354,7 +355,7 @@ def run_meta(args, device: torch.device) -> dict:
     threads = torch.get_num_threads() if device.type == "cpu" else None
     return {
         "device": device_name(device), "device_type": device.type, "threads": threads, "machine": platform.machine(),
-        "python": platform.python_version(), "torch": torch.__version__, "triton": _triton_version(),
+        "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version(),
         "cuda": torch.version.cuda, "mmcal_kernels": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "allocator_env": {k: os.environ.get(k) for k in REUSE_ENV}, "quick": args.quick,

@@ -9,7 +9,7 @@ import torch
 
 from triton_env import DEVICE, gpu_only
 from conftest import make_module, random_grads
-from mmcal_kernels.testing import forward_backward, random_case
+from mmcal_kernels.compare import forward_backward, random_case
 
 pytestmark = [gpu_only, pytest.mark.compile]
 

@@ -8,8 +8,8 @@ import torch
 
 from triton_env import DEVICE
 from conftest import check_against_oracle, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
-from mmcal_kernels import GateParams, ops
-from mmcal_kernels.testing import assert_runs_close, random_case
+from mmcal_kernels import GateParams, functional
+from mmcal_kernels.compare import assert_runs_close, random_case
 
 
 def _to(features, masks, present):
@@ -119,13 +119,13 @@ def test_gradcheck_float64():
 
     def fused(*inputs):
         ps = [GateParams(*inputs[3 + 8 * m : 11 + 8 * m]) for m in range(3)]
-        return tuple(ops.calibrate(list(inputs[:3]), ps, layouts=layouts, masks=masks, present=present, backend="triton"))
+        return tuple(functional.calibrate(list(inputs[:3]), ps, layouts=layouts, masks=masks, present=present, backend="triton"))
 
     assert torch.autograd.gradcheck(fused, (*leaves, *params), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
 
     def stages(x, g):  # the stage ops' own registered autograd
-        s = ops.summary_pool(x, "sequence", masks[0], backend="triton")
-        return s, ops.gate_modulate(x, g, "sequence", backend="triton")
+        s = functional.summary_pool(x, "sequence", masks[0], backend="triton")
+        return s, functional.gate_modulate(x, g, "sequence", backend="triton")
 
     gate = torch.rand(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
     assert torch.autograd.gradcheck(stages, (leaves[0], gate), fast_mode=True)
@@ -134,7 +134,7 @@ def test_gradcheck_float64():
 def test_two_launches_over_x_each_way(monkeypatch):
     """Forward: one summary launch and one modulation launch for all three
     modalities; backward: one dg launch and one dX launch (none for frozen X)."""
-    from mmcal_kernels.triton_backend import configs
+    from mmcal_kernels.backends.triton import configs
 
     launched = []
     real_launch = configs.launch
@@ -206,6 +206,6 @@ def test_second_derivative_is_refused_not_zero():
         torch.autograd.functional.hvp(loss, x0, torch.ones_like(x0))
     x = torch.randn(2, 5, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
     g = torch.rand(2, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    y = ops.gate_modulate(x, g, "sequence", backend="triton")
+    y = functional.gate_modulate(x, g, "sequence", backend="triton")
     with pytest.raises(RuntimeError, match="a second derivative"):
         torch.autograd.grad(y.square().sum(), (x, g), create_graph=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from triton_env import DEVICE, configs
-from mmcal_kernels.testing import assert_close
-from mmcal_kernels.triton_backend import elementwise, reductions
-from mmcal_kernels.triton_backend.slots import MAX_SLOTS
+from mmcal_kernels.compare import assert_close
+from mmcal_kernels.backends.triton import elementwise, reductions
+from mmcal_kernels.backends.triton.slots import MAX_SLOTS
 
 SEQ, SPA = 0, 1
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -29,6 +29,6 @@ TRITON = backends.get("triton")
 if not TRITON.usable:
     pytest.skip(f"backend 'triton' unusable: {TRITON.why_not}", allow_module_level=True)
 
-from mmcal_kernels.triton_backend import configs  # noqa: E402
+from mmcal_kernels.backends.triton import configs  # noqa: E402
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the interpreter runs neither fake tensors nor torch.compile)")

@@ -19,9 +19,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ..fused import position_counts
-from ..pass_ops import LAYOUT_NAMES
-from . import checks, configs
+from ... import checks
+from ...spec import layout_name, position_counts
+from . import configs
 from .slots import cdiv, groups, mask_bytes, pad, readable, size_class, view3
 
 TARGET_PROGRAMS = 1024  # a few waves of programs on a 108-132 SM GPU
@@ -131,21 +131,21 @@ def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[in
 @triton_op("mmcal::triton_summaries", mutates_args=())
 def summaries(xs: list[Tensor], masks: list[Optional[Tensor]], layouts: list[int], ct: torch.dtype) -> list[Tensor]:
     """Step 1 for every modality: masked means ``[B, D_m]`` in ct."""
-    checks.features(xs, layouts)
-    checks.lengths("masks", masks, len(xs))
+    checks.check_op_features(xs, layouts)
+    checks.check_lengths("masks", masks, len(xs))
     for i, (x, m, lay) in enumerate(zip(xs, masks, layouts)):
-        checks.compute_dtype(ct, x)
-        checks.mask(m, x, lay, f"masks[{i}]")
+        checks.check_compute_dtype(ct, x, "ct")
+        checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
     sums = reduce_all(xs, None, masks, layouts, ct)
-    return [s / position_counts(x, LAYOUT_NAMES[lay], m, ct) for s, x, lay, m in zip(sums, xs, layouts, masks)]
+    return [s / position_counts(x, layout_name(lay), m, ct) for s, x, lay, m in zip(sums, xs, layouts, masks)]
 
 
 @triton_op("mmcal::triton_gate_grads", mutates_args=())
 def gate_grads(grad_ys: list[Tensor], xs: list[Tensor], layouts: list[int], ct: torch.dtype) -> list[Tensor]:
     """The backward's ``dg = sum_p dY * X`` over every position, ``[B, D_m]`` in ct."""
-    checks.features(xs, layouts)
-    checks.lengths("grad_ys", grad_ys, len(xs))
+    checks.check_op_features(xs, layouts)
+    checks.check_lengths("grad_ys", grad_ys, len(xs))
     for i, (x, dy) in enumerate(zip(xs, grad_ys)):
-        checks.compute_dtype(ct, x)
-        checks.like(dy, x, f"grad_ys[{i}]")
+        checks.check_compute_dtype(ct, x, "ct")
+        checks.check_like(dy, x, f"grad_ys[{i}]")
     return reduce_all(xs, grad_ys, None, layouts, ct)

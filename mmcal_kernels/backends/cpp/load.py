@@ -1,5 +1,4 @@
-"""The compiled extension: loading it, its fake and autograd registrations, and
-the ``"cpu"`` / ``"cuda"`` backends built on it.
+"""Loading the compiled extension (``mmcal_kernels._C``: csrc/).
 
 Loading, in order, with ONE warning if all fail (the package then runs on the
 reference backend, and ``python -m mmcal_kernels.info`` says why):
@@ -27,11 +26,10 @@ from typing import Optional
 
 import torch
 
-from . import _checks, backends, build_config, reference
-from .pass_ops import LAYOUT_NAMES, PassOps
+from ... import build_config
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = os.path.join(os.path.dirname(HERE), "csrc")
+PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mmcal_kernels/
+SOURCES = os.path.join(os.path.dirname(PACKAGE), "csrc")
 
 STATUS = {"loaded": False, "how": "", "why_not": "", "cpu_capability": "", "cuda_kernels": False}
 
@@ -125,92 +123,3 @@ def load_extension() -> bool:
     STATUS["cpu_capability"] = torch.ops.mmcal.cpu_capability()
     STATUS["cuda_kernels"] = torch._C._dispatch_has_kernel_for_dispatch_key("mmcal::summaries", "CUDA")
     return True
-
-
-# ---- the ops as the passes of the fused node and the stage functions ------
-
-OPS = PassOps(
-    "cpp",
-    summaries=lambda *a: torch.ops.mmcal.summaries(*a),
-    modulate=lambda *a: torch.ops.mmcal.modulate(*a),
-    modulate_=lambda *a: torch.ops.mmcal.modulate_(*a),
-    gate_grads=lambda *a: torch.ops.mmcal.gate_grads(*a),
-    input_grads=lambda *a: torch.ops.mmcal.input_grads(*a),
-)  # resolved at call time: the ops exist only once the extension has loaded
-
-
-# ---- fake (meta) implementations and autograd of the stage ops -------------
-
-
-def _channels(x, code):
-    return reference.channels(x, LAYOUT_NAMES[code])
-
-
-def _one_device(**lists) -> None:
-    """Every tensor of an op on xs[0]'s device, as the C++ ops check: a fake
-    kernel is what runs when one argument is on ``meta``, so it checks too."""
-    device = lists["xs"][0].device
-    for name, items in lists.items():
-        for i, t in enumerate(items):
-            if t is not None and t.device != device:
-                raise ValueError(f"{name}[{i}]: on {t.device}, but xs[0] is on {device}")
-
-
-def _register_python_side() -> None:
-    @torch.library.register_fake("mmcal::summaries")
-    def _(xs, masks, layouts, ct):
-        torch._check(len(xs) == len(masks) == len(layouts), lambda: "xs, masks, layouts: lengths differ")
-        _one_device(xs=xs, masks=masks)
-        return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
-
-    @torch.library.register_fake("mmcal::modulate")
-    def _(xs, gates, layouts):
-        torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
-        _one_device(xs=xs, gates=gates)
-        for x, g, c in zip(xs, gates, layouts):
-            torch._check(g.shape[0] == x.shape[0] and g.shape[1] == _channels(x, c), lambda: "gates: expected [B, D]")
-        return [torch.empty_like(x) for x in xs]
-
-    @torch.library.register_fake("mmcal::modulate_")
-    def _(xs, gates, layouts):
-        torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
-        _one_device(xs=xs, gates=gates)
-        return None
-
-    @torch.library.register_fake("mmcal::gate_grads")
-    def _(dys, xs, layouts, ct):
-        torch._check(len(xs) == len(dys) == len(layouts), lambda: "grad_ys, xs, layouts: lengths differ")
-        _one_device(xs=xs, grad_ys=dys)
-        return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
-
-    @torch.library.register_fake("mmcal::input_grads")
-    def _(xs, dys, gates, masks, ds_scaled, layouts):
-        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds_scaled) == len(layouts),
-                     lambda: "input_grads: list lengths differ")  # fmt: skip
-        _one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds_scaled=ds_scaled)
-        return [torch.empty_like(x) for x in xs]
-
-    OPS.register_autograd("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
-
-
-# ---- the backends ----------------------------------------------------------
-
-
-def register_backends() -> None:
-    ok = load_extension()
-    if ok:
-        _register_python_side()
-    dtypes = _checks.FEATURE_DTYPES
-    common = dict(summary=OPS.summary_one, gates=reference.gates_from_summaries, modulate=OPS.modulate_one,
-                  calibrate=OPS.calibrate, modulate_=OPS.modulate_)  # fmt: skip
-    backends.register(backends.Backend(
-        name="cpu", device_types=("cpu",), dtypes=dtypes, built=ok, usable=ok, why_not=STATUS["why_not"],
-        priority=10, notes=f"C++ extension ({STATUS['how'] or 'not loaded'}; kernels {STATUS['cpu_capability'] or '-'})",
-        **common,
-    ))  # fmt: skip
-    cuda_ok = ok and STATUS["cuda_kernels"] and torch.cuda.is_available()
-    why = "" if cuda_ok else (STATUS["why_not"] or ("_C was built without CUDA" if not STATUS["cuda_kernels"] else "no GPU visible"))
-    backends.register(backends.Backend(
-        name="cuda", device_types=("cuda",), dtypes=dtypes, built=ok and STATUS["cuda_kernels"], usable=cuda_ok,
-        why_not=why, priority=10, notes="C++/CUDA extension", **common,
-    ))  # fmt: skip

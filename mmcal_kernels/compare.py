@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .reference import DIAGNOSTIC_TENSORS
+from .spec import DIAGNOSTIC_TENSORS
 
 # Against the float64 reference: |got - want| <= rtol * |want| + atol * scale,
 # with scale the largest |want| of the tensor but at least 1, so that

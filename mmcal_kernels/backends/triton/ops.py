@@ -10,11 +10,12 @@ CPU tensors, by name only, so that the tests reach the kernels themselves.
 
 from __future__ import annotations
 
-from .. import _checks, backends, reference
-from ..pass_ops import PassOps
+from ... import backends, checks
+from ...autograd import register_stage_autograd
+from ..kernel_backend import KernelBackend
 from . import configs, elementwise, reductions
 
-OPS = PassOps(
+OPS = KernelBackend(
     "triton",
     summaries=reductions.summaries,
     modulate=elementwise.modulate,
@@ -22,15 +23,12 @@ OPS = PassOps(
     gate_grads=reductions.gate_grads,
     input_grads=elementwise.input_grads,
 )
-OPS.register_autograd("mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
+register_stage_autograd(OPS, "mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
 
 
 def register() -> None:
     devices = ("cuda", "cpu") if configs.interpreting() else ("cuda",)
-    backends.register(backends.Backend(
-        name="triton", device_types=devices, auto_device_types=("cuda",),
-        dtypes=_checks.FEATURE_DTYPES,
-        summary=OPS.summary_one, gates=reference.gates_from_summaries, modulate=OPS.modulate_one,
-        calibrate=OPS.calibrate, modulate_=OPS.modulate_, priority=5,
+    backends.register(OPS.backend(
+        "triton", device_types=devices, auto_device_types=("cuda",), dtypes=checks.FEATURE_DTYPES, priority=5,
         notes="Triton kernels" + (" (interpreter)" if configs.interpreting() else ""),
     ))  # fmt: skip

@@ -16,8 +16,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ...spec import SEQUENCE, SPATIAL
+
 MAX_SLOTS = 4  # docs/spec.md's workloads have 2 or 3 modalities; more take more launches
-SEQUENCE, SPATIAL = 0, 1  # the layout codes of the mmcal ops
 
 
 class View3(NamedTuple):

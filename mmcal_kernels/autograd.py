@@ -1,7 +1,8 @@
-"""Steps 1-7 for all modalities as ONE autograd node (docs/spec.md, "The hot path").
+"""The autograd of the kernel backends: steps 1-7 for all modalities as ONE
+node (docs/spec.md, "The hot path"), and the gradients of the stage ops.
 
-A kernel backend supplies the four passes over X (``XPasses``); this file
-supplies the rest, the same for every backend:
+A kernel backend supplies the passes over X (``backends.kernel_backend``);
+this file supplies the rest, the same for every backend:
 
 * forward: summaries of every modality (one pass), steps 2-6 on small tensors,
   modulation of every modality (one pass);
@@ -16,46 +17,14 @@ forward and backward whole. Double backward is not supported and says so.
 
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .gates_backward import gates_backward
-from .reference import (
-    DIAGNOSTIC_TENSORS,
-    GateParams,
-    GatesIntermediates,
-    at_least_one,
-    compute_dtype,
-    gates_with_intermediates,
-)
-
-
-
-class XPasses(NamedTuple):
-    """The passes over X a backend provides; each takes all modalities at once.
-
-    * ``summaries(xs, masks, layouts, ct) -> [B, D_m] in ct``, the masked means;
-    * ``modulate(xs, gates, layouts) -> Y_m`` like ``X_m``, ``X * g`` rounded once;
-    * ``gate_grads(dys, xs, layouts, ct) -> [B, D_m] in ct``, ``sum_p dY * X``;
-    * ``input_grads(xs, dys, gates, masks, ds_scaled, layouts) -> dX_m`` like
-      ``X_m``: ``dY * g + V * ds_scaled``, either term None to leave it out.
-    """
-
-    summaries: Callable
-    modulate: Callable
-    gate_grads: Callable
-    input_grads: Callable
-
-
-def position_counts(x: Tensor, layout: str, mask: Optional[Tensor], ct: torch.dtype) -> Tensor:
-    """``max(1, sum_p V[b, p])`` as ``[B, 1]`` in ct: the divisor of the summary."""
-    if layout == "sequence" and mask is not None:
-        return mask.sum(1, keepdim=True).to(ct).clamp_min(1)
-    positions = x.shape[1] if layout == "sequence" else math.prod(x.shape[2:])
-    return x.new_full((x.shape[0], 1), at_least_one(positions), dtype=ct)
+from .reference import gates_with_intermediates
+from .spec import DIAGNOSTIC_TENSORS, GateParams, GatesIntermediates, compute_dtype, layout_name, position_counts
 
 
 def refuse_second_derivative(what: str) -> None:
@@ -67,8 +36,8 @@ def refuse_second_derivative(what: str) -> None:
                            "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
 
 
-def make_fused_function(passes: XPasses, name: str) -> type:
-    """An autograd.Function running steps 1-7 with ``passes`` over X."""
+def make_fused_function(passes, name: str) -> type:
+    """An autograd.Function running steps 1-7 with the passes over X of ``passes`` (a KernelBackend)."""
 
     def forward(ctx, layouts, num, present, *flat):
         features, masks, params = _unflatten(num, flat)
@@ -166,3 +135,64 @@ def fused_calibrate(function: type, features, params, layouts, masks, present) -
     diagnostics = dict(zip(DIAGNOSTIC_TENSORS, extras[:4]))
     diagnostics["dimension_gates"] = list(extras[4:])
     return outputs, diagnostics
+
+
+# ---- the stage ops -----------------------------------------------------------
+
+
+def register_stage_autograd(ops, summaries_op: str, modulate_op: str, gate_grads_op: str, input_grads_op: str) -> None:
+    """Gradients of the stage ops ``summaries`` and ``modulate`` through the
+    backend's own passes (``ops``, a KernelBackend); the backward ops
+    ``gate_grads`` and ``input_grads`` have none, and say so."""
+
+    def summaries_setup(ctx, inputs, output):
+        xs, masks, layouts, ct = inputs
+        ctx.layouts = layouts
+        ctx.mask_slots = [m is not None for m in masks]
+        ctx.save_for_backward(*xs, *[m for m in masks if m is not None])
+
+    def summaries_backward(ctx, grads):
+        refuse_second_derivative(summaries_op)
+        saved = list(ctx.saved_tensors)
+        xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
+        masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
+        names = [layout_name(c) for c in ctx.layouts]
+        ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, names, masks)]
+        none = [None] * len(xs)
+        dxs = ops.input_grads(xs, none, none, masks, ds, names)
+        # torch.library flattens a list of tensors into its items but keeps a
+        # list holding None whole: the gradient of `masks` must mirror that.
+        masks_grad = [None] * len(xs) if all(ctx.mask_slots) else None
+        return dxs, masks_grad, None, None
+
+    torch.library.register_autograd(summaries_op, summaries_backward, setup_context=summaries_setup)
+
+    def modulate_setup(ctx, inputs, output):
+        xs, gates, layouts = inputs
+        ctx.layouts = layouts
+        ctx.save_for_backward(*xs, *gates)
+
+    def modulate_backward(ctx, grads):
+        refuse_second_derivative(modulate_op)
+        n = len(ctx.layouts)
+        xs, gates = list(ctx.saved_tensors[:n]), list(ctx.saved_tensors[n:])
+        names = [layout_name(c) for c in ctx.layouts]
+        none = [None] * n
+        dxs = ops.input_grads(xs, list(grads), gates, none, none, names)
+        dgs = ops.gate_grads(list(grads), xs, names, gates[0].dtype)
+        return dxs, [d.to(g.dtype) for d, g in zip(dgs, gates)], None
+
+    torch.library.register_autograd(modulate_op, modulate_backward, setup_context=modulate_setup)
+
+    # Without an autograd kernel torch would let a graph through these ops
+    # and give zero with a warning: a silently wrong second derivative.
+    for op in (gate_grads_op, input_grads_op):
+        torch.library.register_autograd(op, _no_derivative(op), setup_context=lambda ctx, inputs, output: None)
+
+
+def _no_derivative(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op} is a backward pass and has no derivative of its own (a second derivative through "
+                           "the kernel backends is not supported; use backend='reference' for it)")  # fmt: skip
+
+    return backward

@@ -18,8 +18,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import _checks
-from . import checks, configs
+from ... import checks
+from ...spec import layout_name
+from . import configs
 from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
 
 
@@ -136,10 +137,10 @@ def _into_like(xs, layouts, compute) -> list[Tensor]:
 
 
 def _check_gates(xs, gates, layouts):
-    checks.features(xs, layouts)
-    checks.lengths("gates", gates, len(xs))
+    checks.check_op_features(xs, layouts)
+    checks.check_lengths("gates", gates, len(xs))
     for i, (x, g, lay) in enumerate(zip(xs, gates, layouts)):
-        checks.per_channel(g, x, lay, f"gates[{i}]")
+        checks.check_per_channel(g, x, lay, f"gates[{i}]")
 
 
 @triton_op("mmcal::triton_modulate", mutates_args=())
@@ -154,7 +155,7 @@ def modulate(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> list[
 def modulate_(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> None:
     """Step 7 in place, for inference: ``X *= g``, rounded once."""
     _check_gates(xs, gates, layouts)
-    _checks.check_inplace_targets(xs, gates, name="xs", read_name="gates")
+    checks.check_inplace_targets(xs, gates, name="xs", read_name="gates")
     none = [None] * len(xs)
     direct = [flattenable(x, lay) for x, lay in zip(xs, layouts)]
     targets = [x if ok else x.contiguous() for x, ok in zip(xs, direct)]
@@ -174,18 +175,18 @@ def input_grads(
     layouts: list[int],
 ) -> list[Tensor]:
     """The backward's ``dX = dY * g + V * ds_scaled``, like X; a None term is left out."""
-    checks.features(xs, layouts)
+    checks.check_op_features(xs, layouts)
     for name, items in (("grad_ys", grad_ys), ("gates", gates), ("masks", masks), ("ds_scaled", ds_scaled)):
-        checks.lengths(name, items, len(xs))
+        checks.check_lengths(name, items, len(xs))
     for i, (x, dy, g, m, q, lay) in enumerate(zip(xs, grad_ys, gates, masks, ds_scaled, layouts)):
         if (dy is None) != (g is None):
             raise ValueError(f"grad_ys[{i}], gates[{i}]: give both (the dY * g term) or neither")
         if dy is None and q is None:
             raise ValueError(f"grad_ys[{i}], ds_scaled[{i}]: neither is given, so dX has no term")
         if dy is not None:
-            checks.like(dy, x, f"grad_ys[{i}]")
-            checks.per_channel(g, x, lay, f"gates[{i}]")
+            checks.check_like(dy, x, f"grad_ys[{i}]")
+            checks.check_per_channel(g, x, lay, f"gates[{i}]")
         if q is not None:
-            checks.per_channel(q, x, lay, f"ds_scaled[{i}]")
-        checks.mask(m, x, lay, f"masks[{i}]")
+            checks.check_per_channel(q, x, lay, f"ds_scaled[{i}]")
+        checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
     return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, grad_ys, gates, ds_scaled, masks))

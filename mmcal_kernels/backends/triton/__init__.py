@@ -1,8 +1,10 @@
-"""The ``"triton"`` backend's import guard: the Triton kernels load only where
-they can run (a CUDA GPU, or CPU tensors under ``TRITON_INTERPRET=1``) with a
-supported Triton; otherwise the backend is listed as unusable, with the reason
-``python -m mmcal_kernels.info`` prints. A Triton that is present but fails to
-load gives one warning."""
+"""The ``"triton"`` backend. This file is its import guard and imports no
+triton itself: the kernels (``reductions.py``, ``elementwise.py``, with their
+launch ``configs.py`` and the modality ``slots.py``) and the backend built on
+them (``ops.py``) load only where they can run (a CUDA GPU, or CPU tensors
+under ``TRITON_INTERPRET=1``) with a supported Triton; otherwise the backend is
+listed as unusable, with the reason ``python -m mmcal_kernels.info`` prints. A
+Triton that is present but fails to load gives one warning."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import warnings
 
 import torch
 
-from . import _checks, backends
+from ... import backends, checks
 
 SUPPORTED = ((3, 6), (3, 9))  # tested range of triton releases (major, minor), inclusive
 
@@ -38,18 +40,18 @@ def _why_not() -> str:
     return ""
 
 
-def register_backend() -> None:
+def register() -> None:
     why = _why_not()
     if not why:
         try:
-            from .triton_backend import backend
+            from . import ops
         except Exception as exc:  # a triton/torch combination that cannot build the ops
             why = f"loading the Triton kernels failed: {type(exc).__name__}: {exc}"
             warnings.warn(f"mmcal_kernels: backend 'triton' is unavailable ({why})", RuntimeWarning, stacklevel=3)
         else:
-            backend.register()
+            ops.register()
             return
     backends.register(backends.Backend(
-        name="triton", device_types=("cuda",), dtypes=_checks.FEATURE_DTYPES, summary=None, gates=None, modulate=None,
+        name="triton", device_types=("cuda",), dtypes=checks.FEATURE_DTYPES, summary=None, gates=None, modulate=None,
         calibrate=None, built=why.startswith("installed"), usable=False, why_not=why, priority=5, notes="Triton kernels",
     ))  # fmt: skip

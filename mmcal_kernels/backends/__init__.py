@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import reference
+from .. import reference
 
 
 @dataclass(frozen=True)

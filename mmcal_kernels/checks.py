@@ -1,9 +1,12 @@
-"""Input checks shared by every public entry point (docs/spec.md, "Bad input").
+"""Every argument check of the Python side (docs/spec.md, "Bad input"): the
+public entry points' (``functional``, ``module``), the Triton ops' (which have
+no C++ to check for them), and what an in-place write must refuse.
 
 Each check raises before any computation, naming the argument, what it got and
 what it expects. They look only at metadata (shapes, dtypes, devices), so they
 are traceable by ``torch.compile`` with dynamic shapes: a comparison of sizes
-becomes a guard, never a graph break.
+becomes a guard, never a graph break. (The exceptions, the in-place memory
+checks and the mask warnings, say so and step aside while tracing.)
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .reference import LAYOUTS, GateParams
+from .spec import LAYOUTS, GateParams, channels, layout_name
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 def _dtype_names(dtypes) -> str:
@@ -109,10 +113,10 @@ def check_features(
             raise ValueError(f"features[{i}]: on {x.device}, but features[0] is on {first.device}")
         if x.shape[0] != first.shape[0]:
             raise ValueError(f"features[{i}]: batch size {x.shape[0]} differs from features[0]'s {first.shape[0]}")
-        channels = x.shape[-1] if lay == "sequence" else x.shape[1]
-        if dims is not None and channels != dims[i]:
+        dm = channels(x, lay)
+        if dims is not None and dm != dims[i]:
             where = "last dim" if lay == "sequence" else "dim 1"
-            raise ValueError(f"features[{i}]: expected {dims[i]} channels ({where} of a {lay!r} input), got {channels} in shape {tuple(x.shape)}")
+            raise ValueError(f"features[{i}]: expected {dims[i]} channels ({where} of a {lay!r} input), got {dm} in shape {tuple(x.shape)}")
         check_mask(masks[i], x, lay, f"masks[{i}]")
     check_present(present, first.shape[0], num, first.device)
     return features, layouts, masks
@@ -137,6 +141,67 @@ def check_params(params: Sequence[GateParams], device: torch.device, name: str =
     return params
 
 
+def check_param_list(params, dims: Sequence[int], device: torch.device, name: str = "params") -> list[GateParams]:
+    """One GateParams per modality, every shape docs/spec.md gives, one shared ``d``."""
+    params = list(params)
+    if len(params) != len(dims):
+        raise ValueError(f"{name}: expected one GateParams per modality ({len(dims)}), got {len(params)}")
+    params = check_params(params, device, name)
+    for m, (p, dm) in enumerate(zip(params, dims)):
+        d = p.proj_weight.shape[0]
+        if m and d != params[0].proj_weight.shape[0]:
+            raise ValueError(f"{name}[{m}].proj_weight: shared dim d = {d} differs from {name}[0]'s "
+                             f"{params[0].proj_weight.shape[0]}; every modality projects into one shared space")  # fmt: skip
+        r = p.hidden_weight.shape[0]
+        expected = {
+            "proj_weight": (d, dm), "proj_bias": (d,),
+            "hidden_weight": (r, 2 * d + 2), "hidden_bias": (r,),
+            "instance_weight": (1, r), "instance_bias": (1,),
+            "dim_weight": (dm, r), "dim_bias": (dm,),
+        }  # fmt: skip
+        for field, t in zip(GateParams._fields, p):
+            if tuple(t.shape) != expected[field]:
+                raise ValueError(f"{name}[{m}].{field}: expected shape {expected[field]}, got {tuple(t.shape)}")
+    return params
+
+
+def check_summaries(summaries, name: str = "summaries") -> list[Tensor]:
+    """Steps 2-6's input: at least 2 ``[B, D_m]`` tensors in one compute dtype, one batch, one device."""
+    summaries = list(summaries)
+    if len(summaries) < 2:
+        raise ValueError(f"{name}: calibration compares modalities, so it needs at least 2; got {len(summaries)}")
+    first = summaries[0]
+    for i, s in enumerate(summaries):
+        if not isinstance(s, Tensor) or s.dim() != 2:
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(f"{name}[{i}]: expected a [B, D] tensor, got {got}")
+        if s.dtype not in COMPUTE_DTYPES or s.dtype != first.dtype:
+            raise TypeError(f"{name}[{i}]: expected float32 or float64, the same for all; got {s.dtype} ({name}[0] is {first.dtype})")
+        if s.shape[0] != first.shape[0]:
+            raise ValueError(f"{name}[{i}]: batch size {s.shape[0]} differs from {name}[0]'s {first.shape[0]}")
+        if s.device != first.device:
+            raise ValueError(f"{name}[{i}]: on {s.device}, but {name}[0] is on {first.device}")
+    return summaries
+
+
+def check_gate(gate, x: Tensor, layout: str, name: str = "gate") -> None:
+    """A gate for ``x``: floating point, ``[B, D]``, on x's device."""
+    if not isinstance(gate, Tensor) or not gate.is_floating_point():
+        got = gate.dtype if isinstance(gate, Tensor) else type(gate).__name__
+        raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
+    dm = channels(x, layout)
+    if gate.dim() != 2 or gate.shape[0] != x.shape[0] or gate.shape[1] != dm:
+        raise ValueError(f"{name}: expected shape [B, D] = ({x.shape[0]}, {dm}), got {tuple(gate.shape)}")
+    if gate.device != x.device:
+        raise ValueError(f"{name}: on {gate.device}, but x is on {x.device}")
+
+
+def check_compute_dtype(ct: torch.dtype, x: Tensor, name: str = "compute_dtype") -> None:
+    """float32 or float64, wide enough to hold x's dtype."""
+    if ct not in COMPUTE_DTYPES or torch.promote_types(ct, x.dtype) != ct:
+        raise TypeError(f"{name}: expected float32 or float64, at least as wide as x's {x.dtype}; got {ct}")
+
+
 def check_size(value, name: str, what: str = "a positive int") -> int:
     """A size argument: a positive int (not a float, str or bool)."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
@@ -151,6 +216,56 @@ def check_sizes(values, name: str) -> list[int]:
     if isinstance(values, (str, bytes, Tensor)) or not isinstance(values, Sequence):
         raise TypeError(f"{name}: expected a list of ints (one channel count per modality), got {type(values).__name__} {values!r}")
     return [check_size(v, f"{name}[{i}]", "a positive channel count") for i, v in enumerate(values)]
+
+
+# ---- the kernel ops' own arguments (the Triton ops; the C++ ops check in C++) ----
+# Layouts arrive as int codes here. Bad input must be an error that names the
+# argument, never an out-of-bounds kernel.
+
+
+def check_lengths(name: str, items: Sequence, count: int, what: str = "xs") -> None:
+    if len(items) != count:
+        raise ValueError(f"{name}: expected one entry per tensor of {what} ({count}), got {len(items)}")
+
+
+def check_op_features(xs: Sequence[Tensor], layouts: Sequence[int], name: str = "xs") -> None:
+    if len(xs) == 0:
+        raise ValueError(f"{name}: expected at least one tensor")
+    check_lengths("layouts", layouts, len(xs), name)
+    first = xs[0]
+    for i, (x, code) in enumerate(zip(xs, layouts)):
+        where = f"{name}[{i}]"
+        if code not in (0, 1):
+            raise ValueError(f"layouts[{i}]: expected 0 (sequence) or 1 (spatial), got {code}")
+        check_feature(x, layout_name(code), where)
+        if x.dtype != first.dtype:
+            raise TypeError(f"{where}: dtype {x.dtype} differs from {name}[0]'s {first.dtype}")
+        if x.device != first.device:
+            raise ValueError(f"{where}: on {x.device}, but {name}[0] is on {first.device}")
+        if x.shape[0] != first.shape[0]:
+            raise ValueError(f"{where}: batch {x.shape[0]} differs from {name}[0]'s {first.shape[0]}")
+
+
+def check_like(t: Tensor, x: Tensor, name: str) -> None:
+    """A gradient of ``Y = f(X)``: X's shape, dtype and device."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+        raise ValueError(f"{name}: expected {tuple(x.shape)} {x.dtype} on {x.device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")  # fmt: skip
+
+
+def check_per_channel(g: Tensor, x: Tensor, code: int, name: str) -> None:
+    """A gate (or ds): ``[B, D]`` in the compute dtype, on X's device: the products are taken in it."""
+    if not isinstance(g, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(g).__name__}")
+    if g.dtype not in COMPUTE_DTYPES or torch.promote_types(g.dtype, x.dtype) != g.dtype:
+        raise TypeError(f"{name}: expected the compute dtype (float32 or float64, holding {x.dtype}), got {g.dtype}")
+    dm = channels(x, layout_name(code))
+    if g.dim() != 2 or g.shape[0] != x.shape[0] or g.shape[1] != dm:
+        raise ValueError(f"{name}: expected [{x.shape[0]}, {dm}], got {tuple(g.shape)}")
+    if g.device != x.device:
+        raise ValueError(f"{name}: on {g.device}, but the features are on {x.device}")
 
 
 # ---- in place: what an op must refuse before it writes (as Tensor.mul_ does) ----

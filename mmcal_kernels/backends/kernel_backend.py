@@ -1,0 +1,72 @@
+"""The op contract a kernel backend fills, and what the package builds on it.
+
+A kernel backend (the C++ extension: ``mmcal::summaries`` ...; Triton:
+``mmcal::triton_summaries`` ...) provides five ops over X with one schema
+family, all modalities per call, layouts as int codes (``spec.LAYOUT_CODES``):
+
+* ``summaries(xs, masks, layouts, ct)``: step 1, ``[B, D_m]`` in ct, divided by
+  the position count inside the op;
+* ``modulate(xs, gates, layouts)``: step 7; ``modulate_`` the same in place;
+* ``gate_grads(grad_ys, xs, layouts, ct)``: ``dg = sum_p dY * X``;
+* ``input_grads(xs, grad_ys, gates, masks, ds, layouts)``:
+  ``dX = dY * g + V * ds / count``, either term None to leave it out.
+
+``KernelBackend`` adapts them to layout names, and gives the backend registry
+its stage functions and the fused node of ``autograd.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .. import autograd, reference
+from ..spec import layout_codes
+from . import Backend
+
+
+class KernelBackend:
+    def __init__(self, name: str, *, summaries: Callable, modulate: Callable, modulate_: Callable,
+                 gate_grads: Callable, input_grads: Callable):  # fmt: skip
+        self.name = name
+        self._summaries, self._modulate, self._modulate_ = summaries, modulate, modulate_
+        self._gate_grads, self._input_grads = gate_grads, input_grads
+        self.fused = autograd.make_fused_function(self, name)
+
+    # ---- the passes, all modalities per call, layouts by name ---------------
+    def summaries(self, xs, masks, layouts, ct):
+        return self._summaries(list(xs), list(masks), layout_codes(layouts), ct)
+
+    def modulate(self, xs, gates, layouts):
+        return self._modulate(list(xs), list(gates), layout_codes(layouts))
+
+    def modulate_(self, xs, gates, layouts):
+        self._modulate_(list(xs), list(gates), layout_codes(layouts))
+
+    def gate_grads(self, dys, xs, layouts, ct):
+        return self._gate_grads(list(dys), list(xs), layout_codes(layouts), ct)
+
+    def input_grads(self, xs, dys, gates, masks, ds, layouts):
+        return self._input_grads(list(xs), list(dys), list(gates), list(masks), list(ds), layout_codes(layouts))
+
+    # ---- the backend registry's stage functions ---------------------------
+    def summary_one(self, x, layout, mask, ct):
+        return self.summaries([x], [mask], [layout], ct)[0]
+
+    def modulate_one(self, x, gate, layout):
+        ct = torch.promote_types(torch.promote_types(torch.float32, x.dtype), gate.dtype)
+        return self.modulate([x], [gate.to(ct)], [layout])[0]
+
+    def calibrate(self, features, params, layouts, masks, present):
+        return autograd.fused_calibrate(self.fused, features, params, layouts, masks, present)
+
+    def backend(self, name: str, *, device_types, dtypes, built: bool = True, usable: bool = True, why_not: str = "",
+                priority: int = 0, auto_device_types: Optional[tuple] = None, notes: str = "") -> Backend:  # fmt: skip
+        """The registry entry of a backend computing with these ops."""
+        return Backend(
+            name=name, device_types=device_types, dtypes=dtypes, summary=self.summary_one,
+            gates=reference.gates_from_summaries, modulate=self.modulate_one, calibrate=self.calibrate,
+            modulate_=self.modulate_, built=built, usable=usable, why_not=why_not, priority=priority,
+            auto_device_types=auto_device_types, notes=notes,
+        )  # fmt: skip
