@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPORT = (
     "import warnings, mmcal_kernels as m, mmcal_kernels.backends.cpp.load as c;"
     "print('HOW', c.STATUS['how']); print('WHY', c.STATUS['why_not']);"

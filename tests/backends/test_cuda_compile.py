@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CU_FILES = sorted(
     os.path.join(dirpath, f) for dirpath, _, files in os.walk(os.path.join(ROOT, "csrc")) for f in files if f.endswith(".cu")
 )
