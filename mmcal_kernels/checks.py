@@ -79,6 +79,16 @@ def check_present(present, batch: int, num: int, device: torch.device, name: str
         raise ValueError(f"{name}: on {present.device}, but the features are on {device}")
 
 
+def check_like_first(x: Tensor, first: Tensor, i: int, name: str) -> None:
+    """One call's features share one dtype, one device and one batch size."""
+    if x.dtype != first.dtype:
+        raise TypeError(f"{name}[{i}]: dtype {x.dtype} differs from {name}[0]'s {first.dtype}; all features of one call share one dtype")
+    if x.device != first.device:
+        raise ValueError(f"{name}[{i}]: on {x.device}, but {name}[0] is on {first.device}")
+    if x.shape[0] != first.shape[0]:
+        raise ValueError(f"{name}[{i}]: batch size {x.shape[0]} differs from {name}[0]'s {first.shape[0]}")
+
+
 def check_features(
     features,
     layouts,
@@ -107,12 +117,7 @@ def check_features(
     first = features[0]
     for i, (x, lay) in enumerate(zip(features, layouts)):
         check_feature(x, lay, f"features[{i}]", dtypes)
-        if x.dtype != first.dtype:
-            raise TypeError(f"features[{i}]: dtype {x.dtype} differs from features[0]'s {first.dtype}; all features of one call share one dtype")
-        if x.device != first.device:
-            raise ValueError(f"features[{i}]: on {x.device}, but features[0] is on {first.device}")
-        if x.shape[0] != first.shape[0]:
-            raise ValueError(f"features[{i}]: batch size {x.shape[0]} differs from features[0]'s {first.shape[0]}")
+        check_like_first(x, first, i, "features")
         dm = channels(x, lay)
         if dims is not None and dm != dims[i]:
             where = "last dim" if lay == "sequence" else "dim 1"
@@ -238,12 +243,7 @@ def check_op_features(xs: Sequence[Tensor], layouts: Sequence[int], name: str = 
         if code not in (0, 1):
             raise ValueError(f"layouts[{i}]: expected 0 (sequence) or 1 (spatial), got {code}")
         check_feature(x, layout_name(code), where)
-        if x.dtype != first.dtype:
-            raise TypeError(f"{where}: dtype {x.dtype} differs from {name}[0]'s {first.dtype}")
-        if x.device != first.device:
-            raise ValueError(f"{where}: on {x.device}, but {name}[0] is on {first.device}")
-        if x.shape[0] != first.shape[0]:
-            raise ValueError(f"{where}: batch {x.shape[0]} differs from {name}[0]'s {first.shape[0]}")
+        check_like_first(x, first, i, name)
 
 
 def check_like(t: Tensor, x: Tensor, name: str) -> None:
