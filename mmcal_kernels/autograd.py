@@ -1,30 +1,30 @@
 """The autograd of the kernel backends: steps 1-7 for all modalities as ONE
 node (docs/spec.md, "The hot path"), and the gradients of the stage ops.
 
-A kernel backend supplies the passes over X (``backends.kernel_backend``);
-this file supplies the rest, the same for every backend:
+A kernel backend supplies the ops (``backends.kernel_backend``); this file
+chains them, the same for every backend:
 
-* forward: summaries of every modality (one pass), steps 2-6 on small tensors,
-  modulation of every modality (one pass);
-* backward: ``dg = sum_p dY * X`` (one pass), the hand-written backward of
-  steps 2-6 (``gates_backward``) for ``ds`` and the parameter gradients, then
-  ``dX = dY * g + V * ds / count`` written once, skipped when no feature needs
-  a gradient.
+* forward: the summaries of every modality (one pass over X), the gate
+  network of steps 2-6 (one op on ``[B, D]``-sized tensors), the modulation of
+  every modality (one pass);
+* backward: ``dg = sum_p dY * X`` (one pass), the gate network's backward for
+  ``ds`` and every parameter gradient (one op), then ``dX = dY * g + V * ds /
+  count`` written once, skipped when no feature needs a gradient.
 
-Everything between the passes is plain torch code, so ``torch.compile`` traces
-forward and backward whole. Double backward is not supported and says so.
+Nothing computes between the ops, so ``torch.compile`` traces forward and
+backward whole and eager mode dispatches three ops each way. Double backward
+is not supported and says so.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .gates_backward import gates_backward
-from .reference import gates_with_intermediates
-from .spec import DIAGNOSTIC_TENSORS, GateParams, GatesIntermediates, compute_dtype, layout_name, position_counts
+from .gates_torch import grouped
+from .spec import DIAGNOSTIC_TENSORS, compute_dtype, layout_name
 
 
 def refuse_second_derivative(what: str) -> None:
@@ -37,25 +37,30 @@ def refuse_second_derivative(what: str) -> None:
 
 
 def make_fused_function(passes, name: str) -> type:
-    """An autograd.Function running steps 1-7 with the passes over X of ``passes`` (a KernelBackend)."""
+    """An autograd.Function running steps 1-7 with the ops of ``passes`` (a
+    KernelBackend): forward = summaries, gates, modulate; backward =
+    gate_grads, gates_backward, input_grads. Three ops each way, the shape
+    whose launches and bytes are fewest."""
 
     def forward(ctx, layouts, num, present, *flat):
-        features, masks, params = _unflatten(num, flat)
-        ct = compute_dtype(features[0].dtype, params)
+        features, masks, params = list(flat[:num]), list(flat[num : 2 * num]), list(flat[2 * num :])
+        ct = compute_dtype(features[0].dtype, grouped(params))
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             summaries = passes.summaries(features, masks, layouts, ct)
-            gates, diag, inter = gates_with_intermediates(summaries, params, present)
+            gates, diagnostics, saved = passes.gates(summaries, params, present)
             outputs = passes.modulate(features, gates, layouts)
-        ctx.layouts, ctx.num = layouts, num
+        ctx.layouts, ctx.num, ctx.num_saved = layouts, num, len(saved)
         ctx.has_present = present is not None
         ctx.mask_slots = [m is not None for m in masks]
         ctx.save_for_backward(
             *features, *[m for m in masks if m is not None], *([present] if present is not None else []),
-            *[t for p in params for t in p], *gates, *_flatten_saved(inter),
+            *params, *gates, *summaries, *diagnostics, *saved,
         )  # fmt: skip
-        extras = [diag[k] for k in DIAGNOSTIC_TENSORS] + diag["dimension_gates"]
-        ctx.mark_non_differentiable(*extras)
-        return (*outputs, *extras)
+        ctx.mark_non_differentiable(*diagnostics)
+        # The diagnostics never have a gradient: materialising zeros for them
+        # would cost an op (a launch) each in every backward.
+        ctx.set_materialize_grads(False)
+        return (*outputs, *diagnostics)
 
     def backward(ctx, *grads):
         # create_graph=True runs the backward with grad mode on. Nothing here
@@ -66,63 +71,31 @@ def make_fused_function(passes, name: str) -> type:
         num, layouts = ctx.num, ctx.layouts
         saved = list(ctx.saved_tensors)
         features, saved = saved[:num], saved[num:]
-        masks = []
-        for has in ctx.mask_slots:
-            masks.append(saved.pop(0) if has else None)
+        masks = [saved.pop(0) if has else None for has in ctx.mask_slots]
         present = saved.pop(0) if ctx.has_present else None
-        flat_params, saved = saved[: 8 * num], saved[8 * num :]
-        params = [GateParams(*flat_params[8 * m : 8 * m + 8]) for m in range(num)]
-        gates, inter = saved[:num], _unflatten_saved(num, saved[num:])
-        grad_outputs = list(grads[:num])
-        ct = gates[0].dtype
+        params, saved = saved[: 8 * num], saved[8 * num :]
+        gates, summaries, saved = saved[:num], saved[num : 2 * num], saved[2 * num :]
+        diagnostics, inter = saved[: 4 + num], saved[4 + num :]
+        # An output that reached no loss has no gradient (grads are not materialised).
+        grad_outputs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads[:num], features)]
 
         needs = ctx.needs_input_grad[3:]  # after layouts, num, present
         need_x = any(needs[:num])
-        need_p = any(needs[2 * num :])
-        if not (need_x or need_p):
+        if not (need_x or any(needs[2 * num :])):
             return (None,) * (3 + len(needs))
         with torch.autocast(device_type=features[0].device.type, enabled=False):
-            dg = passes.gate_grads(grad_outputs, features, layouts, ct)
-            ds, dparams = gates_backward(inter, params, present, dg)
+            dg = passes.gate_grads(grad_outputs, features, layouts, gates[0].dtype)
+            ds, grad_params = passes.gates_backward(dg, summaries, params, present, diagnostics, inter)
             grad_features = [None] * num
             if need_x:
-                ds_scaled = [d / position_counts(x, lay, v, ct) for d, x, lay, v in zip(ds, features, layouts, masks)]
-                grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds_scaled, layouts)
+                grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds, layouts)
                 grad_features = [g if n else None for g, n in zip(grad_features, needs[:num])]
-        grad_params = [
-            g.to(p.dtype) if n else None
-            for gp, pp, nn in zip(dparams, params, _chunks(needs[2 * num :], 8))
-            for g, p, n in zip(gp, pp, nn)
-        ]
+        grad_params = [g if n else None for g, n in zip(grad_params, needs[2 * num :])]
         return (None, None, None, *grad_features, *([None] * num), *grad_params)
 
     return type(f"Fused{name.capitalize()}Calibration", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward),
     })  # fmt: skip
-
-
-_PER_MODALITY = ("summaries", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
-
-
-def _flatten_saved(saved: GatesIntermediates) -> list[Tensor]:
-    """Steps 2-6's intermediates as a flat tensor list (small: [B, D]-sized)."""
-    flat = [t for name in _PER_MODALITY for t in getattr(saved, name)]
-    return flat + [saved.u, saved.w, saved.k, saved.agreement, saved.context]
-
-
-def _unflatten_saved(num: int, flat: Sequence[Tensor]) -> GatesIntermediates:
-    fields = {name: list(flat[i * num : (i + 1) * num]) for i, name in enumerate(_PER_MODALITY)}
-    u, w, k, agreement, context = flat[len(_PER_MODALITY) * num :]
-    return GatesIntermediates(u=u, w=w, k=k, agreement=agreement, context=context, **fields)
-
-
-def _chunks(seq, n):
-    return [seq[i : i + n] for i in range(0, len(seq), n)]
-
-
-def _unflatten(num: int, flat: Sequence) -> tuple[list, list, list[GateParams]]:
-    features, masks, flat_params = list(flat[:num]), list(flat[num : 2 * num]), flat[2 * num :]
-    return features, masks, [GateParams(*flat_params[8 * m : 8 * m + 8]) for m in range(num)]
 
 
 def fused_calibrate(function: type, features, params, layouts, masks, present) -> tuple[list[Tensor], dict]:
@@ -131,10 +104,14 @@ def fused_calibrate(function: type, features, params, layouts, masks, present) -
     masks = list(masks) if masks is not None else [None] * num
     flat = [*features, *masks, *[t for p in params for t in p]]
     out = function.apply(tuple(layouts), num, present, *flat)
-    outputs, extras = list(out[:num]), out[num:]
-    diagnostics = dict(zip(DIAGNOSTIC_TENSORS, extras[:4]))
-    diagnostics["dimension_gates"] = list(extras[4:])
-    return outputs, diagnostics
+    return list(out[:num]), diagnostics_dict(out[num:])
+
+
+def diagnostics_dict(diagnostics: Sequence[Tensor]) -> dict:
+    """The gate-network ops' diagnostics list in the reference's dict form."""
+    named = dict(zip(DIAGNOSTIC_TENSORS, diagnostics[:4]))
+    named["dimension_gates"] = list(diagnostics[4:])
+    return named
 
 
 # ---- the stage ops -----------------------------------------------------------
@@ -157,9 +134,8 @@ def register_stage_autograd(ops, summaries_op: str, modulate_op: str, gate_grads
         xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
         masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
         names = [layout_name(c) for c in ctx.layouts]
-        ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, names, masks)]
         none = [None] * len(xs)
-        dxs = ops.input_grads(xs, none, none, masks, ds, names)
+        dxs = ops.input_grads(xs, none, none, masks, list(grads), names)  # the op divides by the position count
         # torch.library flattens a list of tensors into its items but keeps a
         # list holding None whole: the gradient of `masks` must mirror that.
         masks_grad = [None] * len(xs) if all(ctx.mask_slots) else None
@@ -196,3 +172,32 @@ def _no_derivative(op: str):
                            "the kernel backends is not supported; use backend='reference' for it)")  # fmt: skip
 
     return backward
+
+
+def register_gates_autograd(gates_op: str, gates_backward_op: str, backward: Callable) -> None:
+    """Gradients of a gate-network op (``gates_op``, steps 2-6) through its
+    backward op (``backward``, a callable with ``gates_torch.gates_backward``'s
+    signature); the backward op itself has none, and says so."""
+
+    def setup(ctx, inputs, output):
+        summaries, params, present = inputs
+        _, diagnostics, saved = output
+        ctx.num, ctx.num_params, ctx.has_present = len(summaries), len(params), present is not None
+        ctx.mark_non_differentiable(*diagnostics, *saved)
+        ctx.save_for_backward(*summaries, *params, *([present] if present is not None else []), *diagnostics, *saved)
+
+    def gates_backward(ctx, grad_gates, _grad_diagnostics, _grad_saved):
+        refuse_second_derivative(gates_op)
+        saved = list(ctx.saved_tensors)
+        summaries, saved = saved[: ctx.num], saved[ctx.num :]
+        params, saved = saved[: ctx.num_params], saved[ctx.num_params :]
+        present = saved.pop(0) if ctx.has_present else None
+        diagnostics, inter = saved[: 4 + ctx.num], saved[4 + ctx.num :]
+        # A gate that reached no loss has no gradient: zeros, which the op needs as a tensor.
+        grad_gates = [g if g is not None else torch.zeros_like(s) for g, s in zip(grad_gates, summaries)]
+        grad_summaries, grad_params = backward(grad_gates, summaries, params, present, diagnostics, inter)
+        return list(grad_summaries), list(grad_params), None
+
+    torch.library.register_autograd(gates_op, gates_backward, setup_context=setup)
+    torch.library.register_autograd(gates_backward_op, _no_derivative(gates_backward_op),
+                                    setup_context=lambda ctx, inputs, output: None)  # fmt: skip

@@ -45,9 +45,10 @@ def layout_name(code: int) -> str:
 def compute_dtype(feature_dtype: torch.dtype, params: Sequence[GateParams] = ()) -> torch.dtype:
     """``ct = promote_types(float32, feature dtype, parameter dtype)``."""
     ct = torch.promote_types(torch.float32, feature_dtype)
-    for p in params:
-        for t in p:
-            ct = torch.promote_types(ct, t.dtype)
+    # Each promote_types is a dispatched call: promote each distinct dtype once
+    # (usually one), not the 8M parameters one by one.
+    for dtype in {t.dtype for p in params for t in p} - {ct}:
+        ct = torch.promote_types(ct, dtype)
     return ct
 
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mmcal_kernels import reference
+from mmcal_kernels import gates_torch, reference, spec
 from mmcal_kernels.autograd import make_fused_function
 
 
@@ -29,14 +29,14 @@ def gate_grads(dys, xs, layouts, ct):
     return out
 
 
-def input_grads(xs, dys, gates, masks, ds_scaled, layouts):
+def input_grads(xs, dys, gates, masks, dss, layouts):
     out = []
-    for x, dy, g, v, ds, lay in zip(xs, dys, gates, masks, ds_scaled, layouts):
+    for x, dy, g, v, ds, lay in zip(xs, dys, gates, masks, dss, layouts):
         total = torch.zeros(x.shape, dtype=g.dtype if g is not None else ds.dtype)
         if dy is not None:
             total = total + dy.to(g.dtype) * _broadcast(g, x, lay)
         if ds is not None:
-            term = _broadcast(ds, x, lay)
+            term = _broadcast(ds / spec.position_counts(x, lay, v, ds.dtype), x, lay)
             if v is not None:
                 term = torch.where(v.unsqueeze(-1), term, 0.0)
             total = total + term
@@ -45,5 +45,7 @@ def input_grads(xs, dys, gates, masks, ds_scaled, layouts):
 
 
 TorchFused = make_fused_function(
-    SimpleNamespace(summaries=summaries, modulate=modulate, gate_grads=gate_grads, input_grads=input_grads), "torch"
+    SimpleNamespace(summaries=summaries, modulate=modulate, gate_grads=gate_grads, input_grads=input_grads,
+                    gates=gates_torch.gates, gates_backward=gates_torch.gates_backward),
+    "torch",
 )

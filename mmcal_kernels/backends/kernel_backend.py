@@ -9,7 +9,11 @@ family, all modalities per call, layouts as int codes (``spec.LAYOUT_CODES``):
 * ``modulate(xs, gates, layouts)``: step 7; ``modulate_`` the same in place;
 * ``gate_grads(grad_ys, xs, layouts, ct)``: ``dg = sum_p dY * X``;
 * ``input_grads(xs, grad_ys, gates, masks, ds, layouts)``:
-  ``dX = dY * g + V * ds / count``, either term None to leave it out.
+  ``dX = dY * g + V * ds / count``, either term None to leave it out;
+
+and the two ops of the gate network (steps 2-6, all modalities at once),
+``gates`` and ``gates_backward`` (their contract: ``gates_torch.py``, which is
+also the stand-in for a backend that has no such kernels).
 
 ``KernelBackend`` adapts them to layout names, and gives the backend registry
 its stage functions and the fused node of ``autograd.py``.
@@ -21,17 +25,20 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import autograd, reference
+from .. import autograd, gates_torch
 from ..spec import layout_codes
 from . import Backend
 
 
 class KernelBackend:
     def __init__(self, name: str, *, summaries: Callable, modulate: Callable, modulate_: Callable,
-                 gate_grads: Callable, input_grads: Callable):  # fmt: skip
+                 gate_grads: Callable, input_grads: Callable, gates: Callable = gates_torch.gates,
+                 gates_backward: Callable = gates_torch.gates_backward):  # fmt: skip
         self.name = name
         self._summaries, self._modulate, self._modulate_ = summaries, modulate, modulate_
         self._gate_grads, self._input_grads = gate_grads, input_grads
+        # The gate network takes flat lists and no layouts: the fused node calls the ops as they are.
+        self.gates, self.gates_backward = gates, gates_backward
         self.fused = autograd.make_fused_function(self, name)
 
     # ---- the passes, all modalities per call, layouts by name ---------------
@@ -58,6 +65,12 @@ class KernelBackend:
         ct = torch.promote_types(torch.promote_types(torch.float32, x.dtype), gate.dtype)
         return self.modulate([x], [gate.to(ct)], [layout])[0]
 
+    def gates_stage(self, summaries, params, present):
+        """``reference.gates_from_summaries``' signature, computed by the gate-network op
+        (differentiable through its registered autograd)."""
+        gates, diagnostics, _ = self.gates(list(summaries), [t for p in params for t in p], present)
+        return list(gates), autograd.diagnostics_dict(diagnostics)
+
     def calibrate(self, features, params, layouts, masks, present):
         return autograd.fused_calibrate(self.fused, features, params, layouts, masks, present)
 
@@ -66,7 +79,7 @@ class KernelBackend:
         """The registry entry of a backend computing with these ops."""
         return Backend(
             name=name, device_types=device_types, dtypes=dtypes, summary=self.summary_one,
-            gates=reference.gates_from_summaries, modulate=self.modulate_one, calibrate=self.calibrate,
+            gates=self.gates_stage, modulate=self.modulate_one, calibrate=self.calibrate,
             modulate_=self.modulate_, built=built, usable=usable, why_not=why_not, priority=priority,
             auto_device_types=auto_device_types, notes=notes,
         )  # fmt: skip

@@ -140,6 +140,14 @@ def pass_callables(
         with torch.no_grad():
             return gates(s.summaries, s.present)
 
+    def gates_fwd_bwd(s: InputSet):
+        """The gate network alone, forward and backward: gradients of the
+        summaries and every parameter, with the gates' values as dg."""
+        mark_step()
+        summaries = [t.detach().requires_grad_() for t in s.summaries]
+        gate_values, _ = gates(summaries, s.present)
+        return torch.autograd.grad(gate_values, summaries + params, s.gates)
+
     def modulate(s: InputSet):
         mark_step()
         with torch.no_grad():
@@ -147,6 +155,6 @@ def pass_callables(
 
     return {
         "forward": forward, "fwd+bwd": fwd_bwd, "fwd+bwd frozen": fwd_bwd_frozen,
-        "summary": summary, "gates": gates_only, "modulate": modulate,
+        "summary": summary, "gates": gates_only, "gates fwd+bwd": gates_fwd_bwd, "modulate": modulate,
         "_forward_with_grad": forward_with_grad,  # not a pass: for the launch counts of fwd+bwd's two halves
     }  # fmt: skip

@@ -22,7 +22,7 @@ NOT_COMPUTE = {
     "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
     "aten::detach", "aten::alias", "aten::lift_fresh", "aten::_local_scalar_dense", "aten::sym_size",
     "aten::sym_stride", "aten::sym_numel", "aten::sym_storage_offset", "aten::is_same_size", "aten::set_",
-    "aten::resize_", "aten::_unsafe_view", "aten::_has_compatible_shallow_copy_type", "aten::result_type",
+    "aten::resize_", "aten::_unsafe_view", "aten::_has_compatible_shallow_copy_type", "aten::result_type", "aten::promote_types",
 }  # fmt: skip
 
 

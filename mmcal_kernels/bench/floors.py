@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-PASSES = ("forward", "fwd+bwd", "fwd+bwd frozen", "summary", "gates", "modulate")
+PASSES = ("forward", "fwd+bwd", "fwd+bwd frozen", "summary", "gates", "gates fwd+bwd", "modulate")
 
 
 def floor_bytes(pass_name: str, x: int, v: int, p: int, g: int) -> Optional[int]:
     """Bytes of the floor; ``g`` is the bytes of the gates ``[B, sum D]`` in the compute dtype.
 
-    None for ``gates``: it moves only small ``[B, D]``-sized tensors and has no
-    floor worth the name.
+    None for ``gates`` and ``gates fwd+bwd`` (the gate network alone, steps
+    2-6): they move only small ``[B, D]``-sized tensors and have no floor worth the name.
     """
     return {
         "summary": x + v,
@@ -26,4 +26,5 @@ def floor_bytes(pass_name: str, x: int, v: int, p: int, g: int) -> Optional[int]
         "fwd+bwd": 7 * x + 2 * v + 3 * p,
         "fwd+bwd frozen": 5 * x + v + 3 * p,
         "gates": None,
+        "gates fwd+bwd": None,
     }[pass_name]

@@ -99,7 +99,7 @@ def write_png(path: str, records: list[dict], title: str) -> None:
     import matplotlib.pyplot as plt
 
     ok = [r for r in records if r.get("median_ms")]
-    passes = [p for p in ("forward", "fwd+bwd", "fwd+bwd frozen", "summary", "modulate", "gates")
+    passes = [p for p in ("forward", "fwd+bwd", "fwd+bwd frozen", "summary", "modulate", "gates", "gates fwd+bwd")
               if any(r["pass"] == p for r in ok)]  # fmt: skip
     if not passes:
         return

@@ -69,7 +69,7 @@ BAD = [
     ("triton_gate_grads", lambda: ([t(2, 3, 5)], [t(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected \(2, 3, 4\)"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"give both"),
-    ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [torch.rand(2, 3, device=DEVICE)], [0]), ValueError, r"ds_scaled\[0\]: expected \[2, 4\]"),
+    ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [torch.rand(2, 3, device=DEVICE)], [0]), ValueError, r"ds\[0\]: expected \[2, 4\]"),
 ]
 
 

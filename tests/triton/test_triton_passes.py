@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from triton_env import DEVICE, configs
+from mmcal_kernels.spec import layout_name, position_counts
 from mmcal_kernels.compare import assert_close
 from mmcal_kernels.backends.triton import elementwise, reductions
 from mmcal_kernels.backends.triton.slots import MAX_SLOTS
@@ -143,7 +144,9 @@ def test_elementwise(config, dtype, group):
         inplace = [x.clone() for x in xs]
         torch.ops.mmcal.triton_modulate_(inplace, gates, layouts)
     for i, (x, lay, m) in enumerate(zip(xs, layouts, masks)):
-        g, q = _gate_view(gates[i].double(), x, lay), _gate_view(ds[i].double(), x, lay)
+        # dX's ds term is divided by the summary's position count inside the op.
+        count = position_counts(x, layout_name(lay), m, torch.float64)
+        g, q = _gate_view(gates[i].double(), x, lay), _gate_view(ds[i].double() / count, x, lay)
         if m is not None:
             valid = m.unsqueeze(-1)
         else:

@@ -1,10 +1,10 @@
 """The two elementwise passes over X, as one Triton kernel: the modulation
-``Y = X * g`` (step 7) and the input gradient ``dX = dY * g + V * ds_scaled``
+``Y = X * g`` (step 7) and the input gradient ``dX = dY * g + V * ds / count``
 of the backward, each term optional per modality.
 
 Every modality of a call in one launch (``slots.py``); a program writes one
 ``[BLOCK_P, BLOCK_D]`` tile. The product is taken in the gate's dtype (the
-compute dtype) and rounded once on the store. The mask selects ``ds_scaled``
+compute dtype) and rounded once on the store. The mask selects ``ds``
 (``tl.where``), so a non-finite value never crosses between positions.
 """
 
@@ -21,6 +21,7 @@ from torch.library import triton_op
 from ... import checks
 from ...spec import layout_name
 from . import configs
+from .counts import row_count
 from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
 
 
@@ -44,6 +45,7 @@ def _map_slot(t, src, g, ds, m, out, B, P, D, ssb, ssp, ssd, sob, sop, sod,
         val = tl.load(src + b * ssb + p64 * ssp + d64 * ssd, mask=tile_ok, other=0.0).to(gv.dtype) * gv
     if HAS_DS:
         dsv = tl.load(ds + b * D + d64, mask=d_ok[None, :], other=0.0)
+        dsv = dsv / row_count(m, b, P, HAS_MASK, BLOCK_P).to(dsv.dtype)  # the summary's divisor, as in its pass
         valid = p_ok
         if HAS_MASK:
             valid = valid & (tl.load(m + b * P + p, mask=p_ok, other=0) != 0)
@@ -171,22 +173,22 @@ def input_grads(
     grad_ys: list[Optional[Tensor]],
     gates: list[Optional[Tensor]],
     masks: list[Optional[Tensor]],
-    ds_scaled: list[Optional[Tensor]],
+    ds: list[Optional[Tensor]],
     layouts: list[int],
 ) -> list[Tensor]:
-    """The backward's ``dX = dY * g + V * ds_scaled``, like X; a None term is left out."""
+    """The backward's ``dX = dY * g + V * ds / count``, like X; a None term is left out."""
     checks.check_op_features(xs, layouts)
-    for name, items in (("grad_ys", grad_ys), ("gates", gates), ("masks", masks), ("ds_scaled", ds_scaled)):
+    for name, items in (("grad_ys", grad_ys), ("gates", gates), ("masks", masks), ("ds", ds)):
         checks.check_lengths(name, items, len(xs))
-    for i, (x, dy, g, m, q, lay) in enumerate(zip(xs, grad_ys, gates, masks, ds_scaled, layouts)):
+    for i, (x, dy, g, m, q, lay) in enumerate(zip(xs, grad_ys, gates, masks, ds, layouts)):
         if (dy is None) != (g is None):
             raise ValueError(f"grad_ys[{i}], gates[{i}]: give both (the dY * g term) or neither")
         if dy is None and q is None:
-            raise ValueError(f"grad_ys[{i}], ds_scaled[{i}]: neither is given, so dX has no term")
+            raise ValueError(f"grad_ys[{i}], ds[{i}]: neither is given, so dX has no term")
         if dy is not None:
             checks.check_like(dy, x, f"grad_ys[{i}]")
             checks.check_per_channel(g, x, lay, f"gates[{i}]")
         if q is not None:
-            checks.check_per_channel(q, x, lay, f"ds_scaled[{i}]")
+            checks.check_per_channel(q, x, lay, f"ds[{i}]")
         checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
-    return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, grad_ys, gates, ds_scaled, masks))
+    return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, grad_ys, gates, ds, masks))

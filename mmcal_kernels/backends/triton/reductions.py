@@ -20,8 +20,9 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ... import checks
-from ...spec import layout_name, position_counts
+from ...spec import layout_name
 from . import configs
+from .counts import row_count
 from .slots import cdiv, groups, mask_bytes, pad, readable, size_class, view3
 
 TARGET_PROGRAMS = 1024  # a few waves of programs on a 108-132 SM GPU
@@ -54,7 +55,10 @@ def _reduce_slot(t, x, y, m, o, B, P, D, sxb, sxp, sxd, syb, syp, syd, S,
         if HAS_DY:
             v = v * tl.load(y + b * syb + p64 * syp + d64[None, :] * syd, mask=tile_ok, other=0.0).to(acc_t)
         acc += v
-    tl.store(o + (s * B + b) * D + d64, tl.sum(acc, axis=0), mask=d_ok)
+    total = tl.sum(acc, axis=0)
+    if not HAS_DY:  # the summary: a mean. Each slice divides its part, so the slices' sum is the mean.
+        total = total / row_count(m, b, P, HAS_MASK, BLOCK_P).to(acc_t)
+    tl.store(o + (s * B + b) * D + d64, total, mask=d_ok)
 
 
 @triton.jit
@@ -136,8 +140,7 @@ def summaries(xs: list[Tensor], masks: list[Optional[Tensor]], layouts: list[int
     for i, (x, m, lay) in enumerate(zip(xs, masks, layouts)):
         checks.check_compute_dtype(ct, x, "ct")
         checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
-    sums = reduce_all(xs, None, masks, layouts, ct)
-    return [s / position_counts(x, layout_name(lay), m, ct) for s, x, lay, m in zip(sums, xs, layouts, masks)]
+    return reduce_all(xs, None, masks, layouts, ct)
 
 
 @triton_op("mmcal::triton_gate_grads", mutates_args=())
