@@ -12,8 +12,8 @@ import platform
 
 # The main library (_C): the op schemas, the in-place autograd kernels, the CPU
 # host code and the portable kernel table. Paths relative to csrc/.
-MAIN_SOURCES = ("registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
-CUDA_SOURCES = ("cuda/passes.cu", "cuda/passes_cuda.cpp")
+MAIN_SOURCES = ("ops.cpp", "inplace.cpp", "cpu/ops_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
+CUDA_SOURCES = ("cuda/reductions.cu", "cuda/elementwise.cu", "cuda/ops_cuda.cpp")
 
 # One library per instruction set, each compiled from cpu/kernels_<cap>.cpp and
 # loaded at run time only on a CPU that has it (csrc/cpu/dispatch.cpp).

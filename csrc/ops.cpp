@@ -1,5 +1,6 @@
 // Every op schema of the mmcal namespace, in one TORCH_LIBRARY block. Kernels
-// are registered per device in TORCH_LIBRARY_IMPL blocks (cpu/, cuda/);
+// are registered per device in TORCH_LIBRARY_IMPL blocks (cpu/ops_cpu.cpp,
+// cuda/ops_cuda.cpp, and inplace.cpp for modulate_'s autograd);
 // Python adds register_fake and register_autograd (mmcal_kernels/_cpp.py).
 // Layouts are ints: 0 = "sequence" [B, P, D], 1 = "spatial" [B, D, *S].
 #include <Python.h>

@@ -1,5 +1,5 @@
-// Argument checks and stride views shared by the CPU and CUDA op
-// implementations. Errors use TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, so Python
+// Argument checks shared by the CPU and CUDA host code, so that both devices
+// refuse the same input with the same message. Errors use TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, so Python
 // sees ValueError / TypeError as SPEC.md's "Bad input" table says.
 #pragma once
 
@@ -12,12 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/view3.h"
+#include "views.h"
 
 namespace mmcal {
-
-constexpr int64_t kSequence = 0;  // [B, P, D]
-constexpr int64_t kSpatial = 1;   // [B, D, *S]
 
 using OptionalTensors = c10::List<std::optional<at::Tensor>>;
 
@@ -49,43 +46,6 @@ inline void check_features(at::TensorList xs, at::IntArrayRef layouts, const cha
     TORCH_CHECK_VALUE(x.size(0) == xs[0].size(0), arg(name, i), ": batch size ", x.size(0), " differs from ",
                       name, "[0]'s ", xs[0].size(0));
   }
-}
-
-inline int64_t channels(const at::Tensor& x, int64_t layout) { return layout == kSequence ? x.size(2) : x.size(1); }
-inline int64_t positions(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return x.size(1);
-  int64_t p = 1;
-  for (int64_t i = 2; i < x.dim(); ++i) p *= x.size(i);
-  return p;
-}
-
-// The trailing dims of a spatial map collapse to one stride (size-1 dims ignored).
-inline bool flattenable(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return true;
-  int64_t expected = -1;
-  for (int64_t i = x.dim() - 1; i >= 2; --i) {
-    if (x.size(i) == 1) continue;
-    if (expected != -1 && x.stride(i) != expected) return false;
-    expected = x.stride(i) * x.size(i);
-  }
-  return true;
-}
-
-// x as a [B, P, D] view, copying only a spatial map whose trailing dims do not flatten.
-inline at::Tensor readable(const at::Tensor& x, int64_t layout) {
-  return flattenable(x, layout) ? x : x.contiguous();
-}
-
-inline View3 view3(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return {x.size(0), x.size(1), x.size(2), x.stride(0), x.stride(1), x.stride(2)};
-  int64_t sP = 1;  // innermost non-trivial trailing stride (any value when P <= 1)
-  for (int64_t i = x.dim() - 1; i >= 2; --i) {
-    if (x.size(i) != 1) {
-      sP = x.stride(i);
-      break;
-    }
-  }
-  return {x.size(0), positions(x, layout), x.size(1), x.stride(0), sP, x.stride(1)};
 }
 
 inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout,

@@ -1,7 +1,8 @@
-// CUDA implementations of the passes over X: checks, allocation, and one
-// launch per pass for up to kMaxModalities modalities (larger calls are split
-// into several launches). Built only where torch has CUDA (setup.py); the
-// kernels themselves are in passes.cu, free of ATen headers.
+// The CUDA ops' host side: checks, allocation, one launch per pass for up to
+// kMaxModalities modalities (larger calls are split into several launches),
+// and the TORCH_LIBRARY_IMPL(mmcal, CUDA) block. Built only where torch has
+// CUDA (build_config.py); the kernels are in reductions.cu and elementwise.cu,
+// free of ATen headers.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,8 +11,8 @@
 
 #include <vector>
 
-#include "../checks.h"
-#include "passes.cuh"
+#include "../common/checks.h"
+#include "launch.cuh"
 
 namespace mmcal {
 namespace cuda {
