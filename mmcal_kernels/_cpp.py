@@ -136,6 +136,7 @@ OPS = PassOps(
     modulate_=lambda *a: torch.ops.mmcal.modulate_(*a),
     gate_grads=lambda *a: torch.ops.mmcal.gate_grads(*a),
     input_grads=lambda *a: torch.ops.mmcal.input_grads(*a),
+    input_grads_divides=True,  # mmcal::input_grads takes ds, not ds / count
 )  # resolved at call time: the ops exist only once the extension has loaded
 
 
@@ -184,10 +185,10 @@ def _register_python_side() -> None:
         return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
 
     @torch.library.register_fake("mmcal::input_grads")
-    def _(xs, dys, gates, masks, ds_scaled, layouts):
-        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds_scaled) == len(layouts),
+    def _(xs, dys, gates, masks, ds, layouts):
+        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds) == len(layouts),
                      lambda: "input_grads: list lengths differ")  # fmt: skip
-        _one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds_scaled=ds_scaled)
+        _one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds=ds)
         return [torch.empty_like(x) for x in xs]
 
     OPS.register_autograd("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")

@@ -41,13 +41,16 @@ class XPasses(NamedTuple):
     * ``modulate(xs, gates, layouts) -> Y_m`` like ``X_m``, ``X * g`` rounded once;
     * ``gate_grads(dys, xs, layouts, ct) -> [B, D_m] in ct``, ``sum_p dY * X``;
     * ``input_grads(xs, dys, gates, masks, ds_scaled, layouts) -> dX_m`` like
-      ``X_m``: ``dY * g + V * ds_scaled``, either term None to leave it out.
+      ``X_m``: ``dY * g + V * ds_scaled``, either term None to leave it out;
+      with ``input_grads_divides``, it takes ``ds`` and divides by the count
+      (``position_counts``) itself: ``dY * g + V * ds / count``.
     """
 
     summaries: Callable
     modulate: Callable
     gate_grads: Callable
     input_grads: Callable
+    input_grads_divides: bool = False
 
 
 def position_counts(x: Tensor, layout: str, mask: Optional[Tensor], ct: torch.dtype) -> Tensor:
@@ -117,8 +120,9 @@ def make_fused_function(passes: XPasses, name: str) -> type:
             ds, dparams = gates_backward(inter, params, present, dg)
             grad_features = [None] * num
             if need_x:
-                ds_scaled = [d / position_counts(x, lay, v, ct) for d, x, lay, v in zip(ds, features, layouts, masks)]
-                grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds_scaled, layouts)
+                if not passes.input_grads_divides:
+                    ds = [d / position_counts(x, lay, v, ct) for d, x, lay, v in zip(ds, features, layouts, masks)]
+                grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds, layouts)
                 grad_features = [g if n else None for g, n in zip(grad_features, needs[:num])]
         grad_params = [
             g.to(p.dtype) if n else None

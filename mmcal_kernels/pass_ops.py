@@ -6,7 +6,8 @@ layouts as int codes (0 sequence, 1 spatial):
 
 * ``summaries(xs, masks, layouts, ct)``, ``gate_grads(grad_ys, xs, layouts, ct)``;
 * ``modulate(xs, gates, layouts)``, ``modulate_(xs, gates, layouts)`` (in place);
-* ``input_grads(xs, grad_ys, gates, masks, ds_scaled, layouts)``.
+* ``input_grads(xs, grad_ys, gates, masks, ds_scaled, layouts)``; the C++ op
+  takes ``ds`` there and divides by the count itself (``input_grads_divides``).
 
 ``PassOps`` turns them into the fused module path (``fused.py``), the stage
 functions of the backend registry, and the autograd of the stage ops.
@@ -27,11 +28,13 @@ def codes(layouts):
 
 
 class PassOps:
-    def __init__(self, name: str, summaries, modulate, modulate_, gate_grads, input_grads):
+    def __init__(self, name: str, summaries, modulate, modulate_, gate_grads, input_grads, input_grads_divides=False):
+        """``input_grads_divides``: the backend's input_grads takes ``ds`` and divides by the count itself."""
         self.name = name
         self.ops = dict(summaries=summaries, modulate=modulate, modulate_=modulate_, gate_grads=gate_grads,
                         input_grads=input_grads)  # fmt: skip
-        self.passes = XPasses(self.summaries, self.modulate, self.gate_grads, self.input_grads)
+        self.input_grads_divides = input_grads_divides
+        self.passes = XPasses(self.summaries, self.modulate, self.gate_grads, self.input_grads, input_grads_divides)
         self.fused = make_fused_function(self.passes, name)
 
     # ---- the passes, with layout names -----------------------------------
@@ -79,7 +82,9 @@ class PassOps:
             xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
             masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
             names = [LAYOUT_NAMES[c] for c in ctx.layouts]
-            ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, names, masks)]
+            ds = list(grads)
+            if not self.input_grads_divides:
+                ds = [g / position_counts(x, lay, v, g.dtype) for g, x, lay, v in zip(grads, xs, names, masks)]
             none = [None] * len(xs)
             dxs = ops["input_grads"](xs, none, none, masks, ds, list(ctx.layouts))
             # torch.library flattens a list of tensors into its items but keeps a

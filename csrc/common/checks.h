@@ -100,33 +100,33 @@ inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::Int
 // no inference tensor outside inference mode.
 void check_inplace_targets(at::TensorList xs, at::TensorList read, const char* name, const char* read_name);
 
-// One modality's terms of dX = dY * g + V * ds_scaled (either term may be absent).
+// One modality's terms of dX = dY * g + V * ds / count (either term may be absent).
 struct InputGradTerms {
   std::optional<at::Tensor> dy, gate, mask, ds;
 };
 
 inline std::vector<InputGradTerms> check_input_grads_args(at::TensorList xs, const OptionalTensors& dys,
                                                           const OptionalTensors& gates, const OptionalTensors& masks,
-                                                          const OptionalTensors& ds_scaled, at::IntArrayRef layouts) {
+                                                          const OptionalTensors& ds, at::IntArrayRef layouts) {
   check_features(xs, layouts, "xs");
-  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
+  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds, "ds"}}) {
     TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry (tensor or None) per tensor of xs (",
                       xs.size(), "), got ", list->size());
   }
   std::vector<InputGradTerms> terms;
   for (size_t i = 0; i < xs.size(); ++i) {
-    InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds_scaled.get(i)};
+    InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds.get(i)};
     TORCH_CHECK_VALUE(t.dy.has_value() || t.ds.has_value(), "input_grads: modality ", i,
-                      " has neither grad_ys nor ds_scaled; give at least one");
+                      " has neither grad_ys nor ds; give at least one");
     TORCH_CHECK_VALUE(t.dy.has_value() == t.gate.has_value(), arg("gates", i), ": needed exactly when ",
                       arg("grad_ys", i), " is given");
     const at::ScalarType ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
-    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
+    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds", i)).c_str());
     if (t.dy.has_value()) {
       check_grad_like(*t.dy, xs[i], arg("grad_ys", i));
       check_per_channel(*t.gate, xs[i], layouts[i], ct, arg("gates", i));
     }
-    if (t.ds.has_value()) check_per_channel(*t.ds, xs[i], layouts[i], ct, arg("ds_scaled", i));
+    if (t.ds.has_value()) check_per_channel(*t.ds, xs[i], layouts[i], ct, arg("ds", i));
     check_mask(t.mask, xs[i], layouts[i], arg("masks", i));
     terms.push_back(t);
   }

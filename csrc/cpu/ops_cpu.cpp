@@ -190,15 +190,17 @@ void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) 
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
-                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                const OptionalTensors& masks, const OptionalTensors& ds,
                                 at::IntArrayRef layouts) {
-  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds, layouts);
   std::vector<Tensor> outs;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cpu(xs[i], arg("xs", i));
     const InputGradTerms& t = terms[i];
+    const Tensor ds_per_position =
+        t.ds.has_value() ? t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type())) : Tensor();
     outs.push_back(map_one(xs[i], layouts[i], t.dy.value_or(Tensor()), t.gate.value_or(Tensor()), t.mask,
-                           t.ds.value_or(Tensor())));
+                           ds_per_position));
   }
   return outs;
 }

@@ -166,16 +166,17 @@ void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) 
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
-                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                const OptionalTensors& masks, const OptionalTensors& ds,
                                 at::IntArrayRef layouts) {
-  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds, layouts);
   std::vector<Tensor> srcs(xs.size()), g(xs.size()), d(xs.size());
   std::vector<std::optional<Tensor>> m(xs.size());
   at::ScalarType ct = at::kFloat;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cuda(xs[i], arg("xs", i));
     const InputGradTerms& t = terms[i];
-    srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), d[i] = t.ds.value_or(Tensor()), m[i] = t.mask;
+    srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), m[i] = t.mask;
+    if (t.ds.has_value()) d[i] = t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type()));
     ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
   }
   return map_all(xs, srcs, g, m, d, layouts, ct);
