@@ -70,77 +70,70 @@ def _write_build_info(**facts):
         f.write('"""Written by setup.py."""\n' + "".join(f"{k} = {v!r}\n" for k, v in facts.items()))
 
 
-def extension_modules():
+def extension_modules(argv):
+    """``(ext_modules, cmdclass, build_info)``: build_info is what _write_build_info records, or None."""
     if build_config.env_flag("MMCAL_NO_EXTENSION"):
-        if _compiles(sys.argv):  # a pure-Python install chosen on purpose: the package says so, no warning
-            _write_build_info(EXTENSION=False)
-        return [], {}
-    if not glob.glob(os.path.join(HERE, "csrc", "*.cpp")):
-        return [], {}
-    if not _compiles(sys.argv):
-        return [], {}
+        # A pure-Python install chosen on purpose: the package says so, no warning.
+        return [], {}, (dict(EXTENSION=False) if _compiles(argv) else None)
+    if not glob.glob(os.path.join(HERE, "csrc", "*.cpp")) or not _compiles(argv):
+        return [], {}, None
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError as exc:
         raise SystemExit(
             "mmcal_kernels: building the C++ extension needs PyTorch installed first. Install torch, then "
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
-    cxx, link = build_config.compile_flags(
-        torch._C.has_openmp,
-        debug=build_config.env_flag("MMCAL_DEBUG"),
-        asan=build_config.env_flag("MMCAL_ASAN"),
-        sanitize=build_config.env_flag("MMCAL_SANITIZE"),
+    try:  # the same plan as the JIT build in mmcal_kernels/backends/cpp/load.py, every CPU kernel table included
+        plan = build_config.build_plan(tables="all")
+    except build_config.BuildError as exc:
+        raise SystemExit(f"mmcal_kernels: {exc}") from exc
+    modules = []
+    for lib in plan:
+        sources = build_config.sources("csrc", lib.sources)
+        if lib.nvcc:
+            args = {"cxx": list(lib.cxx), "nvcc": list(lib.nvcc)}
+            modules.append(CUDAExtension(f"mmcal_kernels.{lib.module}", sources, extra_compile_args=args,
+                                         extra_link_args=list(lib.link)))  # fmt: skip
+        else:
+            modules.append(CppExtension(f"mmcal_kernels.{lib.module}", sources, extra_compile_args={"cxx": list(lib.cxx)},
+                                        extra_link_args=list(lib.link)))  # fmt: skip
+    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}, dict(EXTENSION=True, TORCH_VERSION=torch.__version__)
+
+
+def main():
+    ext_modules, cmdclass, build_info = extension_modules(sys.argv)
+    if build_info is not None:
+        _write_build_info(**build_info)
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        long_description = f.read()
+
+    setup(
+        name="mmcal_kernels",
+        version="0.1.0",
+        description="Fused kernels for pre-fusion calibration of multimodal features (PyTorch)",
+        long_description=long_description,
+        long_description_content_type="text/markdown",
+        license="BSD-3-Clause",
+        python_requires=">=3.10",
+        packages=find_packages(include=["mmcal_kernels", "mmcal_kernels.*"]),
+        install_requires=["torch>=2.11"],
+        extras_require={
+            "triton": ["triton>=3.6"],
+            "test": ["pytest", "hypothesis", "numpy"],
+            "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
+            "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
+        },
+        entry_points={"console_scripts": ["mmcal-bench = mmcal_kernels.bench.runner:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
     )
-    sources = build_config.sources("csrc", build_config.MAIN_SOURCES)
-    want_cuda = os.environ.get("MMCAL_CUDA")
-    has_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    if want_cuda == "1" and not has_cuda:
-        raise SystemExit("MMCAL_CUDA=1: torch has no CUDA, or nvcc (CUDA_HOME) was not found")
-    build_cuda = has_cuda and want_cuda != "0"
-    if build_cuda:
-        arches = os.environ.get("MMCAL_CUDA_ARCH_LIST") or os.environ.get("TORCH_CUDA_ARCH_LIST") or build_config.DEFAULT_CUDA_ARCHS
-        os.environ["TORCH_CUDA_ARCH_LIST"] = arches
-        sources += build_config.sources("csrc", build_config.CUDA_SOURCES)
-        main = CUDAExtension("mmcal_kernels._C", sources, extra_link_args=link,
-                             extra_compile_args={"cxx": cxx + ["-DMMCAL_WITH_CUDA"], "nvcc": build_config.NVCC_FLAGS})  # fmt: skip
-    else:
-        main = CppExtension("mmcal_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
-    modules = [main]
-    for cap, flags in build_config.capability_flags().items():
-        modules.append(
-            CppExtension(f"mmcal_kernels.mmcal_cpu_{cap}", [f"csrc/cpu/kernels_{cap}.cpp"],
-                         extra_compile_args={"cxx": cxx + flags}, extra_link_args=link)  # fmt: skip
-        )
-    _write_build_info(EXTENSION=True, TORCH_VERSION=torch.__version__, CUDA=build_cuda)
-    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = extension_modules()
-
-with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-    long_description = f.read()
-
-setup(
-    name="mmcal_kernels",
-    version="0.1.0",
-    description="Fused kernels for pre-fusion calibration of multimodal features (PyTorch)",
-    long_description=long_description,
-    long_description_content_type="text/markdown",
-    license="BSD-3-Clause",
-    python_requires=">=3.10",
-    packages=find_packages(include=["mmcal_kernels", "mmcal_kernels.*"]),
-    install_requires=["torch>=2.11"],
-    extras_require={
-        "triton": ["triton>=3.6"],
-        "test": ["pytest", "hypothesis", "numpy"],
-        "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
-        "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
-    },
-    entry_points={"console_scripts": ["mmcal-bench = mmcal_kernels.bench.runner:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+# setuptools' build backend runs this file as __main__ too; tests import it
+# under another name to read extension_modules without building.
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "common/checks.h"
 
 namespace mmcal {
 namespace {

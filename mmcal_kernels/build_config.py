@@ -1,19 +1,24 @@
 """The one build recipe of the compiled extension: its sources and flags.
 
-Read by ``setup.py`` (loaded from its path, before the package can be imported)
-and by the JIT build in ``backends/cpp/load.py``, so that both build the same libraries with
-the same flags. Imports nothing but the standard library.
+``build_plan()`` decides which libraries to build, from which sources, with
+which flags, for the torch and CUDA toolkit at hand and the build switches of
+the environment. ``setup.py`` (which loads this file by its path, before the
+package can be imported) and the JIT build in ``backends/cpp/load.py`` both build exactly
+what it returns, so the two cannot drift apart (tests/test_build_recipe.py).
+Imports nothing but the standard library at import time.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+from typing import Mapping, NamedTuple, Optional
 
 # The main library (_C): the op schemas, the in-place autograd kernels, the CPU
 # host code and the portable kernel table. Paths relative to csrc/.
-MAIN_SOURCES = ("registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
-CUDA_SOURCES = ("cuda/passes.cu", "cuda/passes_cuda.cpp")
+MAIN_SOURCES = ("ops.cpp", "inplace.cpp", "cpu/ops_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
+CUDA_SOURCES = ("cuda/reductions.cu", "cuda/elementwise.cu", "cuda/ops_cuda.cpp")
 
 # One library per instruction set, each compiled from cpu/kernels_<cap>.cpp and
 # loaded at run time only on a CPU that has it (csrc/cpu/dispatch.cpp).
@@ -27,9 +32,13 @@ NVCC_FLAGS = ["-O3", "-lineinfo", "--use_fast_math", "-std=c++17"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
-def env_flag(name: str) -> bool:
+class BuildError(Exception):
+    """The build switches ask for what this torch or toolkit cannot build."""
+
+
+def env_flag(name: str, environ: Optional[Mapping[str, str]] = None) -> bool:
     """An on/off environment switch (MMCAL_NO_EXTENSION, MMCAL_CUDA, ...): 1, true, yes or on."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return (os.environ if environ is None else environ).get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def sources(root: str, names) -> list[str]:
@@ -75,3 +84,74 @@ def compile_flags(has_openmp: bool, debug: bool = False, asan: bool = False, san
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address"]
     return cxx, link
+
+
+def cuda_arch_flags(arch_list: str) -> list[str]:
+    """``-gencode`` flags for an arch list like ``"8.0;9.0+PTX"`` (``;``, ``,`` or
+    spaces between entries; ``9.0a``-style suffixes kept). Explicit flags, not
+    TORCH_CUDA_ARCH_LIST: torch then adds none of its own (it skips its arch
+    flags when the nvcc flags name one), in setup.py's build and the JIT build alike."""
+    flags = []
+    for entry in filter(None, re.split(r"[;,\s]+", arch_list.strip())):
+        match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", entry)
+        if match is None:
+            raise BuildError(f"CUDA arch list {arch_list!r}: cannot read {entry!r} (expected e.g. 8.0, 9.0a, 9.0+PTX)")
+        arch = match.group(1) + match.group(2) + match.group(3)
+        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+        if match.group(4):
+            flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
+    if not flags:
+        raise BuildError(f"CUDA arch list {arch_list!r} names no architecture")
+    return flags
+
+
+class Library(NamedTuple):
+    """One shared library of the extension. (A NamedTuple, not a dataclass:
+    setup.py loads this file by its path, outside sys.modules, where
+    dataclasses cannot resolve the annotations.)"""
+
+    module: str  # its name in the package: "_C", "mmcal_cpu_avx2", ...
+    sources: tuple[str, ...]  # relative to csrc/
+    cxx: tuple[str, ...]
+    link: tuple[str, ...]
+    nvcc: tuple[str, ...] = ()  # non-empty exactly when it has CUDA sources
+
+    @property
+    def jit_name(self) -> str:
+        """torch.utils.cpp_extension.load's name for it: unique among the extensions of the process."""
+        return "mmcal" + self.module if self.module.startswith("_") else self.module
+
+
+def build_plan(tables: str = "all", environ: Optional[Mapping[str, str]] = None) -> list[Library]:
+    """The libraries to build for the torch installed and the toolkit torch finds.
+
+    ``tables``: ``"all"`` builds a CPU kernel table for every instruction set the
+    compiler targets (setup.py: a wheel travels to other CPUs); ``"runnable"``
+    only those this CPU can run (the JIT build, which loads every library it
+    builds). Everything else, the CUDA part included, is the same for both.
+    The CUDA kernels are built where torch has CUDA and a toolkit is found
+    (``torch.utils.cpp_extension.CUDA_HOME``), unless ``MMCAL_CUDA=0``;
+    ``MMCAL_CUDA=1`` without them raises BuildError.
+    """
+    import torch
+    import torch.utils.cpp_extension as cpp_extension
+
+    env = os.environ if environ is None else environ
+    cxx, link = compile_flags(torch._C.has_openmp, debug=env_flag("MMCAL_DEBUG", env),
+                              asan=env_flag("MMCAL_ASAN", env), sanitize=env_flag("MMCAL_SANITIZE", env))  # fmt: skip
+    want_cuda = env.get("MMCAL_CUDA")
+    has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if want_cuda == "1" and not has_cuda:
+        raise BuildError("MMCAL_CUDA=1: torch has no CUDA, or nvcc (CUDA_HOME) was not found")
+    per_table = {"all": capability_flags, "runnable": runnable_capability_flags}[tables]()
+    libraries = [
+        Library(f"mmcal_cpu_{cap}", (f"cpu/kernels_{cap}.cpp",), tuple(cxx + flags), tuple(link))
+        for cap, flags in per_table.items()
+    ]
+    if has_cuda and want_cuda != "0":
+        arches = env.get("MMCAL_CUDA_ARCH_LIST") or env.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
+        nvcc = tuple(NVCC_FLAGS + cuda_arch_flags(arches))
+        libraries.append(Library("_C", MAIN_SOURCES + CUDA_SOURCES, tuple(cxx), tuple(link), nvcc))
+    else:
+        libraries.append(Library("_C", MAIN_SOURCES, tuple(cxx), tuple(link)))
+    return libraries

@@ -46,7 +46,9 @@ const KernelTable* load(const std::string& cap) {
       void* handle = dlopen(found.gl_pathv[i], RTLD_NOW | RTLD_LOCAL);
       if (handle == nullptr) continue;
       auto getter = reinterpret_cast<const KernelTable* (*)()>(dlsym(handle, "mmcal_cpu_kernel_table_v1"));
-      if (getter != nullptr) table = getter();
+      // An empty slot would be a call through null: such a table (a stale or
+      // partial build) is passed over for a narrower one.
+      if (getter != nullptr && complete(*getter())) table = getter();
     }
   }
   globfree(&found);

@@ -6,6 +6,9 @@
 // run time from what the CPU reports.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 
 #include "../common/view3.h"
@@ -13,8 +16,26 @@
 namespace mmcal {
 namespace cpu {
 
-// Feature dtype T with accumulation/compute dtype Acc (SPEC.md's ct).
+// Feature dtype T with accumulation/compute dtype Acc (SPEC.md's ct): the
+// slots of the table. ComboTypes names each slot's types, and both the table
+// (build_table.h) and the host's choice of slot (ops_cpu.cpp) are derived from
+// it, so a slot's kernel and the dtypes it is picked for cannot drift apart.
 enum Combo : int { F32_F32, F64_F64, F16_F32, BF16_F32, F32_F64, F16_F64, BF16_F64, kNumCombos };
+
+template <Combo C>
+struct ComboTypes;  // no definition: a Combo without types fails to compile where the table is built
+template <typename T_, typename Acc_>
+struct TypePair {
+  using T = T_;
+  using Acc = Acc_;
+};
+template <> struct ComboTypes<F32_F32> : TypePair<float, float> {};
+template <> struct ComboTypes<F64_F64> : TypePair<double, double> {};
+template <> struct ComboTypes<F16_F32> : TypePair<c10::Half, float> {};
+template <> struct ComboTypes<BF16_F32> : TypePair<c10::BFloat16, float> {};
+template <> struct ComboTypes<F32_F64> : TypePair<float, double> {};
+template <> struct ComboTypes<F16_F64> : TypePair<c10::Half, double> {};
+template <> struct ComboTypes<BF16_F64> : TypePair<c10::BFloat16, double> {};
 
 // out[b, d] = sum_p sel(b, p) * x[b, p, d] * (dy ? dy[b, p, d] : 1) / (divide ? max(1, count_b) : 1)
 struct ReduceArgs {
@@ -51,9 +72,18 @@ using MapFn = void (*)(const MapArgs&, RowKind, int64_t begin, int64_t end);
 
 struct KernelTable {
   const char* capability;
-  ReduceFn reduce[kNumCombos];
+  ReduceFn reduce[kNumCombos];  // indexed by Combo
   MapFn map[kNumCombos];
 };
+
+// Every slot filled: a static_assert on each table compiled (build_table.h),
+// and checked again on a library's table before it is used (dispatch.cpp).
+constexpr bool complete(const KernelTable& t) {
+  if (t.capability == nullptr) return false;
+  for (int c = 0; c < kNumCombos; ++c)
+    if (t.reduce[c] == nullptr || t.map[c] == nullptr) return false;
+  return true;
+}
 
 // The table of the default capability, compiled into _C itself.
 const KernelTable* default_kernel_table();

@@ -1,5 +1,5 @@
 // The portable baseline, compiled into _C with the default flags: always there.
-#include "kernels.h"
+#include "build_table.h"
 
 namespace mmcal {
 namespace cpu {

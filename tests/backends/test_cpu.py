@@ -177,14 +177,14 @@ BAD = [
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 5)], [0]), ValueError, r"gates\[0\]: expected shape \[B, D\] = \[2, 4\]"),
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4), torch.rand(2, 4)], [0]), ValueError, r"gates: expected one tensor per tensor of xs"),
     ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape of its features"),
-    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds_scaled"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds;"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"gates\[0\]: needed exactly when"),
     # One argument on `meta` sends the call to the fake kernel: it must refuse, not return empty CPU memory.
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
     ("modulate_", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
     ("summaries", lambda: ([torch.randn(2, 3, 4)], [torch.ones(2, 3, dtype=torch.bool, device="meta")], [0], torch.float32), ValueError, r"masks\[0\]: on meta, but xs\[0\] is on cpu"),
     ("gate_grads", lambda: ([torch.randn(2, 3, 4, device="meta")], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: on meta, but xs\[0\] is on cpu"),
-    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"ds_scaled\[0\]: on meta, but xs\[0\] is on cpu"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"ds\[0\]: on meta, but xs\[0\] is on cpu"),
     ("summaries", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 3, 4, device="meta")], [None, None], [0, 0], torch.float32), ValueError, r"xs\[1\]: on meta, but xs\[0\] is on cpu"),
 ]
 

@@ -17,9 +17,27 @@ CU_FILES = sorted(
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 
 
+def _quoted_includes(path):
+    """The csrc/ headers a file includes with quotes, and theirs, transitively."""
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        for name in re.findall(r'#include\s*"([^"]+)"', open(current).read()):
+            header = os.path.normpath(os.path.join(os.path.dirname(current), name))
+            if header not in seen:
+                seen.add(header)
+                todo.append(header)
+    return seen
+
+
 def test_cu_files_include_no_aten_or_torch_headers():
+    """Not directly, nor through any csrc/ header they include."""
     assert CU_FILES, "no .cu files found"
-    for path in CU_FILES + [p.replace(".cu", ".cuh") for p in CU_FILES if os.path.exists(p.replace(".cu", ".cuh"))]:
+    reached = set(CU_FILES)
+    for path in CU_FILES:
+        reached |= _quoted_includes(path)
+    assert any(p.endswith(".cuh") for p in reached), reached
+    for path in sorted(reached):
         text = open(path).read()
         assert not re.search(r"#include\s*[<\"](ATen|torch|c10)/", text), f"{path} includes an ATen/torch/c10 header"
 
@@ -42,7 +60,7 @@ def test_cu_compiles_without_spills(path, arch, tmp_path):
 
 
 def test_cuda_binding_parses_against_torch_headers(tmp_path):
-    """passes_cuda.cpp is built only where torch has CUDA; here g++ at least
+    """ops_cuda.cpp is built only where torch has CUDA; here g++ at least
     parses it against this torch's headers and the CUDA toolkit's, so a typo
     cannot wait for a GPU machine to show. (The CPU build of torch lacks one
     generated header, cuda_cmake_macros.h; an empty one stands in.)"""
@@ -57,6 +75,6 @@ def test_cuda_binding_parses_against_torch_headers(tmp_path):
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("")
     includes = [str(tmp_path), *ext.include_paths(), cuda_include, os.path.join(ROOT, "csrc"), sysconfig.get_paths()["include"]]
-    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", "passes_cuda.cpp")]
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", "ops_cuda.cpp")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -68,17 +68,19 @@ def _jit_build() -> Optional[str]:
         f"torch-{_torch_release(torch.__version__)}",
     )
     os.makedirs(cache, exist_ok=True)
-    # The recipe setup.py builds (build_config), the CPU part: every kernel
-    # table this CPU can run, then _C. CUDA kernels need the setup.py build
-    # (nvcc, an arch list); a JIT-built _C has none.
-    cxx, link = build_config.compile_flags(torch._C.has_openmp)
+    # setup.py's plan (build_config.build_plan), CUDA kernels included where
+    # torch has CUDA and a toolkit; of the CPU kernel tables only those this
+    # CPU can run, since load() loads every library it builds. _C comes last.
+    try:
+        plan = build_config.build_plan(tables="runnable")
+    except build_config.BuildError as exc:
+        return f"JIT build not possible: {exc}"
     print(f"mmcal_kernels: building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
     try:
-        for cap, cap_flags in build_config.runnable_capability_flags().items():
-            load(f"mmcal_cpu_{cap}", [os.path.join(SOURCES, "cpu", f"kernels_{cap}.cpp")], extra_cflags=cxx + cap_flags,
-                 extra_ldflags=link, build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
-        load("mmcal_C", build_config.sources(SOURCES, build_config.MAIN_SOURCES), extra_cflags=cxx, extra_ldflags=link,
-             build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
+        for lib in plan:
+            load(lib.jit_name, build_config.sources(SOURCES, lib.sources), extra_cflags=list(lib.cxx),
+                 extra_cuda_cflags=list(lib.nvcc), extra_ldflags=list(lib.link), with_cuda=bool(lib.nvcc),
+                 build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
     except Exception as exc:  # a compiler error, no compiler, ...
         return f"JIT build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None

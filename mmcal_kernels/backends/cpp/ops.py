@@ -65,10 +65,10 @@ def register() -> None:
         return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
 
     @torch.library.register_fake("mmcal::input_grads")
-    def _(xs, dys, gates, masks, ds_scaled, layouts):
-        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds_scaled) == len(layouts),
+    def _(xs, dys, gates, masks, ds, layouts):
+        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds) == len(layouts),
                      lambda: "input_grads: list lengths differ")  # fmt: skip
-        one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds_scaled=ds_scaled)
+        one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds=ds)
         return [torch.empty_like(x) for x in xs]
 
     register_stage_autograd(OPS, "mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")

@@ -1,5 +1,5 @@
-// Argument checks and stride views shared by the CPU and CUDA op
-// implementations. Errors use TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, so Python
+// Argument checks shared by the CPU and CUDA host code, so that both devices
+// refuse the same input with the same message. Errors use TORCH_CHECK_VALUE / TORCH_CHECK_TYPE, so Python
 // sees ValueError / TypeError as SPEC.md's "Bad input" table says.
 #pragma once
 
@@ -12,12 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/view3.h"
+#include "views.h"
 
 namespace mmcal {
-
-constexpr int64_t kSequence = 0;  // [B, P, D]
-constexpr int64_t kSpatial = 1;   // [B, D, *S]
 
 using OptionalTensors = c10::List<std::optional<at::Tensor>>;
 
@@ -49,43 +46,6 @@ inline void check_features(at::TensorList xs, at::IntArrayRef layouts, const cha
     TORCH_CHECK_VALUE(x.size(0) == xs[0].size(0), arg(name, i), ": batch size ", x.size(0), " differs from ",
                       name, "[0]'s ", xs[0].size(0));
   }
-}
-
-inline int64_t channels(const at::Tensor& x, int64_t layout) { return layout == kSequence ? x.size(2) : x.size(1); }
-inline int64_t positions(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return x.size(1);
-  int64_t p = 1;
-  for (int64_t i = 2; i < x.dim(); ++i) p *= x.size(i);
-  return p;
-}
-
-// The trailing dims of a spatial map collapse to one stride (size-1 dims ignored).
-inline bool flattenable(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return true;
-  int64_t expected = -1;
-  for (int64_t i = x.dim() - 1; i >= 2; --i) {
-    if (x.size(i) == 1) continue;
-    if (expected != -1 && x.stride(i) != expected) return false;
-    expected = x.stride(i) * x.size(i);
-  }
-  return true;
-}
-
-// x as a [B, P, D] view, copying only a spatial map whose trailing dims do not flatten.
-inline at::Tensor readable(const at::Tensor& x, int64_t layout) {
-  return flattenable(x, layout) ? x : x.contiguous();
-}
-
-inline View3 view3(const at::Tensor& x, int64_t layout) {
-  if (layout == kSequence) return {x.size(0), x.size(1), x.size(2), x.stride(0), x.stride(1), x.stride(2)};
-  int64_t sP = 1;  // innermost non-trivial trailing stride (any value when P <= 1)
-  for (int64_t i = x.dim() - 1; i >= 2; --i) {
-    if (x.size(i) != 1) {
-      sP = x.stride(i);
-      break;
-    }
-  }
-  return {x.size(0), positions(x, layout), x.size(1), x.stride(0), sP, x.stride(1)};
 }
 
 inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout,
@@ -140,33 +100,33 @@ inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::Int
 // no inference tensor outside inference mode.
 void check_inplace_targets(at::TensorList xs, at::TensorList read, const char* name, const char* read_name);
 
-// One modality's terms of dX = dY * g + V * ds_scaled (either term may be absent).
+// One modality's terms of dX = dY * g + V * ds / count (either term may be absent).
 struct InputGradTerms {
   std::optional<at::Tensor> dy, gate, mask, ds;
 };
 
 inline std::vector<InputGradTerms> check_input_grads_args(at::TensorList xs, const OptionalTensors& dys,
                                                           const OptionalTensors& gates, const OptionalTensors& masks,
-                                                          const OptionalTensors& ds_scaled, at::IntArrayRef layouts) {
+                                                          const OptionalTensors& ds, at::IntArrayRef layouts) {
   check_features(xs, layouts, "xs");
-  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds_scaled, "ds_scaled"}}) {
+  for (auto [list, name] : {std::pair{&dys, "grad_ys"}, {&gates, "gates"}, {&masks, "masks"}, {&ds, "ds"}}) {
     TORCH_CHECK_VALUE(list->size() == xs.size(), name, ": expected one entry (tensor or None) per tensor of xs (",
                       xs.size(), "), got ", list->size());
   }
   std::vector<InputGradTerms> terms;
   for (size_t i = 0; i < xs.size(); ++i) {
-    InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds_scaled.get(i)};
+    InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds.get(i)};
     TORCH_CHECK_VALUE(t.dy.has_value() || t.ds.has_value(), "input_grads: modality ", i,
-                      " has neither grad_ys nor ds_scaled; give at least one");
+                      " has neither grad_ys nor ds; give at least one");
     TORCH_CHECK_VALUE(t.dy.has_value() == t.gate.has_value(), arg("gates", i), ": needed exactly when ",
                       arg("grad_ys", i), " is given");
     const at::ScalarType ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
-    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds_scaled", i)).c_str());
+    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds", i)).c_str());
     if (t.dy.has_value()) {
       check_grad_like(*t.dy, xs[i], arg("grad_ys", i));
       check_per_channel(*t.gate, xs[i], layouts[i], ct, arg("gates", i));
     }
-    if (t.ds.has_value()) check_per_channel(*t.ds, xs[i], layouts[i], ct, arg("ds_scaled", i));
+    if (t.ds.has_value()) check_per_channel(*t.ds, xs[i], layouts[i], ct, arg("ds", i));
     check_mask(t.mask, xs[i], layouts[i], arg("masks", i));
     terms.push_back(t);
   }

@@ -1,7 +1,8 @@
-// The CUDA passes over X, declared without any ATen or torch header: raw
-// pointers, sizes and a cudaStream_t, so that `nvcc -c` checks the .cu files
-// on a machine whose torch has no CUDA. passes_cuda.cpp (built only where
-// torch has CUDA) validates tensors, allocates outputs and calls these.
+// The launches of the CUDA kernels (reductions.cu, elementwise.cu) and the
+// batches they take, declared without any ATen or torch header: raw pointers,
+// sizes and a cudaStream_t, so that `nvcc -c` checks the .cu files on a
+// machine whose torch has no CUDA. ops_cuda.cpp (built only where torch has
+// CUDA) validates tensors, allocates outputs and calls these.
 //
 // All modalities of one call go in one launch per pass: each modality's
 // pointers and sizes are a kernel argument, up to kMaxModalities.

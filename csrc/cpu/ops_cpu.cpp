@@ -1,16 +1,20 @@
-// CPU implementations of the passes over X: argument checks, output
-// allocation, the choice of fast path from the strides, and at::parallel_for
-// over batch x channel (or position) blocks. The arithmetic is in kernels.h,
-// reached through the kernel table of the CPU's capability.
+// The CPU ops' host side: argument checks, output allocation, the choice of
+// fast path from the strides, at::parallel_for over batch x channel (or
+// position) blocks, and the TORCH_LIBRARY_IMPL(mmcal, CPU) block. The
+// arithmetic is in reductions.h and elementwise.h, reached through the kernel
+// table of the CPU's capability (dispatch.cpp).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <c10/core/ScalarType.h>
+
 #include <algorithm>
+#include <utility>
 #include <vector>
 
-#include "../checks.h"
+#include "../common/checks.h"
 #include "kernel_table.h"
 
 // at::parallel_for is inline: compiled without -fopenmp under an OpenMP torch
@@ -29,15 +33,26 @@ using at::TensorList;
 // Work per parallel chunk: enough elements that a thread's start-up is noise.
 constexpr int64_t kChunkElements = 1 << 15;
 
+template <Combo C>
+bool holds(at::ScalarType t, at::ScalarType acc) {
+  using Types = ComboTypes<C>;
+  return c10::CppTypeToScalarType<typename Types::T>::value == t &&
+         c10::CppTypeToScalarType<typename Types::Acc>::value == acc;
+}
+
+template <int... I>
+Combo find_combo(at::ScalarType t, at::ScalarType acc, std::integer_sequence<int, I...>) {
+  Combo found = kNumCombos;
+  ((found = found == kNumCombos && holds<static_cast<Combo>(I)>(t, acc) ? static_cast<Combo>(I) : found), ...);
+  return found;
+}
+
+// The table slot for features of dtype t computed in acc: read off
+// ComboTypes, the same types the slot's kernels were instantiated with.
 Combo combo(at::ScalarType t, at::ScalarType acc) {
-  const bool wide = acc == at::kDouble;
-  switch (t) {
-    case at::kFloat: return wide ? F32_F64 : F32_F32;
-    case at::kDouble: return F64_F64;
-    case at::kHalf: return wide ? F16_F64 : F16_F32;
-    case at::kBFloat16: return wide ? BF16_F64 : BF16_F32;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
-  }
+  const Combo c = find_combo(t, acc, std::make_integer_sequence<int, kNumCombos>{});
+  TORCH_CHECK_TYPE(c != kNumCombos, "unsupported dtype ", t, " with compute dtype ", acc);
+  return c;
 }
 
 const bool* mask_ptr(const std::optional<Tensor>& m, int64_t& sB, int64_t& sP) {
@@ -175,15 +190,17 @@ void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) 
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
-                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                const OptionalTensors& masks, const OptionalTensors& ds,
                                 at::IntArrayRef layouts) {
-  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds, layouts);
   std::vector<Tensor> outs;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cpu(xs[i], arg("xs", i));
     const InputGradTerms& t = terms[i];
+    const Tensor ds_per_position =
+        t.ds.has_value() ? t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type())) : Tensor();
     outs.push_back(map_one(xs[i], layouts[i], t.dy.value_or(Tensor()), t.gate.value_or(Tensor()), t.mask,
-                           t.ds.value_or(Tensor())));
+                           ds_per_position));
   }
   return outs;
 }

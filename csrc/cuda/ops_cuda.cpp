@@ -1,7 +1,8 @@
-// CUDA implementations of the passes over X: checks, allocation, and one
-// launch per pass for up to kMaxModalities modalities (larger calls are split
-// into several launches). Built only where torch has CUDA (setup.py); the
-// kernels themselves are in passes.cu, free of ATen headers.
+// The CUDA ops' host side: checks, allocation, one launch per pass for up to
+// kMaxModalities modalities (larger calls are split into several launches),
+// and the TORCH_LIBRARY_IMPL(mmcal, CUDA) block. Built only where torch has
+// CUDA (build_config.py); the kernels are in reductions.cu and elementwise.cu,
+// free of ATen headers.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,8 +11,8 @@
 
 #include <vector>
 
-#include "../checks.h"
-#include "passes.cuh"
+#include "../common/checks.h"
+#include "launch.cuh"
 
 namespace mmcal {
 namespace cuda {
@@ -165,16 +166,17 @@ void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) 
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
-                                const OptionalTensors& masks, const OptionalTensors& ds_scaled,
+                                const OptionalTensors& masks, const OptionalTensors& ds,
                                 at::IntArrayRef layouts) {
-  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds_scaled, layouts);
+  const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds, layouts);
   std::vector<Tensor> srcs(xs.size()), g(xs.size()), d(xs.size());
   std::vector<std::optional<Tensor>> m(xs.size());
   at::ScalarType ct = at::kFloat;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cuda(xs[i], arg("xs", i));
     const InputGradTerms& t = terms[i];
-    srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), d[i] = t.ds.value_or(Tensor()), m[i] = t.mask;
+    srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), m[i] = t.mask;
+    if (t.ds.has_value()) d[i] = t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type()));
     ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
   }
   return map_all(xs, srcs, g, m, d, layouts, ct);

@@ -1,5 +1,6 @@
 // Every op schema of the mmcal namespace, in one TORCH_LIBRARY block. Kernels
-// are registered per device in TORCH_LIBRARY_IMPL blocks (cpu/, cuda/);
+// are registered per device in TORCH_LIBRARY_IMPL blocks (cpu/ops_cpu.cpp,
+// cuda/ops_cuda.cpp, and inplace.cpp for modulate_'s autograd);
 // Python adds register_fake and register_autograd (mmcal_kernels/_cpp.py).
 // Layouts are ints: 0 = "sequence" [B, P, D], 1 = "spatial" [B, D, *S].
 #include <Python.h>
@@ -23,9 +24,11 @@ TORCH_LIBRARY(mmcal, m) {
   m.def("modulate_(Tensor(a!)[] xs, Tensor[] gates, int[] layouts) -> ()");
   // Backward: dg = sum_p dY * X over every position, [B, D_m] in ct.
   m.def("gate_grads(Tensor[] grad_ys, Tensor[] xs, int[] layouts, ScalarType ct) -> Tensor[]");
-  // Backward: dX = dY * g + V * ds_scaled, like X; a None term is left out.
+  // Backward: dX = dY * g + V * ds / count, like X; a None term is left out.
+  // ds is the gradient of the summary; count is its divisor, max(1, valid
+  // positions), which the op applies itself (common/views.h).
   m.def(
-      "input_grads(Tensor[] xs, Tensor?[] grad_ys, Tensor?[] gates, Tensor?[] masks, Tensor?[] ds_scaled, "
+      "input_grads(Tensor[] xs, Tensor?[] grad_ys, Tensor?[] gates, Tensor?[] masks, Tensor?[] ds, "
       "int[] layouts) -> Tensor[]");
   // Which CPU kernel table is in use (default, AVX2, AVX512): for info and tests.
   m.def("cpu_capability() -> str", []() { return std::string(mmcal::cpu::kernels().capability); });

@@ -1,0 +1,121 @@
+// SPEC.md step 7 (the modulation Y = X * g, rounded once) and the
+// backward's input gradient dX = dY * g + V * ds / count: the CPU maps, one
+// function for both (src = X or dY; the ds term only for the gradient). The
+// ds term arrives already divided by the count.
+// Reached through the kernel table (build_table.h).
+#pragma once
+
+#include "vec_block.h"
+
+namespace mmcal {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+template <typename T>
+void map_channels_last_row(const MapArgs& a, int64_t b, int64_t p) {
+  using B = Block<T>;
+  using Acc = typename B::Acc;
+  using V = Vectorized<Acc>;
+  constexpr int64_t W = B::kWidth;
+  const int64_t D = a.vout.D, full = D - D % W;
+  const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, p, 0) : nullptr;
+  const Acc* gate = a.gate ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
+  const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
+  const Acc* ds = a.ds && ok ? static_cast<const Acc*>(a.ds) + b * D : nullptr;  // padded: no ds term
+  T* out = static_cast<T*>(a.out) + a.vout.offset(b, p, 0);
+  for (int64_t j = 0; j < full; j += W) {
+    V v[B::kVecs];
+    if (src) {
+      B::load(src + j, v);
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * V::loadu(gate + j + k * V::size());
+    } else {
+      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
+    }
+    if (ds)
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + V::loadu(ds + j + k * V::size());
+    B::store(out + j, v);
+  }
+  for (int64_t j = full; j < D; ++j) {
+    Acc v = src ? static_cast<Acc>(src[j]) * gate[j] : Acc(0);
+    if (ds) v += ds[j];
+    out[j] = static_cast<T>(v);
+  }
+}
+
+template <typename T>
+void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
+  using B = Block<T>;
+  using Acc = typename B::Acc;
+  using V = Vectorized<Acc>;
+  constexpr int64_t W = B::kWidth;
+  const int64_t P = a.vout.P, D = a.vout.D, full = P - P % W;
+  const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d) : nullptr;
+  const Acc g = a.gate ? static_cast<const Acc*>(a.gate)[b * D + d] : Acc(0);
+  const bool has_ds = a.ds != nullptr;
+  const Acc ds = has_ds ? static_cast<const Acc*>(a.ds)[b * D + d] : Acc(0);
+  T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d);
+  const V gv(g), dsv(ds);
+  for (int64_t p = 0; p < full; p += W) {
+    V v[B::kVecs];
+    if (src) {
+      B::load(src + p, v);
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * gv;
+    } else {
+      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
+    }
+    if (has_ds)
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + dsv;
+    B::store(out + p, v);
+  }
+  for (int64_t p = full; p < P; ++p) {
+    Acc v = src ? static_cast<Acc>(src[p]) * g : Acc(0);
+    if (has_ds) v += ds;
+    out[p] = static_cast<T>(v);
+  }
+}
+
+// One output element; `d`-th channel of row (b, p). Any strides.
+template <typename T, typename Acc>
+inline void map_element(const MapArgs& a, int64_t b, int64_t p, int64_t d, bool ok) {
+  const int64_t D = a.vout.D;
+  const T* src = static_cast<const T*>(a.src);
+  const Acc* gate = static_cast<const Acc*>(a.gate);
+  const Acc* ds = static_cast<const Acc*>(a.ds);
+  const Acc s = src ? static_cast<Acc>(src[a.vsrc.offset(b, p, d)]) : Acc(0);
+  const Acc g = src ? gate[b * D + d] : Acc(0);
+  const Acc v = ds ? input_grad_value<Acc>(src != nullptr, s, g, true, ok, ds[b * D + d]) : modulate_value<Acc>(s, g);
+  static_cast<T*>(a.out)[a.vout.offset(b, p, d)] = static_cast<T>(v);
+}
+
+template <typename T, typename Acc>
+void map(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
+  const int64_t P = a.vout.P, D = a.vout.D;
+  if (kind == kChannelsFirst) {  // rows are (b, d)
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / D, d = r % D;
+      if constexpr (kVectorised<T, Acc>) {
+        if (a.mask == nullptr) {
+          map_channels_first_row<T>(a, b, d);
+          continue;
+        }
+      }
+      for (int64_t p = 0; p < P; ++p) map_element<T, Acc>(a, b, p, d, valid(a.mask, a.mask_sB, a.mask_sP, b, p));
+    }
+    return;
+  }
+  for (int64_t r = begin; r < end; ++r) {  // rows are (b, p)
+    const int64_t b = r / P, p = r % P;
+    if constexpr (kVectorised<T, Acc>) {
+      if (kind == kChannelsLast) {
+        map_channels_last_row<T>(a, b, p);
+        continue;
+      }
+    }
+    const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
+    for (int64_t d = 0; d < D; ++d) map_element<T, Acc>(a, b, p, d, ok);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace mmcal

@@ -1,0 +1,160 @@
+// SPEC.md step 1 (the summaries: masked means over positions) and the
+// backward's gate gradient dg = sum_p dY * X: the CPU reductions over
+// positions, one function for both (the summary divides by the count, the
+// gradient reads dY). Reached through the kernel table (build_table.h).
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "vec_block.h"
+
+namespace mmcal {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
+constexpr int64_t kBlockRows = 256;  // terms per partial sum
+
+template <typename Acc>
+Acc divisor(const ReduceArgs& a, int64_t b) {
+  if (!a.divide) return Acc(1);
+  if (a.mask == nullptr) return mean_divisor<Acc>(a.vx.P);
+  int64_t count = 0;
+  for (int64_t p = 0; p < a.vx.P; ++p) count += a.mask[b * a.mask_sB + p * a.mask_sP] ? 1 : 0;
+  return mean_divisor<Acc>(count);
+}
+
+template <typename T, typename Acc>
+void reduce_generic(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* dy = static_cast<const T*>(a.dy);
+  Acc* out = static_cast<Acc*>(a.out);
+  const Acc div = divisor<Acc>(a, b);
+  for (int64_t d = d0; d < d1; ++d) {
+    // Blocked like the fast paths, one level deeper: they also spread the
+    // terms over vector lanes, this scalar loop has none. The rounding error
+    // grows with 2 kBlockRows + P / kBlockRows^2 terms rather than P.
+    Acc acc = 0, mid = 0, part = 0;
+    int64_t in_part = 0, in_mid = 0;
+    for (int64_t p = 0; p < a.vx.P; ++p) {
+      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;  // a selection: padded values are never read
+      if (in_part == kBlockRows) {
+        mid += part, part = 0, in_part = 0;
+        if (++in_mid == kBlockRows) acc += mid, mid = 0, in_mid = 0;
+      }
+      Acc v = static_cast<Acc>(x[a.vx.offset(b, p, d)]);
+      if (dy) v *= static_cast<Acc>(dy[a.vdy.offset(b, p, d)]);
+      part += v, ++in_part;
+    }
+    out[b * a.vx.D + d] = (acc + (mid + part)) / div;
+  }
+}
+
+// Channels contiguous: stream whole rows of x (and dy) into a per-task
+// accumulator row, so memory is read in order.
+template <typename T>
+void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
+  using B = Block<T>;
+  using Acc = typename B::Acc;
+  using V = Vectorized<Acc>;
+  constexpr int64_t W = B::kWidth;
+  const T* x = static_cast<const T*>(a.x);
+  const T* dy = static_cast<const T*>(a.dy);
+  const int64_t n = d1 - d0, full = n - n % W;
+  // Two-level sum: rows add into `part`, which joins `acc` every kBlockRows
+  // rows, so the rounding error grows with kBlockRows + P / kBlockRows terms
+  // rather than P (1e-4 relative at P = 1M in float32 without it).
+  std::vector<Acc> acc(static_cast<size_t>(n), Acc(0)), part(static_cast<size_t>(n), Acc(0));
+  int64_t rows_in_part = 0;
+  const auto flush = [&] {
+    for (int64_t j = 0; j < n; ++j) acc[j] += part[j], part[j] = Acc(0);
+    rows_in_part = 0;
+  };
+  for (int64_t p = 0; p < a.vx.P; ++p) {
+    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
+    if (rows_in_part++ == kBlockRows) flush(), rows_in_part = 1;
+    const T* xr = x + a.vx.offset(b, p, d0);
+    const T* gr = dy ? dy + a.vdy.offset(b, p, d0) : nullptr;
+    for (int64_t j = 0; j < full; j += W) {
+      V v[B::kVecs], g[B::kVecs];
+      B::load(xr + j, v);
+      if (gr) {
+        B::load(gr + j, g);
+        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];
+      }
+      for (int k = 0; k < B::kVecs; ++k) {
+        Acc* slot = part.data() + j + k * V::size();
+        (V::loadu(slot) + v[k]).store(slot);
+      }
+    }
+    for (int64_t j = full; j < n; ++j) {
+      Acc v = static_cast<Acc>(xr[j]);
+      if (gr) v *= static_cast<Acc>(gr[j]);
+      part[j] += v;
+    }
+  }
+  flush();
+  const Acc div = divisor<Acc>(a, b);
+  Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
+  for (int64_t j = 0; j < n; ++j) out[j] = acc[j] / div;
+}
+
+// Positions contiguous (NCHW maps): one contiguous sum per channel.
+template <typename T>
+void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
+  using B = Block<T>;
+  using Acc = typename B::Acc;
+  using V = Vectorized<Acc>;
+  constexpr int64_t W = B::kWidth;
+  const T* x = static_cast<const T*>(a.x);
+  const T* dy = static_cast<const T*>(a.dy);
+  const int64_t P = a.vx.P, full = P - P % W;
+  const Acc div = divisor<Acc>(a, b);
+  for (int64_t d = d0; d < d1; ++d) {
+    const T* xr = x + a.vx.offset(b, 0, d);
+    const T* gr = dy ? dy + a.vdy.offset(b, 0, d) : nullptr;
+    V acc[B::kVecs];
+    for (int k = 0; k < B::kVecs; ++k) acc[k] = V(Acc(0));
+    for (int64_t p0 = 0; p0 < full; p0 += kBlockRows * W) {  // two-level sum, as above
+      V part[B::kVecs];
+      for (int k = 0; k < B::kVecs; ++k) part[k] = V(Acc(0));
+      for (int64_t p = p0; p < std::min(full, p0 + kBlockRows * W); p += W) {
+        V v[B::kVecs], g[B::kVecs];
+        B::load(xr + p, v);
+        if (gr) B::load(gr + p, g);
+        for (int k = 0; k < B::kVecs; ++k) part[k] = part[k] + (gr ? v[k] * g[k] : v[k]);
+      }
+      for (int k = 0; k < B::kVecs; ++k) acc[k] = acc[k] + part[k];
+    }
+    Acc lanes[B::kWidth];
+    for (int k = 0; k < B::kVecs; ++k) acc[k].store(lanes + k * V::size());
+    Acc total = 0;
+    for (int64_t i = 0; i < W; ++i) total += lanes[i];
+    for (int64_t p = full; p < P; ++p) total += static_cast<Acc>(xr[p]) * (gr ? static_cast<Acc>(gr[p]) : Acc(1));
+    static_cast<Acc*>(a.out)[b * a.vx.D + d] = total / div;
+  }
+}
+
+template <typename T, typename Acc>
+void reduce(const ReduceArgs& a, RowKind kind, int64_t blocks, int64_t begin, int64_t end) {
+  const int64_t width = (a.vx.D + blocks - 1) / blocks;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t b = t / blocks, d0 = (t % blocks) * width, d1 = std::min(a.vx.D, d0 + width);
+    if (d0 >= d1) continue;
+    if constexpr (kVectorised<T, Acc>) {
+      if (kind == kChannelsLast) {
+        reduce_channels_last<T>(a, b, d0, d1);
+        continue;
+      }
+      if (kind == kChannelsFirst && a.mask == nullptr) {
+        reduce_channels_first<T>(a, b, d0, d1);
+        continue;
+      }
+    }
+    reduce_generic<T, Acc>(a, b, d0, d1);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace mmcal

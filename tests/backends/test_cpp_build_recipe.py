@@ -1,0 +1,126 @@
+"""One build recipe: setup.py and the JIT build (mmcal_kernels.backends.cpp.load._jit_build)
+hand torch the same libraries, sources and flags, for a CPU-only torch and for
+a CUDA torch with a toolkit (torch's CUDA mocked; nothing is compiled)."""
+
+import os
+import runpy
+
+import pytest
+import torch
+import torch.utils.cpp_extension as cpp_extension
+
+from mmcal_kernels import build_config
+from mmcal_kernels.backends.cpp import load as _cpp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(ROOT, "csrc")
+TOOLKIT = "/usr/local/cuda-13.0"
+
+
+def _rel(path):
+    """A source path as csrc/-relative, whether setup.py's (relative to the root) or the JIT's (absolute)."""
+    return os.path.relpath(os.path.join(ROOT, path), CSRC)
+
+
+def _setup_py_libraries(monkeypatch):
+    """What setup.py's extension_modules passes to CppExtension / CUDAExtension, by library."""
+    seen = {}
+
+    def recorder(kind):
+        def make(name, sources, extra_compile_args, extra_link_args):
+            seen[name.removeprefix("mmcal_kernels.")] = dict(
+                kind=kind, sources=[_rel(s) for s in sources], cxx=extra_compile_args["cxx"],
+                nvcc=extra_compile_args.get("nvcc", []), link=extra_link_args,
+            )  # fmt: skip
+            return name
+
+        return make
+
+    monkeypatch.setattr(cpp_extension, "CppExtension", recorder("cpp"))
+    monkeypatch.setattr(cpp_extension, "CUDAExtension", recorder("cuda"))
+    setup_py = runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="setup_under_test")
+    modules, _, build_info = setup_py["extension_modules"](["setup.py", "build_ext"])
+    assert len(modules) == len(seen) and build_info["EXTENSION"] is True
+    assert "CUDA" not in build_info  # nothing reads it
+    return seen
+
+
+def _jit_libraries(monkeypatch, tmp_path):
+    """What _jit_build passes to torch.utils.cpp_extension.load, by library."""
+    seen = {}
+
+    def load(name, sources, extra_cflags, extra_cuda_cflags, extra_ldflags, with_cuda, **kwargs):
+        module = "_C" if name == "mmcal_C" else name
+        seen[module] = dict(kind="cuda" if with_cuda else "cpp", sources=[_rel(s) for s in sources], cxx=extra_cflags,
+                            nvcc=extra_cuda_cflags, link=extra_ldflags)  # fmt: skip
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setenv("MMCAL_CACHE", str(tmp_path))
+    monkeypatch.delenv("MMCAL_NO_JIT", raising=False)
+    assert _cpp._jit_build() is None
+    return seen
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("MMCAL_") or name == "TORCH_CUDA_ARCH_LIST":
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu-only-torch", "cuda-torch-with-toolkit"])
+def test_setup_py_and_jit_build_the_same(cuda, clean_env, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.version, "cuda", "13.0" if cuda else None)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT if cuda else None)
+    monkeypatch.setenv("MMCAL_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    setup_libs = _setup_py_libraries(monkeypatch)
+    jit_libs = _jit_libraries(monkeypatch, tmp_path)
+
+    # The CPU kernel tables: setup.py every one the compiler targets, the JIT
+    # build those this CPU runs; each built alike.
+    tables = {f"mmcal_cpu_{cap}" for cap in build_config.capability_flags()}
+    runnable = {f"mmcal_cpu_{cap}" for cap in build_config.runnable_capability_flags()}
+    assert set(setup_libs) == tables | {"_C"}
+    assert set(jit_libs) == runnable | {"_C"}
+    for name in jit_libs:
+        assert jit_libs[name] == setup_libs[name], name
+
+    main = setup_libs["_C"]
+    cu = [s for s in main["sources"] if s.endswith(".cu")]
+    if cuda:
+        assert main["kind"] == "cuda" and "cuda/ops_cuda.cpp" in main["sources"]
+        assert sorted(cu) == ["cuda/elementwise.cu", "cuda/reductions.cu"]
+        assert main["nvcc"] == build_config.NVCC_FLAGS + [
+            "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+            "-gencode=arch=compute_90,code=compute_90",
+        ]  # fmt: skip
+    else:
+        assert main["kind"] == "cpp" and not cu and not main["nvcc"]
+        assert not any(s.startswith("cuda/") for s in main["sources"])
+    # Nothing the C++ sources do not read.
+    assert not any("MMCAL_WITH_CUDA" in f for lib in setup_libs.values() for f in lib["cxx"])
+
+
+def test_every_source_of_the_plan_exists(clean_env, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT)
+    for lib in build_config.build_plan(tables="all"):
+        for source in lib.sources:
+            assert os.path.isfile(os.path.join(CSRC, source)), source
+
+
+def test_cuda_switches(clean_env, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)  # no toolkit
+    assert not build_config.build_plan()[-1].nvcc
+    with pytest.raises(build_config.BuildError, match="MMCAL_CUDA=1"):
+        build_config.build_plan(environ={"MMCAL_CUDA": "1"})
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT)
+    assert build_config.build_plan()[-1].nvcc
+    assert not build_config.build_plan(environ={"MMCAL_CUDA": "0"})[-1].nvcc
+    # The default arch list, and TORCH_CUDA_ARCH_LIST when MMCAL_CUDA_ARCH_LIST is unset.
+    assert build_config.build_plan()[-1].nvcc[-2:] == tuple(build_config.cuda_arch_flags(build_config.DEFAULT_CUDA_ARCHS))
+    plan = build_config.build_plan(environ={"TORCH_CUDA_ARCH_LIST": "8.6"})
+    assert plan[-1].nvcc[-1] == "-gencode=arch=compute_86,code=sm_86"
+    with pytest.raises(build_config.BuildError, match="cannot read 'Hopper-ish'"):
+        build_config.cuda_arch_flags("9.0;Hopper-ish")
