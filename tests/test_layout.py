@@ -78,7 +78,7 @@ def test_kernel_modules_do_not_import_the_layers_above(kernel):
 
 
 def test_the_rule_sees_imports():
-    """The graph is not empty by mistake: the fused node's module imports the spec and the hand-written backward."""
+    """The graph is not empty by mistake: the fused node's module imports the spec and the torch gate network."""
     graph = _graph()
-    assert {"spec", "gates_backward"} <= graph["autograd"]
+    assert {"spec", "gates_torch"} <= graph["autograd"]
     assert "checks" in graph["backends.triton.reductions"]
