@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .. import _checks, backends, reference
 from ..pass_ops import PassOps
-from . import configs, elementwise, reductions
+from . import configs, elementwise, gate_network, reductions  # noqa: F401 (gate_network registers its ops)
 
 OPS = PassOps(
     "triton",
