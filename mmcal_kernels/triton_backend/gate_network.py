@@ -445,7 +445,12 @@ gates_backward_kernel = configs.autotuned(_gates_backward_kernel, GATES_CONFIGS,
 
 @triton.jit
 def _scatter(ptr, acc, cols, start, size):
-    tl.store(ptr + (cols - start), acc.to(ptr.dtype.element_ty), mask=(cols >= start) & (cols < start + size))
+    ty = ptr.dtype.element_ty
+    if ty.primitive_bitwidth < 32:
+        # To a half type through float32, as torch's .to() rounds a double
+        # (and the interpreter has no direct float64 -> bfloat16).
+        acc = acc.to(tl.float32)
+    tl.store(ptr + (cols - start), acc.to(ty), mask=(cols >= start) & (cols < start + size))
 
 
 @triton.jit
