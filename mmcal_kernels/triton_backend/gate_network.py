@@ -43,7 +43,7 @@ from .slots import MAX_SLOTS, cdiv
 
 NUM_PARAMS = len(GateParams._fields)  # 8 tensors per modality
 BLOCK_B = 16  # samples per program: tl.dot needs >= 16 rows
-BLOCK_K = 32  # the tile of every contraction over D_m or d
+BLOCK_K = 16  # the tile of every contraction over D_m or d: narrow, as the fp32 dots run on FMAs that hold a K-slice per thread
 BLOCK_C = 256  # workspace columns per program of the reduction
 # The partial gradients take (programs x parameters) elements: the backward
 # runs at most this many programs' rows at once (each program then loops over
@@ -54,7 +54,7 @@ MAX_PROGRAMS = 1024
 # One configuration each: BLOCK_B/BLOCK_K are fixed by the host (it sizes the
 # grid and the workspace with them) and the tile widths follow d and r; there
 # is nothing to autotune but the warps, and timing runs would cost a compile each.
-GATES_CONFIGS = [((80, 90), triton.Config({}, num_warps=4))]
+GATES_CONFIGS = [((80, 90), triton.Config({}, num_warps=8))]  # 8 warps: d = r = 128 tiles without spilling
 REDUCE_CONFIGS = [((80, 90), triton.Config({}, num_warps=4))]
 
 
