@@ -1,5 +1,5 @@
-"""The ``"triton"`` backend: the Triton ops as the passes of the fused node,
-the stage functions, and the stage ops' autograd.
+"""The ``"triton"`` backend: the Triton ops (the passes over X, the gate
+network) as a kernel backend, and the autograd of its stage ops.
 
 On CUDA tensors ``"auto"`` prefers the C++/CUDA extension where it is built
 (priority 10 against 5): it is compiled ahead of time, so its first call
@@ -11,9 +11,9 @@ CPU tensors, by name only, so that the tests reach the kernels themselves.
 from __future__ import annotations
 
 from ... import backends, checks
-from ...autograd import register_stage_autograd
+from ...autograd import register_gates_autograd, register_stage_autograd
 from ..kernel_backend import KernelBackend
-from . import configs, elementwise, reductions
+from . import configs, elementwise, gate_network, reductions
 
 OPS = KernelBackend(
     "triton",
@@ -22,8 +22,11 @@ OPS = KernelBackend(
     modulate_=elementwise.modulate_,
     gate_grads=reductions.gate_grads,
     input_grads=elementwise.input_grads,
+    gates=gate_network.gates,
+    gates_backward=gate_network.gates_backward,
 )
 register_stage_autograd(OPS, "mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
+register_gates_autograd("mmcal::triton_gates", "mmcal::triton_gates_backward", gate_network.gates_backward)
 
 
 def register() -> None:

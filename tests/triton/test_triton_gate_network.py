@@ -1,0 +1,260 @@
+"""The Triton gate network (docs/spec.md steps 2-6; mmcal_kernels/backends/triton/gate_network.py)
+against the reference, with every parameter random (at the zero init of the
+last layers every gradient through steps 2-5 is zero and a test cannot fail).
+
+Forward: gates, every diagnostic and every saved tensor against
+``reference.gates_with_intermediates``. Backward: ``grad_summaries`` and every
+parameter gradient against autograd of ``reference.gates_from_summaries`` in
+float64 on the same values. Tolerances: ``mmcal_kernels.compare.TOLERANCES`` of
+the LEAST precise of the compute dtype and the compared tensor's dtype (a
+parameter gradient is rounded once to its parameter's dtype):
+
+    | dtype    | rtol   | atol (x max(1, max|want|)) |
+    | float64  | 1e-10  | 1e-10 |
+    | float32  | 5e-5   | 5e-6  |
+    | float16  | 2e-3   | 5e-4  |
+    | bfloat16 | 1.6e-2 | 4e-3  |
+
+The interpreter takes about a second per program and stage, so the cases are
+few and small; the 4096-wide one is marked slow.
+"""
+
+import re
+
+import pytest
+import torch
+
+from triton_env import DEVICE, ON_GPU
+from mmcal_kernels import reference
+from mmcal_kernels.spec import GateParams
+from mmcal_kernels.compare import TOLERANCES, assert_close
+from mmcal_kernels.autograd import diagnostics_dict
+from mmcal_kernels.backends.triton import configs, gate_network
+
+F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
+PRECISION = [F64, F32, F16, BF16]  # most to least precise
+OPCHECK_TESTS = None if ON_GPU else ("test_schema", "test_autograd_registration")
+
+
+def _loosest(*dtypes):
+    return max(dtypes, key=PRECISION.index)
+
+
+def _make(batch, dims, d, hidden, ct, pdtypes, present, seed=0, strided=False, tiny_norm=False):
+    """(summaries, flat params, present). ``pdtypes``: one dtype, or one per parameter tensor."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=1.0):
+        return torch.randn(shape, generator=gen, dtype=F64) * std
+
+    num = len(dims)
+    if strided:  # channels not contiguous: a transposed view
+        summaries = [rnd(dim, batch).to(ct).t() for dim in dims]
+    else:
+        summaries = [rnd(batch, dim).to(ct) for dim in dims]
+    flat = []
+    for dim, r in zip(dims, hidden):
+        shapes = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
+        flat += [rnd(*s, std=0.5) for s in shapes]
+    if tiny_norm:  # ||h_0|| < 1e-6: the clamp, not the norm, is differentiated (random values, not zeros)
+        flat[0], flat[1] = flat[0] * 1e-9, flat[1] * 1e-9
+    pdtypes = pdtypes if isinstance(pdtypes, (list, tuple)) else [pdtypes] * len(flat)
+    flat = [t.to(dt) for t, dt in zip(flat, pdtypes)]
+    if present == "some":
+        pres = torch.rand(batch, num, generator=gen) > 0.4
+        if batch > 0:
+            pres[0] = True
+    elif present == "none":
+        pres = torch.zeros(batch, num, dtype=torch.bool)
+    elif present == "one":
+        pres = torch.zeros(batch, num, dtype=torch.bool)
+        pres[torch.arange(batch), torch.randint(num, (batch,), generator=gen)] = True
+    else:
+        pres = None
+    move = (lambda t: t.to(DEVICE)) if DEVICE != "cpu" else (lambda t: t)
+    return [move(s) for s in summaries], [move(p) for p in flat], (move(pres) if pres is not None else None)
+
+
+def _groups(flat, dtype=None):
+    return [GateParams(*[t if dtype is None else t.to(dtype) for t in flat[8 * m : 8 * m + 8]]) for m in range(len(flat) // 8)]
+
+
+def _check_forward(summaries, flat, present):
+    ct = summaries[0].dtype
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, present)
+    diag = diagnostics_dict(diagnostics)
+    want_gates, want_diag, inter = reference.gates_with_intermediates(summaries, _groups(flat), present)
+    for m, (g, w) in enumerate(zip(gates, want_gates)):
+        assert g.dtype == ct
+        assert_close(g, w, ct, f"gates[{m}]")
+    for key in reference.DIAGNOSTIC_TENSORS:
+        assert_close(diag[key], want_diag[key], ct, key)
+    for m, (g, w) in enumerate(zip(diag["dimension_gates"], want_diag["dimension_gates"])):
+        assert_close(g, w, ct, f"dimension_gates[{m}]")
+    u, norm, context, *pre = saved
+    assert_close(u, inter.u, ct, "saved u")
+    assert_close(norm, torch.cat(inter.norm, 1), ct, "saved norm")
+    assert_close(context, inter.context, ct, "saved context")
+    for m, (p, w) in enumerate(zip(pre, inter.pre)):
+        assert_close(p, w, ct, f"saved pre[{m}]")
+    return gates
+
+
+def _check_backward(summaries, flat, present, seed=7):
+    ct = summaries[0].dtype
+    gen = torch.Generator().manual_seed(seed)
+    grad_gates = [torch.randn(s.shape, generator=gen, dtype=F64).to(device=s.device, dtype=ct) for s in summaries]
+    leaves = [s.detach().clone().requires_grad_() for s in summaries] + [p.detach().clone().requires_grad_() for p in flat]
+    num = len(summaries)
+    gates, _, _ = torch.ops.mmcal.triton_gates(leaves[:num], leaves[num:], present)
+    got = torch.autograd.grad(gates, leaves, grad_gates)
+    oracle = [t.detach().double().requires_grad_() for t in leaves]
+    want_gates, _ = reference.gates_from_summaries(oracle[:num], _groups(oracle[num:]), present)
+    want = torch.autograd.grad(want_gates, oracle, [g.double() for g in grad_gates])
+    for i, (g, w, leaf) in enumerate(zip(got, want, leaves)):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+        name = f"grad summaries[{i}]" if i < num else f"grad params[{i - num}] ({GateParams._fields[(i - num) % 8]})"
+        assert_close(g, w, _loosest(ct, leaf.dtype), name)
+    return got
+
+
+CASES = {  # batch, dims, d, hidden (per modality), ct, parameter dtypes, present, options
+    "m2-f32-odd-batch-strided": (17, [3, 11], 5, [7, 7], F32, F32, "some", dict(strided=True)),
+    "m3-f64-r-differs": (5, [1, 33, 130], 5, [7, 3, 9], F64, F64, None, {}),
+    "m4-f32-bf16-params-one-present": (3, [16, 64, 257, 5], 32, [32, 32, 32, 32], F32, BF16, "one", {}),
+    "m3-f32-f16-params-all-missing": (4, [2, 3, 4], 5, [7, 7, 7], F32, F16, "none", {}),
+    "m2-f64-f32-params-d32": (17, [40, 9], 32, [32, 32], F64, F32, "some", {}),
+    "m2-f64-bf16-params-b1": (1, [6, 300], 5, [7, 7], F64, BF16, "some", {}),
+    "m2-f32-mixed-params": (2, [4, 3], 5, [7, 7], F32, [F32, BF16, F16, F64, F32, BF16, F16, F64] * 2, None, {}),
+    "m3-f64-tiny-norm": (4, [3, 5, 2], 5, [7, 7, 7], F64, F64, "some", dict(tiny_norm=True)),
+    "m5-fallback-f32-bf16": (6, [3, 4, 2, 5, 3], 5, [7, 3, 7, 7, 4], F32, BF16, "some", {}),
+    "m5-fallback-f64": (3, [3, 4, 2, 5, 3], 5, [7, 3, 7, 7, 4], F64, F64, None, {}),
+    "m2-b0": (0, [3, 5], 5, [7, 7], F32, F32, "some", {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_backward_match_the_reference(case):
+    batch, dims, d, hidden, ct, pdtypes, present, options = CASES[case]
+    summaries, flat, pres = _make(batch, dims, d, hidden, ct, pdtypes, present, **options)
+    _check_forward(summaries, flat, pres)
+    grads = _check_backward(summaries, flat, pres)
+    if batch == 0:
+        assert all((g == 0).all() for g in grads[len(dims) :]), "B = 0: parameter gradients are zero"
+
+
+@pytest.mark.slow
+def test_a_4096_wide_modality():
+    summaries, flat, pres = _make(3, [4096, 7], 32, [32, 32], F32, BF16, "some")
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+
+
+def test_gradcheck_float64():
+    summaries, flat, pres = _make(2, [2, 3], 2, [3, 2], F64, F64, "some", seed=3)
+    leaves = [t.requires_grad_() for t in summaries + flat]
+
+    def gates(*ts):
+        return tuple(torch.ops.mmcal.triton_gates(list(ts[:2]), list(ts[2:]), pres)[0])
+
+    assert torch.autograd.gradcheck(gates, leaves, fast_mode=True)
+
+
+def _op_samples():
+    summaries, flat, pres = _make(3, [3, 4], 4, [5, 3], F32, F32, "some", seed=4)
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, pres)
+    grad_gates = [torch.randn_like(g) for g in gates]
+    leaves = [s.clone().requires_grad_() for s in summaries], [p.clone().requires_grad_() for p in flat]
+    return {
+        "triton_gates": (leaves[0], leaves[1], pres),
+        "triton_gates_backward": (grad_gates, summaries, flat, pres, list(diagnostics), list(saved)),
+    }
+
+
+@pytest.mark.parametrize("name", ["triton_gates", "triton_gates_backward"])
+def test_opcheck(name):
+    args = _op_samples()[name]
+    torch.library.opcheck(getattr(torch.ops.mmcal, name).default, args, test_utils=OPCHECK_TESTS or
+                          ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))  # fmt: skip
+
+
+def test_second_derivative_raises():
+    summaries, flat, pres = _make(2, [3, 4], 4, [5, 3], F64, F64, "some", seed=5)
+    leaves = [t.requires_grad_() for t in summaries + flat]
+    gates, _, _ = torch.ops.mmcal.triton_gates(leaves[:2], leaves[2:], pres)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        torch.autograd.grad(sum(g.sum() for g in gates), leaves, create_graph=True)
+    # The backward op itself, called on inputs that require grad, refuses to be differentiated.
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, pres)
+    grad_gates = [torch.randn_like(g).requires_grad_() for g in gates]
+    grad_summaries, _ = torch.ops.mmcal.triton_gates_backward(grad_gates, summaries, flat, pres, diagnostics, saved)
+    with pytest.raises(RuntimeError, match="no derivative"):
+        grad_summaries[0].sum().backward()
+
+
+def test_outputs_do_not_require_grad_but_diagnostics_and_saved_are_detached():
+    summaries, flat, pres = _make(2, [3, 4], 4, [5, 3], F32, F32, None, seed=6)
+    leaves = [t.requires_grad_() for t in summaries + flat]
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(leaves[:2], leaves[2:], pres)
+    assert all(g.requires_grad for g in gates)
+    assert not any(t.requires_grad for t in list(diagnostics) + list(saved))
+
+
+@pytest.mark.parametrize("where", ["summaries[1]", "params[3]", "present"])
+def test_device_mismatch_raises_value_error_naming_the_argument(where):
+    summaries, flat, pres = _make(2, [3, 4], 4, [5, 3], F32, F32, "some", seed=8)
+    if where == "summaries[1]":
+        summaries[1] = summaries[1].to("meta")
+    elif where == "params[3]":
+        flat[3] = flat[3].to("meta")
+    else:
+        pres = pres.to("meta")
+    with pytest.raises(ValueError, match=re.escape(where) + ".*on meta"):
+        torch.ops.mmcal.triton_gates(summaries, flat, pres)
+
+
+BAD = [
+    (lambda s, p, q: (s, p[:-1], q), ValueError, r"params: expected 8 tensors per modality \(16\), got 15"),
+    (lambda s, p, q: (s, p[:2] + [p[2][:, :-1]] + p[3:], q), ValueError, r"params\[2\] \(hidden_weight of modality 0\): expected \[5, 10\]"),
+    (lambda s, p, q: (s, p[:7] + [p[7].int()] + p[8:], q), TypeError, r"params\[7\] \(dim_bias of modality 0\): expected a floating-point"),
+    (lambda s, p, q: ([s[0], s[1].double()], p, q), TypeError, r"summaries\[1\]: dtype torch.float64 differs"),
+    (lambda s, p, q: ([s[0].half(), s[1].half()], p, q), TypeError, r"summaries\[0\]: expected the compute dtype"),
+    (lambda s, p, q: (s, p, q.int()), TypeError, r"present: expected a bool tensor"),
+    (lambda s, p, q: (s, p, q[:, :1]), ValueError, r"present: expected \[B, M\] = \[2, 2\]"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD)))
+def test_bad_input_raises_naming_the_argument(i):
+    make, exc, match = BAD[i]
+    summaries, flat, pres = _make(2, [3, 4], 4, [5, 3], F32, F32, "some", seed=9)
+    with pytest.raises(exc, match=match):
+        torch.ops.mmcal.triton_gates(*make(summaries, flat, pres))
+
+
+def test_launch_counts_and_determinism(monkeypatch):
+    launched = []
+    real = configs.launch
+
+    def counting(tuner, *args, **kwargs):
+        launched.append(tuner.fn.__name__ if hasattr(tuner.fn, "__name__") else str(tuner.fn))
+        return real(tuner, *args, **kwargs)
+
+    monkeypatch.setattr(configs, "launch", counting)
+    summaries, flat, pres = _make(19, [3, 6, 5], 5, [7, 7, 7], F32, BF16, "some", seed=10)
+    leaves = [t.requires_grad_() for t in summaries + flat]
+    gates, _, _ = torch.ops.mmcal.triton_gates(leaves[:3], leaves[3:], pres)
+    assert len(launched) == 1, f"forward: {launched}"
+    grad_gates = [torch.randn_like(g) for g in gates]
+    first = torch.autograd.grad(gates, leaves, grad_gates, retain_graph=True)
+    assert len(launched) == 3, f"backward: {launched[1:]}"
+    again = torch.autograd.grad(gates, leaves, grad_gates)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b), "the backward is not deterministic"
+    # B = 0: no forward launch; the backward's reduction alone writes the zero parameter gradients.
+    launched.clear()
+    summaries, flat, pres = _make(0, [3, 4], 5, [7, 7], F32, F32, None)
+    leaves = [t.requires_grad_() for t in summaries + flat]
+    gates, _, _ = torch.ops.mmcal.triton_gates(leaves[:2], leaves[2:], pres)
+    torch.autograd.grad(gates, leaves, [torch.zeros_like(g) for g in gates])
+    assert len(launched) <= 2, launched
