@@ -26,7 +26,7 @@ import torch
 
 from triton_env import DEVICE, ON_GPU
 from mmcal_kernels import reference
-from mmcal_kernels.spec import GateParams
+from mmcal_kernels.spec import DIAGNOSTIC_TENSORS, GateParams
 from mmcal_kernels.compare import TOLERANCES, assert_close
 from mmcal_kernels.autograd import diagnostics_dict
 from mmcal_kernels.backends.triton import configs, gate_network
@@ -87,7 +87,7 @@ def _check_forward(summaries, flat, present):
     for m, (g, w) in enumerate(zip(gates, want_gates)):
         assert g.dtype == ct
         assert_close(g, w, ct, f"gates[{m}]")
-    for key in reference.DIAGNOSTIC_TENSORS:
+    for key in DIAGNOSTIC_TENSORS:
         assert_close(diag[key], want_diag[key], ct, key)
     for m, (g, w) in enumerate(zip(diag["dimension_gates"], want_diag["dimension_gates"])):
         assert_close(g, w, ct, f"dimension_gates[{m}]")
