@@ -131,9 +131,10 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(stages, (leaves[0], gate), fast_mode=True)
 
 
-def test_two_launches_over_x_each_way(monkeypatch):
-    """Forward: one summary launch and one modulation launch for all three
-    modalities; backward: one dg launch and one dX launch (none for frozen X)."""
+def test_launches_each_way(monkeypatch):
+    """Forward: one summary launch, one gate-network launch and one modulation
+    launch for all three modalities; backward: one dg launch, the gate
+    network's two, and one dX launch (none for frozen X)."""
     from mmcal_kernels.backends.triton import configs
 
     launched = []
@@ -143,14 +144,15 @@ def test_two_launches_over_x_each_way(monkeypatch):
     module = _module(dims, layouts, 62, torch.float32)
     features, masks, present = _to(*random_case(dims, layouts, batch=3, positions=[5, (2, 3), ()], seed=63))
     leaves = [x.detach().requires_grad_() for x in features]
+    forward, backward = ["_reduce_kernel", "_gates_kernel", "_map_kernel"], ["_reduce_kernel", "_gates_backward_kernel", "_reduce_partials_kernel"]
     outputs = module(leaves, masks, present)
-    assert launched == ["_reduce_kernel", "_map_kernel"]
+    assert launched == forward
     launched.clear()
     torch.autograd.backward(outputs, random_grads(outputs))
-    assert launched == ["_reduce_kernel", "_map_kernel"]
+    assert launched == backward + ["_map_kernel"]
     launched.clear()
     torch.autograd.backward(module(features, masks, present), random_grads(outputs))  # frozen features
-    assert launched == ["_reduce_kernel", "_map_kernel", "_reduce_kernel"]
+    assert launched == forward + backward
 
 
 # ---- no silent wrong result: in place, second derivatives ------------------
