@@ -12,7 +12,8 @@ import platform
 
 # The main library (_C): the op schemas, the in-place autograd kernels, the CPU
 # host code and the portable kernel table. Paths relative to csrc/.
-MAIN_SOURCES = ("registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
+MAIN_SOURCES = ("registration.cpp", "inplace.cpp", "cpu/passes_cpu.cpp", "cpu/gate_network.cpp", "cpu/dispatch.cpp",
+                "cpu/kernels_default.cpp")
 CUDA_SOURCES = ("cuda/passes.cu", "cuda/passes_cuda.cpp")
 
 # One library per instruction set, each compiled from cpu/kernels_<cap>.cpp and
