@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 
 from . import _checks, backends, build_config, reference
+from .gate_network_ops import register_cpp_gate_ops
 from .pass_ops import LAYOUT_NAMES, PassOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -191,6 +192,7 @@ def _register_python_side() -> None:
         return [torch.empty_like(x) for x in xs]
 
     OPS.register_autograd("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
+    register_cpp_gate_ops()
 
 
 # ---- the backends ----------------------------------------------------------
