@@ -14,7 +14,11 @@
 // whatever the thread count, so that two runs give the same bits.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sigmoid.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -163,19 +167,6 @@ T two_sigmoid(T x) {
 }
 
 template <typename T>
-T gelu(T x) {
-  return T(0.5) * x * (T(1) + std::erf(x * T(M_SQRT1_2)));
-}
-
-// d GELU / dx = Phi(x) + x phi(x), exact (erf) GELU as the reference's F.gelu.
-template <typename T>
-T gelu_grad(T x) {
-  const T cdf = T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2)));
-  const T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
-  return cdf + x * pdf;
-}
-
-template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
   T acc = 0;
   for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
@@ -219,6 +210,7 @@ void column_sums(const T* x, int64_t rows, int64_t cols, int64_t ld, const T* sc
 
 // BLAS into a buffer of the right shape (a slice of a larger one), no allocation.
 void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
+void addmm_into(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) { at::addmm_out(out, bias, a, b); }
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -301,53 +293,36 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
     });
   }
 
-  // Step 5, the hidden layer's product: pre_m (without bias) = q_m Wh_m^T.
-  for (int64_t m = 0; m < M; ++m) mm_into(pre[m], q[m], P(m, kHidW).t());
+  // Step 5: pre_m = q_m Wh_m^T + bh_m, e_m = GELU(pre_m), z_m = e_m Wd_m^T + bd_m,
+  // 2 sigmoid(z_m). The elementwise erf and exp go to ATen's vectorised
+  // kernels: as scalar libm calls in a loop they cost as much as the products.
+  for (int64_t m = 0; m < M; ++m) {
+    addmm_into(pre[m], P(m, kHidB), q[m], P(m, kHidW).t());
+    at::gelu_out(hidden[m], pre[m]);
+    addmm_into(dim_gate[m], P(m, kDimB), hidden[m], P(m, kDimW).t());
+    dim_gate[m].sigmoid_();
+  }
 
-  // Step 5 per sample: bias, GELU, the instance logit (a dot product: no BLAS call for one column).
+  // Steps 5-6 per sample: the instance logit (one column: a dot product, not
+  // a BLAS call), the gates, the pass-through.
   {
     T* ip = ptr<T>(instance);
     const int64_t rsum = std::accumulate(z.r.begin(), z.r.end(), int64_t(0));
-    at::parallel_for(0, B, grain_for(30 * rsum), [&](int64_t begin, int64_t end) {
-      for (int64_t m = 0; m < M; ++m) {
-        const int64_t r = z.r[m];
-        T* pm = ptr<T>(pre[m]);
-        T* em = ptr<T>(hidden[m]);
-        const T *bh = ptr<T>(P(m, kHidB)), *wi = ptr<T>(P(m, kInstW));
-        const T bi = *ptr<T>(P(m, kInstB));
-        for (int64_t b = begin; b < end; ++b) {
-          T a = 0;
-          for (int64_t i = 0; i < r; ++i) {
-            const T x = pm[b * r + i] + bh[i];
-            pm[b * r + i] = x;
-            em[b * r + i] = gelu(x);
-            a += em[b * r + i] * wi[i];
-          }
-          ip[b * M + m] = two_sigmoid(a + bi);
-        }
-      }
-    });
-  }
-
-  // Step 5, the dimension logits' product: z_m (without bias) = e_m Wd_m^T.
-  for (int64_t m = 0; m < M; ++m) mm_into(dim_gate[m], hidden[m], P(m, kDimW).t());
-
-  // Step 6 per sample: bias, the dimension gates, the gates, the pass-through.
-  {
-    const T* ip = ptr<T>(instance);
     const int64_t Dsum = std::accumulate(z.D.begin(), z.D.end(), int64_t(0));
-    at::parallel_for(0, B, grain_for(20 * Dsum), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, grain_for(2 * rsum + 3 * Dsum), [&](int64_t begin, int64_t end) {
       for (int64_t m = 0; m < M; ++m) {
-        const int64_t D = z.D[m];
-        T* zm = ptr<T>(dim_gate[m]);
+        const int64_t D = z.D[m], r = z.r[m];
+        const T *em = ptr<T>(hidden[m]), *wi = ptr<T>(P(m, kInstW));
+        const T bi = *ptr<T>(P(m, kInstB));
+        T* dm = ptr<T>(dim_gate[m]);
         T* gm = ptr<T>(gate[m]);
-        const T* bd = ptr<T>(P(m, kDimB));
         for (int64_t b = begin; b < end; ++b) {
-          const T ig = ip[b * M + m];
+          const T ig = two_sigmoid(dot(em + b * r, wi, r) + bi);
+          ip[b * M + m] = ig;
           const bool on = pres(b, m);
           for (int64_t j = 0; j < D; ++j) {
-            const T dg = two_sigmoid(zm[b * D + j] + bd[j]);
-            zm[b * D + j] = dg;
+            const T dg = T(2) * dm[b * D + j];
+            dm[b * D + j] = dg;
             gm[b * D + j] = on ? ig * dg : T(1);
           }
         }
@@ -386,9 +361,10 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
 
   Tensor da = at::empty({B, M}, opts), q = at::empty({M, B, cue}, opts), dcue = at::empty({M, B, cue}, opts);
   Tensor dh = at::empty({M, B, d}, opts);
-  std::vector<Tensor> dz, dpre, hidden;
+  std::vector<Tensor> dz, de, dpre, hidden;
   for (int64_t m = 0; m < M; ++m) {
     dz.push_back(at::empty({B, z.D[m]}, opts));
+    de.push_back(at::empty({B, z.r[m]}, opts));
     dpre.push_back(at::empty({B, z.r[m]}, opts));
     hidden.push_back(at::empty({B, z.r[m]}, opts));
   }
@@ -424,31 +400,32 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
   }
 
   // Step 5 back, the product: de_m (without the instance term) = dz_m Wd_m.
-  for (int64_t m = 0; m < M; ++m) mm_into(dpre[m], dz[m], P(m, kDimW));
+  for (int64_t m = 0; m < M; ++m) mm_into(de[m], dz[m], P(m, kDimW));
 
-  // Step 5 back per sample: the instance term, GELU'; e and the cues rebuilt
-  // for the weight gradients (cheaper than saving them).
+  // Step 5 back per sample: the instance term of de; the cues rebuilt for
+  // the hidden weight's gradient (cheaper than saving them).
   {
     const T* dap = ptr<T>(da);
     T* qp = ptr<T>(q);
     const int64_t rsum = std::accumulate(z.r.begin(), z.r.end(), int64_t(0));
-    at::parallel_for(0, B, grain_for(40 * rsum + 3 * M * d), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, grain_for(2 * rsum + 3 * M * d), [&](int64_t begin, int64_t end) {
       for (int64_t m = 0; m < M; ++m) {
         const int64_t r = z.r[m];
-        const T *pm = ptr<T>(saved[3 + m]), *wi = ptr<T>(P(m, kInstW));
-        T *dm = ptr<T>(dpre[m]), *em = ptr<T>(hidden[m]);
+        const T* wi = ptr<T>(P(m, kInstW));
+        T* dem = ptr<T>(de[m]);
         for (int64_t b = begin; b < end; ++b) {
           const T a = dap[b * M + m];
-          for (int64_t i = 0; i < r; ++i) {
-            const T x = pm[b * r + i];
-            em[b * r + i] = gelu(x);
-            dm[b * r + i] = (dm[b * r + i] + a * wi[i]) * gelu_grad(x);
-          }
+          for (int64_t i = 0; i < r; ++i) dem[b * r + i] += a * wi[i];
           assemble_cue(U + (b * M + m) * d, CTX + (b * M + m) * d, S[b * M + m], C[b * M + m], d,
                        qp + (m * B + b) * cue);
         }
       }
     });
+  }
+  // GELU' and GELU again (e, for the dim weight's gradient) in ATen's vectorised kernels.
+  for (int64_t m = 0; m < M; ++m) {
+    at::gelu_backward_out(dpre[m], de[m], saved[3 + m]);
+    at::gelu_out(hidden[m], saved[3 + m]);
   }
 
   // Step 5 back, the products: dq_m = dpre_m Wh_m, and two weight gradients.
