@@ -30,11 +30,14 @@ pytestmark = pytest.mark.skipif(
 # comes back in: outputs, diagnostics, saved tensors and grad_summaries are in
 # ct; a parameter gradient is in its parameter's dtype, i.e. computed in ct
 # and rounded once, so the half types' rtol is their half-ulp (bf16 2^-8,
-# fp16 2^-11) plus margin. Measured worst errors over this file's cases use at
-# most about a third of each budget.
+# fp16 2^-11) plus margin. Measured over the oracle grid below at B = 1, 9, 32
+# and 3 seeds each: float32 uses at most ~0.5 of its budget (the worst, a
+# summary gradient next to a 4096-wide modality, is as large in the eager
+# float32 torch version); bfloat16 and float16 at most ~0.8 (the rounding
+# itself: half an ulp is 0.78 of rtol); float64 ~0.001.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-11),
-    torch.float32: (1e-5, 2e-6),
+    torch.float32: (2.5e-5, 5e-6),
     torch.bfloat16: (5e-3, 1e-5),
     torch.float16: (6e-4, 1e-5),
 }

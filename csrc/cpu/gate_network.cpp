@@ -166,11 +166,16 @@ T two_sigmoid(T x) {
   return T(2) / (T(1) + std::exp(-x));
 }
 
+// Sums of products accumulate in double for both compute dtypes: a float
+// accumulator over D_m = 768 terms, or over the batch, loses digits that
+// torch's own (multi-accumulator) reductions keep. The squared norm is the
+// exception (below): it stays in ct, so that ||h|| overflows where the
+// reference's does and u = 0 there.
 template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
-  return acc;
+  double acc = 0;
+  for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(a[j]) * static_cast<double>(b[j]);
+  return static_cast<T>(acc);
 }
 
 // k_m = max(1, sum_{n != m} pi[b, n]) and the weights w[m, n] of one sample.
@@ -200,12 +205,13 @@ void assemble_cue(const T* u, const T* c, T support, T conflict, int64_t d, T* q
 // same order, hence the same bits, whatever the threads.
 template <typename T>
 void column_sums(const T* x, int64_t rows, int64_t cols, int64_t ld, const T* scale, int64_t scale_stride, T* out) {
-  std::fill(out, out + cols, T(0));
+  std::vector<double> acc(cols, 0.0);
   for (int64_t b = 0; b < rows; ++b) {
-    const T s = scale ? scale[b * scale_stride] : T(1);
+    const double s = scale ? static_cast<double>(scale[b * scale_stride]) : 1.0;
     const T* row = x + b * ld;
-    for (int64_t j = 0; j < cols; ++j) out[j] += s * row[j];
+    for (int64_t j = 0; j < cols; ++j) acc[j] += s * static_cast<double>(row[j]);
   }
+  for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<T>(acc[j]);
 }
 
 // BLAS into a buffer of the right shape (a slice of a larger one), no allocation.
@@ -387,13 +393,13 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
             dap[b * M + m] = 0;
             continue;
           }
-          T d_ig = 0;
+          double d_ig = 0;
           for (int64_t j = 0; j < D; ++j) {
             const T gj = g[b * D + j], dgj = dg[b * D + j];
-            d_ig += gj * dgj;
+            d_ig += static_cast<double>(gj) * static_cast<double>(dgj);
             dzm[b * D + j] = gj * ig * dgj * (T(1) - T(0.5) * dgj);  // d(2 sigmoid(z))/dz = dg (1 - dg / 2)
           }
-          dap[b * M + m] = d_ig * ig * (T(1) - T(0.5) * ig);
+          dap[b * M + m] = static_cast<T>(d_ig) * ig * (T(1) - T(0.5) * ig);
         }
       }
     });
