@@ -15,8 +15,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
 #include <torch/library.h>
@@ -214,14 +212,33 @@ void column_sums(const T* x, int64_t rows, int64_t cols, int64_t ld, const T* sc
   for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<T>(acc[j]);
 }
 
-// BLAS into a buffer of the right shape (a slice of a larger one), no allocation.
-void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
-void addmm_into(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) { at::addmm_out(out, bias, a, b); }
-
 template <typename T>
 T* ptr(const Tensor& t) {
   return t.data_ptr<T>();
 }
+
+// Where each modality's [B, r_m] block starts in a flat buffer of all of them.
+std::vector<int64_t> hidden_offsets(const Sizes& z) {
+  std::vector<int64_t> offset(z.M + 1, 0);
+  for (int64_t m = 0; m < z.M; ++m) offset[m + 1] = offset[m] + z.B * z.r[m];
+  return offset;
+}
+
+// flat[offset[m] + i] = f(pre_m[i]) for every modality (pre_m contiguous [B, r_m]).
+template <typename T, typename F>
+void for_each_hidden(const Sizes& z, const std::vector<Tensor>& pre, const Tensor& flat,
+                     const std::vector<int64_t>& offset, F f) {
+  T* out = ptr<T>(flat);
+  for (int64_t m = 0; m < z.M; ++m) {
+    const T* x = ptr<T>(pre[m]);
+    for (int64_t i = 0; i < z.B * z.r[m]; ++i) f(x[i], out[offset[m] + i]);
+  }
+}
+
+// BLAS into a buffer of the right shape (a slice of a larger one), no allocation.
+void mm_into(Tensor out, const Tensor& a, const Tensor& b) { at::mm_out(out, a, b); }
+void addmm_into(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) { at::addmm_out(out, bias, a, b); }
+
 
 using Lists = std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>;
 
@@ -300,11 +317,24 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
   }
 
   // Step 5: pre_m = q_m Wh_m^T + bh_m, e_m = GELU(pre_m), z_m = e_m Wd_m^T + bd_m,
-  // 2 sigmoid(z_m). The elementwise erf and exp go to ATen's vectorised
-  // kernels: as scalar libm calls in a loop they cost as much as the products.
+  // 2 sigmoid(z_m). erf and exp go to ATen's vectorised kernels (as scalar
+  // libm calls they cost as much as the products), erf once for all
+  // modalities, through one flat buffer: per call, at::gelu costs more in
+  // overhead than in arithmetic at these sizes.
+  for (int64_t m = 0; m < M; ++m) addmm_into(pre[m], P(m, kHidB), q[m], P(m, kHidW).t());
+  const std::vector<int64_t> offset = hidden_offsets(z);
+  Tensor erfs = at::empty({offset[M]}, opts);
+  for_each_hidden<T>(z, pre, erfs, offset, [](T x, T& out) { out = x * T(M_SQRT1_2); });
+  erfs.erf_();
+  {
+    const T* ep = ptr<T>(erfs);
+    for (int64_t m = 0; m < M; ++m) {
+      const T* x = ptr<T>(pre[m]);
+      T* e = ptr<T>(hidden[m]);
+      for (int64_t i = 0; i < B * z.r[m]; ++i) e[i] = T(0.5) * x[i] * (T(1) + ep[offset[m] + i]);
+    }
+  }
   for (int64_t m = 0; m < M; ++m) {
-    addmm_into(pre[m], P(m, kHidB), q[m], P(m, kHidW).t());
-    at::gelu_out(hidden[m], pre[m]);
     addmm_into(dim_gate[m], P(m, kDimB), hidden[m], P(m, kDimW).t());
     dim_gate[m].sigmoid_();
   }
@@ -428,10 +458,28 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
       }
     });
   }
-  // GELU' and GELU again (e, for the dim weight's gradient) in ATen's vectorised kernels.
-  for (int64_t m = 0; m < M; ++m) {
-    at::gelu_backward_out(dpre[m], de[m], saved[3 + m]);
-    at::gelu_out(hidden[m], saved[3 + m]);
+  // GELU'(x) = Phi(x) + x phi(x), and GELU again (e, for the dim weight's
+  // gradient): erf and exp each once for all modalities, vectorised by ATen.
+  {
+    const std::vector<int64_t> offset = hidden_offsets(z);
+    Tensor erfs = at::empty({offset[M]}, opts), exps = at::empty({offset[M]}, opts);
+    std::vector<Tensor> pre(saved.begin() + 3, saved.end());
+    for_each_hidden<T>(z, pre, erfs, offset, [](T x, T& out) { out = x * T(M_SQRT1_2); });
+    for_each_hidden<T>(z, pre, exps, offset, [](T x, T& out) { out = T(-0.5) * x * x; });
+    erfs.erf_();
+    exps.exp_();
+    const T *ep = ptr<T>(erfs), *xp = ptr<T>(exps);
+    for (int64_t m = 0; m < M; ++m) {
+      const T* x = ptr<T>(pre[m]);
+      const T* dem = ptr<T>(de[m]);
+      T *e = ptr<T>(hidden[m]), *dp = ptr<T>(dpre[m]);
+      for (int64_t i = 0; i < B * z.r[m]; ++i) {
+        const T cdf = T(0.5) * (T(1) + ep[offset[m] + i]);
+        const T pdf = xp[offset[m] + i] * T(0.3989422804014327);  // 1 / sqrt(2 pi)
+        e[i] = x[i] * cdf;
+        dp[i] = dem[i] * (cdf + x[i] * pdf);
+      }
+    }
   }
 
   // Step 5 back, the products: dq_m = dpre_m Wh_m, and two weight gradients.
