@@ -8,13 +8,18 @@
 // Why one op: in torch ops steps 2-6 and their backward are ~150 small ops,
 // whose dispatch costs far more than their arithmetic on [B, D]-sized tensors.
 // Here the large products (s W^T, q Wh^T, e Wd^T and their backward products)
-// go to BLAS through at::mm_out into buffers allocated once, and everything
-// between them is a few hand-written loops over samples (at::parallel_for).
-// Reductions over the batch (bias gradients) run in a fixed order per column,
-// whatever the thread count, so that two runs give the same bits.
+// go to BLAS through at::mm_out into buffers allocated once; the erf and exp
+// of GELU and the sigmoid go to ATen's vectorised kernels, one call each over
+// all modalities where the shapes allow; everything between is a few
+// hand-written loops over samples (at::parallel_for). At the real sizes the
+// products are most of the time (benchmarks/gate_network_cpu.py measures
+// them alone). Reductions over the batch (bias gradients) run in a fixed
+// order per column, whatever the thread count, so two runs give the same bits.
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/erf.h>
+#include <ATen/ops/exp.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
 #include <torch/library.h>
