@@ -30,6 +30,13 @@ TORCH_LIBRARY(mmcal, m) {
   m.def(
       "input_grads(Tensor[] xs, Tensor?[] grad_ys, Tensor?[] gates, Tensor?[] masks, Tensor?[] ds, "
       "int[] layouts) -> Tensor[]");
+  // Steps 2-6 for every modality: summaries [B, D_m] in ct and the 8*M gate parameters to the gates,
+  // the diagnostics and what gates_backward reads (the contract: docs/spec.md, reference.gates_with_intermediates).
+  m.def("gates(Tensor[] summaries, Tensor[] params, Tensor? present) -> (Tensor[] gates, Tensor[] diagnostics, Tensor[] saved)");
+  // Backward of gates: d summaries in ct and d params, each in its parameter's dtype; deterministic.
+  m.def(
+      "gates_backward(Tensor[] grad_gates, Tensor[] summaries, Tensor[] params, Tensor? present, "
+      "Tensor[] diagnostics, Tensor[] saved) -> (Tensor[] grad_summaries, Tensor[] grad_params)");
   // Which CPU kernel table is in use (default, AVX2, AVX512): for info and tests.
   m.def("cpu_capability() -> str", []() { return std::string(mmcal::cpu::kernels().capability); });
 }

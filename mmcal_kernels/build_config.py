@@ -17,7 +17,8 @@ from typing import Mapping, NamedTuple, Optional
 
 # The main library (_C): the op schemas, the in-place autograd kernels, the CPU
 # host code and the portable kernel table. Paths relative to csrc/.
-MAIN_SOURCES = ("ops.cpp", "inplace.cpp", "cpu/ops_cpu.cpp", "cpu/dispatch.cpp", "cpu/kernels_default.cpp")
+MAIN_SOURCES = ("ops.cpp", "inplace.cpp", "cpu/ops_cpu.cpp", "cpu/gate_network.cpp", "cpu/dispatch.cpp",
+                "cpu/kernels_default.cpp")
 CUDA_SOURCES = ("cuda/reductions.cu", "cuda/elementwise.cu", "cuda/ops_cuda.cpp")
 
 # One library per instruction set, each compiled from cpu/kernels_<cap>.cpp and

@@ -21,7 +21,7 @@ def register() -> None:
     ))  # fmt: skip
     cuda_ok = ok and status["cuda_kernels"] and torch.cuda.is_available()
     why = "" if cuda_ok else (status["why_not"] or ("_C was built without CUDA" if not status["cuda_kernels"] else "no GPU visible"))
-    backends.register(ops.OPS.backend(
+    backends.register(ops.CUDA_OPS.backend(
         "cuda", device_types=("cuda",), dtypes=dtypes, built=ok and status["cuda_kernels"], usable=cuda_ok,
         why_not=why, priority=10, notes="C++/CUDA extension",
     ))  # fmt: skip

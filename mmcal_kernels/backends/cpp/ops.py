@@ -1,24 +1,35 @@
 """The C++ extension's ops (csrc/ops.cpp) as a kernel backend: their fake
 kernels (shapes and device checks for ``torch.compile`` and ``meta``), the
-autograd of the stage ops, and the ``KernelBackend`` the ``"cpu"`` and
-``"cuda"`` backends compute with. Registered once the library has loaded."""
+autograd of the stage ops and of the gate network, and the ``KernelBackend``s
+the ``"cpu"`` and ``"cuda"`` backends compute with. Registered once the
+library has loaded."""
 
 from __future__ import annotations
 
 import torch
 
-from ...autograd import register_stage_autograd
+from ... import gates_torch
+from ...autograd import register_gates_autograd, register_stage_autograd
 from ...spec import channels, layout_name
 from ..kernel_backend import KernelBackend
 
-OPS = KernelBackend(
-    "cpp",
+# Resolved at call time: the ops exist only once the extension has loaded.
+_PASSES = dict(
     summaries=lambda *a: torch.ops.mmcal.summaries(*a),
     modulate=lambda *a: torch.ops.mmcal.modulate(*a),
     modulate_=lambda *a: torch.ops.mmcal.modulate_(*a),
     gate_grads=lambda *a: torch.ops.mmcal.gate_grads(*a),
     input_grads=lambda *a: torch.ops.mmcal.input_grads(*a),
-)  # resolved at call time: the ops exist only once the extension has loaded
+)
+OPS = KernelBackend(
+    "cpp",
+    **_PASSES,
+    gates=lambda *a: torch.ops.mmcal.gates(*a),
+    gates_backward=lambda *a: torch.ops.mmcal.gates_backward(*a),
+)
+# The gate network has CPU kernels only: on CUDA tensors steps 2-6 run as
+# torch ops (gates_torch.py) until CUDA kernels for them exist.
+CUDA_OPS = KernelBackend("cuda", **_PASSES, gates=gates_torch.gates, gates_backward=gates_torch.gates_backward)
 
 
 def _channels(x, code):
@@ -71,4 +82,43 @@ def register() -> None:
         one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds=ds)
         return [torch.empty_like(x) for x in xs]
 
+    @torch.library.register_fake("mmcal::gates")
+    def _(summaries, params, present):
+        num, ct = _gate_args(summaries, params, present)
+        s0, batch, d = summaries[0], summaries[0].shape[0], params[0].shape[0]
+        gates = [s.new_empty((batch, s.shape[1]), dtype=ct) for s in summaries]
+        diagnostics = [s0.new_empty((batch, num, num), dtype=ct)] + [s0.new_empty((batch, num), dtype=ct) for _ in range(3)]
+        saved = [s0.new_empty((batch, num, d), dtype=ct), s0.new_empty((batch, num), dtype=ct),
+                 s0.new_empty((batch, num, d), dtype=ct)]  # fmt: skip
+        saved += [s0.new_empty((batch, params[8 * m + 2].shape[0]), dtype=ct) for m in range(num)]
+        return gates, diagnostics + [s.new_empty((batch, s.shape[1]), dtype=ct) for s in summaries], saved
+
+    @torch.library.register_fake("mmcal::gates_backward")
+    def _(grad_gates, summaries, params, present, diagnostics, saved):
+        num, ct = _gate_args(summaries, params, present, grad_gates=grad_gates, diagnostics=diagnostics, saved=saved)
+        if len(grad_gates) != num:
+            raise ValueError(f"grad_gates: expected one tensor per modality ({num}), got {len(grad_gates)}")
+        # Contiguous, as the C++ op returns them, whatever the parameters' strides.
+        return [s.new_empty(s.shape, dtype=ct) for s in summaries], [p.new_empty(p.shape) for p in params]
+
     register_stage_autograd(OPS, "mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
+    register_gates_autograd("mmcal::gates", "mmcal::gates_backward", OPS.gates_backward)
+
+
+def _gate_args(summaries, params, present, **lists) -> tuple[int, torch.dtype]:
+    """What the gate-network ops check before C++ would: counts, the compute dtype, one device."""
+    num = len(summaries)
+    if num < 2:
+        raise ValueError(f"summaries: expected one tensor per modality, at least 2, got {num}")
+    if len(params) != 8 * num:
+        raise ValueError(f"params: expected 8 tensors per modality ({8 * num} for {num} modalities), got {len(params)}")
+    ct = summaries[0].dtype
+    if ct not in (torch.float32, torch.float64):
+        raise TypeError(f"summaries[0]: its dtype is the compute dtype, float32 or float64; got {ct}")
+    device = summaries[0].device
+    for name, items in dict(summaries=summaries, params=params, present=[present], **lists).items():
+        for i, t in enumerate(items):
+            if t is not None and t.device != device:
+                where = name if name == "present" else f"{name}[{i}]"
+                raise ValueError(f"{where}: on {t.device}, but summaries[0] is on {device}")
+    return num, ct
