@@ -184,6 +184,8 @@ def register_gates_autograd(gates_op: str, gates_backward_op: str, backward: Cal
         _, diagnostics, saved = output
         ctx.num, ctx.num_params, ctx.has_present = len(summaries), len(params), present is not None
         ctx.mark_non_differentiable(*diagnostics, *saved)
+        # No zeros materialised for the diagnostics and saved outputs: one op each per backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*summaries, *params, *([present] if present is not None else []), *diagnostics, *saved)
 
     def gates_backward(ctx, grad_gates, _grad_diagnostics, _grad_saved):

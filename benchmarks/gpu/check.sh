@@ -120,7 +120,7 @@ else
   echo "pytest-timeout missing: only the stage's $TESTS_S s limit applies"
 fi
 # Most telling first; the .cu spill checks (nvcc only, no GPU) last.
-TESTS=(tests/backends/test_cuda.py tests/triton tests/backends/test_cuda_compile.py)
+TESTS=(tests/backends/test_cuda.py tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
 echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml)"
 # SIGINT at the limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
 timeout -s INT -k 15 "$TESTS_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
