@@ -20,23 +20,13 @@ import torch
 from torch.utils.benchmark import Timer
 
 from mmcal_kernels import GateParams, reference
+from mmcal_kernels.info import cpu_name
 from mmcal_kernels.gates_backward import gates_backward
 
 WORKLOADS = {
     "mosei-aligned": dict(batch=32, dims=(768, 74, 35), d=128, r=128),
     "two-512": dict(batch=64, dims=(512, 512), d=128, r=128),
 }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make(batch, dims, d, r, dtype=torch.float32, seed=0):

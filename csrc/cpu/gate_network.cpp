@@ -33,10 +33,7 @@
 #include <vector>
 
 #include "../common/checks.h"
-
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "mmcal: torch uses OpenMP but this file was compiled without -fopenmp; at::parallel_for would run serially"
-#endif
+#include "parallel.h"
 
 namespace mmcal {
 namespace cpu {

@@ -15,13 +15,8 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "parallel.h"
 #include "kernel_table.h"
-
-// at::parallel_for is inline: compiled without -fopenmp under an OpenMP torch
-// it silently runs every loop on one thread (setup.py passes the flag).
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#error "mmcal: torch uses OpenMP but this file was compiled without -fopenmp; at::parallel_for would run serially"
-#endif
 
 namespace mmcal {
 namespace cpu {

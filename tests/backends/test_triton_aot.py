@@ -74,11 +74,8 @@ def _source(tuner, slot_types, flags, cfg):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs)
 
 
-@pytest.mark.parametrize("variant,arch,cfg", _cases())
-def test_compiles_without_spills(variant, arch, cfg, tmp_path):
-    tuner, slot_types, flags = VARIANTS[variant]
-    compiled = triton.compile(_source(tuner, slot_types, flags, cfg), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
+def _ptxas_report(compiled, arch: int, tmp_path):
+    """(registers, spill bytes, ptxas -v's report) of a kernel compiled for sm_<arch>."""
     assert compiled.asm.get("cubin"), "no cubin"
     ptx = tmp_path / "kernel.ptx"
     ptx.write_text(compiled.asm["ptx"])
@@ -87,6 +84,15 @@ def test_compiles_without_spills(variant, arch, cfg, tmp_path):
                             capture_output=True, text=True, check=True).stderr  # fmt: skip
     registers = [int(n) for n in re.findall(r"Used (\d+) registers", report)]
     spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    return registers, spills, report
+
+
+@pytest.mark.parametrize("variant,arch,cfg", _cases())
+def test_compiles_without_spills(variant, arch, cfg, tmp_path):
+    tuner, slot_types, flags = VARIANTS[variant]
+    compiled = triton.compile(_source(tuner, slot_types, flags, cfg), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
+    registers, spills, report = _ptxas_report(compiled, arch, tmp_path)
     print(f"{variant} sm_{arch} {cfg}: registers {registers}, spill bytes {spills}")
     assert registers and spills, f"could not read ptxas -v:\n{report}"
     assert max(spills) == 0, f"{variant} spills on sm_{arch} with {cfg}:\n{report}"
@@ -149,14 +155,7 @@ def test_gate_network_compiles(kernel, dtype, arch, tmp_path):
     compiled = triton.compile(_gate_source(tuner.fn, slot_types, shared_types, consts),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
-    assert compiled.asm.get("cubin"), "no cubin"
-    ptx = tmp_path / "kernel.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-    report = subprocess.run([_ptxas(arch), "-v", f"--gpu-name={gpu}", str(ptx), "-o", str(tmp_path / "k.cubin")],
-                            capture_output=True, text=True, check=True).stderr  # fmt: skip
-    registers = [int(n) for n in re.findall(r"Used (\d+) registers", report)]
-    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+    registers, spills, report = _ptxas_report(compiled, arch, tmp_path)
     print(f"{kernel} {dtype} sm_{arch} d=r={GATE_D}: registers {registers}, spill bytes {spills}, "
           f"n_spills {getattr(compiled.metadata, 'n_spills', None)}")  # fmt: skip
     assert registers and spills, f"could not read ptxas -v:\n{report}"
