@@ -151,13 +151,13 @@ def _fwd_compare(pr, u, ctx, agr, sup, con, rows64, row_ok, M, d,
 
 @triton.jit
 def _u_ctx_tile(u, ctx, rows64, row_ok, M, m, d, k0, BLOCK_K: tl.constexpr):
-    """Columns ``k0 .. k0 + BLOCK_K`` of ``u_m`` and ``c_m`` for a block of samples:
-    the cue's first two parts are built from them, forward and backward."""
+    """Columns ``k0 .. k0 + BLOCK_K`` of ``u_m`` and ``c_m`` for a block of samples
+    (with their offsets and mask): the cue's first two parts, forward and backward."""
     kk = k0 + tl.arange(0, BLOCK_K)
     k_ok = kk < d
     tile_ok = row_ok[:, None] & k_ok[None, :]
     at = (rows64 * M + m)[:, None] * d + kk[None, :]
-    return kk, k_ok, tl.load(u + at, mask=tile_ok, other=0.0), tl.load(ctx + at, mask=tile_ok, other=0.0)
+    return kk, k_ok, at, tile_ok, tl.load(u + at, mask=tile_ok, other=0.0), tl.load(ctx + at, mask=tile_ok, other=0.0)
 
 
 @triton.jit
@@ -170,7 +170,7 @@ def _fwd_gate(m, hw, hb, iw, ib, dw, db, pre, dgo, go, D, R, pr, u, ctx, sup, co
     width = 2 * d + 2  # hidden_weight's row length: [u*c, u-c, S, C]
     acc = tl.zeros([BLOCK_B, BLOCK_R], dtype=ct)
     for k0 in range(0, d, BLOCK_K):
-        kk, k_ok, uv, cv = _u_ctx_tile(u, ctx, rows64, row_ok, M, m, d, k0, BLOCK_K)
+        kk, k_ok, at, tile_ok, uv, cv = _u_ctx_tile(u, ctx, rows64, row_ok, M, m, d, k0, BLOCK_K)
         w_ok = k_ok[:, None] & r_ok[None, :]
         w1 = tl.load(hw + rr[None, :] * width + kk[:, None], mask=w_ok, other=0.0).to(ct)
         w2 = tl.load(hw + rr[None, :] * width + d + kk[:, None], mask=w_ok, other=0.0).to(ct)
@@ -310,7 +310,7 @@ def _bwd_gate(m, gg, sgb, sgd, hw, iw, dw, pre, dgi, D, R, base, pr, u, ctx, sup
     cf = tl.load(con + rows64 * M + m, mask=row_ok, other=0.0)
     dpre_t = tl.trans(dpre)
     for k0 in range(0, d, BLOCK_K):
-        kk, k_ok, uv, cv = _u_ctx_tile(u, ctx, rows64, row_ok, M, m, d, k0, BLOCK_K)
+        kk, k_ok, at, tile_ok, uv, cv = _u_ctx_tile(u, ctx, rows64, row_ok, M, m, d, k0, BLOCK_K)
         w_ok = r_ok[:, None] & k_ok[None, :]
         col = rr[:, None] * width + kk[None, :]
         _accumulate(ws + o_hw + col, _mm(dpre_t, uv * cv), w_ok, first)
