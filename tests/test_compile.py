@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import assert_compiled_matches_eager, make_module
+from mmcal_kernels import backends
 from mmcal_kernels.compare import random_case
 
 pytestmark = pytest.mark.compile
@@ -16,9 +17,13 @@ def _case(length, seed):
     return random_case(DIMS, LAYOUTS, batch=3, positions=[length, length + 3, (2, 3)], dtype=torch.float32, seed=seed)
 
 
-def test_compile_fullgraph_equals_eager_forward_and_backward():
+BACKENDS = ["reference"] + (["cpu"] if backends.get("cpu").usable else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_equals_eager_forward_and_backward(backend):
     torch._dynamo.reset()
-    module = make_module(DIMS, LAYOUTS, seed=41, dtype=torch.float32)
+    module = make_module(DIMS, LAYOUTS, seed=41, dtype=torch.float32, backend=backend)
     features, masks, present = _case(7, 42)
     explanation = torch._dynamo.explain(module)(features, masks, present, True)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
@@ -48,8 +53,9 @@ def test_compile_dynamic_does_not_recompile_per_length():
     assert counts[0] >= 1 and counts[1:] == [counts[0]] * 2, f"compile counts after each length: {counts}"
 
 
-def test_export_runs_and_matches_eager():
-    module = make_module(DIMS, LAYOUTS, seed=44, dtype=torch.float32)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_runs_and_matches_eager(backend):
+    module = make_module(DIMS, LAYOUTS, seed=44, dtype=torch.float32, backend=backend)
     features, masks, present = _case(6, 45)
     exported = torch.export.export(module, (features, masks, present))
     got = exported.module()(features, masks, present)
