@@ -34,7 +34,12 @@ constexpr KernelTable build_table(std::integer_sequence<int, I...>) {
 }
 
 inline constexpr KernelTable kTable = build_table(std::make_integer_sequence<int, kNumCombos>{});
+// GCC cannot fold a function address against nullptr in a constant expression
+// under -fsanitize=address (tests/sanitizers.sh): there dispatch.cpp's run-time
+// complete() check alone guards the table.
+#if !defined(__SANITIZE_ADDRESS__)
 static_assert(complete(kTable), "a slot of the CPU kernel table is empty");
+#endif
 
 inline const KernelTable* kernel_table() { return &kTable; }
 
