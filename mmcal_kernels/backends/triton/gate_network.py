@@ -50,6 +50,18 @@ BLOCK_C = 256  # workspace columns per program of the reduction
 WORKSPACE_ELEMS = 1 << 25
 MAX_PROGRAMS = 1024
 
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+# Triton 3.6 cannot lower the backward kernel's fp64 dots (its make_llir pass
+# fails; seen compiling for sm_80 and sm_90), 3.9 can; 3.7 and 3.8 are
+# untried. Below 3.9 a float64 backward takes the torch formulas instead, with
+# the same results and more launches.
+FP64_BACKWARD_KERNEL = _release(triton.__version__) >= (3, 9)
+
 # One configuration each: BLOCK_B/BLOCK_K are fixed by the host (it sizes the
 # grid and the workspace with them) and the tile widths follow d and r; there
 # is nothing to autotune but the warps, and timing runs would cost a compile each.
@@ -663,7 +675,7 @@ def gates_backward(
     _check_like("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
                 + [(batch, dim) for dim in dims], ct, device)  # fmt: skip
     _check_like("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden], ct, device)
-    if num > MAX_SLOTS:
+    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_BACKWARD_KERNEL):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]
