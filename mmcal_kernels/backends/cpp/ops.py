@@ -36,6 +36,11 @@ def _channels(x, code):
     return channels(x, layout_name(code))
 
 
+def _per_channel(xs, layouts, ct):
+    """``[B, D_m]`` in ct for each modality: what summaries and gate_grads return."""
+    return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
+
+
 def one_device(**lists) -> None:
     """Every tensor of an op on xs[0]'s device, as the C++ ops check: a fake
     kernel is what runs when one argument is on ``meta``, so it checks too."""
@@ -53,7 +58,7 @@ def register() -> None:
     def _(xs, masks, layouts, ct):
         torch._check(len(xs) == len(masks) == len(layouts), lambda: "xs, masks, layouts: lengths differ")
         one_device(xs=xs, masks=masks)
-        return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
+        return _per_channel(xs, layouts, ct)
 
     @torch.library.register_fake("mmcal::modulate")
     def _(xs, gates, layouts):
@@ -73,7 +78,7 @@ def register() -> None:
     def _(dys, xs, layouts, ct):
         torch._check(len(xs) == len(dys) == len(layouts), lambda: "grad_ys, xs, layouts: lengths differ")
         one_device(xs=xs, grad_ys=dys)
-        return [x.new_empty((x.shape[0], _channels(x, c)), dtype=ct) for x, c in zip(xs, layouts)]
+        return _per_channel(xs, layouts, ct)
 
     @torch.library.register_fake("mmcal::input_grads")
     def _(xs, dys, gates, masks, ds, layouts):
