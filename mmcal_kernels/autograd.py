@@ -49,7 +49,7 @@ def make_fused_function(passes, name: str) -> type:
             summaries = passes.summaries(features, masks, layouts, ct)
             gates, diagnostics, saved = passes.gates(summaries, params, present)
             outputs = passes.modulate(features, gates, layouts)
-        ctx.layouts, ctx.num, ctx.num_saved = layouts, num, len(saved)
+        ctx.layouts, ctx.num = layouts, num
         ctx.has_present = present is not None
         ctx.mask_slots = [m is not None for m in masks]
         ctx.save_for_backward(

@@ -33,9 +33,21 @@ def grouped(flat: Sequence[Tensor]) -> list[GateParams]:
     return [GateParams(*flat[i : i + 8]) for i in range(0, len(flat), 8)]
 
 
+def diagnostics_list(diag: dict) -> list[Tensor]:
+    """The reference's diagnostics dict in the ops' list order."""
+    return [diag[k] for k in DIAGNOSTIC_TENSORS] + list(diag["dimension_gates"])
+
+
+def backward_from(inter: GatesIntermediates, params: Sequence[Tensor], present, grad_gates):
+    """``gates_backward`` from the reference's intermediates: (grad_summaries, flat
+    parameter gradients, each in its parameter's dtype)."""
+    grad_summaries, grads = _gates_backward(inter, grouped(params), present, list(grad_gates))
+    return grad_summaries, [g.to(p.dtype) for g, p in zip((g for gp in grads for g in gp), params)]
+
+
 def gates(summaries: Sequence[Tensor], params: Sequence[Tensor], present: Optional[Tensor]):
     out, diag, inter = gates_with_intermediates(summaries, grouped(params), present)
-    diagnostics = [diag[k] for k in DIAGNOSTIC_TENSORS] + diag["dimension_gates"]
+    diagnostics = diagnostics_list(diag)
     saved = [t for name in _PER_MODALITY for t in getattr(inter, name)]
     return out, diagnostics, saved + [inter.u, inter.w, inter.k, inter.agreement, inter.context]
 
@@ -45,5 +57,4 @@ def gates_backward(grad_gates, summaries, params, present, diagnostics, saved):
     fields = {name: list(saved[i * num : (i + 1) * num]) for i, name in enumerate(_PER_MODALITY)}
     u, w, k, agreement, context = saved[len(_PER_MODALITY) * num :]
     inter = GatesIntermediates(u=u, w=w, k=k, agreement=agreement, context=context, **fields)
-    grad_summaries, grads = _gates_backward(inter, grouped(params), present, list(grad_gates))
-    return grad_summaries, [g.to(p.dtype) for g, p in zip((g for gp in grads for g in gp), params)]
+    return backward_from(inter, params, present, grad_gates)

@@ -34,9 +34,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ... import checks, reference
-from ...gates_backward import gates_backward as torch_gates_backward
-from ...spec import DIAGNOSTIC_TENSORS, GateParams
+from ... import checks, gates_torch, reference
+from ...spec import GateParams
 from . import configs
 from .slots import MAX_SLOTS, cdiv
 
@@ -536,74 +535,11 @@ def _slot_width(d: int, dim: int, r: int) -> int:
     return d * dim + d + r * (2 * d + 2) + 2 * r + 1 + dim * r + dim
 
 
-def _check_inputs(summaries, params, present) -> tuple[int, list[int], list[int]]:
-    if len(summaries) == 0:
-        raise ValueError("summaries: expected one [B, D_m] tensor per modality, got none")
-    first = summaries[0]
-    for i, s in enumerate(summaries):
-        if not isinstance(s, Tensor):
-            raise TypeError(f"summaries[{i}]: expected a tensor, got {type(s).__name__}")
-        if s.dtype not in checks.COMPUTE_DTYPES:
-            raise TypeError(f"summaries[{i}]: expected the compute dtype, float32 or float64, got {s.dtype}")
-        if s.dtype != first.dtype:
-            raise TypeError(f"summaries[{i}]: dtype {s.dtype} differs from summaries[0]'s {first.dtype}")
-        if s.device != first.device:
-            raise ValueError(f"summaries[{i}]: on {s.device}, but summaries[0] is on {first.device}")
-        if s.dim() != 2 or s.shape[0] != first.shape[0]:
-            raise ValueError(f"summaries[{i}]: expected [B, D_m] with B = {first.shape[0]}, got {tuple(s.shape)}")
-    num = len(summaries)
-    if len(params) != NUM_PARAMS * num:
-        raise ValueError(f"params: expected {NUM_PARAMS} tensors per modality ({NUM_PARAMS * num}), got {len(params)}")
-    for i, p in enumerate(params):
-        where = f"params[{i}] ({GateParams._fields[i % NUM_PARAMS]} of modality {i // NUM_PARAMS})"
-        if not isinstance(p, Tensor):
-            raise TypeError(f"{where}: expected a tensor, got {type(p).__name__}")
-        if not p.is_floating_point():
-            raise TypeError(f"{where}: expected a floating-point tensor, got {p.dtype}")
-        if p.device != first.device:
-            raise ValueError(f"{where}: on {p.device}, but summaries[0] is on {first.device}")
-    d = params[0].shape[0] if params[0].dim() == 2 else -1
-    for m in range(num):
-        pw, pb, hw, hb, iw, ib, dw, db = params[NUM_PARAMS * m : NUM_PARAMS * (m + 1)]
-        dim, r = summaries[m].shape[1], hw.shape[0] if hw.dim() == 2 else -1
-        want = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
-        for j, (p, shape) in enumerate(zip((pw, pb, hw, hb, iw, ib, dw, db), want)):
-            if tuple(p.shape) != shape or d < 1 or r < 1:
-                raise ValueError(f"params[{NUM_PARAMS * m + j}] ({GateParams._fields[j]} of modality {m}): expected "
-                                 f"{list(shape)} (d = {d}, D_{m} = {dim}, r_{m} = {r}), got {list(p.shape)}")  # fmt: skip
-    if present is not None:
-        if not isinstance(present, Tensor) or present.dtype != torch.bool:
-            raise TypeError(f"present: expected a bool tensor, got {getattr(present, 'dtype', type(present).__name__)}")
-        if present.device != first.device:
-            raise ValueError(f"present: on {present.device}, but summaries[0] is on {first.device}")
-        if tuple(present.shape) != (first.shape[0], num):
-            raise ValueError(f"present: expected [B, M] = [{first.shape[0]}, {num}], got {list(present.shape)}")
-    return _sizes(summaries, params)
-
-
-def _check_like(name: str, tensors, shapes, ct, device) -> None:
-    if len(tensors) != len(shapes):
-        raise ValueError(f"{name}: expected {len(shapes)} tensors, got {len(tensors)}")
-    for i, (t, shape) in enumerate(zip(tensors, shapes)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
-        if t.device != device:
-            raise ValueError(f"{name}[{i}]: on {t.device}, but summaries[0] is on {device}")
-        if t.dtype != ct:
-            raise TypeError(f"{name}[{i}]: expected the compute dtype {ct}, got {t.dtype}")
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name}[{i}]: expected {list(shape)}, got {list(t.shape)}")
-
-
-def _group(params, m: int) -> GateParams:
-    return GateParams(*params[NUM_PARAMS * m : NUM_PARAMS * (m + 1)])
-
-
 def _torch_forward(summaries, params, present):
     """More modalities than one launch holds: the reference's formulas."""
     num = len(summaries)
-    gates, diag, inter = reference.gates_with_intermediates(summaries, [_group(params, m) for m in range(num)], present)
-    diagnostics = [diag[k] for k in DIAGNOSTIC_TENSORS] + list(diag["dimension_gates"])
+    gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    diagnostics = gates_torch.diagnostics_list(diag)
     norm = torch.cat(inter.norm, 1) if num else None
     saved = [inter.u, norm, inter.context] + list(inter.pre)
     return [g.detach() for g in gates], diagnostics, [t.detach() for t in saved]
@@ -618,7 +554,8 @@ def _params_ct(params, ct):
 @triton_op("mmcal::triton_gates", mutates_args=())
 def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Steps 2-6 for every modality in one launch: (gates, diagnostics, saved) as in the contract."""
-    d, dims, hidden = _check_inputs(summaries, params, present)
+    checks.check_gate_op_args(summaries, params, present)
+    d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
     if num > MAX_SLOTS:
@@ -650,12 +587,8 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
 
 
 def _torch_backward(grad_gates, summaries, params, present):
-    num = len(summaries)
-    groups = [GateParams(*[p.to(summaries[0].dtype) for p in _group(params, m)]) for m in range(num)]
-    _, _, inter = reference.gates_with_intermediates(summaries, groups, present)
-    grad_summaries, grads = torch_gates_backward(inter, groups, present, grad_gates)
-    flat = [g for group in grads for g in group]
-    return grad_summaries, [g.to(p.dtype) for g, p in zip(flat, params)]
+    _, _, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    return gates_torch.backward_from(inter, params, present, grad_gates)
 
 
 @triton_op("mmcal::triton_gates_backward", mutates_args=())
@@ -668,13 +601,14 @@ def gates_backward(
     saved: list[Tensor],
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Steps 6-2 back: (grad_summaries, grad_params), each parameter's gradient in its dtype."""
-    d, dims, hidden = _check_inputs(summaries, params, present)
+    checks.check_gate_op_args(summaries, params, present)
+    d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
-    _check_like("grad_gates", grad_gates, [(batch, dim) for dim in dims], ct, device)
-    _check_like("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
+    checks.check_op_tensors("grad_gates", grad_gates, [(batch, dim) for dim in dims], ct, device)
+    checks.check_op_tensors("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
                 + [(batch, dim) for dim in dims], ct, device)  # fmt: skip
-    _check_like("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden], ct, device)
+    checks.check_op_tensors("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden], ct, device)
     if num > MAX_SLOTS or (ct == torch.float64 and not FP64_BACKWARD_KERNEL):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
