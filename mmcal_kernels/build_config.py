@@ -19,7 +19,8 @@ from typing import Mapping, NamedTuple, Optional
 # host code and the portable kernel table. Paths relative to csrc/.
 MAIN_SOURCES = ("ops.cpp", "inplace.cpp", "cpu/ops_cpu.cpp", "cpu/gate_network.cpp", "cpu/dispatch.cpp",
                 "cpu/kernels_default.cpp")
-CUDA_SOURCES = ("cuda/reductions.cu", "cuda/elementwise.cu", "cuda/ops_cuda.cpp")
+CUDA_SOURCES = ("cuda/reductions.cu", "cuda/elementwise.cu", "cuda/gate_network.cu", "cuda/ops_cuda.cpp",
+                "cuda/gate_network_cuda.cpp")
 
 # One library per instruction set, each compiled from cpu/kernels_<cap>.cpp and
 # loaded at run time only on a CPU that has it (csrc/cpu/dispatch.cpp).

@@ -31,7 +31,7 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
 TOTAL=${MMCAL_GPU_TOTAL_S:-470}     # the whole script; the benchmark gets what is left
 BUILD_S=${MMCAL_GPU_BUILD_S:-170}
-TESTS_S=${MMCAL_GPU_TESTS_S:-120}
+TESTS_S=${MMCAL_GPU_TESTS_S:-150}
 TEST_TIMEOUT_S=${MMCAL_GPU_TEST_TIMEOUT_S:-45}
 SUMMARY_RESERVE_S=25
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
@@ -119,8 +119,12 @@ if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
 else
   echo "pytest-timeout missing: only the stage's $TESTS_S s limit applies"
 fi
-# Most telling first; the .cu spill checks (nvcc only, no GPU) last.
-TESTS=(tests/backends/test_cuda.py tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
+# Most telling first (the gate-network kernels and the launch counts of a
+# step, then each backend against the reference); the .cu spill checks (nvcc
+# only, no GPU) last.
+TESTS=(tests/backends/test_cuda_gate_network.py tests/triton/test_triton_gate_network.py
+       tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py tests/backends/test_cpp_input_grads.py
+       tests/triton tests/backends/test_cuda_compile.py)
 echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml)"
 # SIGINT at the limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
 timeout -s INT -k 15 "$TESTS_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \

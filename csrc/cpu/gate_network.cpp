@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/gate_args.h"
 #include "parallel.h"
 
 namespace mmcal {
@@ -41,99 +42,11 @@ namespace {
 
 using at::Tensor;
 using at::TensorList;
-
-constexpr double kNormEps = 1e-6;  // reference.NORM_EPS
-constexpr int64_t kPerModality = 8;
-enum Slot { kProjW, kProjB, kHidW, kHidB, kInstW, kInstB, kDimW, kDimB };
-const char* const kSlotNames[] = {"proj_weight", "proj_bias",       "hidden_weight", "hidden_bias",
-                                  "instance_weight", "instance_bias", "dim_weight",    "dim_bias"};
+using namespace gate_args;
 
 // Floating-point operations per parallel chunk: below it a loop stays on one
 // thread, since waking the pool costs more than the arithmetic.
 constexpr int64_t kChunkFlops = 1 << 14;
-
-struct Sizes {
-  int64_t B = 0, M = 0, d = 0;
-  std::vector<int64_t> D, r;
-  at::ScalarType ct = at::kFloat;
-};
-
-std::string param_name(int64_t m, int64_t slot) {
-  return arg("params", static_cast<size_t>(kPerModality * m + slot)) + " (" + kSlotNames[slot] + " of modality " +
-         std::to_string(m) + ")";
-}
-
-void check_device(const Tensor& t, const Tensor& first, const std::string& name) {
-  TORCH_CHECK_VALUE(t.device() == first.device(), name, ": on ", t.device(), ", but summaries[0] is on ",
-                    first.device());
-}
-
-void check_tensor(const Tensor& t, const Tensor& first, at::IntArrayRef shape, at::ScalarType ct,
-                  const std::string& name) {
-  check_device(t, first, name);
-  TORCH_CHECK_VALUE(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype, summaries[0]'s), got ",
-                   t.scalar_type());
-}
-
-// What both ops receive: summaries, the 8*M parameters, present.
-Sizes check_gate_args(TensorList summaries, TensorList params, const std::optional<Tensor>& present) {
-  Sizes z;
-  z.M = static_cast<int64_t>(summaries.size());
-  TORCH_CHECK_VALUE(z.M >= 2, "summaries: expected one tensor per modality, at least 2, got ", z.M);
-  const Tensor& s0 = summaries[0];
-  TORCH_CHECK_VALUE(s0.device().is_cpu(), "summaries[0]: the CPU kernels take CPU tensors, got one on ", s0.device());
-  z.ct = s0.scalar_type();
-  TORCH_CHECK_TYPE(z.ct == at::kFloat || z.ct == at::kDouble,
-                   "summaries[0]: its dtype is the compute dtype, float32 or float64; got ", z.ct);
-  TORCH_CHECK_VALUE(s0.dim() == 2, "summaries[0]: expected [B, D_0] (2 dims), got shape ", s0.sizes());
-  z.B = s0.size(0);
-  for (int64_t m = 0; m < z.M; ++m) {
-    const Tensor& s = summaries[m];
-    const std::string name = arg("summaries", m);
-    check_device(s, s0, name);
-    TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == z.B, name, ": expected [B, D_", m, "] with B = ", z.B,
-                      ", got shape ", s.sizes());
-    TORCH_CHECK_TYPE(s.scalar_type() == z.ct, name, ": dtype ", s.scalar_type(), " differs from summaries[0]'s ",
-                     z.ct);
-    z.D.push_back(s.size(1));
-  }
-  TORCH_CHECK_VALUE(static_cast<int64_t>(params.size()) == kPerModality * z.M, "params: expected ", kPerModality,
-                    " tensors per modality (", kPerModality * z.M, " for ", z.M, " modalities), got ",
-                    params.size());
-  for (int64_t i = 0; i < kPerModality * z.M; ++i) {
-    const std::string name = param_name(i / kPerModality, i % kPerModality);
-    check_device(params[i], s0, name);
-    TORCH_CHECK_TYPE(is_feature_dtype(params[i].scalar_type()), name, ": expected a floating-point dtype (float16, ",
-                     "bfloat16, float32, float64), got ", params[i].scalar_type());
-  }
-  const Tensor& w0 = params[kProjW];
-  TORCH_CHECK_VALUE(w0.dim() == 2, param_name(0, kProjW), ": expected [d, D_0], got shape ", w0.sizes());
-  z.d = w0.size(0);
-  const int64_t cue = 2 * z.d + 2;
-  for (int64_t m = 0; m < z.M; ++m) {
-    const Tensor* p = &params[kPerModality * m];
-    const Tensor& wh = p[kHidW];
-    TORCH_CHECK_VALUE(wh.dim() == 2 && wh.size(1) == cue, param_name(m, kHidW), ": expected [r, 2d+2] = [r, ", cue,
-                      "], got shape ", wh.sizes());
-    const int64_t r = wh.size(0), D = z.D[m];
-    z.r.push_back(r);
-    const std::vector<std::vector<int64_t>> want = {{z.d, D}, {z.d}, {r, cue}, {r}, {1, r}, {1}, {D, r}, {D}};
-    for (int64_t slot = 0; slot < kPerModality; ++slot) {
-      TORCH_CHECK_VALUE(p[slot].sizes() == at::IntArrayRef(want[slot]), param_name(m, slot), ": expected shape ",
-                        at::IntArrayRef(want[slot]), " (d = ", z.d, ", D_", m, " = ", D, ", r = ", r, "), got ",
-                        p[slot].sizes());
-    }
-  }
-  if (present.has_value()) {
-    check_device(*present, s0, "present");
-    TORCH_CHECK_TYPE(present->scalar_type() == at::kBool, "present: expected a bool tensor, got ",
-                     present->scalar_type());
-    TORCH_CHECK_VALUE(present->dim() == 2 && present->size(0) == z.B && present->size(1) == z.M,
-                      "present: expected shape [B, M] = [", z.B, ", ", z.M, "], got ", present->sizes());
-  }
-  return z;
-}
 
 // Every parameter in ct, once. Weights go to BLAS as they are (any strides);
 // the small vectors the loops read are made contiguous.
@@ -376,7 +289,7 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
 }
 
 Lists gates(TensorList summaries, TensorList params, const std::optional<Tensor>& present) {
-  const Sizes z = check_gate_args(summaries, params, present);
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU");
   const std::vector<Tensor> p = cast_params(params, z.ct);
   const Presence pres(present);
   return z.ct == at::kDouble ? gates_impl<double>(z, summaries, p, pres) : gates_impl<float>(z, summaries, p, pres);
@@ -595,41 +508,9 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
 
 Pair gates_backward(TensorList grad_gates, TensorList summaries, TensorList params,
                     const std::optional<Tensor>& present, TensorList diagnostics, TensorList saved) {
-  const Sizes z = check_gate_args(summaries, params, present);
-  const Tensor& s0 = summaries[0];
-  const int64_t B = z.B, M = z.M, d = z.d;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(grad_gates.size()) == M, "grad_gates: expected one tensor per modality (", M,
-                    "), got ", grad_gates.size());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(diagnostics.size()) == 4 + M,
-                    "diagnostics: expected [agreement, support, conflict, instance_gate] and one dimension gate per "
-                    "modality (",
-                    4 + M, " tensors), got ", diagnostics.size());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(saved.size()) == 3 + M,
-                    "saved: expected [u, norm, context] and one hidden pre-activation per modality (", 3 + M,
-                    " tensors), got ", saved.size());
-  // The loops read these through plain pointers: contiguous (a no-op for the forward's own outputs).
-  std::vector<Tensor> g, diag, sv;
-  for (int64_t m = 0; m < M; ++m) {
-    check_tensor(grad_gates[m], s0, {B, z.D[m]}, z.ct, arg("grad_gates", m));
-    g.push_back(grad_gates[m].contiguous());
-  }
-  const char* diag_names[] = {"diagnostics[0] (agreement)", "diagnostics[1] (support)", "diagnostics[2] (conflict)",
-                              "diagnostics[3] (instance_gate)"};
-  const std::vector<std::vector<int64_t>> diag_shapes = {{B, M, M}, {B, M}, {B, M}, {B, M}};
-  for (int64_t i = 0; i < 4 + M; ++i) {
-    const std::vector<int64_t> shape = i < 4 ? diag_shapes[i] : std::vector<int64_t>{B, z.D[i - 4]};
-    const std::string name = i < 4 ? std::string(diag_names[i]) : arg("diagnostics", i) + " (dimension gate " + std::to_string(i - 4) + ")";
-    check_tensor(diagnostics[i], s0, shape, z.ct, name);
-    diag.push_back(diagnostics[i].contiguous());
-  }
-  const char* saved_names[] = {"saved[0] (u)", "saved[1] (norm)", "saved[2] (context)"};
-  const std::vector<std::vector<int64_t>> saved_shapes = {{B, M, d}, {B, M}, {B, M, d}};
-  for (int64_t i = 0; i < 3 + M; ++i) {
-    const std::vector<int64_t> shape = i < 3 ? saved_shapes[i] : std::vector<int64_t>{B, z.r[i - 3]};
-    const std::string name = i < 3 ? std::string(saved_names[i]) : arg("saved", i) + " (pre-activation " + std::to_string(i - 3) + ")";
-    check_tensor(saved[i], s0, shape, z.ct, name);
-    sv.push_back(saved[i].contiguous());
-  }
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU");
+  const BackwardArgs a = check_backward_args(z, grad_gates, summaries, diagnostics, saved);
+  const std::vector<Tensor>&g = a.grad_gates, &diag = a.diagnostics, &sv = a.saved;
   const std::vector<Tensor> p = cast_params(params, z.ct);
   const Presence pres(present);
   return z.ct == at::kDouble ? gates_backward_impl<double>(z, g, summaries, p, params, pres, diag, sv)

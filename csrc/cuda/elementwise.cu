@@ -1,8 +1,10 @@
 // SPEC.md step 7 (the modulation Y = X * g, rounded once) and the
-// backward's input gradient dX = dY * g + V * ds / count (ds arrives divided
-// by the count): the CUDA maps, one kernel for both. One warp per
-// row, int64 offsets, rounding once from the accumulation type. No ATen
-// headers: see launch.cuh.
+// backward's input gradient dX = dY * g + V * ds / count: the CUDA maps, one
+// kernel for both. One warp per row, int64 offsets, rounding once from the
+// accumulation type. The count (max(1, valid positions of the sample)) is
+// counted here, by each warp from its sample's mask row, so that the backward
+// launches nothing to divide ds: P/32 one-byte loads per warp, against the
+// row's D/32 (or P/32) element loads. No ATen headers: see launch.cuh.
 #include "../common/scalar_math.h"
 #include "device_common.cuh"
 
@@ -10,15 +12,28 @@ namespace mmcal {
 namespace cuda {
 namespace {
 
+// The divisor of sample b's ds, by the whole warp (every lane gets it).
+template <typename Acc>
+__device__ __forceinline__ Acc ds_divisor(const MapItem& it, int64_t b, int lane) {
+  const int64_t P = it.vout.P;
+  if (it.ds == nullptr || it.mask == nullptr) return mean_divisor<Acc>(P);
+  int64_t count = 0;
+  for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
+    const bool valid = p0 + lane < P && is_valid(it.mask, it.mask_sB, it.mask_sP, b, p0 + lane);
+    count += __popc(__ballot_sync(0xffffffffu, valid));
+  }
+  return mean_divisor<Acc>(count);
+}
+
 template <typename T, typename Acc>
-__device__ __forceinline__ void map_element(const MapItem& it, int64_t b, int64_t p, int64_t d, bool ok) {
+__device__ __forceinline__ void map_element(const MapItem& it, int64_t b, int64_t p, int64_t d, bool ok, Acc div) {
   const int64_t D = it.vout.D;
   const T* src = static_cast<const T*>(it.src);
   const Acc* gate = static_cast<const Acc*>(it.gate);
   const Acc* ds = static_cast<const Acc*>(it.ds);
   const Acc s = src ? to_acc(src[it.vsrc.offset(b, p, d)], Acc(0)) : Acc(0);
   const Acc g = src ? gate[b * D + d] : Acc(0);
-  const Acc v = ds ? input_grad_value<Acc>(src != nullptr, s, g, true, ok, ds[b * D + d]) : modulate_value<Acc>(s, g);
+  const Acc v = ds ? input_grad_value<Acc>(src != nullptr, s, g, true, ok, ds[b * D + d] / div) : modulate_value<Acc>(s, g);
   T* out = static_cast<T*>(it.out) + it.vout.offset(b, p, d);
   if constexpr (sizeof(Acc) == 8) *out = from_acc_d<T>(v);
   else *out = from_acc<T>(v);
@@ -38,12 +53,14 @@ __global__ void __launch_bounds__(kLanes* kRows) map_kernel(const __grid_constan
     if (r >= v.B * v.P) return;
     const int64_t b = r / v.P, p = r % v.P;
     const bool ok = is_valid(it.mask, it.mask_sB, it.mask_sP, b, p);
-    for (int64_t d = lane; d < v.D; d += kLanes) map_element<T, Acc>(it, b, p, d, ok);
+    const Acc div = ds_divisor<Acc>(it, b, lane);
+    for (int64_t d = lane; d < v.D; d += kLanes) map_element<T, Acc>(it, b, p, d, ok, div);
   } else {
     if (r >= v.B * v.D) return;
     const int64_t b = r / v.D, d = r % v.D;
+    const Acc div = ds_divisor<Acc>(it, b, lane);
     for (int64_t p = lane; p < v.P; p += kLanes)
-      map_element<T, Acc>(it, b, p, d, is_valid(it.mask, it.mask_sB, it.mask_sP, b, p));
+      map_element<T, Acc>(it, b, p, d, is_valid(it.mask, it.mask_sB, it.mask_sP, b, p), div);
   }
 }
 

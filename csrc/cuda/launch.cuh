@@ -43,7 +43,7 @@ struct MapItem {
   const void* gate;  // [B, D] contiguous, accumulation type
   const bool* mask;
   int64_t mask_sB, mask_sP;
-  const void* ds;  // [B, D] contiguous, accumulation type; null: no such term
+  const void* ds;  // [B, D] contiguous, accumulation type, not yet divided by the count; null: no such term
   void* out;
   View3 vout;
 };

@@ -176,7 +176,7 @@ std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const
     check_on_cuda(xs[i], arg("xs", i));
     const InputGradTerms& t = terms[i];
     srcs[i] = t.dy.value_or(Tensor()), g[i] = t.gate.value_or(Tensor()), m[i] = t.mask;
-    if (t.ds.has_value()) d[i] = t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type()));
+    if (t.ds.has_value()) d[i] = *t.ds;  // divided by the count in the kernel
     ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
   }
   return map_all(xs, srcs, g, m, d, layouts, ct);

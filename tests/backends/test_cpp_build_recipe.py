@@ -89,7 +89,7 @@ def test_setup_py_and_jit_build_the_same(cuda, clean_env, monkeypatch, tmp_path)
     cu = [s for s in main["sources"] if s.endswith(".cu")]
     if cuda:
         assert main["kind"] == "cuda" and "cuda/ops_cuda.cpp" in main["sources"]
-        assert sorted(cu) == ["cuda/elementwise.cu", "cuda/reductions.cu"]
+        assert sorted(cu) == ["cuda/elementwise.cu", "cuda/gate_network.cu", "cuda/reductions.cu"]
         assert main["nvcc"] == build_config.NVCC_FLAGS + [
             "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
             "-gencode=arch=compute_90,code=compute_90",

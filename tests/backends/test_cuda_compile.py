@@ -59,8 +59,9 @@ def test_cu_compiles_without_spills(path, arch, tmp_path):
     assert all(s == "0" for s in stacks), f"local memory (stack frame) used:\n{report}"
 
 
-def test_cuda_binding_parses_against_torch_headers(tmp_path):
-    """ops_cuda.cpp is built only where torch has CUDA; here g++ at least
+@pytest.mark.parametrize("name", ["ops_cuda.cpp", "gate_network_cuda.cpp"])
+def test_cuda_binding_parses_against_torch_headers(name, tmp_path):
+    """The CUDA host code is built only where torch has CUDA; here g++ at least
     parses it against this torch's headers and the CUDA toolkit's, so a typo
     cannot wait for a GPU machine to show. (The CPU build of torch lacks one
     generated header, cuda_cmake_macros.h; an empty one stands in.)"""
@@ -75,6 +76,6 @@ def test_cuda_binding_parses_against_torch_headers(tmp_path):
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("")
     includes = [str(tmp_path), *ext.include_paths(), cuda_include, os.path.join(ROOT, "csrc"), sysconfig.get_paths()["include"]]
-    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", "ops_cuda.cpp")]
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", name)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -27,9 +27,27 @@ OPS = KernelBackend(
     gates=lambda *a: torch.ops.mmcal.gates(*a),
     gates_backward=lambda *a: torch.ops.mmcal.gates_backward(*a),
 )
-# The gate network has CPU kernels only: on CUDA tensors steps 2-6 run as
-# torch ops (gates_torch.py) until CUDA kernels for them exist.
-CUDA_OPS = KernelBackend("cuda", **_PASSES, gates=gates_torch.gates, gates_backward=gates_torch.gates_backward)
+# The CUDA gate-network kernels pass every modality's pointers as one kernel
+# argument, up to csrc/cuda/launch.cuh's kMaxModalities; a call with more
+# modalities computes steps 2-6 with torch ops (gates_torch.py). Both
+# directions decide by the same count, so the backward reads what its
+# forward saved.
+CUDA_MAX_GATE_MODALITIES = 8
+
+
+def _cuda_gates(summaries, params, present):
+    if len(summaries) <= CUDA_MAX_GATE_MODALITIES:
+        return torch.ops.mmcal.gates(summaries, params, present)
+    return gates_torch.gates(summaries, params, present)
+
+
+def _cuda_gates_backward(grad_gates, summaries, params, present, diagnostics, saved):
+    if len(summaries) <= CUDA_MAX_GATE_MODALITIES:
+        return torch.ops.mmcal.gates_backward(grad_gates, summaries, params, present, diagnostics, saved)
+    return gates_torch.gates_backward(grad_gates, summaries, params, present, diagnostics, saved)
+
+
+CUDA_OPS = KernelBackend("cuda", **_PASSES, gates=_cuda_gates, gates_backward=_cuda_gates_backward)
 
 
 def _channels(x, code):

@@ -1,0 +1,484 @@
+// The gate network (steps 2-6 of docs/spec.md) on the GPU: forward in one
+// launch, backward in two, for all modalities of a call. Oracle:
+// reference.gates_with_intermediates; the backward is the math of
+// gates_backward.py and csrc/cpu/gate_network.cpp.
+//
+// Why this shape: steps 2-6 work on [B, D]-sized tensors (MOSEI: 32 x 877
+// values in, ~200k multiply-adds per sample), so as torch ops they cost ~100
+// launches each way of a few microseconds, far more than their arithmetic.
+// Here one block owns one sample from the summaries to the gates (a sample
+// depends on every modality of itself and of nothing else), its small values
+// in shared memory, its vectors in global scratch that stays in L1/L2;
+// products are one warp per output row over the row's contiguous weights
+// (coalesced), or one thread per output column where the weights are read
+// by column. The parameter gradients are sums over samples: a second launch
+// gives each gradient element to one thread, which sums the samples in order.
+// No atomics, so two runs give the same bits. No ATen headers: see launch.cuh.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gate_launch.cuh"
+
+namespace mmcal {
+namespace cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 8;  // >= kMaxModalities: per-modality steps give one warp to each modality
+constexpr int kThreads = kWarps * kWarpSize;
+static_assert(kWarps >= kMaxModalities, "a warp per modality");
+constexpr double kNormEps = 1e-6;  // reference.NORM_EPS
+
+__device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float dev_erf(float x) { return erff(x); }
+__device__ __forceinline__ double dev_erf(double x) { return erf(x); }
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {  // fixed butterfly: deterministic
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T two_sigmoid(T x) {
+  return T(2) / (T(1) + dev_exp(-x));
+}
+
+// Exact (erf) GELU and its derivative Phi(x) + x phi(x).
+template <typename T>
+__device__ __forceinline__ T gelu_cdf(T x) {
+  return T(0.5) * (T(1) + dev_erf(x * T(0.70710678118654752440)));
+}
+template <typename T>
+__device__ __forceinline__ T gelu_pdf(T x) {
+  return dev_exp(T(-0.5) * x * x) * T(0.39894228040143267794);
+}
+
+template <typename T>
+__device__ __forceinline__ const T* in(const void* p) {
+  return static_cast<const T*>(p);
+}
+template <typename T>
+__device__ __forceinline__ T* out(void* p) {
+  return static_cast<T*>(p);
+}
+
+__device__ __forceinline__ bool is_present(const GateBatch& g, int64_t b, int m) {
+  return g.present == nullptr || g.present[b * g.present_sB + m * g.present_sM];
+}
+
+// Which modality a flat row falls in, given each modality's first row.
+__device__ __forceinline__ int modality_of_dim_row(const GateBatch& g, int64_t row) {
+  int m = 0;
+  while (m + 1 < g.M && row >= g.mods[m + 1].dim_offset) ++m;
+  return m;
+}
+__device__ __forceinline__ int modality_of_hidden_row(const GateBatch& g, int64_t row) {
+  int m = 0;
+  while (m + 1 < g.M && row >= g.mods[m + 1].hidden_offset) ++m;
+  return m;
+}
+
+// One sample's small values, for every modality.
+template <typename T>
+struct Sample {
+  T w[kMaxModalities][kMaxModalities];  // w[m][n] = present[n], n != m; 0 on the diagonal
+  T k[kMaxModalities];                  // max(1, sum_n w[m][n])
+  T norm[kMaxModalities];
+  T agree[kMaxModalities][kMaxModalities];
+  T support[kMaxModalities], conflict[kMaxModalities];
+  T ig[kMaxModalities];  // the instance gate 2 sigmoid(a)
+  T da[kMaxModalities], dS[kMaxModalities], dC[kMaxModalities], radial[kMaxModalities];
+};
+
+template <typename T>
+__device__ void weights_of_sample(const GateBatch& g, int64_t b, Sample<T>& sh) {
+  const int t = threadIdx.x;
+  if (t < g.M) {
+    T sum = 0;
+    for (int n = 0; n < g.M; ++n) {
+      const T w = (n != t && is_present(g, b, n)) ? T(1) : T(0);
+      sh.w[t][n] = w;
+      sum += w;
+    }
+    sh.k[t] = sum > T(1) ? sum : T(1);
+  }
+}
+
+// ---- forward ------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gates_kernel(const __grid_constant__ GateBatch g) {
+  __shared__ Sample<T> sh;
+  const int64_t b = blockIdx.x, d = g.d, cue = 2 * g.d + 2;
+  const int M = g.M, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const T eps = static_cast<T>(kNormEps);
+  T* u = out<T>(g.u) + b * M * d;
+  T* ctx = out<T>(g.context) + b * M * d;
+  T* hid = out<T>(g.hidden) + b * g.rsum;
+  weights_of_sample(g, b, sh);
+
+  // Step 2: h_m = W_m s_m + b_m into u, one warp per row of W_m.
+  for (int64_t row = warp; row < M * d; row += kWarps) {
+    const int m = static_cast<int>(row / d);
+    const int64_t j = row % d;
+    const GateModality& md = g.mods[m];
+    const T* w = in<T>(md.proj_w) + j * md.D;
+    const T* s = in<T>(md.s) + b * md.D;
+    T acc = 0;
+    for (int64_t k = lane; k < md.D; k += kWarpSize) acc += __ldg(w + k) * __ldg(s + k);
+    acc = warp_sum(acc);
+    if (lane == 0) u[row] = acc + __ldg(in<T>(md.proj_b) + j);
+  }
+  __syncthreads();
+  // The norm (its square summed in ct, so it overflows where the reference's does), then u.
+  if (warp < M) {
+    T sq = 0;
+    for (int64_t j = lane; j < d; j += kWarpSize) sq += u[warp * d + j] * u[warp * d + j];
+    sq = warp_sum(sq);
+    if (lane == 0) {
+      sh.norm[warp] = dev_sqrt(sq);
+      out<T>(g.norm)[b * M + warp] = sh.norm[warp];
+    }
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < M * d; i += kThreads) {
+    const T n = sh.norm[i / d];
+    u[i] /= n > eps ? n : eps;
+  }
+  __syncthreads();
+
+  // Step 3: agreement, one warp per pair m <= n; support, conflict, context.
+  for (int pair = warp; pair < M * M; pair += kWarps) {
+    const int m = pair / M, n = pair % M;
+    if (n < m) continue;
+    T acc = 0;
+    for (int64_t j = lane; j < d; j += kWarpSize) acc += u[m * d + j] * u[n * d + j];
+    acc = warp_sum(acc);
+    if (lane == 0) sh.agree[m][n] = sh.agree[n][m] = acc;
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    const int m = threadIdx.x;
+    T s = 0, c = 0;
+    for (int n = 0; n < M; ++n) {
+      if (sh.w[m][n] == T(0)) continue;
+      const T a = sh.agree[m][n];
+      s += a > T(0) ? a : T(0);
+      c += a < T(0) ? -a : T(0);
+    }
+    sh.support[m] = s / sh.k[m];
+    sh.conflict[m] = c / sh.k[m];
+    out<T>(g.support)[b * M + m] = sh.support[m];
+    out<T>(g.conflict)[b * M + m] = sh.conflict[m];
+  }
+  for (int i = threadIdx.x; i < M * M; i += kThreads) out<T>(g.agreement)[b * M * M + i] = sh.agree[i / M][i % M];
+  for (int64_t i = threadIdx.x; i < M * d; i += kThreads) {
+    const int m = static_cast<int>(i / d);
+    const int64_t j = i % d;
+    T c = 0;
+    for (int n = 0; n < M; ++n)
+      if (sh.w[m][n] != T(0)) c += u[n * d + j];
+    ctx[i] = c / sh.k[m];
+  }
+  __syncthreads();
+
+  // Steps 4-5: the cue q_m = [u*c, u-c, S, C] is formed as it is read; one warp per hidden unit.
+  for (int64_t row = warp; row < g.rsum; row += kWarps) {
+    const int m = modality_of_hidden_row(g, row);
+    const GateModality& md = g.mods[m];
+    const int64_t i = row - md.hidden_offset;
+    const T* w = in<T>(md.hid_w) + i * cue;
+    const T *um = u + m * d, *cm = ctx + m * d;
+    T acc = 0;
+    for (int64_t j = lane; j < d; j += kWarpSize) {
+      const T uj = um[j], cj = cm[j];
+      acc += __ldg(w + j) * (uj * cj) + __ldg(w + d + j) * (uj - cj);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const T x = acc + __ldg(w + 2 * d) * sh.support[m] + __ldg(w + 2 * d + 1) * sh.conflict[m] +
+                  __ldg(in<T>(md.hid_b) + i);
+      out<T>(md.pre)[b * md.r + i] = x;
+      hid[row] = x * gelu_cdf(x);
+    }
+  }
+  __syncthreads();
+  // Step 5: the instance logit, a warp per modality.
+  if (warp < M) {
+    const GateModality& md = g.mods[warp];
+    T acc = 0;
+    for (int64_t i = lane; i < md.r; i += kWarpSize) acc += __ldg(in<T>(md.inst_w) + i) * hid[md.hidden_offset + i];
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      sh.ig[warp] = two_sigmoid(acc + __ldg(in<T>(md.inst_b)));
+      out<T>(g.instance)[b * M + warp] = sh.ig[warp];
+    }
+  }
+  __syncthreads();
+  // Steps 5-6: the dimension logits, a warp per row of W_dim; the gates and the pass-through.
+  for (int64_t row = warp; row < g.dsum; row += kWarps) {
+    const int m = modality_of_dim_row(g, row);
+    const GateModality& md = g.mods[m];
+    const int64_t j = row - md.dim_offset;
+    const T* w = in<T>(md.dim_w) + j * md.r;
+    const T* e = hid + md.hidden_offset;
+    T acc = 0;
+    for (int64_t i = lane; i < md.r; i += kWarpSize) acc += __ldg(w + i) * e[i];
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const T dg = two_sigmoid(acc + __ldg(in<T>(md.dim_b) + j));
+      out<T>(md.dim_gate)[b * md.D + j] = dg;
+      out<T>(md.gate)[b * md.D + j] = is_present(g, b, m) ? sh.ig[m] * dg : T(1);
+    }
+  }
+}
+
+// ---- backward, per sample ----------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) gates_backward_kernel(const __grid_constant__ GateBatch g) {
+  __shared__ Sample<T> sh;
+  const int64_t b = blockIdx.x, d = g.d, cue = 2 * g.d + 2;
+  const int M = g.M, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const T eps = static_cast<T>(kNormEps);
+  const T* u = in<T>(g.u) + b * M * d;
+  const T* ctx = in<T>(g.context) + b * M * d;
+  T* hid = out<T>(g.hidden) + b * g.rsum;
+  T* du = out<T>(g.du) + b * M * d;
+  T* dctx = out<T>(g.dctx) + b * M * d;
+  weights_of_sample(g, b, sh);
+  if (threadIdx.x < M) {
+    sh.norm[threadIdx.x] = in<T>(g.norm)[b * M + threadIdx.x];
+    sh.ig[threadIdx.x] = in<T>(g.instance)[b * M + threadIdx.x];
+  }
+  __syncthreads();
+
+  // Step 6 back: to the dimension logits z and the instance logit a. A
+  // missing modality's gate is the constant 1: its gradient is selected
+  // away (not multiplied by 0, so a non-finite one stays out).
+  for (int64_t row = threadIdx.x; row < g.dsum; row += kThreads) {
+    const int m = modality_of_dim_row(g, row);
+    const GateModality& md = g.mods[m];
+    const int64_t i = b * md.D + row - md.dim_offset;
+    const T dg = in<T>(md.dim_gate)[i];
+    out<T>(md.dz)[i] = is_present(g, b, m) ? in<T>(md.grad_gate)[i] * sh.ig[m] * dg * (T(1) - T(0.5) * dg) : T(0);
+  }
+  if (warp < M) {
+    const GateModality& md = g.mods[warp];
+    T acc = 0;
+    for (int64_t j = lane; j < md.D; j += kWarpSize) acc += in<T>(md.grad_gate)[b * md.D + j] * in<T>(md.dim_gate)[b * md.D + j];
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const T ig = sh.ig[warp];
+      sh.da[warp] = is_present(g, b, warp) ? acc * ig * (T(1) - T(0.5) * ig) : T(0);
+      out<T>(g.da)[b * M + warp] = sh.da[warp];
+    }
+  }
+  __syncthreads();
+
+  // Step 5 back: one thread per hidden unit (W_dim read by column:
+  // neighbouring threads, neighbouring addresses). GELU again, for the
+  // weight gradients of the second launch.
+  for (int64_t row = threadIdx.x; row < g.rsum; row += kThreads) {
+    const int m = modality_of_hidden_row(g, row);
+    const GateModality& md = g.mods[m];
+    const int64_t i = row - md.hidden_offset;
+    const T* w = in<T>(md.dim_w) + i;
+    const T* dz = in<T>(md.dz) + b * md.D;
+    T de = sh.da[m] * __ldg(in<T>(md.inst_w) + i);
+    for (int64_t j = 0; j < md.D; ++j) de += dz[j] * __ldg(w + j * md.r);
+    const T x = in<T>(md.pre)[b * md.r + i];
+    const T cdf = gelu_cdf(x);
+    hid[row] = x * cdf;
+    out<T>(md.dpre)[b * md.r + i] = de * (cdf + x * gelu_pdf(x));
+  }
+  __syncthreads();
+
+  // Step 4 back: dq = dpre W_hid, one thread per (modality, j) for the u*c
+  // and u-c parts, a warp per modality for the support and conflict parts.
+  for (int64_t idx = threadIdx.x; idx < M * d; idx += kThreads) {
+    const int m = static_cast<int>(idx / d);
+    const int64_t j = idx % d;
+    const GateModality& md = g.mods[m];
+    const T* w = in<T>(md.hid_w);
+    const T* dp = in<T>(md.dpre) + b * md.r;
+    T prod = 0, diff = 0;
+    for (int64_t i = 0; i < md.r; ++i) {
+      prod += dp[i] * __ldg(w + i * cue + j);
+      diff += dp[i] * __ldg(w + i * cue + d + j);
+    }
+    du[idx] = prod * ctx[idx] + diff;
+    dctx[idx] = prod * u[idx] - diff;
+  }
+  if (warp < M) {
+    const GateModality& md = g.mods[warp];
+    const T* w = in<T>(md.hid_w);
+    const T* dp = in<T>(md.dpre) + b * md.r;
+    T s = 0, c = 0;
+    for (int64_t i = lane; i < md.r; i += kWarpSize) {
+      s += dp[i] * __ldg(w + i * cue + 2 * d);
+      c += dp[i] * __ldg(w + i * cue + 2 * d + 1);
+    }
+    s = warp_sum(s);
+    c = warp_sum(c);
+    if (lane == 0) {
+      sh.dS[warp] = s / sh.k[warp];
+      sh.dC[warp] = c / sh.k[warp];
+    }
+  }
+  __syncthreads();
+  // Step 3 back: support and conflict to the agreement (relu'(0) = 0), held in sh.agree.
+  if (threadIdx.x < M * M) {
+    const int m = threadIdx.x / M, n = threadIdx.x % M;
+    const T a = in<T>(g.agreement)[b * M * M + threadIdx.x];
+    const T v = (a > T(0) ? sh.dS[m] : T(0)) - (a < T(0) ? sh.dC[m] : T(0));
+    sh.agree[m][n] = sh.w[m][n] != T(0) ? v : T(0);
+  }
+  __syncthreads();
+  // du_m += sum_n (dA[m,n] + dA[n,m]) u_n + sum_n w[n,m] dctx_n / k_n.
+  for (int64_t idx = threadIdx.x; idx < M * d; idx += kThreads) {
+    const int m = static_cast<int>(idx / d);
+    const int64_t j = idx % d;
+    T acc = du[idx];
+    for (int n = 0; n < M; ++n) {
+      const T coef = sh.agree[m][n] + sh.agree[n][m];
+      if (coef != T(0)) acc += coef * u[n * d + j];
+      if (sh.w[n][m] != T(0)) acc += dctx[n * d + j] / sh.k[n];
+    }
+    du[idx] = acc;
+  }
+  __syncthreads();
+  // Step 2 back: the normalisation as du's part orthogonal to u.
+  if (warp < M) {
+    T acc = 0;
+    for (int64_t j = lane; j < d; j += kWarpSize) acc += u[warp * d + j] * du[warp * d + j];
+    acc = warp_sum(acc);
+    if (lane == 0) sh.radial[warp] = sh.norm[warp] >= eps ? acc : T(0);
+  }
+  __syncthreads();
+  for (int64_t idx = threadIdx.x; idx < M * d; idx += kThreads) {
+    const int m = static_cast<int>(idx / d);
+    const int64_t j = idx % d;
+    const T n = sh.norm[m];
+    out<T>(g.mods[m].dh)[b * d + j] = (du[idx] - u[idx] * sh.radial[m]) / (n > eps ? n : eps);
+  }
+  __syncthreads();
+  // ds_m = dh_m W_m, one thread per summary element (W_m read by column).
+  for (int64_t row = threadIdx.x; row < g.dsum; row += kThreads) {
+    const int m = modality_of_dim_row(g, row);
+    const GateModality& md = g.mods[m];
+    const int64_t k = row - md.dim_offset;
+    const T* dh = in<T>(md.dh) + b * d;
+    const T* w = in<T>(md.proj_w) + k;
+    T acc = 0;
+    for (int64_t j = 0; j < d; ++j) acc += dh[j] * __ldg(w + j * md.D);
+    out<T>(md.grad_s)[b * md.D + k] = acc;
+  }
+}
+
+// ---- backward, the parameter gradients: sums over samples ----------------------------
+
+// q[b, m, k] of the cue, rebuilt from u, the context, support and conflict.
+template <typename T>
+__device__ __forceinline__ T cue_at(const GateBatch& g, int64_t b, int m, int64_t k) {
+  const int64_t d = g.d, at = (b * g.M + m) * d;
+  if (k < d) return in<T>(g.u)[at + k] * in<T>(g.context)[at + k];
+  if (k < 2 * d) return in<T>(g.u)[at + k - d] - in<T>(g.context)[at + k - d];
+  return (k == 2 * d ? in<T>(g.support) : in<T>(g.conflict))[b * g.M + m];
+}
+
+// One thread per gradient element, samples summed in order in double.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) param_grads_kernel(const __grid_constant__ GateBatch g) {
+  const int segments = g.M * kGateSlots;
+  const int64_t total = g.grad_starts[segments];
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+    int seg = 0;
+    while (seg + 1 < segments && e >= g.grad_starts[seg + 1]) ++seg;
+    const int m = seg / kGateSlots, slot = seg % kGateSlots;
+    const GateModality& md = g.mods[m];
+    const int64_t i = e - g.grad_starts[seg], d = g.d, cue = 2 * g.d + 2, B = g.B;
+    double acc = 0;
+    switch (slot) {
+      case 0: {  // proj_weight [d, D]: sum_b dh[b, j] s[b, k]
+        const int64_t j = i / md.D, k = i % md.D;
+        for (int64_t s = 0; s < B; ++s)
+          acc += static_cast<double>(in<T>(md.dh)[s * d + j]) * static_cast<double>(in<T>(md.s)[s * md.D + k]);
+        break;
+      }
+      case 1:  // proj_bias
+        for (int64_t s = 0; s < B; ++s) acc += static_cast<double>(in<T>(md.dh)[s * d + i]);
+        break;
+      case 2: {  // hidden_weight [r, 2d+2]: sum_b dpre[b, j] q[b, k]
+        const int64_t j = i / cue, k = i % cue;
+        for (int64_t s = 0; s < B; ++s)
+          acc += static_cast<double>(in<T>(md.dpre)[s * md.r + j]) * static_cast<double>(cue_at<T>(g, s, m, k));
+        break;
+      }
+      case 3:  // hidden_bias
+        for (int64_t s = 0; s < B; ++s) acc += static_cast<double>(in<T>(md.dpre)[s * md.r + i]);
+        break;
+      case 4:  // instance_weight [1, r]: sum_b da[b] e[b, i]
+        for (int64_t s = 0; s < B; ++s)
+          acc += static_cast<double>(in<T>(g.da)[s * g.M + m]) *
+                 static_cast<double>(in<T>(g.hidden)[s * g.rsum + md.hidden_offset + i]);
+        break;
+      case 5:  // instance_bias
+        for (int64_t s = 0; s < B; ++s) acc += static_cast<double>(in<T>(g.da)[s * g.M + m]);
+        break;
+      case 6: {  // dim_weight [D, r]: sum_b dz[b, j] e[b, k]
+        const int64_t j = i / md.r, k = i % md.r;
+        for (int64_t s = 0; s < B; ++s)
+          acc += static_cast<double>(in<T>(md.dz)[s * md.D + j]) *
+                 static_cast<double>(in<T>(g.hidden)[s * g.rsum + md.hidden_offset + k]);
+        break;
+      }
+      default:  // dim_bias
+        for (int64_t s = 0; s < B; ++s) acc += static_cast<double>(in<T>(md.dz)[s * md.D + i]);
+        break;
+    }
+    out<T>(md.grads[slot])[i] = static_cast<T>(acc);
+  }
+}
+
+template <typename T>
+cudaError_t gates_typed(const GateBatch& g, cudaStream_t stream) {
+  if (g.B == 0) return cudaSuccess;
+  gates_kernel<T><<<static_cast<unsigned>(g.B), kThreads, 0, stream>>>(g);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t gates_backward_typed(const GateBatch& g, cudaStream_t stream) {
+  if (g.B > 0) {
+    gates_backward_kernel<T><<<static_cast<unsigned>(g.B), kThreads, 0, stream>>>(g);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  // With B = 0 this still runs: it writes the zero gradients of an empty batch.
+  const int64_t total = g.grad_starts[g.M * kGateSlots];
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  param_grads_kernel<T><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kThreads, 0, stream>>>(g);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_gates(const GateBatch& batch, bool wide, cudaStream_t stream) {
+  return wide ? gates_typed<double>(batch, stream) : gates_typed<float>(batch, stream);
+}
+
+cudaError_t launch_gates_backward(const GateBatch& batch, bool wide, cudaStream_t stream) {
+  return wide ? gates_backward_typed<double>(batch, stream) : gates_backward_typed<float>(batch, stream);
+}
+
+}  // namespace cuda
+}  // namespace mmcal

@@ -1,0 +1,122 @@
+"""The CUDA gate-network ops (csrc/cuda/gate_network.cu) on a GPU, skipped
+without one: the same float64-oracle comparison as the CPU op's tests
+(test_cpp_gate_network.py, whose cases and tolerances these reuse), every
+parameter random; opcheck; determinism; the torch-ops path past
+kMaxModalities; and the launches of one module step, counted by the
+profiler: at most 3 forward and 4 backward (issue 12)."""
+
+import pytest
+import torch
+
+from conftest import make_module, random_grads
+from mmcal_kernels import GateParams
+from mmcal_kernels.backends.cpp import ops as cpp_ops
+from test_cpp_gate_network import BATCHES, DTYPES, PRESENCE, SHAPES, check_against_oracle, flat_params, make_case
+from test_op_counts import BACKWARD_MAX, CASES, FORWARD_MAX, check_counts, inputs
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+
+def on_gpu(summaries, params, present, grad_gates):
+    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+    return ([cuda(s) for s in summaries], [GateParams(*(cuda(t) for t in p)) for p in params], cuda(present),
+            [cuda(g) for g in grad_gates])  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("presence", PRESENCE)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_float64_oracle(shape, batch, presence, dtype):
+    ct, param_dtype = DTYPES[dtype]
+    gates, *_ = check_against_oracle(*on_gpu(*make_case(shape, batch, presence, ct, param_dtype, seed=batch + 7)))
+    assert gates[0].is_cuda
+
+
+def test_mosei_sized_batch_of_32():
+    check_against_oracle(*on_gpu(*make_case("mosei-aligned", 32, "some-missing", torch.float32, torch.float32, seed=11)))
+
+
+def test_non_contiguous_arguments():
+    summaries, params, present, grad_gates = on_gpu(*make_case("r-per-modality", 6, "some-missing", torch.float32,
+                                                               torch.float32, seed=5))  # fmt: skip
+    strided = lambda t: t.t().contiguous().t() if t.dim() == 2 else torch.stack([t, t], -1)[..., 0]  # noqa: E731
+    params = [GateParams(*(strided(t) for t in p)) for p in params]
+    check_against_oracle([strided(s) for s in summaries], params, strided(present), [strided(g) for g in grad_gates])
+
+
+def test_deterministic():
+    summaries, params, present, grad_gates = on_gpu(*make_case("mosei-aligned", 32, "some-missing", torch.float32,
+                                                               torch.float32, seed=3))  # fmt: skip
+    flat = flat_params(params)
+    runs = []
+    for _ in range(2):
+        gates, diagnostics, saved = torch.ops.mmcal.gates(summaries, flat, present)
+        runs.append([*gates, *torch.ops.mmcal.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)[1]])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    summaries, params, present, grad_gates = on_gpu(*make_case(((3, 5, 2), 4, 6), 3, "some-missing", torch.float32,
+                                                               torch.float32, seed=17))  # fmt: skip
+    flat = flat_params(params)
+    if requires_grad:
+        summaries = [s.requires_grad_() for s in summaries]
+        flat = [t.requires_grad_() for t in flat]
+    torch.library.opcheck(torch.ops.mmcal.gates.default, (summaries, flat, present))
+    with torch.no_grad():
+        _, diagnostics, saved = torch.ops.mmcal.gates(summaries, flat, present)
+    args = ([g for g in grad_gates], [s.detach() for s in summaries], [t.detach() for t in flat], present,
+            list(diagnostics), list(saved))  # fmt: skip
+    torch.library.opcheck(torch.ops.mmcal.gates_backward.default, args)
+
+
+def test_device_mismatch_names_the_argument():
+    summaries, params, present, _ = on_gpu(*make_case("two-odd", 3, "some-missing", torch.float32, torch.float32))
+    flat = flat_params(params)
+    flat[3] = flat[3].cpu()
+    with pytest.raises(ValueError, match=r"params\[3\]"):
+        torch.ops.mmcal.gates(summaries, flat, present)
+
+
+def test_more_modalities_than_the_kernels_take_use_torch_ops():
+    num = cpp_ops.CUDA_MAX_GATE_MODALITIES + 1
+    summaries, params, present, grad_gates = on_gpu(*make_case((tuple(range(2, 2 + num)), 4, 5), 3, "some-missing",
+                                                               torch.float32, torch.float32, seed=2))  # fmt: skip
+    with pytest.raises(ValueError, match="at most"):
+        torch.ops.mmcal.gates(summaries, flat_params(params), present)
+    gates, _, saved = cpp_ops.CUDA_OPS.gates(summaries, flat_params(params), present)
+    assert len(gates) == num and gates[0].is_cuda
+
+
+def _kernels(prof):
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_step_dispatches_three_ops_and_launches_each_way(case):
+    """Dispatched ops (as the CPU test counts them) and CUDA kernels (torch.profiler)."""
+    check_counts("cuda", *CASES[case], device="cuda")
+    dims, layouts, positions = CASES[case]
+    module = make_module(dims, layouts, dtype=torch.float32, backend="cuda").cuda()
+    features, masks, present = inputs(dims, layouts, positions, device="cuda")
+    outputs = module(features, masks=masks, present=present)
+    grads = random_grads(outputs)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as fwd:
+        outputs = module(features, masks=masks, present=present)
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as bwd:
+        torch.autograd.backward(outputs, grads)
+        torch.cuda.synchronize()
+    forward, backward = _kernels(fwd), _kernels(bwd)
+    assert len(forward) <= FORWARD_MAX, forward
+    # gates_backward is 2 launches (per sample, then the parameter sums); the
+    # backward's other ops are one each.
+    assert len(backward) <= BACKWARD_MAX, backward
