@@ -10,7 +10,8 @@
 #   1. env      nvidia-smi, versions                                   -> check.log
 #   2. build    find CUDA_HOME, build _C in place for THIS GPU's arch  -> build.log
 #               stops here (exit 1, log tail shown) if the build fails or _C has no CUDA kernels
-#   3. tests    the CUDA backend, the .cu compile checks, tests/triton on the GPU (full opcheck,
+#   3. tests    the CUDA gate-network kernels (own process)             -> tests-gates.log, tests-gates.xml
+#               the CUDA backend, the .cu compile checks, tests/triton on the GPU (full opcheck,
 #               torch.compile), per-test timeout                        -> tests.log, tests.xml (junit)
 #               whatever they report, the benchmark runs
 #   4. bench    real workloads + stress, fp32 and bf16-mixed, forward and fwd+bwd; eager
@@ -19,7 +20,7 @@
 #               CUDA launches of each row's forward and backward (torch.profiler);
 #               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
 #   5. summary  tests and rows at a glance, per-stage times            -> check.log
-# At most 6 files under $OUT: check.log build.log tests.log tests.xml <gpu>-filtered.json <gpu>-filtered.png
+# At most 8 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml <gpu>-filtered.json/.png
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -119,15 +120,21 @@ if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
 else
   echo "pytest-timeout missing: only the stage's $TESTS_S s limit applies"
 fi
-# Most telling first (the gate-network kernels and the launch counts of a
-# step, then each backend against the reference); the .cu spill checks (nvcc
-# only, no GPU) last.
-TESTS=(tests/backends/test_cuda_gate_network.py tests/triton/test_triton_gate_network.py
-       tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py tests/backends/test_cpp_input_grads.py
-       tests/triton tests/backends/test_cuda_compile.py)
-echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml)"
-# SIGINT at the limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
-timeout -s INT -k 15 "$TESTS_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
+# Two processes: the CUDA gate-network kernels first, alone (new kernels: a
+# bad access would poison the CUDA context of every test after it), then the
+# rest, most telling first; the .cu spill checks (nvcc only, no GPU) last.
+# SIGINT at a limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
+GATE_TESTS_S=$(( TESTS_S / 3 ))
+echo "pytest tests/backends/test_cuda_gate_network.py (junit: $OUT/tests-gates.xml, limit $GATE_TESTS_S s)"
+timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest tests/backends/test_cuda_gate_network.py -m "not slow" -q -rfEs \
+  -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests-gates.xml" >"$OUT/tests-gates.log" 2>&1
+echo "exit status $?"; tail -n 8 "$OUT/tests-gates.log"
+TESTS=(tests/triton/test_triton_gate_network.py tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py
+       tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
+REST_S=$(( TESTS_S - $(date +%s) + STAGE_T ))
+(( REST_S < 30 )) && REST_S=30
+echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml, limit $REST_S s)"
+timeout -s INT -k 15 "$REST_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
   "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
 TESTS_RC=$?
 tail -n 15 "$OUT/tests.log"
@@ -158,8 +165,10 @@ import glob, json, os, sys
 import xml.etree.ElementTree as ET
 out = sys.argv[1]
 try:
-    suites = ET.parse(os.path.join(out, "tests.xml")).getroot()
-    suites = [suites] if suites.tag == "testsuite" else list(suites)
+    suites = []
+    for name in ("tests-gates.xml", "tests.xml"):
+        root = ET.parse(os.path.join(out, name)).getroot()
+        suites += [root] if root.tag == "testsuite" else list(root)
     n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
     print(f"tests: {n['tests']} run, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped")
     for s in suites:
