@@ -37,7 +37,7 @@ from torch.library import triton_op
 from ... import checks, gates_torch, reference
 from ...spec import GateParams
 from . import configs
-from .slots import MAX_SLOTS, cdiv
+from .slots import MAX_SLOTS, cdiv, mask_bytes
 
 NUM_PARAMS = len(GateParams._fields)  # 8 tensors per modality
 BLOCK_B = 16  # samples per program: tl.dot needs >= 16 rows
@@ -55,11 +55,13 @@ def _release(version: str) -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-# Triton 3.6 cannot lower the backward kernel's fp64 dots (its make_llir pass
-# fails; seen compiling for sm_80 and sm_90), 3.9 can; 3.7 and 3.8 are
-# untried. Below 3.9 a float64 backward takes the torch formulas instead, with
-# the same results and more launches.
-FP64_BACKWARD_KERNEL = _release(triton.__version__) >= (3, 9)
+# Triton 3.6 cannot lower the gate kernels' fp64 dots: the backward's fails
+# to compile for sm_80 and sm_90 at any size, the forward's on an H200 where
+# a dot's K is large ("Currently fp64 don't support largeK MMA", an assertion
+# in its MMAv2 lowering); 3.9 lowers both; 3.7 and 3.8 are untried. Below 3.9
+# a float64 call takes the torch formulas both ways, with the same results
+# and more launches.
+FP64_KERNELS = _release(triton.__version__) >= (3, 9)
 
 # One configuration each: BLOCK_B/BLOCK_K are fixed by the host (it sizes the
 # grid and the workspace with them) and the tile widths follow d and r; there
@@ -536,7 +538,7 @@ def _slot_width(d: int, dim: int, r: int) -> int:
 
 
 def _torch_forward(summaries, params, present):
-    """More modalities than one launch holds: the reference's formulas."""
+    """More modalities than one launch holds, or float64 below triton 3.9: the reference's formulas."""
     num = len(summaries)
     gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
     diagnostics = gates_torch.diagnostics_list(diag)
@@ -558,7 +560,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
-    if num > MAX_SLOTS:
+    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -577,7 +579,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
             slots.append([s, s.stride(0), s.stride(1), *params[NUM_PARAMS * m : NUM_PARAMS * (m + 1)], pres[m],
                           dim_gates[m], gate_out[m], dims[m], hidden[m]])  # fmt: skip
         args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot]
-        pr = present.contiguous().view(torch.uint8) if present is not None else u
+        pr = mask_bytes(present, u)
         args += [pr, u, norm, context, agreement, support, conflict, inst, batch, d]
         meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=BLOCK_B, BLOCK_DD=_pow2(d),
                     BLOCK_R=_pow2(max(hidden)), BLOCK_K=BLOCK_K)  # fmt: skip
@@ -609,7 +611,7 @@ def gates_backward(
     checks.check_op_tensors("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
                 + [(batch, dim) for dim in dims], ct, device)  # fmt: skip
     checks.check_op_tensors("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden], ct, device)
-    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_BACKWARD_KERNEL):
+    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]
@@ -638,7 +640,7 @@ def gates_backward(
             slots.append([g, g.stride(0), g.stride(1), s, s.stride(0), s.stride(1), pw, hw, iw, dw, pres[m],
                           dim_gates[m], grad_summaries[m], dims[m], hidden[m], bases[m]])  # fmt: skip
         args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot]
-        pr = present.contiguous().view(torch.uint8) if present is not None else u
+        pr = mask_bytes(present, u)
         args += [pr, u, norm, context, agreement, support, conflict, inst, *scratch, ws, batch, d, width, blocks]
         meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=BLOCK_B, BLOCK_DD=_pow2(d),
                     BLOCK_R=_pow2(max(hidden)), BLOCK_K=BLOCK_K)  # fmt: skip

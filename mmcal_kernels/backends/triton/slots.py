@@ -14,6 +14,7 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor
 
 from ...spec import SEQUENCE, SPATIAL
@@ -65,9 +66,12 @@ def mask_bytes(mask: Optional[Tensor], like: Tensor) -> Tensor:
     """A mask as contiguous uint8 ``[B, P]`` (index ``b * P + p``); ``like`` stands in when absent."""
     if mask is None:
         return like
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or is_fake(mask):
         # Inductor (torch 2.11) cannot lower a bool -> uint8 view (torch.iinfo(bool)):
-        # a [B, P] byte copy there, the free view in eager.
+        # a [B, P] byte copy there, the free view in eager. Inductor traces a
+        # triton_op's body after Dynamo, where is_compiling() is False but the
+        # tensors are fake (seen on an H200 with torch 2.11: the view reached
+        # Inductor and failed to lower).
         return mask.contiguous().to(torch.uint8)
     return mask.contiguous().view(torch.uint8)
 
