@@ -18,10 +18,12 @@ is not supported and says so.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .gates_torch import grouped
 from .spec import DIAGNOSTIC_TENSORS, compute_dtype, layout_name
@@ -36,6 +38,18 @@ def refuse_second_derivative(what: str) -> None:
                            "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
 
 
+def _ops_below_autograd(example: Tensor):
+    """The fused node is the autograd of the ops it calls: in eager mode they
+    run below the Autograd dispatch key, which skips the Python autograd
+    kernel that torch.library registered for each (its wrapper and
+    redispatch cost about 25 us an op on a CPU; a step calls six). Traced
+    (Dynamo, or AOTAutograd's fake tensors) the ops are left as they are:
+    the guard there made torch.compile(dynamic=True) recompile per length."""
+    if torch.compiler.is_compiling() or is_fake(example):
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()
+
+
 def make_fused_function(passes, name: str) -> type:
     """An autograd.Function running steps 1-7 with the ops of ``passes`` (a
     KernelBackend): forward = summaries, gates, modulate; backward =
@@ -45,7 +59,7 @@ def make_fused_function(passes, name: str) -> type:
     def forward(ctx, layouts, num, present, *flat):
         features, masks, params = list(flat[:num]), list(flat[num : 2 * num]), list(flat[2 * num :])
         ct = compute_dtype(features[0].dtype, grouped(params))
-        with torch.autocast(device_type=features[0].device.type, enabled=False):
+        with torch.autocast(device_type=features[0].device.type, enabled=False), _ops_below_autograd(features[0]):
             summaries = passes.summaries(features, masks, layouts, ct)
             gates, diagnostics, saved = passes.gates(summaries, params, present)
             outputs = passes.modulate(features, gates, layouts)
@@ -83,7 +97,7 @@ def make_fused_function(passes, name: str) -> type:
         need_x = any(needs[:num])
         if not (need_x or any(needs[2 * num :])):
             return (None,) * (3 + len(needs))
-        with torch.autocast(device_type=features[0].device.type, enabled=False):
+        with torch.autocast(device_type=features[0].device.type, enabled=False), _ops_below_autograd(features[0]):
             dg = passes.gate_grads(grad_outputs, features, layouts, gates[0].dtype)
             ds, grad_params = passes.gates_backward(dg, summaries, params, present, diagnostics, inter)
             grad_features = [None] * num

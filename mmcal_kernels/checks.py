@@ -399,7 +399,9 @@ def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[T
     PADDING, the key_padding_mask convention, passed where True = valid is
     expected). Only the first calls are looked at, and never while tracing:
     the look reads values (a device sync on a GPU)."""
-    if _MASK_LOOKS_LEFT[0] <= 0 or all(m is None for m in masks) or torch.compiler.is_compiling():
+    # is_compiling() first: Dynamo then reads nothing else, so the counter is no guard (it would
+    # recompile the module each time an eager call spends a look).
+    if torch.compiler.is_compiling() or _MASK_LOOKS_LEFT[0] <= 0 or all(m is None for m in masks):
         return
     from torch._subclasses.fake_tensor import is_fake
 
