@@ -84,3 +84,29 @@ def test_fused_forward_runs_on_fake_tensors_with_symbolic_sizes(mode):
         outputs, diagnostics = triton_backend.OPS.calibrate(xs, params, ["sequence", "spatial", "spatial"], masks, present)
     assert [y.shape for y in outputs] == [x.shape for x in xs]
     assert diagnostics["agreement"].shape[1:] == (3, 3) and _symbolic(diagnostics["agreement"].shape[0])
+
+
+def test_mask_bytes_compiles_inside_a_triton_op_body():
+    """Inductor traces a triton_op's body after Dynamo, where is_compiling()
+    is False: ``slots.mask_bytes`` must not hand it a bool -> uint8 view,
+    which Inductor in torch 2.11 cannot lower ("torch.bool is not supported
+    by torch.iinfo"; seen on an H200 in the Triton module's compile test).
+    On the CPU, with a body of torch ops only; it fails on torch 2.11 when
+    ``mask_bytes`` checks is_compiling() alone (later torch lowers the view)."""
+    from torch.library import triton_op
+
+    from mmcal_kernels.backends.triton.slots import mask_bytes
+
+    @triton_op("mmcal_test::mask_bytes_sum", mutates_args=())
+    def mask_bytes_sum(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x * mask_bytes(mask, x).to(x.dtype).sum()
+
+    torch._dynamo.reset()
+    mask, x = torch.tensor([[True, False, True], [True, True, False]]), torch.randn(3)
+    # No compile caches: their key is the Dynamo graph, which holds the op
+    # call and not its body, so a cached graph would hide a body that fails.
+    no_caches = {"fx_graph_cache": False, "fx_graph_remote_cache": False}
+    with torch._inductor.config.patch(no_caches), torch._functorch.config.patch(enable_autograd_cache=False):
+        got = torch.compile(lambda m, v: torch.ops.mmcal_test.mask_bytes_sum(m, v), fullgraph=True)(mask, x)
+    torch.testing.assert_close(got, x * 4)
+    assert mask_bytes(mask, x).data_ptr() == mask.data_ptr()  # eager: the free view, no copy
