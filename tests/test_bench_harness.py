@@ -336,11 +336,13 @@ def test_op_count_leaves_out_views_and_allocations():
 
 def test_launch_classification():
     DT = torch.autograd.DeviceType
-    ev = lambda name, dt=DT.CPU: SimpleNamespace(name=name, device_type=dt)  # noqa: E731
-    events = [ev("_reduce_kernel", DT.CUDA), ev("_map_kernel", DT.CUDA), ev("Memcpy HtoD", DT.CUDA),
-              ev("cudaLaunchKernel"), ev("cuLaunchKernelEx"), ev("cudaGraphLaunch"), ev("aten::mul")]  # fmt: skip
+    span = lambda us: SimpleNamespace(elapsed_us=lambda: us)  # noqa: E731
+    ev = lambda name, dt=DT.CPU, us=0.0: SimpleNamespace(name=name, device_type=dt, time_range=span(us))  # noqa: E731
+    events = [ev("_reduce_kernel", DT.CUDA, 3.5), ev("_map_kernel", DT.CUDA, 2.0), ev("Memcpy HtoD", DT.CUDA, 9.0),
+              ev("cudaLaunchKernel", us=4.0), ev("cuLaunchKernelEx"), ev("cudaGraphLaunch"), ev("aten::mul")]  # fmt: skip
     got = counting.classify_events(events)
     assert got["kernels"] == 2 and got["launch_calls"] == 2 and got["graph_launches"] == 1
+    assert got["kernel_us"] == 5.5  # kernels only: no copy, no host call
 
 
 # ---- a bounded run keeps what it measured ------------------------------------------------------------

@@ -193,15 +193,16 @@ report.add_speedups(ok)  # a cut run's JSON has its rows, not yet their speedups
 png = paths[0][:-5] + ".png"
 if not os.path.exists(png) and ok:  # the run was killed before its end: draw what the JSON holds
     report.write_png(png, ok, f"{meta.get('device')}: CUT run, {len(ok)} rows")
-print(f"{'workload':16s} {'dtype':10s} {'backend':26s} {'pass':8s} {'ms':>9s} {'x compile':>9s} {'launches fwd/bwd':>16s}")
+print(f"{'workload':16s} {'dtype':10s} {'backend':26s} {'pass':8s} {'ms':>9s} {'x compile':>9s} {'launches fwd/bwd':>16s} {'kernel us fwd/bwd':>18s}")
 for r in ok:
     if r["workload"] not in ("mosei-aligned", "stress-256MiB"):
         continue
     la = r.get("launches") or {}
     launches = "/".join(str(v.get("kernels")) for k, v in la.items() if isinstance(v, dict)) or "-"
+    busy = "/".join(str(v.get("kernel_us", "?")) for k, v in la.items() if isinstance(v, dict)) or "-"
     x = r.get("speedup_vs_compile")
     print(f"{r['workload']:16s} {r['dtype']:10s} {r['backend']:26s} {r['pass']:8s} {r['median_ms']:9.3f} "
-          f"{(f'{x:.2f}' if x else '-'):>9s} {launches:>16s}")
+          f"{(f'{x:.2f}' if x else '-'):>9s} {launches:>16s} {busy:>18s}")
 EOF
 done_stage
 echo

@@ -58,20 +58,25 @@ LAUNCH_APIS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuL
 
 def classify_events(events) -> dict:
     """Kernel count from profiler events: GPU-side kernels (no memcpy/memset),
-    host launch calls, and CUDA-graph launches."""
+    their summed durations (``kernel_us``: the GPU's busy time, to set
+    against a step's wall time, whose rest is the host's), host launch calls,
+    and CUDA-graph launches."""
     kernels, names = 0, Counter()
     launches = graphs = 0
+    kernel_us = 0.0
     for e in events:
         device_type = getattr(e, "device_type", None)
         if device_type == torch.autograd.DeviceType.CUDA:
             if not e.name.startswith(("Memcpy", "Memset", "[memory]")):
                 kernels += 1
                 names[e.name] += 1
+                span = getattr(e, "time_range", None)
+                kernel_us += span.elapsed_us() if span is not None else 0.0
         elif e.name in LAUNCH_APIS:
             launches += 1
         elif e.name == "cudaGraphLaunch":
             graphs += 1
-    return {"kernels": kernels, "launch_calls": launches, "graph_launches": graphs,
+    return {"kernels": kernels, "kernel_us": round(kernel_us, 1), "launch_calls": launches, "graph_launches": graphs,
             "names": dict(names.most_common(12))}  # fmt: skip
 
 
