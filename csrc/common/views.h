@@ -55,9 +55,10 @@ inline View3 view3(const at::Tensor& x, int64_t layout) {
 
 // SPEC.md step 1's divisor of each row, max(1, valid positions), as [B, 1] in
 // ct: the True entries of a masked sequence's row, else P. The summary kernels
-// divide by it; its gradient's ds term is divided by it here, on the host,
-// once per row: [B, D] work, where a kernel would divide again at every
-// position. Same ops, in the same dtype, as fused.position_counts.
+// divide by it; the CPU input_grads op divides its ds term by it here, on the
+// host, once per row ([B, D] work; the CUDA map kernel counts each row itself,
+// so that the backward launches nothing more). Same ops, in the same dtype, as
+// spec.position_counts.
 inline at::Tensor position_counts(const at::Tensor& x, int64_t layout, const std::optional<at::Tensor>& mask,
                                   at::ScalarType ct) {
   if (layout == kSequence && mask.has_value()) return mask->sum(1, /*keepdim=*/true).to(ct).clamp_min(1);

@@ -72,15 +72,11 @@ __device__ __forceinline__ bool is_present(const GateBatch& g, int64_t b, int m)
   return g.present == nullptr || g.present[b * g.present_sB + m * g.present_sM];
 }
 
-// Which modality a flat row falls in, given each modality's first row.
-__device__ __forceinline__ int modality_of_dim_row(const GateBatch& g, int64_t row) {
+// Which modality a flat row falls in, given each modality's first row
+// (``first``: GateModality::dim_offset or ::hidden_offset).
+__device__ __forceinline__ int modality_of(const GateBatch& g, int64_t row, int64_t GateModality::*first) {
   int m = 0;
-  while (m + 1 < g.M && row >= g.mods[m + 1].dim_offset) ++m;
-  return m;
-}
-__device__ __forceinline__ int modality_of_hidden_row(const GateBatch& g, int64_t row) {
-  int m = 0;
-  while (m + 1 < g.M && row >= g.mods[m + 1].hidden_offset) ++m;
+  while (m + 1 < g.M && row >= g.mods[m + 1].*first) ++m;
   return m;
 }
 
@@ -190,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) gates_kernel(const __grid_constant__
 
   // Steps 4-5: the cue q_m = [u*c, u-c, S, C] is formed as it is read; one warp per hidden unit.
   for (int64_t row = warp; row < g.rsum; row += kWarps) {
-    const int m = modality_of_hidden_row(g, row);
+    const int m = modality_of(g, row, &GateModality::hidden_offset);
     const GateModality& md = g.mods[m];
     const int64_t i = row - md.hidden_offset;
     const T* w = in<T>(md.hid_w) + i * cue;
@@ -223,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) gates_kernel(const __grid_constant__
   __syncthreads();
   // Steps 5-6: the dimension logits, a warp per row of W_dim; the gates and the pass-through.
   for (int64_t row = warp; row < g.dsum; row += kWarps) {
-    const int m = modality_of_dim_row(g, row);
+    const int m = modality_of(g, row, &GateModality::dim_offset);
     const GateModality& md = g.mods[m];
     const int64_t j = row - md.dim_offset;
     const T* w = in<T>(md.dim_w) + j * md.r;
@@ -263,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) gates_backward_kernel(const __grid_c
   // missing modality's gate is the constant 1: its gradient is selected
   // away (not multiplied by 0, so a non-finite one stays out).
   for (int64_t row = threadIdx.x; row < g.dsum; row += kThreads) {
-    const int m = modality_of_dim_row(g, row);
+    const int m = modality_of(g, row, &GateModality::dim_offset);
     const GateModality& md = g.mods[m];
     const int64_t i = b * md.D + row - md.dim_offset;
     const T dg = in<T>(md.dim_gate)[i];
@@ -286,7 +282,7 @@ __global__ void __launch_bounds__(kThreads) gates_backward_kernel(const __grid_c
   // neighbouring threads, neighbouring addresses). GELU again, for the
   // weight gradients of the second launch.
   for (int64_t row = threadIdx.x; row < g.rsum; row += kThreads) {
-    const int m = modality_of_hidden_row(g, row);
+    const int m = modality_of(g, row, &GateModality::hidden_offset);
     const GateModality& md = g.mods[m];
     const int64_t i = row - md.hidden_offset;
     const T* w = in<T>(md.dim_w) + i;
@@ -371,7 +367,7 @@ __global__ void __launch_bounds__(kThreads) gates_backward_kernel(const __grid_c
   __syncthreads();
   // ds_m = dh_m W_m, one thread per summary element (W_m read by column).
   for (int64_t row = threadIdx.x; row < g.dsum; row += kThreads) {
-    const int m = modality_of_dim_row(g, row);
+    const int m = modality_of(g, row, &GateModality::dim_offset);
     const GateModality& md = g.mods[m];
     const int64_t k = row - md.dim_offset;
     const T* dh = in<T>(md.dh) + b * d;

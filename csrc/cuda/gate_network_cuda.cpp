@@ -15,6 +15,7 @@
 
 #include "../common/gate_args.h"
 #include "gate_launch.cuh"
+#include "host_checks.h"
 
 namespace mmcal {
 namespace cuda {
@@ -27,10 +28,6 @@ using namespace gate_args;
 void check_cuda_gate_call(const Sizes& z, const char* op) {
   TORCH_CHECK_VALUE(z.M <= kMaxModalities, "summaries: ", op, "'s CUDA kernels take at most ", kMaxModalities,
                     " modalities, got ", z.M, " (the cuda backend computes larger calls with torch ops)");
-}
-
-void check_gate_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 // The parameters in ct and contiguous: no copy where they already are.
@@ -97,7 +94,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> gates(
   }
   g.agreement = ptr(agreement), g.support = ptr(support), g.conflict = ptr(conflict), g.instance = ptr(instance);
   g.u = ptr(u), g.norm = ptr(norm), g.context = ptr(context), g.hidden = ptr(hidden);
-  check_gate_launch(launch_gates(g, z.ct == at::kDouble, c10::cuda::getCurrentCUDAStream()), "mmcal::gates");
+  check_launch(launch_gates(g, z.ct == at::kDouble, c10::cuda::getCurrentCUDAStream()), "mmcal::gates");
 
   std::vector<Tensor> diagnostics = {agreement, support, conflict, instance};
   diagnostics.insert(diagnostics.end(), dim_gate.begin(), dim_gate.end());
@@ -152,7 +149,7 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>> gates_backward(
     }
   }
   g.grad_starts[kPerModality * M] = start;
-  check_gate_launch(launch_gates_backward(g, z.ct == at::kDouble, c10::cuda::getCurrentCUDAStream()),
+  check_launch(launch_gates_backward(g, z.ct == at::kDouble, c10::cuda::getCurrentCUDAStream()),
                     "mmcal::gates_backward");
   // Each gradient in its parameter's dtype (a no-op where that is ct).
   for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(params[i].scalar_type());

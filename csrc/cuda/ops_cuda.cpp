@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "host_checks.h"
 #include "launch.cuh"
 
 namespace mmcal {
@@ -33,10 +34,6 @@ DType dtype_of(at::ScalarType t) {
 
 void check_on_cuda(const Tensor& x, const std::string& name) {
   TORCH_CHECK_VALUE(x.is_cuda(), name, ": the CUDA kernels take CUDA tensors, got one on ", x.device());
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
 std::vector<Tensor> reduce_all(TensorList xs, TensorList dys, const OptionalTensors* masks, at::IntArrayRef layouts,
