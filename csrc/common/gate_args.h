@@ -46,11 +46,17 @@ inline void check_tensor(const at::Tensor& t, const at::Tensor& first, at::IntAr
 }
 
 // What both ops receive: summaries, the 8*M parameters, present.
+// max_modalities: the most modalities the device's kernels take (the CUDA
+// kernels' fixed arrays), checked before anything reads a per-modality entry.
 inline Sizes check_gate_args(at::TensorList summaries, at::TensorList params, const std::optional<at::Tensor>& present,
-                             c10::DeviceType device_type, const char* device_name) {
+                             c10::DeviceType device_type, const char* device_name, const char* op,
+                             int64_t max_modalities = -1) {
   Sizes z;
   z.M = static_cast<int64_t>(summaries.size());
   TORCH_CHECK_VALUE(z.M >= 2, "summaries: expected one tensor per modality, at least 2, got ", z.M);
+  TORCH_CHECK_VALUE(max_modalities < 0 || z.M <= max_modalities, "summaries: ", op, "'s ", device_name,
+                    " kernels take at most ", max_modalities, " modalities, got ", z.M,
+                    " (the cuda backend computes larger calls with torch ops)");
   const at::Tensor& s0 = summaries[0];
   TORCH_CHECK_VALUE(s0.device().type() == device_type, "summaries[0]: the ", device_name, " kernels take ", device_name,
                     " tensors, got one on ", s0.device());

@@ -289,7 +289,7 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
 }
 
 Lists gates(TensorList summaries, TensorList params, const std::optional<Tensor>& present) {
-  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU");
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU", "mmcal::gates");
   const std::vector<Tensor> p = cast_params(params, z.ct);
   const Presence pres(present);
   return z.ct == at::kDouble ? gates_impl<double>(z, summaries, p, pres) : gates_impl<float>(z, summaries, p, pres);
@@ -508,7 +508,7 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
 
 Pair gates_backward(TensorList grad_gates, TensorList summaries, TensorList params,
                     const std::optional<Tensor>& present, TensorList diagnostics, TensorList saved) {
-  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU");
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU", "mmcal::gates_backward");
   const BackwardArgs a = check_backward_args(z, grad_gates, summaries, diagnostics, saved);
   const std::vector<Tensor>&g = a.grad_gates, &diag = a.diagnostics, &sv = a.saved;
   const std::vector<Tensor> p = cast_params(params, z.ct);

@@ -25,11 +25,6 @@ using at::Tensor;
 using at::TensorList;
 using namespace gate_args;
 
-void check_cuda_gate_call(const Sizes& z, const char* op) {
-  TORCH_CHECK_VALUE(z.M <= kMaxModalities, "summaries: ", op, "'s CUDA kernels take at most ", kMaxModalities,
-                    " modalities, got ", z.M, " (the cuda backend computes larger calls with torch ops)");
-}
-
 // The parameters in ct and contiguous: no copy where they already are.
 std::vector<Tensor> cast_params(TensorList params, at::ScalarType ct) {
   std::vector<Tensor> out;
@@ -73,8 +68,8 @@ std::vector<Tensor> contiguous(TensorList ts) {
 
 std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> gates(
     TensorList summaries, TensorList params, const std::optional<Tensor>& present) {
-  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CUDA, "CUDA");
-  check_cuda_gate_call(z, "mmcal::gates");
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CUDA, "CUDA", "mmcal::gates",
+                                  kMaxModalities);
   c10::cuda::CUDAGuard guard(summaries[0].device());
   const int64_t B = z.B, M = z.M, d = z.d;
   const auto opts = summaries[0].options().dtype(z.ct);
@@ -106,8 +101,8 @@ std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> gates(
 std::tuple<std::vector<Tensor>, std::vector<Tensor>> gates_backward(
     TensorList grad_gates, TensorList summaries, TensorList params, const std::optional<Tensor>& present,
     TensorList diagnostics, TensorList saved) {
-  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CUDA, "CUDA");
-  check_cuda_gate_call(z, "mmcal::gates_backward");
+  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CUDA, "CUDA",
+                                  "mmcal::gates_backward", kMaxModalities);
   const BackwardArgs a = check_backward_args(z, grad_gates, summaries, diagnostics, saved);
   c10::cuda::CUDAGuard guard(summaries[0].device());
   const int64_t B = z.B, M = z.M, d = z.d;
