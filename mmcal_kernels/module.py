@@ -13,6 +13,17 @@ from . import backends, checks, functional
 from .spec import GateParams
 
 
+def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """A linear layer's registered weight and bias; where either is not a
+    registered parameter (a parametrization computes it, FSDP swapped it for a
+    plain attribute), what attribute access gives."""
+    own = layer._parameters
+    weight, bias = own.get("weight"), own.get("bias")
+    if weight is None or bias is None:
+        return layer.weight, layer.bias
+    return weight, bias
+
+
 class PreFusionCalibration(nn.Module):
     """Calibrates each modality's features against the others before fusion (docs/spec.md).
 
@@ -69,11 +80,12 @@ class PreFusionCalibration(nn.Module):
 
     def gate_params(self) -> list[GateParams]:
         """The parameters of each modality in the order the functional API takes."""
+        # Read from the layers' parameter dicts: nn.Module.__getattr__ costs
+        # about 1.6 us a name here, 40 us of every eager forward for 24 names.
+        layers = self._modules
         return [
-            GateParams(
-                p.weight, p.bias, h.weight, h.bias, i.weight, i.bias, g.weight, g.bias
-            )
-            for p, h, i, g in zip(self.proj, self.gate_hidden, self.gate_instance, self.gate_dim)
+            GateParams(*_weight_and_bias(p), *_weight_and_bias(h), *_weight_and_bias(i), *_weight_and_bias(g))
+            for p, h, i, g in zip(layers["proj"], layers["gate_hidden"], layers["gate_instance"], layers["gate_dim"])
         ]
 
     def resolved_backend(self, device: Optional[torch.device] = None) -> str:

@@ -44,10 +44,15 @@ def layout_name(code: int) -> str:
 
 def compute_dtype(feature_dtype: torch.dtype, params: Sequence[GateParams] = ()) -> torch.dtype:
     """``ct = promote_types(float32, feature dtype, parameter dtype)``."""
+    return compute_dtype_of_flat(feature_dtype, [t for p in params for t in p])
+
+
+def compute_dtype_of_flat(feature_dtype: torch.dtype, flat_params: Sequence[Tensor]) -> torch.dtype:
+    """``compute_dtype`` of the parameters as one flat list (the fused node's form)."""
     ct = torch.promote_types(torch.float32, feature_dtype)
     # Each promote_types is a dispatched call: promote each distinct dtype once
     # (usually one), not the 8M parameters one by one.
-    for dtype in {t.dtype for p in params for t in p} - {ct}:
+    for dtype in {t.dtype for t in flat_params} - {ct}:
         ct = torch.promote_types(ct, dtype)
     return ct
 

@@ -56,3 +56,22 @@ def test_fused_node_is_one_node_and_refuses_double_backward():
         torch.autograd.grad(outputs[0].sum(), leaves[0], create_graph=True)
     (g,) = torch.autograd.grad(outputs[0].sum(), leaves[0])  # a first derivative is fine
     assert g.shape == leaves[0].shape and not g.requires_grad
+
+
+def test_fused_node_runs_with_autocast_off_both_ways():
+    """Steps 1-7 run in ct with autocast off (docs/spec.md). The node enters
+    autocast-off only where autocast is on; these passes are torch ops, which
+    autocast would run in bfloat16 (errors near 1e-2, past float32's table)."""
+    module = make_module(DIMS, LAYOUTS, seed=75, dtype=torch.float32)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, dtype=torch.float32, seed=76)
+    grads = random_grads(features)
+    run = lambda: _run(lambda *a: fused_calibrate(TorchFused, *a), module, features, masks, present, grads)  # noqa: E731
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run()  # forward and backward both under autocast
+    assert not torch.is_autocast_enabled("cpu")
+    for i, (a, e) in enumerate(zip(auto[0], plain[0])):
+        assert a.dtype == torch.float32
+        assert_close(a, e, torch.float32, f"output[{i}]")
+    for i, (a, e) in enumerate(zip(auto[2], plain[2])):
+        assert_close(a, e, torch.float32, f"gradient {i}")

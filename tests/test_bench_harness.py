@@ -122,8 +122,10 @@ def test_cuda_labels_names_and_contenders(fake_gpu):
     assert {"cuda", "cuda+compile"} <= set(labels) and "cpu" not in labels
     graphs = [c for c in contenders_mod.contenders(CUDA) if c.label == "reference+reduce-overhead"][0]
     assert graphs.compiled and graphs.mode == "reduce-overhead" and graphs.backend == "reference"
+    kernel_graphs = [c for c in contenders_mod.contenders(CUDA) if c.label == "cuda+reduce-overhead"][0]
+    assert kernel_graphs.compiled and kernel_graphs.mode == "reduce-overhead" and kernel_graphs.backend == "cuda"
     cpu_labels = [c.label for c in contenders_mod.contenders(torch.device("cpu"))]
-    assert "reference+reduce-overhead" not in cpu_labels and "cuda" not in cpu_labels
+    assert not [label for label in cpu_labels if "reduce-overhead" in label] and "cuda" not in cpu_labels
     assert [c.label for c in contenders_mod.contenders(CUDA, compile_reference=False)] == ["reference", "cuda"]
     meta = runner.run_meta(runner.parse_args(["--passes", "forward"]), CUDA)
     assert meta["device"] == GPU and meta["device_type"] == "cuda" and meta["threads"] is None
@@ -283,6 +285,18 @@ def test_eager_fallback_fails_loudly():
         fn(torch.randn(3, 4))
     with pytest.raises(CompileFallback, match="EAGERLY"):
         watch.check(before, 1, "tiny")
+
+
+def test_reduce_overhead_without_cuda_graphs_fails_loudly():
+    """Inductor skips CUDA graphs (here: CPU tensors, as for any graph with a CPU
+    tensor in it) with only a log line; the row must not be labelled with them."""
+    compiled.fresh()
+    watch = CompileWatch("tiny+reduce-overhead", "reduce-overhead")
+    fn = watch.compile(_Tiny())
+    before = watch.snapshot()
+    fn(torch.randn(3, 4))
+    with pytest.raises(CompileFallback, match="skipped CUDA graphs"):
+        watch.check_compiled(before, "tiny")
 
 
 def test_shared_forward_past_the_recompile_limit_is_caught():

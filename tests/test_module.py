@@ -176,3 +176,36 @@ def test_diagnostics_are_detached_in_compute_dtype():
     assert all(not t.requires_grad and t.dtype == torch.float32 for t in tensors)
     assert diag["agreement"].shape == (3, 2, 2) and diag["instance_gate"].shape == (3, 2)
     assert [g.shape for g in diag["dimension_gates"]] == [(3, 5), (3, 3)]
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+def test_parametrized_and_swapped_parameters_are_the_ones_used():
+    """gate_params reads the layers' parameter dicts (fast) and falls back to
+    attribute access where a parametrization computes the weight; a
+    functional_call's swapped tensors are used too."""
+    from torch.nn.utils import parametrize
+
+    from mmcal_kernels import reference
+
+    dims = [5, 3]
+    module = make_module(dims, seed=21, dtype=torch.float32)
+    features, masks, present = random_case(dims, seed=22)
+    plain = module.gate_params()
+    parametrize.register_parametrization(module.proj[0], "weight", _Doubled())
+    params = module.gate_params()
+    assert torch.equal(params[0].proj_weight, 2 * plain[0].proj_weight)
+    got = module(features, masks, present)
+    want = reference.calibrate(features, params, module.layouts, masks, present)[0]
+    for a, e in zip(got, want):
+        assert_close(a, e, torch.float32, "parametrized")
+    swapped = {"gate_dim.1.bias": torch.randn(3)}
+    got = torch.func.functional_call(module, swapped, (features, masks, present))
+    assert torch.equal(module.gate_params()[1].dim_bias, plain[1].dim_bias)  # restored after the call
+    params[1] = params[1]._replace(dim_bias=swapped["gate_dim.1.bias"])
+    want = reference.calibrate(features, params, module.layouts, masks, present)[0]
+    for a, e in zip(got, want):
+        assert_close(a, e, torch.float32, "functional_call")

@@ -29,7 +29,10 @@ using namespace gate_args;
 std::vector<Tensor> cast_params(TensorList params, at::ScalarType ct) {
   std::vector<Tensor> out;
   out.reserve(params.size());
-  for (const Tensor& p : params) out.push_back(p.to(ct).contiguous());
+  for (const Tensor& p : params) {
+    // Most calls: already ct and contiguous; skip two dispatched no-ops a parameter.
+    out.push_back(p.scalar_type() == ct && p.is_contiguous() ? p : p.to(ct).contiguous());
+  }
   return out;
 }
 

@@ -12,7 +12,11 @@ fresh backend object) after ``torch._dynamo.reset()``, and is compiled with
 * the watch counts compilations and calls of the compiled graphs, and
   ``check`` fails loudly (``CompileFallback``) when a timed step did not run
   a compiled graph (an eager fallback) or a compile happened while timing (a
-  recompile).
+  recompile);
+* under ``mode="reduce-overhead"`` it also counts Inductor's CUDA-graph skips
+  (a CPU tensor in the graph, a mutated input...): Inductor then runs the
+  compiled code without graphs and says so only in a log line, and the row
+  would be labelled with graphs it never used.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ class CompileFallback(RuntimeError):
 class Snapshot:
     compiles: int
     calls: int
+    graph_skips: int = 0
+
+
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 class CompileWatch:
@@ -65,10 +76,19 @@ class CompileWatch:
         return torch.compile(fn, backend=self, fullgraph=True)
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.compiles, self.calls)
+        return Snapshot(self.compiles, self.calls, _cudagraph_skips())
+
+    def _check_graphs(self, before: Snapshot, what: str) -> None:
+        skipped = _cudagraph_skips() - before.graph_skips
+        if self.mode == "reduce-overhead" and skipped:
+            raise CompileFallback(
+                f"{what}: Inductor skipped CUDA graphs for {skipped} compiled graph(s), so the row would run "
+                f"without them (TORCH_LOGS=cudagraphs says why)"
+            )
 
     def check(self, before: Snapshot, steps: int, what: str) -> None:
         """After ``steps`` calls since ``before``: each ran a compiled graph and none compiled."""
+        self._check_graphs(before, what)
         ran, compiled = self.calls - before.calls, self.compiles - before.compiles
         if compiled:
             raise CompileFallback(
@@ -82,7 +102,8 @@ class CompileWatch:
             )
 
     def check_compiled(self, before: Snapshot, what: str) -> None:
-        """After the first call: it compiled at least one graph and ran it."""
+        """After the first call: it compiled at least one graph and ran it (with CUDA graphs, if asked)."""
+        self._check_graphs(before, what)
         if self.compiles == 0 or self.calls == before.calls:
             raise CompileFallback(
                 f"{what}: the first call of a compiled contender compiled {self.compiles} graph(s) and ran "

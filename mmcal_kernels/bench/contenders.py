@@ -4,8 +4,11 @@ Contenders: the reference in eager mode, ``torch.compile`` of the reference,
 on CUDA also ``torch.compile(mode="reduce-overhead")`` of it (CUDA graphs),
 and every usable kernel backend (found in the registry, so new backends show
 up here without edits), in eager mode and, labelled ``<name>+compile``, under
-``torch.compile`` (the kernels stay custom ops; Inductor compiles the glue
-of steps 2-6 around them). Passes are those of ``floors.PASSES``.
+``torch.compile`` (the kernels stay custom ops). On CUDA each kernel backend
+also runs as ``<name>+reduce-overhead``: its few launches replayed as one CUDA
+graph, without the host's Python, autograd and allocation per step, the one
+way a step can approach the bytes' floor at these sizes. Passes are those of
+``floors.PASSES``.
 
 Every compiled contender is compiled through its own ``CompileWatch``
 (``compiled.py``): ``fullgraph=True``, and counted so that an eager fallback
@@ -50,6 +53,8 @@ def contenders(device: torch.device, compile_reference: bool = True, only=None) 
             found.append(Contender(b.name, b.name, False))
             if compile_reference:
                 found.append(Contender(f"{b.name}+compile", b.name, True))
+                if device.type == "cuda":
+                    found.append(Contender(f"{b.name}+reduce-overhead", b.name, True, "reduce-overhead"))
     return [c for c in found if only is None or c.label in only]
 
 
