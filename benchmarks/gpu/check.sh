@@ -14,6 +14,8 @@
 #               the CUDA backend, the .cu compile checks, tests/triton on the GPU (full opcheck,
 #               torch.compile), per-test timeout                        -> tests.log, tests.xml (junit)
 #               whatever they report, the benchmark runs
+#   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
+#               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
 #   4. bench    mosei-aligned (issue 12's target) first, then stress and the other real
 #               workloads, fp32 and bf16-mixed, forward and fwd+bwd; eager
 #               reference/cuda/triton first, then the compiled reference and kernel
@@ -22,7 +24,7 @@
 #               CUDA launches of each row's forward and backward (torch.profiler);
 #               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
 #   5. summary  tests and rows at a glance, per-stage times            -> check.log
-# At most 8 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml <gpu>-filtered.json/.png
+# At most 9 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml gate-warps.json <gpu>-filtered.json/.png
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -144,6 +146,12 @@ tail -n 15 "$OUT/tests.log"
 echo "tests exit status $TESTS_RC (the benchmark runs regardless)"
 done_stage
 
+# ---- 3b. the gate kernels' time and block size (GPU only) ---------------------
+stage warps 45
+timeout -k 10 45 "$PY" benchmarks/gpu/gate_warps.py --out "$OUT"
+echo "gate_warps exit status $?"
+done_stage
+
 # ---- 4. bench -----------------------------------------------------------------
 BENCH_S=$(( TOTAL - $(now) - SUMMARY_RESERVE_S ))
 (( BENCH_S < 60 )) && BENCH_S=60
@@ -180,7 +188,7 @@ try:
                 print(f"  FAILED {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
 except (OSError, ET.ParseError) as e:
     print("tests: no junit XML (cut before pytest wrote it?):", e)
-paths = sorted(glob.glob(os.path.join(out, "*.json")))
+paths = sorted(p for p in glob.glob(os.path.join(out, "*.json")) if not p.endswith("gate-warps.json"))
 if not paths:
     sys.exit("bench: no JSON")
 data = json.load(open(paths[0]))
@@ -208,7 +216,7 @@ for r in ok:
 EOF
 done_stage
 echo
-echo "=== stage times (s): $(for k in env build tests bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
+echo "=== stage times (s): $(for k in env build tests warps bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
 echo "files under $OUT:"; ls -la "$OUT"
 sleep 1  # let tee finish check.log
 exit 0

@@ -15,6 +15,9 @@ namespace mmcal {
 namespace cuda {
 
 constexpr int kGateSlots = 8;  // parameters per modality, GateParams order
+// Warps a block of the per-sample kernels may have (GateBatch::warps); the
+// first is the default. MMCAL_CUDA_GATE_WARPS picks another (docs/kernels.md).
+constexpr int kGateWarpChoices[] = {8, 16};
 
 // One modality. Every pointer is to a contiguous tensor in the compute dtype
 // ct (float, or double when ct is float64).
@@ -48,6 +51,7 @@ struct GateModality {
 struct GateBatch {
   GateModality mods[kMaxModalities];
   int M;
+  int warps;  // of the per-sample kernels' blocks: one of kGateWarpChoices
   int64_t B, d, rsum, dsum;  // dsum: sum of D over modalities
   const bool* present;       // [B, M] through its strides; null: every modality present
   int64_t present_sB, present_sM;

@@ -25,9 +25,12 @@ namespace cuda {
 namespace {
 
 constexpr int kWarpSize = 32;
-constexpr int kWarps = 8;  // >= kMaxModalities: per-modality steps give one warp to each modality
-constexpr int kThreads = kWarps * kWarpSize;
-static_assert(kWarps >= kMaxModalities, "a warp per modality");
+// The per-sample kernels run with GateBatch::warps warps a block (8, the
+// default, or 16: kGateWarpChoices). A block is one sample, so MOSEI's
+// B = 32 fills 32 SMs; its products are latency-bound, and more warps
+// keep more loads in flight. Both sizes compile without spills (sm_80,
+// sm_90); 32 warps would spill on sm_80. Per-parameter sums: kParamThreads.
+constexpr int kParamThreads = 256;
 constexpr double kNormEps = 1e-6;  // reference.NORM_EPS
 
 __device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
@@ -108,8 +111,10 @@ __device__ void weights_of_sample(const GateBatch& g, int64_t b, Sample<T>& sh) 
 
 // ---- forward ------------------------------------------------------------------
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) gates_kernel(const __grid_constant__ GateBatch g) {
+template <typename T, int kWarps>
+__global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_constant__ GateBatch g) {
+  static_assert(kWarps >= kMaxModalities, "a warp per modality");
+  constexpr int kThreads = kWarps * kWarpSize;
   __shared__ Sample<T> sh;
   const int64_t b = blockIdx.x, d = g.d, cue = 2 * g.d + 2;
   const int M = g.M, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -237,8 +242,10 @@ __global__ void __launch_bounds__(kThreads) gates_kernel(const __grid_constant__
 
 // ---- backward, per sample ----------------------------------------------------------
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) gates_backward_kernel(const __grid_constant__ GateBatch g) {
+template <typename T, int kWarps>
+__global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const __grid_constant__ GateBatch g) {
+  static_assert(kWarps >= kMaxModalities, "a warp per modality");
+  constexpr int kThreads = kWarps * kWarpSize;
   __shared__ Sample<T> sh;
   const int64_t b = blockIdx.x, d = g.d, cue = 2 * g.d + 2;
   const int M = g.M, lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -391,11 +398,11 @@ __device__ __forceinline__ T cue_at(const GateBatch& g, int64_t b, int m, int64_
 
 // One thread per gradient element, samples summed in order in double.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) param_grads_kernel(const __grid_constant__ GateBatch g) {
+__global__ void __launch_bounds__(kParamThreads) param_grads_kernel(const __grid_constant__ GateBatch g) {
   const int segments = g.M * kGateSlots;
   const int64_t total = g.grad_starts[segments];
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(kParamThreads) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * kParamThreads) {
     int seg = 0;
     while (seg + 1 < segments && e >= g.grad_starts[seg + 1]) ++seg;
     const int m = seg / kGateSlots, slot = seg % kGateSlots;
@@ -444,36 +451,42 @@ __global__ void __launch_bounds__(kThreads) param_grads_kernel(const __grid_cons
   }
 }
 
-template <typename T>
+template <typename T, int kWarps>
 cudaError_t gates_typed(const GateBatch& g, cudaStream_t stream) {
   if (g.B == 0) return cudaSuccess;
-  gates_kernel<T><<<static_cast<unsigned>(g.B), kThreads, 0, stream>>>(g);
+  gates_kernel<T, kWarps><<<static_cast<unsigned>(g.B), kWarps * kWarpSize, 0, stream>>>(g);
   return cudaGetLastError();
 }
 
-template <typename T>
+template <typename T, int kWarps>
 cudaError_t gates_backward_typed(const GateBatch& g, cudaStream_t stream) {
   if (g.B > 0) {
-    gates_backward_kernel<T><<<static_cast<unsigned>(g.B), kThreads, 0, stream>>>(g);
+    gates_backward_kernel<T, kWarps><<<static_cast<unsigned>(g.B), kWarps * kWarpSize, 0, stream>>>(g);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   // With B = 0 this still runs: it writes the zero gradients of an empty batch.
   const int64_t total = g.grad_starts[g.M * kGateSlots];
   if (total == 0) return cudaSuccess;
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  param_grads_kernel<T><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kThreads, 0, stream>>>(g);
+  const int64_t blocks = (total + kParamThreads - 1) / kParamThreads;
+  param_grads_kernel<T><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kParamThreads, 0, stream>>>(g);
   return cudaGetLastError();
 }
 
 }  // namespace
 
+// The host side (gate_network_cuda.cpp) has checked batch.warps against kGateWarpChoices.
 cudaError_t launch_gates(const GateBatch& batch, bool wide, cudaStream_t stream) {
-  return wide ? gates_typed<double>(batch, stream) : gates_typed<float>(batch, stream);
+  if (batch.warps == 16) return wide ? gates_typed<double, 16>(batch, stream) : gates_typed<float, 16>(batch, stream);
+  if (batch.warps != 8) return cudaErrorInvalidValue;
+  return wide ? gates_typed<double, 8>(batch, stream) : gates_typed<float, 8>(batch, stream);
 }
 
 cudaError_t launch_gates_backward(const GateBatch& batch, bool wide, cudaStream_t stream) {
-  return wide ? gates_backward_typed<double>(batch, stream) : gates_backward_typed<float>(batch, stream);
+  if (batch.warps == 16)
+    return wide ? gates_backward_typed<double, 16>(batch, stream) : gates_backward_typed<float, 16>(batch, stream);
+  if (batch.warps != 8) return cudaErrorInvalidValue;
+  return wide ? gates_backward_typed<double, 8>(batch, stream) : gates_backward_typed<float, 8>(batch, stream);
 }
 
 }  // namespace cuda

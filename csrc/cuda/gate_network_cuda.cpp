@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -38,11 +40,29 @@ std::vector<Tensor> cast_params(TensorList params, at::ScalarType ct) {
 
 void* ptr(const Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
 
+// Warps a block of the per-sample kernels: MMCAL_CUDA_GATE_WARPS, read at
+// every call (a getenv, so a process can switch and measure both), else the
+// first of kGateWarpChoices. Every choice computes the same values, bit for
+// bit: a row's sums keep their lanes and order whichever warp takes the row.
+int gate_warps() {
+  const char* text = std::getenv("MMCAL_CUDA_GATE_WARPS");
+  if (text == nullptr || *text == '\0') return kGateWarpChoices[0];
+  for (const int choice : kGateWarpChoices) {
+    if (std::to_string(choice) == text) return choice;
+  }
+  std::string allowed;
+  for (const int choice : kGateWarpChoices) allowed += (allowed.empty() ? "" : ", ") + std::to_string(choice);
+  TORCH_CHECK_VALUE(false, "MMCAL_CUDA_GATE_WARPS: expected one of ", allowed, " (warps a block of the CUDA gate "
+                    "kernels), got '", text, "'");
+  return kGateWarpChoices[0];  // not reached
+}
+
 // What both directions fill alike: sizes, inputs, presence, per-modality offsets.
 GateBatch batch_of(const Sizes& z, const std::vector<Tensor>& summaries, const std::vector<Tensor>& p,
                    const std::optional<Tensor>& present) {
   GateBatch g{};
   g.M = static_cast<int>(z.M);
+  g.warps = gate_warps();
   g.B = z.B, g.d = z.d;
   for (int64_t m = 0; m < z.M; ++m) {
     GateModality& md = g.mods[m];
