@@ -59,36 +59,6 @@ def test_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-@pytest.mark.parametrize("presence", ["some-missing", "one-present"])
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-@pytest.mark.parametrize("shape", ["mosei-aligned", "r-per-modality", "five-with-D1", "wide-4096"])
-def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, monkeypatch):
-    """MMCAL_CUDA_GATE_WARPS=16 (the per-sample kernels' other block size)
-    against the float64 oracle, and against the default 8 warps within a
-    tight tolerance (the same sums in the same order: expected equal)."""
-    ct, param_dtype = DTYPES[dtype]
-    case = on_gpu(*make_case(shape, 9, presence, ct, param_dtype, seed=23))
-    flat = flat_params(case[1])
-    runs = []
-    for warps in ("8", "16"):
-        monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
-        if warps == "16":
-            check_against_oracle(*case)
-        gates, diagnostics, saved = torch.ops.mmcal.gates(case[0], flat, case[2])
-        ds, grads = torch.ops.mmcal.gates_backward(case[3], case[0], flat, case[2], diagnostics, saved)
-        runs.append([*gates, *diagnostics, *ds, *grads])
-    for i, (a, b) in enumerate(zip(*runs)):
-        tol = 1e-6 if ct == torch.float32 else 1e-13
-        torch.testing.assert_close(b, a, rtol=tol, atol=tol, msg=f"output {i}")
-
-
-def test_bad_warps_setting_names_the_variable(monkeypatch):
-    summaries, params, present, _ = on_gpu(*make_case("two-odd", 3, "some-missing", torch.float32, torch.float32))
-    monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", "12")
-    with pytest.raises(ValueError, match=r"MMCAL_CUDA_GATE_WARPS: expected one of 8, 16"):
-        torch.ops.mmcal.gates(summaries, flat_params(params), present)
-
-
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck(requires_grad):
     summaries, params, present, grad_gates = on_gpu(*make_case(((3, 5, 2), 4, 6), 3, "some-missing", torch.float32,
@@ -183,3 +153,35 @@ def test_step_dispatches_three_ops_and_launches_each_way(case):
     # gates_backward is 2 launches (per sample, then the parameter sums); the
     # backward's other ops are one each.
     assert len(backward) <= BACKWARD_MAX, backward
+
+
+# Last in the file: a fault in the non-default block size must not poison the
+# CUDA context of the tests of the default one (they share this process).
+@pytest.mark.parametrize("presence", ["some-missing", "one-present"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("shape", ["mosei-aligned", "r-per-modality", "five-with-D1", "wide-4096"])
+def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, monkeypatch):
+    """MMCAL_CUDA_GATE_WARPS=16 (the per-sample kernels' other block size)
+    against the float64 oracle, and against the default 8 warps within a
+    tight tolerance (the same sums in the same order: expected equal)."""
+    ct, param_dtype = DTYPES[dtype]
+    case = on_gpu(*make_case(shape, 9, presence, ct, param_dtype, seed=23))
+    flat = flat_params(case[1])
+    runs = []
+    for warps in ("8", "16"):
+        monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
+        if warps == "16":
+            check_against_oracle(*case)
+        gates, diagnostics, saved = torch.ops.mmcal.gates(case[0], flat, case[2])
+        ds, grads = torch.ops.mmcal.gates_backward(case[3], case[0], flat, case[2], diagnostics, saved)
+        runs.append([*gates, *diagnostics, *ds, *grads])
+    for i, (a, b) in enumerate(zip(*runs)):
+        tol = 1e-6 if ct == torch.float32 else 1e-13
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol, msg=f"output {i}")
+
+
+def test_bad_warps_setting_names_the_variable(monkeypatch):
+    summaries, params, present, _ = on_gpu(*make_case("two-odd", 3, "some-missing", torch.float32, torch.float32))
+    monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", "12")
+    with pytest.raises(ValueError, match=r"MMCAL_CUDA_GATE_WARPS: expected one of 8, 16"):
+        torch.ops.mmcal.gates(summaries, flat_params(params), present)
