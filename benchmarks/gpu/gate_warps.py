@@ -28,14 +28,14 @@ import sys
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "backends"))  # the ops' test cases
+sys.path.insert(0, os.path.join(HERE, ".."))  # benchmarks/: the gate network's random inputs
 
 from mmcal_kernels import backends  # noqa: E402
 from mmcal_kernels.bench.contenders import input_sets, make_module  # noqa: E402
 from mmcal_kernels.bench.counting import cuda_launches  # noqa: E402
 from mmcal_kernels.bench.timing import time_cuda  # noqa: E402
 from mmcal_kernels.bench.workloads import workload  # noqa: E402
-from test_cpp_gate_network import flat_params, make_case  # noqa: E402
+from gate_network_cpu import make  # noqa: E402
 
 WARPS = ("8", "16")
 
@@ -43,11 +43,10 @@ WARPS = ("8", "16")
 def steps(name: str) -> dict:
     """name -> a callable of one step, on fresh random inputs of the workload's sizes."""
     w = workload(name, torch.float32)
-    summaries, params, present, grad_gates = make_case((w.dims, 128, 128), w.batch, "some-missing", torch.float32,
-                                                       torch.float32, seed=1)  # fmt: skip
+    summaries, params, present, grad_gates = make(w.batch, w.dims, 128, 128, seed=1)
     cuda = lambda t: t.cuda()  # noqa: E731
     summaries, grad_gates, present = list(map(cuda, summaries)), list(map(cuda, grad_gates)), present.cuda()
-    flat = [cuda(t) for t in flat_params(params)]
+    flat = [cuda(t) for p in params for t in p]
 
     def gates():
         return torch.ops.mmcal.gates(summaries, flat, present)
