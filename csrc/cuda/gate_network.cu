@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "gate_launch.cuh"
 
@@ -473,20 +474,30 @@ cudaError_t gates_backward_typed(const GateBatch& g, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// launch(std::integral_constant<int, W>) for the block size W = warps, one of
+// kGateWarpChoices (the host side checked it; anything else is an invalid value).
+template <typename Launch>
+cudaError_t with_warps(int warps, Launch&& launch) {
+  static_assert(sizeof(kGateWarpChoices) / sizeof(int) == 2, "a block size added to kGateWarpChoices needs its case here");
+  if (warps == kGateWarpChoices[0]) return launch(std::integral_constant<int, kGateWarpChoices[0]>{});
+  if (warps == kGateWarpChoices[1]) return launch(std::integral_constant<int, kGateWarpChoices[1]>{});
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
-// The host side (gate_network_cuda.cpp) has checked batch.warps against kGateWarpChoices.
 cudaError_t launch_gates(const GateBatch& batch, bool wide, cudaStream_t stream) {
-  if (batch.warps == 16) return wide ? gates_typed<double, 16>(batch, stream) : gates_typed<float, 16>(batch, stream);
-  if (batch.warps != 8) return cudaErrorInvalidValue;
-  return wide ? gates_typed<double, 8>(batch, stream) : gates_typed<float, 8>(batch, stream);
+  return with_warps(batch.warps, [&](auto warps) {
+    constexpr int kWarps = decltype(warps)::value;
+    return wide ? gates_typed<double, kWarps>(batch, stream) : gates_typed<float, kWarps>(batch, stream);
+  });
 }
 
 cudaError_t launch_gates_backward(const GateBatch& batch, bool wide, cudaStream_t stream) {
-  if (batch.warps == 16)
-    return wide ? gates_backward_typed<double, 16>(batch, stream) : gates_backward_typed<float, 16>(batch, stream);
-  if (batch.warps != 8) return cudaErrorInvalidValue;
-  return wide ? gates_backward_typed<double, 8>(batch, stream) : gates_backward_typed<float, 8>(batch, stream);
+  return with_warps(batch.warps, [&](auto warps) {
+    constexpr int kWarps = decltype(warps)::value;
+    return wide ? gates_backward_typed<double, kWarps>(batch, stream) : gates_backward_typed<float, kWarps>(batch, stream);
+  });
 }
 
 }  // namespace cuda

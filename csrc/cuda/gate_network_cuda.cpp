@@ -32,7 +32,7 @@ std::vector<Tensor> cast_params(TensorList params, at::ScalarType ct) {
   std::vector<Tensor> out;
   out.reserve(params.size());
   for (const Tensor& p : params) {
-    // Most calls: already ct and contiguous; skip two dispatched no-ops a parameter.
+    // Most calls: already ct and contiguous; skip the dispatched no-op .to(ct).
     out.push_back(p.scalar_type() == ct && p.is_contiguous() ? p : p.to(ct).contiguous());
   }
   return out;
