@@ -129,16 +129,18 @@ def oracle(summaries, params, present, grad_gates):
     return gates, diag, inter, [zero_if_none(s) for s in s64], [zero_if_none(t) for p in p64 for t in p]
 
 
-def run_op(summaries, params, present, grad_gates):
+def run_op(summaries, params, present, grad_gates, ops=None):
+    """``ops``: the namespace of the ops to run (mmcal's, or another build of them: test_cuda_emulated.py)."""
+    ops = ops or torch.ops.mmcal
     flat = flat_params(params)
-    gates, diagnostics, saved = torch.ops.mmcal.gates(summaries, flat, present)
-    grad_s, grad_p = torch.ops.mmcal.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
+    gates, diagnostics, saved = ops.gates(summaries, flat, present)
+    grad_s, grad_p = ops.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
     return gates, diagnostics, saved, grad_s, grad_p
 
 
-def check_against_oracle(summaries, params, present, grad_gates):
+def check_against_oracle(summaries, params, present, grad_gates, ops=None):
     ct, num = summaries[0].dtype, len(summaries)
-    gates, diagnostics, saved, grad_s, grad_p = run_op(summaries, params, present, grad_gates)
+    gates, diagnostics, saved, grad_s, grad_p = run_op(summaries, params, present, grad_gates, ops)
     w_gates, w_diag, w_inter, w_grad_s, w_grad_p = oracle(summaries, params, present, grad_gates)
 
     assert len(gates) == num and len(diagnostics) == 4 + num and len(saved) == 3 + num

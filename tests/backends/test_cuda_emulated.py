@@ -1,0 +1,206 @@
+"""The CUDA backend's kernels and host code with no GPU: csrc/cuda compiled for
+the CPU against the stand-in runtime of tests/cuda_emu (how it runs a kernel:
+tests/cuda_emu/include/cuda_runtime.h), as ``torch.ops.mmcal_cuda_emu``.
+
+Every case runs with the threads of a block scheduled in forward and in
+reverse order, so that a value read across threads with no barrier between
+write and read comes out wrong in one of them (the self-tests show it does).
+Against the float64 oracle, every parameter random: the gate ops over the
+C++ op's grid (shapes, presence, dtypes, B = 0), both block sizes of
+MMCAL_CUDA_GATE_WARPS, eight modalities (one launch's most); the passes and
+the whole step 1-7 through the fused node of the emulated ops, masks,
+missing modalities, strides and every feature dtype. What only a GPU shows
+(speed, real concurrency, the compiler's code) stays with the GPU tests."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from mmcal_kernels import backends
+from mmcal_kernels.autograd import fused_calibrate
+from mmcal_kernels.backends.cpp.load import STATUS
+from mmcal_kernels.backends.kernel_backend import KernelBackend
+from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case
+from test_cpp_gate_network import DTYPES, PRESENCE, check_against_oracle, make_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda_emu"))
+import build as cuda_emu  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not backends.resolve("auto", "cpu").name == "cpu" or not hasattr(torch.ops.mmcal, "gates"),
+    reason=f"no C++ extension to take the op schemas from: {STATUS['why_not']}",
+)
+
+ORDERS = ["forward", "reverse"]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return cuda_emu.load()
+
+
+@pytest.fixture(params=ORDERS)
+def order(request, monkeypatch):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", request.param)
+    return request.param
+
+
+# ---- the emulator itself ----------------------------------------------------------
+
+
+def _expected_neighbours(blocks, threads):
+    t = torch.arange(threads)
+    return torch.cat([(t + 1) % threads + 1000 * b for b in range(blocks)]).int()
+
+
+@pytest.mark.parametrize("how", ["forward", "reverse", "shuffle:7"])
+def test_a_barrier_orders_writes_before_reads(emu, monkeypatch, how):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
+    assert torch.equal(emu.selftest("synced", 3, 64), _expected_neighbours(3, 64))
+
+
+@pytest.mark.parametrize("how", ["forward", "reverse"])
+def test_a_missing_barrier_gives_a_wrong_result(emu, monkeypatch, how):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
+    assert not torch.equal(emu.selftest("race", 3, 64), _expected_neighbours(3, 64))
+
+
+def test_a_barrier_half_the_block_misses_fails_the_launch(emu):
+    with pytest.raises(RuntimeError, match=r"block 0: deadlock: thread 0\+ at __syncthreads, thread 32\+ at exited"):
+        emu.selftest("divergent_barrier", 2, 64)
+
+
+def test_a_full_mask_shuffle_after_lanes_exit_fails_the_launch(emu):
+    waits = r"block 0: deadlock: thread 0\+ at a warp shuffle/ballot, thread 16\+ at exited"
+    with pytest.raises(RuntimeError, match=waits):
+        emu.selftest("shuffle_after_exit", 1, 64)
+
+
+def test_shuffles_and_ballots_exchange_within_each_warp(emu, order):
+    got = emu.selftest("warp_sum", 2, 96).view(2, 3, 32)
+    lanes = torch.arange(96).view(3, 32)
+    want = lanes.sum(1, keepdim=True) * 100 + (lanes % 3 == 0).sum(1, keepdim=True)
+    assert torch.equal(got, want.expand(3, 32).expand(2, 3, 32).int())
+
+
+def test_a_bad_order_setting_fails_the_launch(emu, monkeypatch):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", "backwards")
+    with pytest.raises(RuntimeError, match="MMCAL_CUDA_EMU_ORDER: expected forward, reverse or shuffle"):
+        emu.selftest("synced", 1, 32)
+
+
+# ---- the gate network (gate_network.cu, gate_network_cuda.cpp) ----------------------
+
+SMALL_SHAPES = ["two-odd", "five-with-D1", "r-per-modality"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("presence", PRESENCE)
+@pytest.mark.parametrize("batch", [0, 3])
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+def test_gate_ops_match_float64_oracle(emu, order, shape, batch, presence, dtype):
+    ct, param_dtype = DTYPES[dtype]
+    check_against_oracle(*make_case(shape, batch, presence, ct, param_dtype, seed=batch + 7), ops=emu)
+
+
+@pytest.mark.parametrize("warps", ["8", "16"])
+@pytest.mark.parametrize("shape", ["mosei-aligned", *SMALL_SHAPES])
+def test_gate_ops_at_each_block_size(emu, order, monkeypatch, shape, warps):
+    monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
+    check_against_oracle(*make_case(shape, 3, "some-missing", torch.float32, torch.float32, seed=21), ops=emu)
+
+
+def test_gate_ops_at_a_4096_wide_modality(emu, order):
+    check_against_oracle(*make_case("wide-4096", 2, "one-present", torch.float32, torch.float32, seed=4), ops=emu)
+
+
+def test_gate_ops_with_eight_modalities_the_most_one_launch_takes(emu, order):
+    shape = ((3, 1, 4, 2, 5, 6, 2, 3), 5, 6)
+    check_against_oracle(*make_case(shape, 4, "some-missing", torch.float64, torch.float64, seed=8), ops=emu)
+
+
+def test_nine_modalities_raise_value_error_naming_the_limit(emu):
+    summaries, params, present, _ = make_case(((2,) * 9, 3, 3), 2, "some-missing", torch.float32, torch.float32)
+    flat = [t for p in params for t in p]
+    with pytest.raises(ValueError, match="summaries: mmcal::gates's CUDA kernels take at most 8 modalities"):
+        emu.gates(summaries, flat, present)
+
+
+# ---- the passes and the whole step (reductions.cu, elementwise.cu, ops_cuda.cpp) ------
+
+DIMS = [37, 4, 9, 16]
+LAYOUTS = ["sequence", "spatial", "spatial", "sequence"]
+POSITIONS = [19, (5, 3), (), 33]
+
+
+def _emulated_backend(emu):
+    return KernelBackend(
+        "cuda-emulated", summaries=emu.summaries, modulate=emu.modulate, modulate_=emu.modulate_,
+        gate_grads=emu.gate_grads, input_grads=emu.input_grads, gates=emu.gates, gates_backward=emu.gates_backward,
+    )  # fmt: skip
+
+
+def _check_step(emu, module, features, masks, present):
+    """Steps 1-7 forward and backward through the emulated ops' fused node, against the float64 reference."""
+    fused = _emulated_backend(emu).fused
+    grads = random_grads(features)
+
+    class Emulated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, xs, masks=None, present=None, return_diagnostics=False):
+            outputs, diag = fused_calibrate(fused, list(xs), module.gate_params(), module.layouts, masks, present)
+            return (outputs, diag) if return_diagnostics else outputs
+
+    got = forward_backward(Emulated(), features, masks, present, grads)
+    want = run_float64_oracle(module, features, masks, present, grads)
+    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_whole_step_matches_float64_oracle(emu, order, dtype):
+    feature_dtype, param_dtype = KERNEL_DTYPES[dtype]
+    module = make_module(DIMS, LAYOUTS, shared_dim=6, hidden_dim=5, seed=31, dtype=param_dtype)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, dtype=feature_dtype, seed=32)
+    _check_step(emu, module, features, masks, present)
+
+
+def test_whole_step_with_no_masks_and_no_present(emu, order):
+    module = make_module(DIMS, LAYOUTS, shared_dim=6, hidden_dim=5, seed=33, dtype=torch.float32)
+    features, _, _ = random_case(DIMS, LAYOUTS, batch=4, positions=POSITIONS, seed=34)
+    _check_step(emu, module, features, [None] * 4, None)
+
+
+def test_whole_step_on_strided_and_channels_last_features(emu, order):
+    dims, layouts = [24, 10, 7], ["sequence", "spatial", "spatial"]
+    module = make_module(dims, layouts, shared_dim=6, hidden_dim=5, seed=35, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(36)
+    features = [
+        torch.randn(3, 40, 30, generator=gen)[:, ::2, 3:27],  # sliced positions and channels
+        torch.randn(3, 10, 4, 6, generator=gen).to(memory_format=torch.channels_last),
+        torch.randn(3, 5, 6, 7, generator=gen).permute(0, 3, 1, 2),  # trailing dims that do not flatten
+    ]
+    masks = [torch.rand(3, 20, generator=gen) > 0.3, None, None]
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    _check_step(emu, module, features, masks, present)
+
+
+def test_passes_over_more_modalities_than_one_launch_takes(emu, order):
+    """Nine modalities: the passes split into two launches (the host code's flush at kMaxModalities)."""
+    dims = [3, 5, 2, 4, 6, 1, 7, 2, 3]
+    gen = torch.Generator().manual_seed(37)
+    xs = [torch.randn(2, 4 + m, d, generator=gen) for m, d in enumerate(dims)]
+    masks = [torch.rand(2, 4 + m, generator=gen) > 0.3 for m in range(len(dims))]
+    ct = torch.float32
+    got = emu.summaries(xs, masks, [0] * 9, ct)
+    want = torch.ops.mmcal.summaries(xs, masks, [0] * 9, ct)
+    for m, (a, e) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, m=m: f"summaries[{m}]: {s}")
+    gates = [torch.rand(2, d, generator=gen) + 0.5 for d in dims]
+    for m, (a, e) in enumerate(zip(emu.modulate(xs, gates, [0] * 9), torch.ops.mmcal.modulate(xs, gates, [0] * 9))):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, m=m: f"modulate[{m}]: {s}")
