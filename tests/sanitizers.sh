@@ -20,8 +20,11 @@
 # tests that compile .cu files find an nvcc on PATH that drops LD_PRELOAD.
 # MMCAL_SANITIZE_REUSE=1 keeps an instrumented copy already built in
 # $MMCAL_SANITIZE_DIR (rerunning some tests without the 4-7 min build).
-# Any sanitizer report ends that run with a non-zero status; this script then
-# exits non-zero. Leak detection is off (detect_leaks=0): CPython keeps
+# Any sanitizer report ends that run with a non-zero status and is printed at
+# the end (from $MMCAL_SANITIZE_DIR/sanitizer-report.*); this script then
+# exits non-zero. The CUDA kernels' CPU build (tests/cuda_emu) is instrumented
+# too (MMCAL_CUDA_EMU_SANITIZE=1), so the tests of test_cuda_emulated.py
+# bounds-check every element the CUDA kernels touch. Leak detection is off (detect_leaks=0): CPython keeps
 # allocations to the end of the process that LeakSanitizer reports as leaks at
 # exit in every process, kernels or not (`python3 -c 'print(1)'` alone: 271
 # bytes in 16 allocations), which would fail every test that starts one.
@@ -61,9 +64,16 @@ fi
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so) $(gcc -print-file-name=libstdc++.so.6)"
 for lib in $preload; do [ -f "$lib" ] || { echo "missing sanitizer runtime $lib (install gcc's libasan/libubsan)" >&2; exit 1; }; done
 export LD_PRELOAD="$preload"
-export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:print_summary=1
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:print_summary=1
+# Reports go to files: pytest captures stderr, and a
+# process the sanitizer aborts takes its captured output with it.
+reports=$work/sanitizer-report
+rm -f "$reports".*
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:print_summary=1:log_path=$reports
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:print_summary=1:log_path=$reports
 export PYTHONPATH=$work MMCAL_NO_JIT=1  # the instrumented _C or nothing: never a JIT build of another copy
+# The CUDA kernels as the CPU runs them (tests/backends/test_cuda_emulated.py)
+# are built instrumented as well: a memcheck of the CUDA kernels with no GPU.
+export MMCAL_CUDA_EMU_SANITIZE=1
 
 caps="default avx2"
 grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && caps="$caps avx512"
@@ -83,5 +93,8 @@ print('   loaded', c.STATUS['how'], 'from', mmcal_kernels.__file__.rsplit('/', 2
     --benchmark-disable "$@" || status=$?
   echo "   MMCAL_CPU_CAPABILITY=$cap took $(( $(date +%s) - s )) s (exit status so far: $status)"
 done
+if compgen -G "$reports.*" > /dev/null; then
+  echo "== sanitizer reports:"; cat "$reports".*; status=1
+fi
 echo "== sanitizers: total $(( $(date +%s) - t0 )) s, exit status $status"
 exit $status

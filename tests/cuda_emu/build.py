@@ -11,12 +11,14 @@ CPU tensors. The kernels' source is the one nvcc compiles: nothing is copied
 by hand.
 """
 
+import os
 import re
 from pathlib import Path
 
 import torch
 
 from mmcal_kernels.backends.cpp.load import STATUS
+from mmcal_kernels.build_config import compile_flags
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -57,7 +59,13 @@ def load(verbose=False):
 
     if not hasattr(torch.ops.mmcal, "gates"):
         raise RuntimeError(f"no mmcal C++ extension to take the schemas from: {STATUS['why_not']}")
-    build = REPO / "build" / "cuda_emu"
+    # tests/sanitizers.sh sets MMCAL_CUDA_EMU_SANITIZE=1: the emulated kernels
+    # are then built with setup.py's MMCAL_SANITIZE flags (AddressSanitizer,
+    # UBSan), so that every element a CUDA kernel reads or writes is checked
+    # against the tensor it belongs to: a GPU-less memcheck.
+    sanitize = os.environ.get("MMCAL_CUDA_EMU_SANITIZE") == "1"
+    cflags, ldflags = compile_flags(False, sanitize=True) if sanitize else (["-O2"], [])
+    build = REPO / "build" / ("cuda_emu-sanitize" if sanitize else "cuda_emu")
     build.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / "host_gates.cpp"), str(HERE / "host_passes.cpp")]
     for path in [CUDA_SRC / name for name in KERNEL_FILES] + [HERE / "selftest.cu"]:
@@ -69,10 +77,11 @@ def load(verbose=False):
         sources.append(str(target))
     _state["lib"] = _define_schemas()
     load_extension(
-        name="mmcal_cuda_emu",
+        name="mmcal_cuda_emu_sanitize" if sanitize else "mmcal_cuda_emu",
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(CUDA_SRC)],
-        extra_cflags=["-O2", "-Wno-unknown-pragmas"],
+        extra_cflags=[*cflags, "-Wno-unknown-pragmas"],
+        extra_ldflags=ldflags,
         build_directory=str(build),
         is_python_module=False,
         verbose=verbose,
