@@ -204,3 +204,79 @@ def test_passes_over_more_modalities_than_one_launch_takes(emu, order):
     gates = [torch.rand(2, d, generator=gen) + 0.5 for d in dims]
     for m, (a, e) in enumerate(zip(emu.modulate(xs, gates, [0] * 9), torch.ops.mmcal.modulate(xs, gates, [0] * 9))):
         torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, m=m: f"modulate[{m}]: {s}")
+
+
+@pytest.mark.parametrize("layout", ["channels-last-tiles", "warp-per-channel"])
+def test_long_sums_keep_precision(emu, layout):
+    """The reductions sum in blocks, as the CPU kernels do: the mean of 2^22
+    equal float32 terms, and the sum of their squares, within 1e-5 of the exact
+    ones (a plain running sum per thread is off by about 1e-3 here, and by 1% at
+    2^28 positions)."""
+    positions = 1 << 22
+    if layout == "channels-last-tiles":  # [B, P, D] sequence, channels contiguous
+        x, code = torch.full((1, positions, 2), 0.1), 0
+    else:  # [B, D, P] spatial, positions contiguous
+        x, code = torch.full((1, 2, positions), 0.1), 1
+    exact = torch.tensor(0.1, dtype=torch.float32).double()
+    (s,) = emu.summaries([x], [None], [code], torch.float32)
+    (dg,) = emu.gate_grads([x], [x], [code], torch.float32)
+    mean_error = ((s.double() - exact).abs() / exact).max().item()
+    square_error = ((dg.double() - positions * exact**2).abs() / (positions * exact**2)).max().item()
+    assert mean_error < 1e-5 and square_error < 1e-5, (mean_error, square_error)
+
+
+# ---- offsets past int32 -------------------------------------------------------------
+
+
+def _filled(*shape):
+    """A bf16 tensor of this shape holding a repeated random pattern (cheaper than 2^31 draws)."""
+    x = torch.empty(shape, dtype=torch.bfloat16)
+    pattern = torch.randn(4 * (1 << 16) + 7, generator=torch.Generator().manual_seed(40), dtype=torch.bfloat16)
+    flat = x.view(-1)
+    for start in range(0, flat.numel(), pattern.numel()):
+        flat[start : start + pattern.numel()] = pattern[: flat.numel() - start]
+    return x
+
+
+def _chunked(rows, fn, chunk=1 << 22):
+    """float64 sums over the last dim of [C, P] rows, taken in chunks."""
+    total = torch.zeros(rows.shape[0], dtype=torch.float64)
+    for p in range(0, rows.shape[1], chunk):
+        total += fn(rows[:, p : p + chunk].double()).sum(1)
+    return total
+
+
+@pytest.mark.slow
+def test_int64_offsets_past_2_31_elements(emu):
+    """The CUDA kernels' offsets past int32: a bf16 spatial [1, 8, 2^28 + 64] tensor
+    (2^31 + 512 elements; one block of a warp per channel, the last channel's
+    offsets all past 2^31) through summaries, gate_grads, modulate and
+    input_grads, and a bf16 sequence of 2^31 + 2048 elements through summaries
+    (channels-last tiles). Sums against float64 taken in chunks; maps on
+    positions sampled at the start, middle and end. About 13 GB; `pytest -m slow`."""
+    channels, positions = 8, (1 << 28) + 64
+    x = _filled(1, channels, positions)
+    assert x.numel() > 2**31
+    (s,) = emu.summaries([x], [None], [1], torch.float32)
+    torch.testing.assert_close(s[0].double(), _chunked(x[0], lambda t: t) / positions, rtol=1e-4, atol=1e-6)
+    (dg,) = emu.gate_grads([x], [x], [1], torch.float32)
+    torch.testing.assert_close(dg[0].double(), _chunked(x[0], lambda t: t * t), rtol=1e-4, atol=1e-3)
+
+    gate = torch.rand(1, channels, generator=torch.Generator().manual_seed(41)) * 4
+    ds = torch.randn(1, channels, generator=torch.Generator().manual_seed(42))
+    sample = torch.cat([torch.arange(64), torch.arange(positions // 2, positions // 2 + 64),
+                        torch.arange(positions - 64, positions)])  # fmt: skip
+    at = x[0][:, sample].float()
+    (y,) = emu.modulate([x], [gate], [1])
+    torch.testing.assert_close(y[0][:, sample].float(), (at * gate[0, :, None]).bfloat16().float())
+    del y
+    (dx,) = emu.input_grads([x], [x], [gate], [None], [ds], [1])
+    want = (at * gate[0, :, None] + ds[0, :, None] / positions).bfloat16().float()
+    torch.testing.assert_close(dx[0][:, sample].float(), want)
+    del dx, x
+
+    width = 2048
+    rows = (1 << 31) // width + 1
+    seq = _filled(1, rows, width)
+    (s,) = emu.summaries([seq], [None], [0], torch.float32)
+    torch.testing.assert_close(s[0].double(), _chunked(seq[0].t(), lambda t: t) / rows, rtol=1e-4, atol=1e-6)
