@@ -1,7 +1,7 @@
 """Builds the project's CUDA kernels and their host code for the CPU, so that
 tests run them with no GPU: `load()` returns ``torch.ops.mmcal_cuda_emu``,
 the mmcal CUDA ops (same schemas, same host code, same kernels) on CPU tensors,
-plus ``selftest``, the emulator's own test kernels (selftest.cu).
+plus ``selftest``, the emulator's own test kernels (selftest.cu, selftest_op.cpp).
 
 How: each csrc/cuda/*.cu is compiled as C++ against the stand-in CUDA headers
 of include/ (cuda_runtime.h says how the kernels run), after one textual
@@ -67,7 +67,7 @@ def load(verbose=False):
     cflags, ldflags = compile_flags(False, sanitize=True) if sanitize else (["-O2"], [])
     build = REPO / "build" / ("cuda_emu-sanitize" if sanitize else "cuda_emu")
     build.mkdir(parents=True, exist_ok=True)
-    sources = [str(HERE / "host_gates.cpp"), str(HERE / "host_passes.cpp")]
+    sources = [str(HERE / "host_gates.cpp"), str(HERE / "host_passes.cpp"), str(HERE / "selftest_op.cpp")]
     for path in [CUDA_SRC / name for name in KERNEL_FILES] + [HERE / "selftest.cu"]:
         name = path.name
         text = rewrite_launches(path.read_text(), name)

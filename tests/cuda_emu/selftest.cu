@@ -1,11 +1,8 @@
 // Kernels that break CUDA's rules on purpose, beside ones that keep them: the
 // emulator's own tests (tests/backends/test_cuda_emulated.py) show that it
 // catches what the kernel tests rely on it to catch. Built by build.py like
-// csrc/cuda/*.cu, as mmcal_cuda_emu::selftest.
-#include <ATen/ops/full.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
-
+// csrc/cuda/*.cu (and, like them, free of ATen headers); selftest_op.cpp
+// registers mmcal_cuda_emu::selftest, which launches them.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -42,29 +39,20 @@ __global__ void warp_sum_kernel(int* out) {
   const int multiples = __popc(__ballot_sync(0xffffffffu, threadIdx.x % 3 == 0));
   out[blockIdx.x * blockDim.x + threadIdx.x] = v * 100 + multiples;
 }
-
-at::Tensor selftest(c10::string_view kernel, int64_t blocks, int64_t threads) {
-  at::Tensor out = at::full({blocks * threads}, -1, at::TensorOptions().dtype(at::kInt));
-  int* p = out.data_ptr<int>();
-  const unsigned grid = static_cast<unsigned>(blocks), block = static_cast<unsigned>(threads);
-  const std::string which(kernel);
-  if (which == "race" || which == "synced") {
-    neighbour_kernel<<<grid, block, 0, nullptr>>>(p, which == "synced");
-  } else if (which == "divergent_barrier") {
-    divergent_barrier_kernel<<<grid, block, 0, nullptr>>>(p);
-  } else if (which == "shuffle_after_exit") {
-    shuffle_after_exit_kernel<<<grid, block, 0, nullptr>>>(p);
-  } else if (which == "warp_sum") {
-    warp_sum_kernel<<<grid, block, 0, nullptr>>>(p);
-  } else {
-    TORCH_CHECK_VALUE(false, "kernel: no self-test kernel '", which, "'");
-  }
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, cudaGetErrorString(err));
-  return out;
-}
-
 }  // namespace
 
-// No tensor argument to dispatch on: the kernel for every key.
-TORCH_LIBRARY_IMPL(mmcal_cuda_emu, CompositeExplicitAutograd, m) { m.impl("selftest", &selftest); }
+// Launches the named kernel over `out` (blocks * threads ints); false for an unknown name.
+bool launch_selftest(const std::string& which, unsigned blocks, unsigned threads, int* out) {
+  if (which == "race" || which == "synced") {
+    neighbour_kernel<<<blocks, threads, 0, nullptr>>>(out, which == "synced");
+  } else if (which == "divergent_barrier") {
+    divergent_barrier_kernel<<<blocks, threads, 0, nullptr>>>(out);
+  } else if (which == "shuffle_after_exit") {
+    shuffle_after_exit_kernel<<<blocks, threads, 0, nullptr>>>(out);
+  } else if (which == "warp_sum") {
+    warp_sum_kernel<<<blocks, threads, 0, nullptr>>>(out);
+  } else {
+    return false;
+  }
+  return true;
+}
