@@ -4,7 +4,8 @@ tests/cuda_emu/include/cuda_runtime.h), as ``torch.ops.mmcal_cuda_emu``.
 
 Every case runs with the threads of a block scheduled in forward and in
 reverse order, so that a value read across threads with no barrier between
-write and read comes out wrong in one of them (the self-tests show it does).
+write and read comes out wrong in one of them (the self-tests show it does);
+some also in a random order.
 Against the float64 oracle, every parameter random: the gate ops over the
 C++ op's grid (shapes, presence, dtypes, B = 0), both block sizes of
 MMCAL_CUDA_GATE_WARPS, eight modalities (one launch's most); the passes and
@@ -44,6 +45,13 @@ def emu():
 
 @pytest.fixture(params=ORDERS)
 def order(request, monkeypatch):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", request.param)
+    return request.param
+
+
+@pytest.fixture(params=[*ORDERS, "shuffle:1"])
+def any_order(request, monkeypatch):
+    """The two fixed orders and a random one (a new permutation at every barrier)."""
     monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", request.param)
     return request.param
 
@@ -108,7 +116,7 @@ def test_gate_ops_match_float64_oracle(emu, order, shape, batch, presence, dtype
 
 @pytest.mark.parametrize("warps", ["8", "16"])
 @pytest.mark.parametrize("shape", ["mosei-aligned", *SMALL_SHAPES])
-def test_gate_ops_at_each_block_size(emu, order, monkeypatch, shape, warps):
+def test_gate_ops_at_each_block_size(emu, any_order, monkeypatch, shape, warps):
     monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
     check_against_oracle(*make_case(shape, 3, "some-missing", torch.float32, torch.float32, seed=21), ops=emu)
 
@@ -163,7 +171,7 @@ def _check_step(emu, module, features, masks, present):
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_whole_step_matches_float64_oracle(emu, order, dtype):
+def test_whole_step_matches_float64_oracle(emu, any_order, dtype):
     feature_dtype, param_dtype = KERNEL_DTYPES[dtype]
     module = make_module(DIMS, LAYOUTS, shared_dim=6, hidden_dim=5, seed=31, dtype=param_dtype)
     features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, dtype=feature_dtype, seed=32)
