@@ -76,3 +76,13 @@ def test_compile_fullgraph_equals_eager():
     features, masks, present = random_case(dims, layouts, batch=4, positions=[33, (4, 8)], device="cuda", seed=106)
     assert torch._dynamo.explain(module)(features, masks, present).graph_break_count == 0
     assert_compiled_matches_eager(module, features, masks, present)
+
+
+@pytest.mark.parametrize("layout", ["channels-last-tiles", "warp-per-channel"])
+def test_long_sums_keep_precision_on_the_gpu(layout):
+    """The blocked sums of reductions.cu on the hardware: the same bound as under
+    the CPU build of the kernels (test_cuda_emulated.py)."""
+    from test_cuda_emulated import long_sum_errors
+
+    errors = long_sum_errors(torch.ops.mmcal, layout, device="cuda")
+    assert max(errors) < 1e-5, f"relative errors (mean, sum of squares): {errors}"
