@@ -10,7 +10,8 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c 'import torch, sys; sys.exit(not torch.__version__.startswith(("2.11", "2.12", "2.13")))' 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q "setuptools>=64" pytest hypothesis pytest-benchmark matplotlib tqdm
+# ninja: torch.utils.cpp_extension.load needs it for the CPU build of the CUDA kernels (tests/cuda_emu).
+"$PY" -m pip install -q "setuptools>=64" ninja pytest hypothesis pytest-benchmark matplotlib tqdm
 # Triton (3.6-3.9 supported): keep one that is there (a GPU machine's), else install it.
 if ! "$PY" -c 'import triton' 2>/dev/null; then
   "$PY" -m pip install -q "triton>=3.6,<3.10"
