@@ -28,7 +28,7 @@ from mmcal_kernels.compare import assert_runs_close, forward_backward, random_ca
 from test_cpp_gate_network import DTYPES, PRESENCE, check_against_oracle, make_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda_emu"))
-import build as cuda_emu  # noqa: E402
+import emulated_ops as cuda_emu  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not backends.resolve("auto", "cpu").name == "cpu" or not hasattr(torch.ops.mmcal, "gates"),

@@ -1,5 +1,5 @@
 // csrc/cuda/gate_network_cuda.cpp, the CUDA gate ops' host side, built for CPU
-// tensors around the emulated kernels (build.py): the same checks, casts,
+// tensors around the emulated kernels (emulated_ops.py): the same checks, casts,
 // allocations and GateBatch, registered as mmcal_cuda_emu::gates and
 // ::gates_backward for the CPU key instead of mmcal's CUDA key. The file's own
 // device checks name the CUDA device type; here that type is the CPU.

@@ -1,5 +1,5 @@
 // csrc/cuda/ops_cuda.cpp, the host side of the CUDA passes over X, built for
-// CPU tensors around the emulated kernels (build.py): registered as
+// CPU tensors around the emulated kernels (emulated_ops.py): registered as
 // mmcal_cuda_emu::summaries, ::modulate, ... for the CPU key instead of mmcal's
 // CUDA key. Its checks that a tensor is on the CUDA device ask for the CPU.
 #include <ATen/ops/empty.h>

@@ -1,6 +1,6 @@
 // Kernels that break CUDA's rules on purpose, beside ones that keep them: the
 // emulator's own tests (tests/backends/test_cuda_emulated.py) show that it
-// catches what the kernel tests rely on it to catch. Built by build.py like
+// catches what the kernel tests rely on it to catch. Built by emulated_ops.py like
 // csrc/cuda/*.cu (and, like them, free of ATen headers); selftest_op.cpp
 // registers mmcal_cuda_emu::selftest, which launches them.
 #include <cuda_runtime.h>

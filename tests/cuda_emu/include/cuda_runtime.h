@@ -1,5 +1,5 @@
 // A CPU stand-in for the CUDA runtime, so that the project's CUDA kernels
-// (csrc/cuda/*.cu, compiled as C++ by tests/cuda_emu/build.py) run and are
+// (csrc/cuda/*.cu, compiled as C++ by tests/cuda_emu/emulated_ops.py) run and are
 // tested on a machine with no GPU. Only what those kernels use is here: 1-D
 // grids and blocks, __syncthreads, warp shuffles and ballots, __shared__
 // arrays and __ldg.
@@ -217,7 +217,7 @@ inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()
   return cudaSuccess;
 }
 
-// kernel<<<grid, block, shared_bytes, stream>>>(args...), as build.py rewrites it.
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), as emulated_ops.py rewrites it.
 template <typename... Params, typename... Args>
 cudaError_t launch(void (*kernel)(Params...), dim3 grid_dim, dim3 block_dim, std::size_t, cudaStream_t,
                    Args&&... args) {

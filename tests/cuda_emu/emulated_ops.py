@@ -37,7 +37,7 @@ def rewrite_launches(text, name):
     """``text`` with every ``<<<...>>>`` launch as a call of mmcal_emu::launch; raises if one is left."""
     out, count = _LAUNCH.subn(lambda m: f"::mmcal_emu::launch({m.group(1)}, {m.group(2)}, ", text)
     if "<<<" in out or count == 0:
-        raise RuntimeError(f"{name}: a kernel launch build.py cannot rewrite ({count} rewritten)")
+        raise RuntimeError(f"{name}: a kernel launch emulated_ops.py cannot rewrite ({count} rewritten)")
     return out
 
 
