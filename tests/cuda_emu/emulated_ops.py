@@ -52,7 +52,7 @@ def _define_schemas():
 
 
 def load(verbose=False):
-    """Compile (cached in build/cuda_emu) and load; returns torch.ops.mmcal_cuda_emu."""
+    """Compile (cached in build/cuda_emu-torch<version>) and load; returns torch.ops.mmcal_cuda_emu."""
     if "ops" in _state:
         return _state["ops"]
     from torch.utils.cpp_extension import load as load_extension
@@ -65,7 +65,8 @@ def load(verbose=False):
     # against the tensor it belongs to: a GPU-less memcheck.
     sanitize = os.environ.get("MMCAL_CUDA_EMU_SANITIZE") == "1"
     cflags, ldflags = compile_flags(False, sanitize=True) if sanitize else (["-O2"], [])
-    build = REPO / "build" / ("cuda_emu-sanitize" if sanitize else "cuda_emu")
+    # One build per torch: the objects hold that torch's ABI.
+    build = REPO / "build" / f"cuda_emu-torch{torch.__version__}{'-sanitize' if sanitize else ''}"
     build.mkdir(parents=True, exist_ok=True)
     sources = [str(HERE / "host_gates.cpp"), str(HERE / "host_passes.cpp"), str(HERE / "selftest_op.cpp")]
     for path in [CUDA_SRC / name for name in KERNEL_FILES] + [HERE / "selftest.cu"]:
