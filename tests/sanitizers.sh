@@ -31,20 +31,16 @@
 # Not part of CI: see README ("Source distribution and sanitizers") for times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$(pwd)
 PY=${PYTHON:-python3}
 work=${MMCAL_SANITIZE_DIR:-/tmp/mmcal-sanitize-src}
-if [ "$(realpath -m "$work")" = "$src" ] || [ "$(realpath -m "$work")" = / ]; then
-  echo "MMCAL_SANITIZE_DIR must be a scratch directory, not $work" >&2; exit 2
-fi
+source tests/scratch_copy.sh
 [ $# -gt 0 ] || set -- tests benchmarks
 t0=$(date +%s)
 if [ "${MMCAL_SANITIZE_REUSE:-0}" = 1 ] && compgen -G "$work/mmcal_kernels/_C*.so" > /dev/null; then
   echo "== reusing the instrumented build in $work (MMCAL_SANITIZE_REUSE=1)"
   cd "$work"
 else
-  rm -rf "$work" && mkdir -p "$work"
-  git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work"
+  scratch_copy "$work" MMCAL_SANITIZE_DIR
   cd "$work"
   echo "== building with MMCAL_SANITIZE=1 in $work"
   if ! MMCAL_SANITIZE=1 MMCAL_CUDA=0 "$PY" setup.py build_ext --inplace > build.log 2>&1; then

@@ -18,13 +18,9 @@ cd "$(dirname "$0")/../.."
 src=$(pwd)
 PY=${PYTHON:-python3}
 work=${MMCAL_SWEEP_DIR:-/tmp/mmcal-barrier-sweep}
-if [ "$(realpath -m "$work")" = "$src" ] || [ "$(realpath -m "$work")" = / ]; then
-  echo "MMCAL_SWEEP_DIR must be a scratch directory, not $work" >&2; exit 2
-fi
 [ $# -gt 0 ] || set -- $(grep -l "__syncthreads();" csrc/cuda/*.cu)
-mkdir -p "$work"
-find "$work" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +  # keep build/: the host objects
-git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work"
+source tests/scratch_copy.sh
+scratch_copy "$work" MMCAL_SWEEP_DIR keep-build  # build/: the emulated host objects, reused
 
 # The tests must pass on the copy as it is, or a failure below would prove nothing.
 run_tests() {
