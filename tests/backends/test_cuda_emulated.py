@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import backends
@@ -195,6 +197,42 @@ def test_whole_step_on_strided_and_channels_last_features(emu, order):
     ]
     masks = [torch.rand(3, 20, generator=gen) > 0.3, None, None]
     present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    _check_step(emu, module, features, masks, present)
+
+
+@st.composite
+def step_cases(draw):
+    """Random shapes for one CUDA launch per pass: 2-8 modalities, widths on both
+    sides of the 16-byte vectors and the 256-channel tiles, empty sequences,
+    spatial maps with 0-3 trailing dims, B = 0-3, odd d and r, any dtype."""
+    num = draw(st.integers(2, 8))
+    layouts = [draw(st.sampled_from(["sequence", "spatial"])) for _ in range(num)]
+    dims = [draw(st.sampled_from([1, 2, 3, 7, 8, 9, 16, 17, 33, 255, 257])) for _ in range(num)]
+    positions = [
+        draw(st.integers(0, 40)) if lay == "sequence" else tuple(draw(st.lists(st.integers(1, 4), max_size=3)))
+        for lay in layouts
+    ]
+    return dict(
+        layouts=layouts, dims=dims, positions=positions, batch=draw(st.integers(0, 3)),
+        shared_dim=draw(st.integers(1, 9)), hidden_dim=draw(st.integers(1, 9)),
+        dtype=draw(st.sampled_from(list(KERNEL_DTYPES))), masked=draw(st.booleans()), missing=draw(st.booleans()),
+        order=draw(st.sampled_from([*ORDERS, "shuffle:3"])), seed=draw(st.integers(0, 2**16)),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=step_cases())
+def test_whole_step_on_random_shapes(emu, monkeypatch, case):
+    """Steps 1-7 through the emulated ops against the float64 reference on random
+    shapes, layouts, masks, presence, dtypes and thread orders."""
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", case["order"])
+    feature_dtype, param_dtype = KERNEL_DTYPES[case["dtype"]]
+    module = make_module(case["dims"], case["layouts"], shared_dim=case["shared_dim"], hidden_dim=case["hidden_dim"],
+                         seed=case["seed"], dtype=param_dtype)  # fmt: skip
+    features, masks, present = random_case(
+        case["dims"], case["layouts"], batch=case["batch"], positions=case["positions"], dtype=feature_dtype,
+        masked=case["masked"], missing=case["missing"], seed=case["seed"],
+    )  # fmt: skip
     _check_step(emu, module, features, masks, present)
 
 
