@@ -278,6 +278,31 @@ def test_long_sums_keep_precision(emu, layout):
     assert max(errors) < 1e-5, f"relative errors (mean, sum of squares): {errors}"
 
 
+def test_results_do_not_depend_on_thread_order(emu, monkeypatch):
+    """No atomics and fixed reduction orders: the same bits whatever order the
+    threads of a block run in, as on a GPU whatever its scheduler does."""
+    summaries, params, present, grad_gates = make_case("five-with-D1", 4, "some-missing", torch.float32,
+                                                       torch.float32, seed=50)  # fmt: skip
+    flat = [t for p in params for t in p]
+    gen = torch.Generator().manual_seed(51)
+    xs = [torch.randn(4, 37, 19, generator=gen), torch.randn(4, 9, 5, 3, generator=gen)]
+    masks = [torch.rand(4, 37, generator=gen) > 0.3, None]
+    dys = [torch.randn(x.shape, generator=gen) for x in xs]
+    runs = []
+    for how in ["forward", "reverse", "shuffle:5", "shuffle:6"]:
+        monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
+        gates, diagnostics, saved = emu.gates(summaries, flat, present)
+        grad_s, grad_p = emu.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
+        s = emu.summaries(xs, masks, [0, 1], torch.float32)
+        g = [t + 1 for t in s]  # gates [B, D_m]
+        passes = [*s, *emu.gate_grads(dys, xs, [0, 1], torch.float32), *emu.modulate(xs, g, [0, 1]),
+                  *emu.input_grads(xs, dys, g, masks, s, [0, 1])]  # fmt: skip
+        runs.append([*gates, *diagnostics, *saved, *grad_s, *grad_p, *passes])
+    for how, run in zip(["reverse", "shuffle:5", "shuffle:6"], runs[1:]):
+        for i, (a, b) in enumerate(zip(runs[0], run)):
+            assert torch.equal(a, b), f"output {i} differs between forward and {how} order"
+
+
 # ---- offsets past int32 -------------------------------------------------------------
 
 
