@@ -24,7 +24,8 @@
 # the end (from $MMCAL_SANITIZE_DIR/sanitizer-report.*); this script then
 # exits non-zero. The CUDA kernels' CPU build (tests/cuda_emu) is instrumented
 # too (MMCAL_CUDA_EMU_SANITIZE=1), so the tests of test_cuda_emulated.py
-# bounds-check every element the CUDA kernels touch. Leak detection is off (detect_leaks=0): CPython keeps
+# bounds-check every element the CUDA kernels touch.
+# Leak detection is off (detect_leaks=0): CPython keeps
 # allocations to the end of the process that LeakSanitizer reports as leaks at
 # exit in every process, kernels or not (`python3 -c 'print(1)'` alone: 271
 # bytes in 16 allocations), which would fail every test that starts one.
@@ -60,8 +61,8 @@ fi
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so) $(gcc -print-file-name=libstdc++.so.6)"
 for lib in $preload; do [ -f "$lib" ] || { echo "missing sanitizer runtime $lib (install gcc's libasan/libubsan)" >&2; exit 1; }; done
 export LD_PRELOAD="$preload"
-# Reports go to files: pytest captures stderr, and a
-# process the sanitizer aborts takes its captured output with it.
+# Reports go to files: pytest captures stderr, and a process the sanitizer
+# aborts takes its captured output with it.
 reports=$work/sanitizer-report
 rm -f "$reports".*
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:print_summary=1:log_path=$reports

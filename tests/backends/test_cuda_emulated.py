@@ -153,21 +153,23 @@ def _emulated_backend(emu):
     )  # fmt: skip
 
 
+class _EmulatedStep(torch.nn.Module):
+    """``module``'s parameters and layouts, steps 1-7 computed by the fused node ``fused``."""
+
+    def __init__(self, module, fused):
+        super().__init__()
+        self.inner, self.fused = module, fused
+
+    def forward(self, xs, masks=None, present=None, return_diagnostics=False):
+        m = self.inner
+        outputs, diag = fused_calibrate(self.fused, list(xs), m.gate_params(), m.layouts, masks, present)
+        return (outputs, diag) if return_diagnostics else outputs
+
+
 def _check_step(emu, module, features, masks, present):
     """Steps 1-7 forward and backward through the emulated ops' fused node, against the float64 reference."""
-    fused = _emulated_backend(emu).fused
     grads = random_grads(features)
-
-    class Emulated(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = module
-
-        def forward(self, xs, masks=None, present=None, return_diagnostics=False):
-            outputs, diag = fused_calibrate(fused, list(xs), module.gate_params(), module.layouts, masks, present)
-            return (outputs, diag) if return_diagnostics else outputs
-
-    got = forward_backward(Emulated(), features, masks, present, grads)
+    got = forward_backward(_EmulatedStep(module, _emulated_backend(emu).fused), features, masks, present, grads)
     want = run_float64_oracle(module, features, masks, present, grads)
     assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
 
@@ -220,7 +222,8 @@ def step_cases(draw):
     )  # fmt: skip
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(case=step_cases())
 def test_whole_step_on_random_shapes(emu, monkeypatch, case):
     """Steps 1-7 through the emulated ops against the float64 reference on random
@@ -242,14 +245,12 @@ def test_passes_over_more_modalities_than_one_launch_takes(emu, order):
     gen = torch.Generator().manual_seed(37)
     xs = [torch.randn(2, 4 + m, d, generator=gen) for m, d in enumerate(dims)]
     masks = [torch.rand(2, 4 + m, generator=gen) > 0.3 for m in range(len(dims))]
-    ct = torch.float32
-    got = emu.summaries(xs, masks, [0] * 9, ct)
-    want = torch.ops.mmcal.summaries(xs, masks, [0] * 9, ct)
-    for m, (a, e) in enumerate(zip(got, want)):
-        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, m=m: f"summaries[{m}]: {s}")
     gates = [torch.rand(2, d, generator=gen) + 0.5 for d in dims]
-    for m, (a, e) in enumerate(zip(emu.modulate(xs, gates, [0] * 9), torch.ops.mmcal.modulate(xs, gates, [0] * 9))):
-        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, m=m: f"modulate[{m}]: {s}")
+    calls = {"summaries": (xs, masks, [0] * 9, torch.float32), "modulate": (xs, gates, [0] * 9)}
+    for op, args in calls.items():
+        got, want = getattr(emu, op)(*args), getattr(torch.ops.mmcal, op)(*args)
+        for m, (a, e) in enumerate(zip(got, want, strict=True)):
+            torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6, msg=lambda s, op=op, m=m: f"{op}[{m}]: {s}")
 
 
 def long_sum_errors(ops, layout, device="cpu"):
@@ -288,8 +289,8 @@ def test_results_do_not_depend_on_thread_order(emu, monkeypatch):
     xs = [torch.randn(4, 37, 19, generator=gen), torch.randn(4, 9, 5, 3, generator=gen)]
     masks = [torch.rand(4, 37, generator=gen) > 0.3, None]
     dys = [torch.randn(x.shape, generator=gen) for x in xs]
-    runs = []
-    for how in ["forward", "reverse", "shuffle:5", "shuffle:6"]:
+    orders, runs = ["forward", "reverse", "shuffle:5", "shuffle:6"], []
+    for how in orders:
         monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
         gates, diagnostics, saved = emu.gates(summaries, flat, present)
         grad_s, grad_p = emu.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
@@ -298,7 +299,7 @@ def test_results_do_not_depend_on_thread_order(emu, monkeypatch):
         passes = [*s, *emu.gate_grads(dys, xs, [0, 1], torch.float32), *emu.modulate(xs, g, [0, 1]),
                   *emu.input_grads(xs, dys, g, masks, s, [0, 1])]  # fmt: skip
         runs.append([*gates, *diagnostics, *saved, *grad_s, *grad_p, *passes])
-    for how, run in zip(["reverse", "shuffle:5", "shuffle:6"], runs[1:]):
+    for how, run in zip(orders[1:], runs[1:]):
         for i, (a, b) in enumerate(zip(runs[0], run)):
             assert torch.equal(a, b), f"output {i} differs between forward and {how} order"
 

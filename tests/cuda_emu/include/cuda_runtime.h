@@ -116,12 +116,6 @@ inline void trampoline() {
   g.fibers[g.current].state = State::Done;  // uc_link returns to the scheduler
 }
 
-inline std::vector<unsigned> order_of(unsigned n, const std::string& how, std::mt19937& rng) {
-  std::vector<unsigned> order(n);
-  for (unsigned i = 0; i < n; ++i) order[i] = how == "reverse" ? n - 1 - i : i;
-  if (how.rfind("shuffle", 0) == 0) std::shuffle(order.begin(), order.end(), rng);
-  return order;
-}
 
 inline std::string where_they_wait(const Grid& g) {
   std::string out;
@@ -172,10 +166,15 @@ inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()
   if (block_dim.x == 0 || block_dim.x > 1024 || grid_dim.x == 0) return fail_launch("invalid launch configuration");
   const char* env = std::getenv("MMCAL_CUDA_EMU_ORDER");
   const std::string how = env && *env ? env : "forward";
-  if (how != "forward" && how != "reverse" && how.rfind("shuffle:", 0) != 0) {
+  const bool shuffle = how.rfind("shuffle:", 0) == 0 && how.size() > 8 && how.size() <= 8 + 9 &&  // 1-9 digits
+                       how.find_first_not_of("0123456789", 8) == std::string::npos;
+  if (how != "forward" && how != "reverse" && !shuffle) {
     return fail_launch("MMCAL_CUDA_EMU_ORDER: expected forward, reverse or shuffle:<seed>, got '" + how + "'");
   }
-  std::mt19937 rng(how.rfind("shuffle:", 0) == 0 ? std::stoul(how.substr(8)) : 0u);
+  // The order the threads of a block run in; with shuffle, a new permutation every round.
+  std::mt19937 rng(shuffle ? std::stoul(how.substr(8)) : 0u);
+  std::vector<unsigned> order(block_dim.x);
+  for (unsigned i = 0; i < block_dim.x; ++i) order[i] = how == "reverse" ? block_dim.x - 1 - i : i;
 
   Grid g;
   g.grid = grid_dim, g.block = block_dim, g.body = &body;
@@ -195,7 +194,8 @@ inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()
       makecontext(&f.ctx, &trampoline, 0);
     }
     for (;;) {
-      for (const unsigned t : order_of(block_dim.x, how, rng)) {
+      if (shuffle) std::shuffle(order.begin(), order.end(), rng);
+      for (const unsigned t : order) {
         if (g.fibers[t].state != State::Runnable) continue;
         g.current = t;
         swapcontext(&g.scheduler, &g.fibers[t].ctx);
@@ -238,16 +238,14 @@ inline void check_full_warp(unsigned mask, const char* what) {
   if (g.current - lane_id() + kWarp > g.fibers.size()) fail(std::string(what) + " in a partial warp");
 }
 
+inline dim3 dim3_of(unsigned x) { return dim3(x); }
+
 }  // namespace mmcal_emu
 
 #define threadIdx (::mmcal_emu::dim3_of(::mmcal_emu::grid().current))
 #define blockIdx (::mmcal_emu::grid().block_idx)
 #define blockDim (::mmcal_emu::grid().block)
 #define gridDim (::mmcal_emu::grid().grid)
-
-namespace mmcal_emu {
-inline dim3 dim3_of(unsigned x) { return dim3(x); }
-}  // namespace mmcal_emu
 
 inline void __syncthreads() { mmcal_emu::park(mmcal_emu::State::AtBlockBarrier); }
 
