@@ -48,6 +48,43 @@ __device__ __forceinline__ T warp_sum(T v) {  // fixed butterfly: deterministic
   return v;
 }
 
+// acc = add(acc, load(i)) for i = begin, begin + step, ... < end, in that
+// order: the same sum as the plain loop, to the bit. Why: nvcc leaves such a
+// loop rolled (or unrolled with an exit test after each term), so a warp waits
+// one memory latency per term; here the loads of kInFlight terms are issued
+// (predicated) before the first of them is added, one latency per kInFlight
+// terms. load returns what one term reads (a T, or a small struct of them).
+// 8 terms of up to three floats; 4 of anything wider, which keeps the float64
+// kernels at 16 warps (128 registers a thread) free of spills.
+template <typename Acc, typename Load, typename Add>
+__device__ __forceinline__ Acc ordered_sum(Acc acc, int64_t begin, int64_t end, int64_t step, Load load, Add add) {
+  using Term = decltype(load(begin));
+  constexpr int kInFlight = sizeof(Term) <= 12 ? 8 : 4;
+  for (int64_t i = begin; i < end; i += kInFlight * step) {
+    Term term[kInFlight];
+#pragma unroll
+    for (int t = 0; t < kInFlight; ++t)
+      if (i + t * step < end) term[t] = load(i + t * step);
+#pragma unroll
+    for (int t = 0; t < kInFlight; ++t)
+      if (i + t * step < end) acc = add(acc, term[t]);
+  }
+  return acc;
+}
+
+template <typename T>
+struct Pair {
+  T a, b;
+};
+
+// sum of a(i) * b(i) over the same range, in order (one FMA per term).
+template <typename T, typename A, typename B>
+__device__ __forceinline__ T ordered_dot(T acc, int64_t begin, int64_t end, int64_t step, A a, B b) {
+  return ordered_sum(
+      acc, begin, end, step, [&](int64_t i) { return Pair<T>{a(i), b(i)}; },
+      [](T sum, const Pair<T>& p) { return sum + p.a * p.b; });
+}
+
 template <typename T>
 __device__ __forceinline__ T two_sigmoid(T x) {
   return T(2) / (T(1) + dev_exp(-x));
@@ -132,8 +169,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
     const GateModality& md = g.mods[m];
     const T* w = in<T>(md.proj_w) + j * md.D;
     const T* s = in<T>(md.s) + b * md.D;
-    T acc = 0;
-    for (int64_t k = lane; k < md.D; k += kWarpSize) acc += __ldg(w + k) * __ldg(s + k);
+    T acc = ordered_dot(T(0), lane, md.D, kWarpSize, [&](int64_t k) { return __ldg(w + k); },
+                        [&](int64_t k) { return __ldg(s + k); });
     acc = warp_sum(acc);
     if (lane == 0) u[row] = acc + __ldg(in<T>(md.proj_b) + j);
   }
@@ -214,8 +251,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
   // Step 5: the instance logit, a warp per modality.
   if (warp < M) {
     const GateModality& md = g.mods[warp];
-    T acc = 0;
-    for (int64_t i = lane; i < md.r; i += kWarpSize) acc += __ldg(in<T>(md.inst_w) + i) * hid[md.hidden_offset + i];
+    const T* e = hid + md.hidden_offset;
+    T acc = ordered_dot(T(0), lane, md.r, kWarpSize, [&](int64_t i) { return __ldg(in<T>(md.inst_w) + i); },
+                        [&](int64_t i) { return e[i]; });
     acc = warp_sum(acc);
     if (lane == 0) {
       sh.ig[warp] = two_sigmoid(acc + __ldg(in<T>(md.inst_b)));
@@ -230,8 +268,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
     const int64_t j = row - md.dim_offset;
     const T* w = in<T>(md.dim_w) + j * md.r;
     const T* e = hid + md.hidden_offset;
-    T acc = 0;
-    for (int64_t i = lane; i < md.r; i += kWarpSize) acc += __ldg(w + i) * e[i];
+    T acc = ordered_dot(T(0), lane, md.r, kWarpSize, [&](int64_t i) { return __ldg(w + i); },
+                        [&](int64_t i) { return e[i]; });
     acc = warp_sum(acc);
     if (lane == 0) {
       const T dg = two_sigmoid(acc + __ldg(in<T>(md.dim_b) + j));
@@ -295,8 +333,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const int64_t i = row - md.hidden_offset;
     const T* w = in<T>(md.dim_w) + i;
     const T* dz = in<T>(md.dz) + b * md.D;
-    T de = sh.da[m] * __ldg(in<T>(md.inst_w) + i);
-    for (int64_t j = 0; j < md.D; ++j) de += dz[j] * __ldg(w + j * md.r);
+    const T de = ordered_dot(sh.da[m] * __ldg(in<T>(md.inst_w) + i), 0, md.D, 1, [&](int64_t j) { return dz[j]; },
+                             [&](int64_t j) { return __ldg(w + j * md.r); });
     const T x = in<T>(md.pre)[b * md.r + i];
     const T cdf = gelu_cdf(x);
     hid[row] = x * cdf;
@@ -312,11 +350,14 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const GateModality& md = g.mods[m];
     const T* w = in<T>(md.hid_w);
     const T* dp = in<T>(md.dpre) + b * md.r;
-    T prod = 0, diff = 0;
-    for (int64_t i = 0; i < md.r; ++i) {
-      prod += dp[i] * __ldg(w + i * cue + j);
-      diff += dp[i] * __ldg(w + i * cue + d + j);
-    }
+    struct Term {
+      T dp, wp, wd;
+    };
+    const Pair<T> sums = ordered_sum(
+        Pair<T>{0, 0}, 0, md.r, 1,
+        [&](int64_t i) { return Term{dp[i], __ldg(w + i * cue + j), __ldg(w + i * cue + d + j)}; },
+        [](Pair<T> acc, const Term& t) { return Pair<T>{acc.a + t.dp * t.wp, acc.b + t.dp * t.wd}; });
+    const T prod = sums.a, diff = sums.b;
     du[idx] = prod * ctx[idx] + diff;
     dctx[idx] = prod * u[idx] - diff;
   }
@@ -349,13 +390,24 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
   for (int64_t idx = threadIdx.x; idx < M * d; idx += kThreads) {
     const int m = static_cast<int>(idx / d);
     const int64_t j = idx % d;
-    T acc = du[idx];
-    for (int n = 0; n < M; ++n) {
-      const T coef = sh.agree[m][n] + sh.agree[n][m];
-      if (coef != T(0)) acc += coef * u[n * d + j];
-      if (sh.w[n][m] != T(0)) acc += dctx[n * d + j] / sh.k[n];
-    }
-    du[idx] = acc;
+    struct Term {
+      T coef, u, dctx;
+      bool context;
+      int n;
+    };
+    du[idx] = ordered_sum(
+        du[idx], 0, M, 1,
+        [&](int64_t n) {
+          const T coef = sh.agree[m][n] + sh.agree[n][m];
+          const bool context = sh.w[n][m] != T(0);
+          return Term{coef, coef != T(0) ? u[n * d + j] : T(0), context ? dctx[n * d + j] : T(0), context,
+                      static_cast<int>(n)};
+        },
+        // The division here, not in the load: it would wait for its load.
+        [&](T acc, const Term& t) {
+          if (t.coef != T(0)) acc += t.coef * t.u;
+          return t.context ? acc + t.dctx / sh.k[t.n] : acc;
+        });
   }
   __syncthreads();
   // Step 2 back: the normalisation as du's part orthogonal to u.
@@ -380,22 +432,12 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const int64_t k = row - md.dim_offset;
     const T* dh = in<T>(md.dh) + b * d;
     const T* w = in<T>(md.proj_w) + k;
-    T acc = 0;
-    for (int64_t j = 0; j < d; ++j) acc += dh[j] * __ldg(w + j * md.D);
-    out<T>(md.grad_s)[b * md.D + k] = acc;
+    out<T>(md.grad_s)[b * md.D + k] = ordered_dot(T(0), 0, d, 1, [&](int64_t j) { return dh[j]; },
+                                                  [&](int64_t j) { return __ldg(w + j * md.D); });
   }
 }
 
 // ---- backward, the parameter gradients: sums over samples ----------------------------
-
-// q[b, m, k] of the cue, rebuilt from u, the context, support and conflict.
-template <typename T>
-__device__ __forceinline__ T cue_at(const GateBatch& g, int64_t b, int m, int64_t k) {
-  const int64_t d = g.d, at = (b * g.M + m) * d;
-  if (k < d) return in<T>(g.u)[at + k] * in<T>(g.context)[at + k];
-  if (k < 2 * d) return in<T>(g.u)[at + k - d] - in<T>(g.context)[at + k - d];
-  return (k == 2 * d ? in<T>(g.support) : in<T>(g.conflict))[b * g.M + m];
-}
 
 // One thread per gradient element, samples summed in order in double.
 template <typename T>
@@ -421,9 +463,27 @@ __global__ void __launch_bounds__(kParamThreads) param_grads_kernel(const __grid
         for (int64_t s = 0; s < B; ++s) acc += static_cast<double>(in<T>(md.dh)[s * d + i]);
         break;
       case 2: {  // hidden_weight [r, 2d+2]: sum_b dpre[b, j] q[b, k]
+        // The cue q[s, m, k] rebuilt from u, the context, support and conflict;
+        // its source chosen once (k is fixed here), so that the loads of many
+        // samples are in flight together.
         const int64_t j = i / cue, k = i % cue;
-        for (int64_t s = 0; s < B; ++s)
-          acc += static_cast<double>(in<T>(md.dpre)[s * md.r + j]) * static_cast<double>(cue_at<T>(g, s, m, k));
+        const bool from_u = k < 2 * d, product = k < d;
+        const int64_t at = m * d + (product ? k : k - d);
+        const T* x = from_u ? in<T>(g.u) + at : (k == 2 * d ? in<T>(g.support) : in<T>(g.conflict)) + m;
+        const T* c = in<T>(g.context) + at;  // read only where from_u
+        const int64_t stride = from_u ? g.M * d : g.M;
+        struct Term {
+          T dpre, x, c;
+        };
+        acc = ordered_sum(
+            0.0, 0, B, 1,
+            [&](int64_t s) {
+              return Term{in<T>(md.dpre)[s * md.r + j], x[s * stride], from_u ? c[s * stride] : T(0)};
+            },
+            [&](double sum, const Term& t) {
+              const T q = !from_u ? t.x : product ? t.x * t.c : t.x - t.c;
+              return sum + static_cast<double>(t.dpre) * static_cast<double>(q);
+            });
         break;
       }
       case 3:  // hidden_bias

@@ -79,3 +79,31 @@ def test_cuda_binding_parses_against_torch_headers(name, tmp_path):
     cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", name)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_gate_kernels_keep_loads_in_flight(arch, tmp_path):
+    """The gate kernels are latency-bound (one block per sample): their dot
+    products must not wait for one load before issuing the next. Read from
+    the SASS (sass_loads.py): every loop through ordered_sum issues at least
+    4 loads before it reads the first. Before ordered_sum, nvcc left the
+    projection, the dimension logits and the long backward sums rolled, with
+    1-2 loads in flight."""
+    from sass_loads import compile_cubin, disassemble, find_nvdisasm, per_call_site
+
+    nvdisasm = find_nvdisasm()
+    if nvdisasm is None:
+        pytest.skip("no nvdisasm (CUDA toolkit or triton's copy)")
+    path = os.path.join(ROOT, "csrc", "cuda", "gate_network.cu")
+    source = open(path).read().split("\n")
+    load_line = next(i + 1 for i, text in enumerate(source) if "term[t] = load(" in text)
+    cubin = compile_cubin(path, arch, str(tmp_path / "k.cubin"), NVCC, os.path.join(ROOT, "csrc"))
+    checked = 0
+    for name, instructions in disassemble(cubin, nvdisasm).items():
+        sites = per_call_site(instructions, through=("gate_network.cu", load_line))
+        assert sites or "param_grads" in name, f"{name}: no loop through ordered_sum found"
+        short = {line: flight for line, (_, flight) in sites.items() if flight < 4}
+        assert not short, f"{name} (sm_{arch}): loads in flight per call site line: {short}"
+        checked += len(sites)
+    assert checked >= 20, checked  # 4 kernel kinds x 2 dtypes (x 2 block sizes), several call sites each
