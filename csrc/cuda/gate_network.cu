@@ -32,6 +32,9 @@ constexpr int kWarpSize = 32;
 // keep more loads in flight. Both sizes compile without spills (sm_80,
 // sm_90); 32 warps would spill on sm_80. Per-parameter sums: kParamThreads.
 constexpr int kParamThreads = 256;
+// Rows a block of the forward reduces at once (warp_rows): 4 a warp at 8
+// warps, 2 at 16 (whose 128 registers a thread would spill 4).
+constexpr int kRowsPerBlock = 32;
 constexpr double kNormEps = 1e-6;  // reference.NORM_EPS
 
 __device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
@@ -83,6 +86,63 @@ __device__ __forceinline__ T ordered_dot(T acc, int64_t begin, int64_t end, int6
   return ordered_sum(
       acc, begin, end, step, [&](int64_t i) { return Pair<T>{a(i), b(i)}; },
       [](T sum, const Pair<T>& p) { return sum + p.a * p.b; });
+}
+
+// The rows first, first + stride, ... < count (a warp's share of a matrix-
+// vector product), each summed over its terms k = lane, lane + 32, ... < n
+// and then across the warp by warp_sum's butterfly: the same sums, to the
+// bit, as one row at a time. kRows rows go at once, so that their loads are
+// in flight together (a row of 128 terms is 4 a lane: alone, a latency per
+// row). setup(row) returns the row's state with its term count n;
+// load(state, k) what term k reads; add(sum, term) adds it; finish(state,
+// sum) runs on lane t for the group's t-th row, those of a group together.
+template <int kRows, typename T, typename Setup, typename Load, typename Add, typename Finish>
+__device__ __forceinline__ void warp_rows(int64_t first, int64_t count, int64_t stride, int lane, Setup setup,
+                                          Load load, Add add, Finish finish) {
+  using Row = decltype(setup(first));
+  using Term = decltype(load(setup(first), first));
+  // Up to 128 bytes of terms in flight a lane (32 registers).
+  constexpr int kTerms = kRows * sizeof(Term) * 4 <= 128 ? 4 : kRows * sizeof(Term) * 2 <= 128 ? 2 : 1;
+  for (int64_t base = first; base < count; base += kRows * stride) {
+    Row row[kRows];
+    bool live[kRows];
+    T acc[kRows];
+    int64_t most = 0;
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      live[t] = base + t * stride < count;
+      if (live[t]) {
+        row[t] = setup(base + t * stride);
+        most = row[t].n > most ? row[t].n : most;
+      }
+      acc[t] = T(0);
+    }
+    for (int64_t k = lane; k < most; k += kTerms * kWarpSize) {
+      Term term[kRows][kTerms];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t)
+#pragma unroll
+        for (int i = 0; i < kTerms; ++i)
+          if (live[t] && k + i * kWarpSize < row[t].n) term[t][i] = load(row[t], k + i * kWarpSize);
+#pragma unroll
+      for (int t = 0; t < kRows; ++t)
+#pragma unroll
+        for (int i = 0; i < kTerms; ++i)
+          if (live[t] && k + i * kWarpSize < row[t].n) acc[t] = add(acc[t], term[t][i]);
+    }
+#pragma unroll
+    for (int off = kWarpSize / 2; off > 0; off /= 2)
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
+    // Lane t takes row t (selected, not indexed: a register array indexed by lane would go to local memory).
+    Row mine = row[0];
+    T sum = acc[0];
+    bool on = lane == 0 && live[0];
+#pragma unroll
+    for (int t = 1; t < kRows; ++t)
+      if (lane == t) mine = row[t], sum = acc[t], on = live[t];
+    if (on) finish(mine, sum);
+  }
 }
 
 template <typename T>
@@ -162,18 +222,22 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
   T* hid = out<T>(g.hidden) + b * g.rsum;
   weights_of_sample(g, b, sh);
 
-  // Step 2: h_m = W_m s_m + b_m into u, one warp per row of W_m.
-  for (int64_t row = warp; row < M * d; row += kWarps) {
-    const int m = static_cast<int>(row / d);
-    const int64_t j = row % d;
-    const GateModality& md = g.mods[m];
-    const T* w = in<T>(md.proj_w) + j * md.D;
-    const T* s = in<T>(md.s) + b * md.D;
-    T acc = ordered_dot(T(0), lane, md.D, kWarpSize, [&](int64_t k) { return __ldg(w + k); },
-                        [&](int64_t k) { return __ldg(s + k); });
-    acc = warp_sum(acc);
-    if (lane == 0) u[row] = acc + __ldg(in<T>(md.proj_b) + j);
-  }
+  // Step 2: h_m = W_m s_m + b_m into u, a warp per row of W_m (several at once).
+  struct ProjRow {
+    const T *w, *s, *bias;
+    int64_t n, row;
+  };
+  warp_rows<kRowsPerBlock / kWarps, T>(
+      warp, M * d, kWarps, lane,
+      [&](int64_t row) {
+        const int m = static_cast<int>(row / d);
+        const int64_t j = row % d;
+        const GateModality& md = g.mods[m];
+        return ProjRow{in<T>(md.proj_w) + j * md.D, in<T>(md.s) + b * md.D, in<T>(md.proj_b) + j, md.D, row};
+      },
+      [](const ProjRow& r, int64_t k) { return Pair<T>{__ldg(r.w + k), __ldg(r.s + k)}; },
+      [](T acc, const Pair<T>& p) { return acc + p.a * p.b; },
+      [&](const ProjRow& r, T acc) { u[r.row] = acc + __ldg(r.bias); });
   __syncthreads();
   // The norm (its square summed in ct, so it overflows where the reference's does), then u.
   if (warp < M) {
@@ -227,26 +291,31 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
   }
   __syncthreads();
 
-  // Steps 4-5: the cue q_m = [u*c, u-c, S, C] is formed as it is read; one warp per hidden unit.
-  for (int64_t row = warp; row < g.rsum; row += kWarps) {
-    const int m = modality_of(g, row, &GateModality::hidden_offset);
-    const GateModality& md = g.mods[m];
-    const int64_t i = row - md.hidden_offset;
-    const T* w = in<T>(md.hid_w) + i * cue;
-    const T *um = u + m * d, *cm = ctx + m * d;
-    T acc = 0;
-    for (int64_t j = lane; j < d; j += kWarpSize) {
-      const T uj = um[j], cj = cm[j];
-      acc += __ldg(w + j) * (uj * cj) + __ldg(w + d + j) * (uj - cj);
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      const T x = acc + __ldg(w + 2 * d) * sh.support[m] + __ldg(w + 2 * d + 1) * sh.conflict[m] +
-                  __ldg(in<T>(md.hid_b) + i);
-      out<T>(md.pre)[b * md.r + i] = x;
-      hid[row] = x * gelu_cdf(x);
-    }
-  }
+  // Steps 4-5: the cue q_m = [u*c, u-c, S, C] is formed as it is read; a warp per hidden unit.
+  struct HiddenRow {
+    const T *w, *um, *cm;
+    int64_t n, row, i;
+    int m;
+  };
+  struct CueTerm {
+    T w_prod, w_diff, u, c;
+  };
+  warp_rows<kRowsPerBlock / kWarps, T>(
+      warp, g.rsum, kWarps, lane,
+      [&](int64_t row) {
+        const int m = modality_of(g, row, &GateModality::hidden_offset);
+        const int64_t i = row - g.mods[m].hidden_offset;
+        return HiddenRow{in<T>(g.mods[m].hid_w) + i * cue, u + m * d, ctx + m * d, d, row, i, m};
+      },
+      [&](const HiddenRow& r, int64_t j) { return CueTerm{__ldg(r.w + j), __ldg(r.w + d + j), r.um[j], r.cm[j]}; },
+      [](T acc, const CueTerm& t) { return acc + (t.w_prod * (t.u * t.c) + t.w_diff * (t.u - t.c)); },
+      [&](const HiddenRow& r, T acc) {
+        const GateModality& md = g.mods[r.m];
+        const T x = acc + __ldg(r.w + 2 * d) * sh.support[r.m] + __ldg(r.w + 2 * d + 1) * sh.conflict[r.m] +
+                    __ldg(in<T>(md.hid_b) + r.i);
+        out<T>(md.pre)[b * md.r + r.i] = x;
+        hid[r.row] = x * gelu_cdf(x);
+      });
   __syncthreads();
   // Step 5: the instance logit, a warp per modality.
   if (warp < M) {
@@ -262,21 +331,27 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
   }
   __syncthreads();
   // Steps 5-6: the dimension logits, a warp per row of W_dim; the gates and the pass-through.
-  for (int64_t row = warp; row < g.dsum; row += kWarps) {
-    const int m = modality_of(g, row, &GateModality::dim_offset);
-    const GateModality& md = g.mods[m];
-    const int64_t j = row - md.dim_offset;
-    const T* w = in<T>(md.dim_w) + j * md.r;
-    const T* e = hid + md.hidden_offset;
-    T acc = ordered_dot(T(0), lane, md.r, kWarpSize, [&](int64_t i) { return __ldg(w + i); },
-                        [&](int64_t i) { return e[i]; });
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      const T dg = two_sigmoid(acc + __ldg(in<T>(md.dim_b) + j));
-      out<T>(md.dim_gate)[b * md.D + j] = dg;
-      out<T>(md.gate)[b * md.D + j] = is_present(g, b, m) ? sh.ig[m] * dg : T(1);
-    }
-  }
+  struct DimRow {
+    const T *w, *e;
+    int64_t n, j;
+    int m;
+  };
+  warp_rows<kRowsPerBlock / kWarps, T>(
+      warp, g.dsum, kWarps, lane,
+      [&](int64_t row) {
+        const int m = modality_of(g, row, &GateModality::dim_offset);
+        const GateModality& md = g.mods[m];
+        const int64_t j = row - md.dim_offset;
+        return DimRow{in<T>(md.dim_w) + j * md.r, hid + md.hidden_offset, md.r, j, m};
+      },
+      [](const DimRow& r, int64_t i) { return Pair<T>{__ldg(r.w + i), r.e[i]}; },
+      [](T acc, const Pair<T>& p) { return acc + p.a * p.b; },
+      [&](const DimRow& r, T acc) {
+        const GateModality& md = g.mods[r.m];
+        const T dg = two_sigmoid(acc + __ldg(in<T>(md.dim_b) + r.j));
+        out<T>(md.dim_gate)[b * md.D + r.j] = dg;
+        out<T>(md.gate)[b * md.D + r.j] = is_present(g, b, r.m) ? sh.ig[r.m] * dg : T(1);
+      });
 }
 
 // ---- backward, per sample ----------------------------------------------------------

@@ -86,10 +86,10 @@ def test_cuda_binding_parses_against_torch_headers(name, tmp_path):
 def test_gate_kernels_keep_loads_in_flight(arch, tmp_path):
     """The gate kernels are latency-bound (one block per sample): their dot
     products must not wait for one load before issuing the next. Read from
-    the SASS (sass_loads.py): every loop through ordered_sum issues at least
-    4 loads before it reads the first. Before ordered_sum, nvcc left the
-    projection, the dimension logits and the long backward sums rolled, with
-    1-2 loads in flight."""
+    the SASS (sass_loads.py): every loop of ordered_sum (a thread's long sum)
+    and warp_rows (a warp's rows of a matrix-vector product) issues at least
+    4 loads before it reads the first. Before them, nvcc left the projection,
+    the dimension logits and the long backward sums rolled, 1-2 loads in flight."""
     from sass_loads import compile_cubin, disassemble, find_nvdisasm, per_call_site
 
     nvdisasm = find_nvdisasm()
@@ -97,13 +97,16 @@ def test_gate_kernels_keep_loads_in_flight(arch, tmp_path):
         pytest.skip("no nvdisasm (CUDA toolkit or triton's copy)")
     path = os.path.join(ROOT, "csrc", "cuda", "gate_network.cu")
     source = open(path).read().split("\n")
-    load_line = next(i + 1 for i, text in enumerate(source) if "term[t] = load(" in text)
+    helpers = {"ordered_sum": "term[t] = load(", "warp_rows": "term[t][i] = load("}
+    load_lines = {name: [i + 1 for i, text in enumerate(source) if marker in text] for name, marker in helpers.items()}
+    assert all(len(lines) == 1 for lines in load_lines.values()), load_lines
     cubin = compile_cubin(path, arch, str(tmp_path / "k.cubin"), NVCC, os.path.join(ROOT, "csrc"))
-    checked = 0
-    for name, instructions in disassemble(cubin, nvdisasm).items():
-        sites = per_call_site(instructions, through=("gate_network.cu", load_line))
-        assert sites or "param_grads" in name, f"{name}: no loop through ordered_sum found"
-        short = {line: flight for line, (_, flight) in sites.items() if flight < 4}
-        assert not short, f"{name} (sm_{arch}): loads in flight per call site line: {short}"
-        checked += len(sites)
-    assert checked >= 20, checked  # 4 kernel kinds x 2 dtypes (x 2 block sizes), several call sites each
+    seen = {name: 0 for name in helpers}
+    for kernel, instructions in disassemble(cubin, nvdisasm).items():
+        for name, (line,) in load_lines.items():
+            sites = per_call_site(instructions, through=("gate_network.cu", line))
+            short = {site: flight for site, (_, flight) in sites.items() if flight < 4}
+            assert not short, f"{kernel} (sm_{arch}), {name}: loads in flight per call site line: {short}"
+            seen[name] += len(sites)
+    # Each helper is used by every kernel of its kind (both dtypes, both block sizes).
+    assert seen["ordered_sum"] >= 20 and seen["warp_rows"] >= 12, seen

@@ -78,6 +78,30 @@ def test_a_missing_barrier_gives_a_wrong_result(emu, monkeypatch, how):
     assert not torch.equal(emu.selftest("race", 3, 64), _expected_neighbours(3, 64))
 
 
+def _expected_uneven(blocks):
+    """uneven_warps_kernel: warp 0 holds 8 + warp 1's value (100 + block), warp 1 zeros."""
+    return torch.cat([torch.cat([torch.full((32,), 108 + b), torch.zeros(32)]) for b in range(blocks)]).int()
+
+
+@pytest.mark.parametrize("how", ["forward", "reverse", "shuffle:7"])
+def test_a_barrier_orders_warps_with_uneven_shuffle_counts(emu, monkeypatch, how):
+    monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
+    assert torch.equal(emu.selftest("uneven_synced", 3, 64), _expected_uneven(3))
+
+
+def test_a_missing_barrier_between_warps_is_seen_whatever_their_shuffle_counts(emu, monkeypatch):
+    """Warp 0 reads what warp 1 writes, after 8 shuffles to warp 1's one, with
+    no barrier: in reverse order (warp 1 runs to its end first) the read sees
+    the write; in forward order warp 0 runs to its end first and reads the
+    previous block's value, so the two orders differ."""
+    runs = {}
+    for how in ("forward", "reverse"):
+        monkeypatch.setenv("MMCAL_CUDA_EMU_ORDER", how)
+        runs[how] = emu.selftest("uneven_race", 3, 64)
+    assert not torch.equal(runs["forward"], _expected_uneven(3)), runs["forward"]
+    assert torch.equal(runs["reverse"], _expected_uneven(3)), runs["reverse"]
+
+
 def test_a_barrier_half_the_block_misses_fails_the_launch(emu):
     with pytest.raises(RuntimeError, match=r"block 0: deadlock: thread 0\+ at __syncthreads, thread 32\+ at exited"):
         emu.selftest("divergent_barrier", 2, 64)

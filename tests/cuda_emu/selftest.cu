@@ -39,6 +39,25 @@ __global__ void warp_sum_kernel(int* out) {
   const int multiples = __popc(__ballot_sync(0xffffffffu, threadIdx.x % 3 == 0));
   out[blockIdx.x * blockDim.x + threadIdx.x] = v * 100 + multiples;
 }
+// Warp 1 writes a shared value after one shuffle; warp 0 reads it after eight
+// shuffles, with a __syncthreads between the two only with `sync`. (A
+// scheduler that ran a round per shuffle kept warp 0 behind warp 1 in every
+// order and never showed this race.)
+__global__ void uneven_warps_kernel(int* out, bool sync) {
+  __shared__ int value;
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp == 0) {
+    int v = 0;
+    for (int i = 0; i < 8; ++i) v += __shfl_xor_sync(0xffffffffu, 1, 1);
+    if (sync) __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = v + value;
+  } else {
+    const int v = __shfl_xor_sync(0xffffffffu, 1, 1);
+    if (lane == 0) value = 100 * v + static_cast<int>(blockIdx.x);
+    if (sync) __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = 0;
+  }
+}
 }  // namespace
 
 // Launches the named kernel over `out` (blocks * threads ints); false for an unknown name.
@@ -49,6 +68,8 @@ bool launch_selftest(const std::string& which, unsigned blocks, unsigned threads
     divergent_barrier_kernel<<<blocks, threads, 0, nullptr>>>(out);
   } else if (which == "shuffle_after_exit") {
     shuffle_after_exit_kernel<<<blocks, threads, 0, nullptr>>>(out);
+  } else if (which == "uneven_race" || which == "uneven_synced") {
+    uneven_warps_kernel<<<blocks, threads, 0, nullptr>>>(out, which == "uneven_synced");
   } else if (which == "warp_sum") {
     warp_sum_kernel<<<blocks, threads, 0, nullptr>>>(out);
   } else {

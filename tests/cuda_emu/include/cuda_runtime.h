@@ -8,10 +8,13 @@
 // thread, blocks one after another. A fiber runs until it reaches a barrier
 // (__syncthreads, or the warp barrier inside a shuffle or ballot), then the
 // next runs, in an order that MMCAL_CUDA_EMU_ORDER sets: "forward" (thread 0
-// first), "reverse", or "shuffle:<seed>" (a new permutation every round). A
-// value one thread writes and another reads with no barrier between them is
-// therefore seen before the write in one of forward and reverse order: the
-// tests run both, and a missing __syncthreads gives a wrong result. A
+// first) or "reverse", warp by warp, each warp run through its shuffles until
+// its lanes reach __syncthreads; or "shuffle:<seed>", rounds in which every
+// thread runs to its next barrier, in a new permutation each round. A value
+// one warp writes and another reads with no __syncthreads between them is
+// therefore seen before the write in one of forward and reverse order,
+// however many shuffles either passes first: the tests run both, and a
+// missing __syncthreads gives a wrong result. A
 // __syncthreads or shuffle that not every live thread of its block (warp)
 // reaches is a deadlock on a GPU; here the launch fails with a message that
 // says which threads waited where (cudaGetLastError, cudaGetErrorString).
@@ -128,23 +131,26 @@ inline std::string where_they_wait(const Grid& g) {
   return out;
 }
 
-// Release the threads a barrier holds: a warp whose lanes all wait at its
-// barrier, else the block when every thread waits at __syncthreads. Exited
-// threads count as missing, as the programming guide has it (a barrier in
-// code that not every thread reaches is undefined, a full-mask shuffle needs
+// Release warp w if all its lanes wait at its barrier. Exited threads count
+// as missing, as the programming guide has it (a full-mask shuffle needs
 // every lane): with one exited, the barrier never opens and the launch fails.
+inline bool release_warp(Grid& g, unsigned w) {
+  const unsigned n = static_cast<unsigned>(g.fibers.size());
+  for (unsigned t = w * kWarp; t < n && t < (w + 1) * kWarp; ++t) {
+    if (g.fibers[t].state != State::AtWarpBarrier) return false;
+  }
+  for (unsigned t = w * kWarp; t < n && t < (w + 1) * kWarp; ++t) g.fibers[t].state = State::Runnable;
+  return true;
+}
+
+// Release the threads a barrier holds: each warp whose lanes all wait at its
+// barrier, else the block when every thread waits at __syncthreads (exited
+// threads count as missing here too: a barrier in code that not every thread
+// reaches is undefined).
 inline bool release(Grid& g) {
   bool released = false;
   const unsigned n = static_cast<unsigned>(g.fibers.size());
-  for (unsigned w = 0; w * kWarp < n; ++w) {
-    bool all = true;
-    for (unsigned t = w * kWarp; t < n && t < (w + 1) * kWarp; ++t) {
-      all = all && g.fibers[t].state == State::AtWarpBarrier;
-    }
-    if (!all) continue;
-    for (unsigned t = w * kWarp; t < n && t < (w + 1) * kWarp; ++t) g.fibers[t].state = State::Runnable;
-    released = true;
-  }
+  for (unsigned w = 0; w * kWarp < n; ++w) released = release_warp(g, w) || released;
   if (released) return true;
   for (const Fiber& f : g.fibers) {
     if (f.state != State::AtBlockBarrier) return false;
@@ -193,13 +199,40 @@ inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()
       f.ctx.uc_link = &g.scheduler;
       makecontext(&f.ctx, &trampoline, 0);
     }
+    // Run thread t until it parks; false once the launch has failed.
+    const auto step = [&](unsigned t) {
+      g.current = t;
+      swapcontext(&g.scheduler, &g.fibers[t].ctx);
+      return g.failure.empty();
+    };
     for (;;) {
-      if (shuffle) std::shuffle(order.begin(), order.end(), rng);
-      for (const unsigned t : order) {
-        if (g.fibers[t].state != State::Runnable) continue;
-        g.current = t;
-        swapcontext(&g.scheduler, &g.fibers[t].ctx);
-        if (!g.failure.empty()) break;
+      if (shuffle) {
+        // A round: each runnable thread to its next barrier, in a new order.
+        std::shuffle(order.begin(), order.end(), rng);
+        for (const unsigned t : order) {
+          if (g.fibers[t].state == State::Runnable && !step(t)) break;
+        }
+      } else {
+        // Warp by warp in `order`, each through its shuffles (released as soon
+        // as its lanes all wait) to __syncthreads or its end. Why not a round
+        // per shuffle: a warp that passes more shuffles than another would
+        // trail it round by round, so its read of a value the other writes,
+        // with no __syncthreads between, would see the write in both orders.
+        for (std::size_t at = 0; at < order.size() && g.failure.empty();) {
+          const unsigned w = order[at] / kWarp;
+          std::size_t end = at;
+          while (end < order.size() && order[end] / kWarp == w) ++end;
+          for (bool ran = true; ran && g.failure.empty();) {
+            ran = false;
+            for (std::size_t i = at; i < end; ++i) {
+              if (g.fibers[order[i]].state != State::Runnable) continue;
+              ran = true;
+              if (!step(order[i])) break;
+            }
+            ran = (g.failure.empty() && release_warp(g, w)) || ran;
+          }
+          at = end;
+        }
       }
       if (!g.failure.empty()) break;
       bool done = true;

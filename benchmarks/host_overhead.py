@@ -1,0 +1,87 @@
+"""The eager module's host time: a step at sizes where the ops compute almost
+nothing (B = 2, 2-4 channels, d = 4), beside each op of the step alone, so
+that the difference is Python, argument checks and autograd: the floor an
+eager GPU step cannot go below on a host of this speed.
+
+    python benchmarks/host_overhead.py [--backend cpu] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import time
+
+import torch
+
+from mmcal_kernels import PreFusionCalibration
+from mmcal_kernels.info import cpu_name
+
+
+def best_mean_us(fn, calls, repeats):
+    """The best of ``repeats`` means over ``calls`` calls, in microseconds."""
+    for _ in range(min(calls, 30)):
+        fn()
+    means = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        means.append((time.perf_counter() - start) / calls * 1e6)
+    return min(means)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=300, help="calls a timed run")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs; the best one's mean counts")
+    args = parser.parse_args()
+    best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dims = (4, 3, 2)
+    module = PreFusionCalibration(dims, shared_dim=4, backend=args.backend)
+    for p in module.parameters():
+        torch.nn.init.normal_(p)  # not the zero init, so every gradient is computed
+    xs = [torch.randn(2, 3, dim, requires_grad=True) for dim in dims]
+    params = list(module.parameters())
+
+    def forward():
+        return module(xs)
+
+    def step():
+        outputs = module(xs)
+        torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
+        for t in (*params, *xs):
+            t.grad = None
+
+    print(f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {args.threads} thread(s); "
+          f"backend {args.backend!r}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
+    rows = {"module forward": best_us(forward), "module forward+backward": best_us(step)}
+    ops = torch.ops.mmcal
+    layouts = [0] * len(dims)
+    with torch.no_grad():
+        x = [t.detach() for t in xs]
+        flat = [p.detach() for g in module.gate_params() for p in g]
+        s = ops.summaries(x, [None] * len(dims), layouts, torch.float32)
+        gates, diagnostics, saved = ops.gates(s, flat, None)
+        gates, diagnostics, saved = list(gates), list(diagnostics), list(saved)
+        rows.update({
+            "op summaries": best_us(lambda: ops.summaries(x, [None] * len(dims), layouts, torch.float32)),
+            "op gates": best_us(lambda: ops.gates(s, flat, None)),
+            "op modulate": best_us(lambda: ops.modulate(x, gates, layouts)),
+            "op gate_grads": best_us(lambda: ops.gate_grads(x, x, layouts, torch.float32)),
+            "op gates_backward": best_us(lambda: ops.gates_backward(gates, s, flat, None, diagnostics, saved)),
+            "op input_grads": best_us(lambda: ops.input_grads(x, x, gates, [None] * len(dims), s, layouts)),
+        })  # fmt: skip
+    for name, us in rows.items():
+        print(f"  {name:24s} {us:8.1f} us")
+    op_time = sum(us for name, us in rows.items() if name.startswith("op "))
+    print(f"  step minus its six ops   {rows['module forward+backward'] - op_time:8.1f} us (Python, checks, autograd)")
+
+
+if __name__ == "__main__":
+    main()
