@@ -241,8 +241,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
   __syncthreads();
   // The norm (its square summed in ct, so it overflows where the reference's does), then u.
   if (warp < M) {
-    T sq = 0;
-    for (int64_t j = lane; j < d; j += kWarpSize) sq += u[warp * d + j] * u[warp * d + j];
+    const T* uw = u + warp * d;
+    T sq = ordered_sum(T(0), lane, d, kWarpSize, [&](int64_t j) { return uw[j]; }, [](T acc, T v) { return acc + v * v; });
     sq = warp_sum(sq);
     if (lane == 0) {
       sh.norm[warp] = dev_sqrt(sq);
@@ -440,13 +440,14 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const GateModality& md = g.mods[warp];
     const T* w = in<T>(md.hid_w);
     const T* dp = in<T>(md.dpre) + b * md.r;
-    T s = 0, c = 0;
-    for (int64_t i = lane; i < md.r; i += kWarpSize) {
-      s += dp[i] * __ldg(w + i * cue + 2 * d);
-      c += dp[i] * __ldg(w + i * cue + 2 * d + 1);
-    }
-    s = warp_sum(s);
-    c = warp_sum(c);
+    struct Term {
+      T dp, ws, wc;
+    };
+    const Pair<T> sums = ordered_sum(
+        Pair<T>{0, 0}, lane, md.r, kWarpSize,
+        [&](int64_t i) { return Term{dp[i], __ldg(w + i * cue + 2 * d), __ldg(w + i * cue + 2 * d + 1)}; },
+        [](Pair<T> acc, const Term& t) { return Pair<T>{acc.a + t.dp * t.ws, acc.b + t.dp * t.wc}; });
+    const T s = warp_sum(sums.a), c = warp_sum(sums.b);
     if (lane == 0) {
       sh.dS[warp] = s / sh.k[warp];
       sh.dC[warp] = c / sh.k[warp];
@@ -487,8 +488,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
   __syncthreads();
   // Step 2 back: the normalisation as du's part orthogonal to u.
   if (warp < M) {
-    T acc = 0;
-    for (int64_t j = lane; j < d; j += kWarpSize) acc += u[warp * d + j] * du[warp * d + j];
+    const T *uw = u + warp * d, *duw = du + warp * d;
+    T acc = ordered_dot(T(0), lane, d, kWarpSize, [&](int64_t j) { return uw[j]; }, [&](int64_t j) { return duw[j]; });
     acc = warp_sum(acc);
     if (lane == 0) sh.radial[warp] = sh.norm[warp] >= eps ? acc : T(0);
   }
