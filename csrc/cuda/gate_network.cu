@@ -11,7 +11,11 @@
 // in shared memory, its vectors in global scratch that stays in L1/L2;
 // products are one warp per output row over the row's contiguous weights
 // (coalesced), or one thread per output column where the weights are read
-// by column. The parameter gradients are sums over samples: a second launch
+// by column. With a block a sample, the products are latency-bound: each sum
+// issues the loads of several terms (warp_rows: of several rows) before it
+// adds the first, in the same order as a plain loop (tests/backends/
+// sass_loads.py reads the loads in flight back from the SASS). The
+// parameter gradients are sums over samples: a second launch
 // gives each gradient element to one thread, which sums the samples in order.
 // No atomics, so two runs give the same bits. No ATen headers: see launch.cuh.
 #include <cuda_runtime.h>
