@@ -103,14 +103,19 @@ def _registers(operands):
     return [int(r) for r in re.findall(r"\bR(\d+)\b", operands)]
 
 
+def _split(text):
+    """(mnemonic, operands) of an instruction, its predicate guard (@P0, @!PT ...) dropped."""
+    mnemonic, _, operands = re.sub(r"^@!?U?P\w+\s+", "", text).partition(" ")
+    return mnemonic, operands
+
+
 def loads_in_flight(instructions, loop):
     """The most global loads of ``loop`` issued before an instruction reads one of their results."""
     best, waiting = 0, {}  # destination register -> load
     for ins in instructions:
         if not loop.contains(ins.address):
             continue
-        op = re.sub(r"^@!?U?P\w+\s+", "", ins.text)
-        mnemonic, _, operands = op.partition(" ")
+        mnemonic, operands = _split(ins.text)
         regs = _registers(operands)
         is_load = mnemonic.startswith("LDG")
         # The first operand is written, not read, except by stores and compares' predicates.
@@ -136,7 +141,7 @@ def per_call_site(instructions, through=None):
     found = loops(instructions)
     sites = defaultdict(set)
     for ins in instructions:
-        if not ins.text.lstrip("@!P0123456789T ").startswith("LDG") or not ins.chain:
+        if not _split(ins.text)[0].startswith("LDG") or not ins.chain:
             continue
         if through is not None and through not in ins.chain:
             continue
