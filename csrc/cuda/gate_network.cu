@@ -92,6 +92,18 @@ __device__ __forceinline__ T ordered_dot(T acc, int64_t begin, int64_t end, int6
       [](T sum, const Pair<T>& p) { return sum + p.a * p.b; });
 }
 
+// Both sums of a(i) * b(i) and of a(i) * c(i) over the same range, in order:
+// two products that share a factor, with one load of it.
+template <typename T, typename A, typename B, typename C>
+__device__ __forceinline__ Pair<T> ordered_dot_pair(int64_t begin, int64_t end, int64_t step, A a, B b, C c) {
+  struct Term {
+    T a, b, c;
+  };
+  return ordered_sum(
+      Pair<T>{0, 0}, begin, end, step, [&](int64_t i) { return Term{a(i), b(i), c(i)}; },
+      [](Pair<T> acc, const Term& t) { return Pair<T>{acc.a + t.a * t.b, acc.b + t.a * t.c}; });
+}
+
 // The rows first, first + stride, ... < count (a warp's share of a matrix-
 // vector product), each summed over its terms k = lane, lane + 32, ... < n
 // and then across the warp by warp_sum's butterfly: the same sums, to the
@@ -429,13 +441,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const GateModality& md = g.mods[m];
     const T* w = in<T>(md.hid_w);
     const T* dp = in<T>(md.dpre) + b * md.r;
-    struct Term {
-      T dp, wp, wd;
-    };
-    const Pair<T> sums = ordered_sum(
-        Pair<T>{0, 0}, 0, md.r, 1,
-        [&](int64_t i) { return Term{dp[i], __ldg(w + i * cue + j), __ldg(w + i * cue + d + j)}; },
-        [](Pair<T> acc, const Term& t) { return Pair<T>{acc.a + t.dp * t.wp, acc.b + t.dp * t.wd}; });
+    const Pair<T> sums = ordered_dot_pair<T>(
+        0, md.r, 1, [&](int64_t i) { return dp[i]; }, [&](int64_t i) { return __ldg(w + i * cue + j); },
+        [&](int64_t i) { return __ldg(w + i * cue + d + j); });
     const T prod = sums.a, diff = sums.b;
     du[idx] = prod * ctx[idx] + diff;
     dctx[idx] = prod * u[idx] - diff;
@@ -444,13 +452,9 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const GateModality& md = g.mods[warp];
     const T* w = in<T>(md.hid_w);
     const T* dp = in<T>(md.dpre) + b * md.r;
-    struct Term {
-      T dp, ws, wc;
-    };
-    const Pair<T> sums = ordered_sum(
-        Pair<T>{0, 0}, lane, md.r, kWarpSize,
-        [&](int64_t i) { return Term{dp[i], __ldg(w + i * cue + 2 * d), __ldg(w + i * cue + 2 * d + 1)}; },
-        [](Pair<T> acc, const Term& t) { return Pair<T>{acc.a + t.dp * t.ws, acc.b + t.dp * t.wc}; });
+    const Pair<T> sums = ordered_dot_pair<T>(
+        lane, md.r, kWarpSize, [&](int64_t i) { return dp[i]; }, [&](int64_t i) { return __ldg(w + i * cue + 2 * d); },
+        [&](int64_t i) { return __ldg(w + i * cue + 2 * d + 1); });
     const T s = warp_sum(sums.a), c = warp_sum(sums.b);
     if (lane == 0) {
       sh.dS[warp] = s / sh.k[warp];
@@ -471,22 +475,20 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_backward_kernel(const
     const int m = static_cast<int>(idx / d);
     const int64_t j = idx % d;
     struct Term {
-      T coef, u, dctx;
+      T coef, u, dctx, k;
       bool context;
-      int n;
     };
     du[idx] = ordered_sum(
         du[idx], 0, M, 1,
         [&](int64_t n) {
           const T coef = sh.agree[m][n] + sh.agree[n][m];
           const bool context = sh.w[n][m] != T(0);
-          return Term{coef, coef != T(0) ? u[n * d + j] : T(0), context ? dctx[n * d + j] : T(0), context,
-                      static_cast<int>(n)};
+          return Term{coef, coef != T(0) ? u[n * d + j] : T(0), context ? dctx[n * d + j] : T(0), sh.k[n], context};
         },
         // The division here, not in the load: it would wait for its load.
         [&](T acc, const Term& t) {
           if (t.coef != T(0)) acc += t.coef * t.u;
-          return t.context ? acc + t.dctx / sh.k[t.n] : acc;
+          return t.context ? acc + t.dctx / t.k : acc;
         });
   }
   __syncthreads();

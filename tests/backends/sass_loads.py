@@ -118,8 +118,10 @@ def loads_in_flight(instructions, loop):
         mnemonic, operands = _split(ins.text)
         regs = _registers(operands)
         is_load = mnemonic.startswith("LDG")
-        # The first operand is written, not read, except by stores and compares' predicates.
-        reads = regs[1:] if (is_load or not mnemonic.startswith(("ST", "RED", "ATOM"))) else regs
+        # The first register operand is written, except where the instruction
+        # writes memory (stores, reductions) or a predicate (compares): there all are read.
+        writes_register = not mnemonic.startswith(("ST", "RED", "ATOM")) and not re.match(r"U?P", operands.strip())
+        reads = regs[1:] if writes_register else regs
         if any(r in waiting for r in reads):
             best = max(best, len(set(waiting.values())))
             waiting = {}
@@ -135,9 +137,9 @@ def innermost(loops_, address):
 
 
 def per_call_site(instructions, through=None):
-    """{(kernel line of the call site): (loads, most in flight)} for the loads
-    inside loops; with ``through`` = (file, line), only loads inlined through
-    that line (e.g. the load line of a helper)."""
+    """{kernel line of a call site: (its loops, the fewest loads in flight
+    among them)} for the loads inside loops; with ``through`` = (file, line),
+    only loads inlined through that line (e.g. the load line of a helper)."""
     found = loops(instructions)
     sites = defaultdict(set)
     for ins in instructions:
