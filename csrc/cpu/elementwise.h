@@ -5,11 +5,31 @@
 // Reached through the kernel table (build_table.h).
 #pragma once
 
+#include "stream_store.h"
 #include "vec_block.h"
 
 namespace mmcal {
 namespace cpu {
 namespace CPU_CAPABILITY {
+
+// Streams (stream_store.h) where the host asked for it and the table can.
+template <typename T>
+inline RowSpan span_of(const MapArgs& a, const T* out, int64_t n) {
+  constexpr int64_t W = Block<T>::kWidth;
+  if constexpr (kCanStream) {
+    static_assert(kLineBytes % (W * sizeof(T)) == 0, "whole lines are whole blocks");
+    return row_span(out, n, W, a.stream);
+  }
+  return row_span(out, n, W, false);
+}
+
+template <typename T>
+inline void store_block(const MapArgs& a, T* out, const Vectorized<typename Block<T>::Acc>* v) {
+  if constexpr (kCanStream) {
+    if (a.stream) return stream_vector(out, Block<T>::pack(v));
+  }
+  Block<T>::store(out, v);
+}
 
 template <typename T>
 void map_channels_last_row(const MapArgs& a, int64_t b, int64_t p) {
@@ -17,13 +37,20 @@ void map_channels_last_row(const MapArgs& a, int64_t b, int64_t p) {
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
-  const int64_t D = a.vout.D, full = D - D % W;
+  const int64_t D = a.vout.D;
   const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, p, 0) : nullptr;
   const Acc* gate = a.gate ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
   const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
   const Acc* ds = a.ds && ok ? static_cast<const Acc*>(a.ds) + b * D : nullptr;  // padded: no ds term
   T* out = static_cast<T*>(a.out) + a.vout.offset(b, p, 0);
-  for (int64_t j = 0; j < full; j += W) {
+  const auto one = [&](int64_t j) {
+    Acc v = src ? static_cast<Acc>(src[j]) * gate[j] : Acc(0);
+    if (ds) v += ds[j];
+    out[j] = static_cast<T>(v);
+  };
+  const RowSpan span = span_of(a, out, D);
+  for (int64_t j = 0; j < span.head; ++j) one(j);
+  for (int64_t j = span.head; j < span.full; j += W) {
     V v[B::kVecs];
     if (src) {
       B::load(src + j, v);
@@ -33,13 +60,9 @@ void map_channels_last_row(const MapArgs& a, int64_t b, int64_t p) {
     }
     if (ds)
       for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + V::loadu(ds + j + k * V::size());
-    B::store(out + j, v);
+    store_block(a, out + j, v);
   }
-  for (int64_t j = full; j < D; ++j) {
-    Acc v = src ? static_cast<Acc>(src[j]) * gate[j] : Acc(0);
-    if (ds) v += ds[j];
-    out[j] = static_cast<T>(v);
-  }
+  for (int64_t j = span.full; j < D; ++j) one(j);
 }
 
 template <typename T>
@@ -48,14 +71,21 @@ void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
-  const int64_t P = a.vout.P, D = a.vout.D, full = P - P % W;
+  const int64_t P = a.vout.P, D = a.vout.D;
   const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d) : nullptr;
   const Acc g = a.gate ? static_cast<const Acc*>(a.gate)[b * D + d] : Acc(0);
   const bool has_ds = a.ds != nullptr;
   const Acc ds = has_ds ? static_cast<const Acc*>(a.ds)[b * D + d] : Acc(0);
   T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d);
+  const auto one = [&](int64_t p) {
+    Acc v = src ? static_cast<Acc>(src[p]) * g : Acc(0);
+    if (has_ds) v += ds;
+    out[p] = static_cast<T>(v);
+  };
   const V gv(g), dsv(ds);
-  for (int64_t p = 0; p < full; p += W) {
+  const RowSpan span = span_of(a, out, P);
+  for (int64_t p = 0; p < span.head; ++p) one(p);
+  for (int64_t p = span.head; p < span.full; p += W) {
     V v[B::kVecs];
     if (src) {
       B::load(src + p, v);
@@ -65,13 +95,9 @@ void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
     }
     if (has_ds)
       for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + dsv;
-    B::store(out + p, v);
+    store_block(a, out + p, v);
   }
-  for (int64_t p = full; p < P; ++p) {
-    Acc v = src ? static_cast<Acc>(src[p]) * g : Acc(0);
-    if (has_ds) v += ds;
-    out[p] = static_cast<T>(v);
-  }
+  for (int64_t p = span.full; p < P; ++p) one(p);
 }
 
 // One output element; `d`-th channel of row (b, p). Any strides.
@@ -88,7 +114,7 @@ inline void map_element(const MapArgs& a, int64_t b, int64_t p, int64_t d, bool 
 }
 
 template <typename T, typename Acc>
-void map(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
+void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
   const int64_t P = a.vout.P, D = a.vout.D;
   if (kind == kChannelsFirst) {  // rows are (b, d)
     for (int64_t r = begin; r < end; ++r) {
@@ -113,6 +139,14 @@ void map(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
     }
     const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
     for (int64_t d = 0; d < D; ++d) map_element<T, Acc>(a, b, p, d, ok);
+  }
+}
+
+template <typename T, typename Acc>
+void map(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
+  map_rows<T, Acc>(a, kind, begin, end);
+  if constexpr (kCanStream) {
+    if (a.stream) stream_fence();
   }
 }
 

@@ -59,6 +59,7 @@ struct MapArgs {
   const void* ds;  // [B, D] contiguous, Acc: ds / count; null = no such term
   void* out;
   View3 vout;
+  bool stream;  // non-temporal stores where the table has them (stream_store.h); chosen by stream_choice.h
 };
 
 // How a pass walks its work items, chosen once per modality from the strides.

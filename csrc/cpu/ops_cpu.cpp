@@ -17,6 +17,7 @@
 #include "../common/checks.h"
 #include "parallel.h"
 #include "kernel_table.h"
+#include "stream_choice.h"
 
 namespace mmcal {
 namespace cpu {
@@ -27,6 +28,12 @@ using at::TensorList;
 
 // Work per parallel chunk: enough elements that a thread's start-up is noise.
 constexpr int64_t kChunkElements = 1 << 15;
+
+int64_t total_bytes(TensorList ts) {
+  int64_t bytes = 0;
+  for (const Tensor& t : ts) bytes += t.numel() * t.element_size();
+  return bytes;
+}
 
 template <Combo C>
 bool holds(at::ScalarType t, at::ScalarType acc) {
@@ -124,7 +131,7 @@ std::vector<Tensor> gate_grads(TensorList dys, TensorList xs, at::IntArrayRef la
 // ds), written into `out`, whose trailing dims must flatten. `src` may be
 // `out` itself: each element is read, then written, by the same thread.
 void map_into(const Tensor& out, int64_t layout, const Tensor& src_in, const Tensor& gate,
-              const std::optional<Tensor>& mask, const Tensor& ds) {
+              const std::optional<Tensor>& mask, const Tensor& ds, Streaming streaming) {
   if (out.numel() == 0) return;
   const Tensor src = src_in.defined() ? readable(src_in, layout) : Tensor();
   const Tensor gate_c = gate.defined() ? gate.contiguous() : Tensor();
@@ -144,6 +151,7 @@ void map_into(const Tensor& out, int64_t layout, const Tensor& src_in, const Ten
   const int64_t rows = kind == kChannelsFirst ? a.vout.B * a.vout.D : a.vout.B * a.vout.P;
   const int64_t row_len = kind == kChannelsFirst ? a.vout.P : a.vout.D;
   const int64_t grain = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, row_len));
+  a.stream = kind != kGeneric && stream_output(streaming, out, row_len);
   const at::ScalarType ct = gate_c.defined() ? gate_c.scalar_type() : ds_c.scalar_type();
   const MapFn fn = kernels().map[combo(out.scalar_type(), ct)];
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(a, kind, begin, end); });
@@ -152,17 +160,17 @@ void map_into(const Tensor& out, int64_t layout, const Tensor& src_in, const Ten
 // Into `result` (allocated like X, or X itself): through a contiguous scratch
 // when its trailing dims do not flatten to one stride (correct, one extra pass).
 void map_to(const Tensor& result, int64_t layout, const Tensor& src, const Tensor& gate,
-            const std::optional<Tensor>& mask, const Tensor& ds) {
-  if (flattenable(result, layout)) return map_into(result, layout, src, gate, mask, ds);
+            const std::optional<Tensor>& mask, const Tensor& ds, Streaming streaming) {
+  if (flattenable(result, layout)) return map_into(result, layout, src, gate, mask, ds, streaming);
   const Tensor scratch = at::empty(result.sizes(), result.options());
-  map_into(scratch, layout, src, gate, mask, ds);
+  map_into(scratch, layout, src, gate, mask, ds, Streaming::kNo);  // read back at once by the copy
   result.copy_(scratch);
 }
 
 Tensor map_one(const Tensor& like, int64_t layout, const Tensor& src, const Tensor& gate,
-               const std::optional<Tensor>& mask, const Tensor& ds) {
+               const std::optional<Tensor>& mask, const Tensor& ds, Streaming streaming) {
   Tensor result = at::empty_like(like);  // keeps the memory format (the dim order) of X
-  map_to(result, layout, src, gate, mask, ds);
+  map_to(result, layout, src, gate, mask, ds, streaming);
   return result;
 }
 
@@ -173,21 +181,26 @@ void check_modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
 
 std::vector<Tensor> modulate(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
   check_modulate(xs, gates, layouts);
+  const Streaming streaming = streaming_for_call(total_bytes(xs));
   std::vector<Tensor> outs;
-  for (size_t i = 0; i < xs.size(); ++i) outs.push_back(map_one(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor()));
+  for (size_t i = 0; i < xs.size(); ++i)
+    outs.push_back(map_one(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor(), streaming));
   return outs;
 }
 
 void modulate_inplace(TensorList xs, TensorList gates, at::IntArrayRef layouts) {
   check_modulate(xs, gates, layouts);
   check_inplace_targets(xs, gates, "xs", "gates");
-  for (size_t i = 0; i < xs.size(); ++i) map_to(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor());
+  // Never streamed: the pass has just read each output line (its input) into cache.
+  for (size_t i = 0; i < xs.size(); ++i)
+    map_to(xs[i], layouts[i], xs[i], gates[i], std::nullopt, Tensor(), Streaming::kNo);
 }
 
 std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const OptionalTensors& gates,
                                 const OptionalTensors& masks, const OptionalTensors& ds,
                                 at::IntArrayRef layouts) {
   const std::vector<InputGradTerms> terms = check_input_grads_args(xs, dys, gates, masks, ds, layouts);
+  const Streaming streaming = streaming_for_call(total_bytes(xs));
   std::vector<Tensor> outs;
   for (size_t i = 0; i < xs.size(); ++i) {
     check_on_cpu(xs[i], arg("xs", i));
@@ -195,7 +208,7 @@ std::vector<Tensor> input_grads(TensorList xs, const OptionalTensors& dys, const
     const Tensor ds_per_position =
         t.ds.has_value() ? t.ds->div(position_counts(xs[i], layouts[i], t.mask, t.ds->scalar_type())) : Tensor();
     outs.push_back(map_one(xs[i], layouts[i], t.dy.value_or(Tensor()), t.gate.value_or(Tensor()), t.mask,
-                           ds_per_position));
+                           ds_per_position, streaming));
   }
   return outs;
 }

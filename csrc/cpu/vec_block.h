@@ -37,7 +37,8 @@ struct Block {
   static constexpr int kVecs = 1;
   static constexpr int64_t kWidth = Vectorized<T>::size();
   static void load(const T* p, Vectorized<Acc>* v) { v[0] = Vectorized<Acc>::loadu(p); }
-  static void store(T* p, const Vectorized<Acc>* v) { v[0].store(p); }
+  static Vectorized<T> pack(const Vectorized<Acc>* v) { return v[0]; }
+  static void store(T* p, const Vectorized<Acc>* v) { pack(v).store(p); }
 };
 
 template <typename H>
@@ -46,7 +47,8 @@ struct HalfBlock {
   static constexpr int kVecs = 2;
   static constexpr int64_t kWidth = 2 * Vectorized<float>::size();
   static void load(const H* p, Vectorized<float>* v) { at::vec::load_to_float<H>(p, v[0], v[1]); }
-  static void store(H* p, const Vectorized<float>* v) { at::vec::convert_from_float<H>(v[0], v[1]).store(p); }
+  static Vectorized<H> pack(const Vectorized<float>* v) { return at::vec::convert_from_float<H>(v[0], v[1]); }
+  static void store(H* p, const Vectorized<float>* v) { pack(v).store(p); }
 };
 template <>
 struct Block<c10::Half> : HalfBlock<c10::Half> {};

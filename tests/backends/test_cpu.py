@@ -2,7 +2,8 @@
 masks, presence, dtypes, odd sizes, strides, degenerate sizes, frozen features;
 plus the op checks, gradcheck, torch.compile and bad input sent straight to
 the C++ ops. ``test_every_capability_table`` re-runs this file with each CPU
-kernel table the machine can run (the default table always)."""
+kernel table the machine can run (the default table always), and with every
+map output written by streaming stores where a table has them."""
 
 import os
 import subprocess
@@ -203,16 +204,21 @@ def test_capability_in_use_is_reported():
 
 
 def test_every_capability_table():
-    """The whole file again with each narrower table this CPU can run."""
+    """The whole file again with each narrower table this CPU can run, and
+    with every map output streamed (MMCAL_CPU_STREAM=always) by each
+    table that has streaming stores (AVX2, AVX-512)."""
     if os.environ.get("MMCAL_CPU_CAPABILITY"):
         pytest.skip("already the re-run")
     in_use = torch.ops.mmcal.cpu_capability()
     narrower = {"AVX512": ["avx2", "default"], "AVX2": ["default"], "DEFAULT": []}[in_use]
-    for cap in narrower:
-        env = dict(os.environ, MMCAL_CPU_CAPABILITY=cap)
+    runs = [{"MMCAL_CPU_CAPABILITY": cap} for cap in narrower]
+    runs += [{"MMCAL_CPU_CAPABILITY": cap, "MMCAL_CPU_STREAM": "always"}
+             for cap in [in_use.lower(), *narrower] if cap != "default"]  # fmt: skip
+    for extra in runs:
+        env = dict(os.environ, **extra)
         cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "not compile and not slow"]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(__file__))
-        assert result.returncode == 0, f"MMCAL_CPU_CAPABILITY={cap}:\n{result.stdout[-4000:]}"
+        assert result.returncode == 0, f"{extra}:\n{result.stdout[-4000:]}"
 
 
 @pytest.mark.slow
