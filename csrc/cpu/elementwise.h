@@ -15,12 +15,8 @@ namespace CPU_CAPABILITY {
 // Streams (stream_store.h) where the host asked for it and the table can.
 template <typename T>
 inline RowSpan span_of(const MapArgs& a, const T* out, int64_t n) {
-  constexpr int64_t W = Block<T>::kWidth;
-  if constexpr (kCanStream) {
-    static_assert(kLineBytes % (W * sizeof(T)) == 0, "whole lines are whole blocks");
-    return row_span(out, n, W, a.stream);
-  }
-  return row_span(out, n, W, false);
+  static_assert(kLineBytes % (Block<T>::kWidth * sizeof(T)) == 0, "whole lines are whole blocks");
+  return row_span(out, n, Block<T>::kWidth, kCanStream && a.stream);
 }
 
 template <typename T>

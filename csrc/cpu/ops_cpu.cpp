@@ -31,7 +31,7 @@ constexpr int64_t kChunkElements = 1 << 15;
 
 int64_t total_bytes(TensorList ts) {
   int64_t bytes = 0;
-  for (const Tensor& t : ts) bytes += t.numel() * t.element_size();
+  for (const Tensor& t : ts) bytes += static_cast<int64_t>(t.nbytes());
   return bytes;
 }
 

@@ -49,7 +49,7 @@ inline Streaming streaming_for_call(int64_t bytes) {
 // Whether the pages at the start, middle and end of [p, p + bytes) are resident.
 inline bool pages_mapped(const void* p, int64_t bytes) {
 #if defined(__linux__)
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t start = reinterpret_cast<uintptr_t>(p);
   const uintptr_t last = start + static_cast<uintptr_t>(bytes - 1);
   for (const uintptr_t at : {start, start + static_cast<uintptr_t>(bytes / 2), last}) {
@@ -66,7 +66,7 @@ inline bool pages_mapped(const void* p, int64_t bytes) {
 inline bool stream_output(Streaming choice, const at::Tensor& out, int64_t row_elements) {
   if (choice != Streaming::kIfWorthIt) return choice == Streaming::kYes;
   return row_elements * out.element_size() >= kStreamRowBytes &&
-         pages_mapped(out.const_data_ptr(), out.numel() * out.element_size());
+         pages_mapped(out.const_data_ptr(), static_cast<int64_t>(out.nbytes()));
 }
 
 }  // namespace cpu

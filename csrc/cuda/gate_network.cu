@@ -84,12 +84,18 @@ struct Pair {
   T a, b;
 };
 
+// sum + a * b: the add of every dot product here (ordered_dot, warp_rows).
+struct AddProduct {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T sum, const Pair<T>& p) const {
+    return sum + p.a * p.b;
+  }
+};
+
 // sum of a(i) * b(i) over the same range, in order (one FMA per term).
 template <typename T, typename A, typename B>
 __device__ __forceinline__ T ordered_dot(T acc, int64_t begin, int64_t end, int64_t step, A a, B b) {
-  return ordered_sum(
-      acc, begin, end, step, [&](int64_t i) { return Pair<T>{a(i), b(i)}; },
-      [](T sum, const Pair<T>& p) { return sum + p.a * p.b; });
+  return ordered_sum(acc, begin, end, step, [&](int64_t i) { return Pair<T>{a(i), b(i)}; }, AddProduct{});
 }
 
 // Both sums of a(i) * b(i) and of a(i) * c(i) over the same range, in order:
@@ -252,7 +258,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
         return ProjRow{in<T>(md.proj_w) + j * md.D, in<T>(md.s) + b * md.D, in<T>(md.proj_b) + j, md.D, row};
       },
       [](const ProjRow& r, int64_t k) { return Pair<T>{__ldg(r.w + k), __ldg(r.s + k)}; },
-      [](T acc, const Pair<T>& p) { return acc + p.a * p.b; },
+      AddProduct{},
       [&](const ProjRow& r, T acc) { u[r.row] = acc + __ldg(r.bias); });
   __syncthreads();
   // The norm (its square summed in ct, so it overflows where the reference's does), then u.
@@ -361,7 +367,7 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
         return DimRow{in<T>(md.dim_w) + j * md.r, hid + md.hidden_offset, md.r, j, m};
       },
       [](const DimRow& r, int64_t i) { return Pair<T>{__ldg(r.w + i), r.e[i]}; },
-      [](T acc, const Pair<T>& p) { return acc + p.a * p.b; },
+      AddProduct{},
       [&](const DimRow& r, T acc) {
         const GateModality& md = g.mods[r.m];
         const T dg = two_sigmoid(acc + __ldg(in<T>(md.dim_b) + r.j));
