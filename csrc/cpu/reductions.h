@@ -99,47 +99,80 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   for (int64_t j = 0; j < n; ++j) out[j] = acc[j] / div;
 }
 
-// Positions contiguous (NCHW maps): one contiguous sum per channel.
+// The lanes of v summed as a tree (log2 of the width deep), not one after
+// another: a serial sum of 8 or 16 lanes is a chain of dependent adds that
+// costs as much as a short row's loads.
+template <typename Acc>
+Acc tree_sum(const Vectorized<Acc>& v) {
+  constexpr int64_t n = Vectorized<Acc>::size();
+  Acc lanes[n];
+  v.store(lanes);
+  for (int64_t half = n / 2; half >= 1; half /= 2)
+    for (int64_t i = 0; i < half; ++i) lanes[i] += lanes[i + half];
+  return lanes[0];
+}
+
+// Positions contiguous (NCHW maps): one contiguous sum per channel. Conv
+// maps have short rows (ResNet layer 4: 49 or 54 positions, 6 or 7 vectors),
+// so each row is summed in two independent chains of vector adds and its
+// lanes as a tree: a single chain left the loads waiting on the adds.
 template <typename T>
 void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
   using B = Block<T>;
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
+  constexpr int K = B::kVecs;
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t P = a.vx.P, full = P - P % W;
   const Acc div = divisor<Acc>(a, b);
+  const auto load = [&](const T* xr, const T* gr, int64_t p, V* v) {
+    B::load(xr + p, v);
+    if (gr) {
+      V g[K];
+      B::load(gr + p, g);
+      for (int k = 0; k < K; ++k) v[k] = v[k] * g[k];
+    }
+  };
   for (int64_t d = d0; d < d1; ++d) {
     const T* xr = x + a.vx.offset(b, 0, d);
     const T* gr = dy ? dy + a.vdy.offset(b, 0, d) : nullptr;
-    V acc[B::kVecs];
-    for (int k = 0; k < B::kVecs; ++k) acc[k] = V(Acc(0));
+    V acc(Acc(0));
     for (int64_t p0 = 0; p0 < full; p0 += kBlockRows * W) {  // two-level sum, as above
-      V part[B::kVecs];
-      for (int k = 0; k < B::kVecs; ++k) part[k] = V(Acc(0));
-      for (int64_t p = p0; p < std::min(full, p0 + kBlockRows * W); p += W) {
-        V v[B::kVecs], g[B::kVecs];
-        B::load(xr + p, v);
-        if (gr) B::load(gr + p, g);
-        for (int k = 0; k < B::kVecs; ++k) part[k] = part[k] + (gr ? v[k] * g[k] : v[k]);
+      const int64_t p1 = std::min(full, p0 + kBlockRows * W);
+      V even[K], odd[K], v[K];
+      for (int k = 0; k < K; ++k) even[k] = V(Acc(0)), odd[k] = V(Acc(0));
+      int64_t p = p0;
+      for (; p + 2 * W <= p1; p += 2 * W) {
+        load(xr, gr, p, v);
+        for (int k = 0; k < K; ++k) even[k] = even[k] + v[k];
+        load(xr, gr, p + W, v);
+        for (int k = 0; k < K; ++k) odd[k] = odd[k] + v[k];
       }
-      for (int k = 0; k < B::kVecs; ++k) acc[k] = acc[k] + part[k];
+      if (p < p1) {
+        load(xr, gr, p, v);
+        for (int k = 0; k < K; ++k) even[k] = even[k] + v[k];
+      }
+      for (int k = 0; k < K; ++k) acc = acc + (even[k] + odd[k]);
     }
-    Acc lanes[B::kWidth];
-    for (int k = 0; k < B::kVecs; ++k) acc[k].store(lanes + k * V::size());
-    Acc total = 0;
-    for (int64_t i = 0; i < W; ++i) total += lanes[i];
+    Acc total = tree_sum(acc);
     for (int64_t p = full; p < P; ++p) total += static_cast<Acc>(xr[p]) * (gr ? static_cast<Acc>(gr[p]) : Acc(1));
     static_cast<Acc*>(a.out)[b * a.vx.D + d] = total / div;
   }
 }
 
+// Tasks [begin, end) of one sample cover one contiguous run of channels:
+// each run is one call, so a channel a task (channels-first maps: 512 tasks
+// of 50 positions a sample) pays the call and index arithmetic once a run.
+// Every channel is summed in the same order either way.
 template <typename T, typename Acc>
 void reduce(const ReduceArgs& a, RowKind kind, int64_t blocks, int64_t begin, int64_t end) {
   const int64_t width = (a.vx.D + blocks - 1) / blocks;
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t b = t / blocks, d0 = (t % blocks) * width, d1 = std::min(a.vx.D, d0 + width);
+  for (int64_t t = begin; t < end;) {
+    const int64_t b = t / blocks, run_end = std::min(end, (b + 1) * blocks);
+    const int64_t d0 = (t % blocks) * width, d1 = std::min(a.vx.D, (run_end - b * blocks) * width);
+    t = run_end;
     if (d0 >= d1) continue;
     if constexpr (kVectorised<T, Acc>) {
       if (kind == kChannelsLast) {
