@@ -91,6 +91,7 @@ def test_quick_run_writes_table_json_and_png(tmp_path):
         # every row says which build and machine measured it (the re-run's rows too: same package, checked)
         assert r["kernels"] == meta["kernels"] and r["device"] == meta["device"]
         assert (r["graphs_compiled"] or 0) >= 1 if r["backend"].endswith("+compile") else r["ops"] > 0
+        assert r["faults_per_step"] >= 0  # counted on every CPU row, the re-run's too
     assert {m["torch"] for m in [data["meta"]]} == {torch.__version__}
 
 
@@ -193,6 +194,38 @@ def test_quick_starts_no_allocator_rerun(monkeypatch):
     monkeypatch.setattr(runner.subprocess, "run", lambda *a, **k: pytest.fail("--quick started the re-run"))
     args = runner.parse_args(["--quick", "--workloads", "stress-256MiB"])
     assert runner.rerun_with_reusing_allocator(args, torch.device("cpu"), []) == ([], {})
+
+
+def test_auto_rerun_takes_large_and_faulting_workloads():
+    args = runner.parse_args(["--workloads", "mosei-aligned", "mosi-unaligned", "cremad-resnet18", "stress-256MiB"])
+    row = lambda name, faults: dict(workload=name, faults_per_step=faults)  # noqa: E731
+    records = [row("mosei-aligned", runner.RERUN_FAULTS_PER_STEP), row("mosi-unaligned", runner.RERUN_FAULTS_PER_STEP - 1),
+               row("cremad-resnet18", None), row("mosi-unaligned", 3)]  # fmt: skip
+    assert runner.workloads_to_rerun(args, records) == ["mosei-aligned", "stress-256MiB"]
+    assert runner.workloads_to_rerun(args, []) == ["stress-256MiB"]  # over 32 MB, faults or not
+    always = runner.parse_args(["--allocator-rerun", "always", "--workloads", "mosi-unaligned"])
+    assert runner.workloads_to_rerun(always, []) == ["mosi-unaligned"]
+    quick = runner.parse_args(["--quick", "--workloads", "mosei-aligned"])
+    assert runner.workloads_to_rerun(quick, records) == []
+
+
+def test_minor_page_faults_count_first_touches():
+    import mmap
+
+    from mmcal_kernels.bench.timing import minor_page_faults
+
+    before = minor_page_faults()
+    if before is None:
+        pytest.skip("this platform counts no page faults")
+    pages = 2048
+    region = mmap.mmap(-1, pages * mmap.PAGESIZE)  # fresh anonymous memory: each first write faults
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # where transparent huge pages are "always", one fault per 4 KiB still
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    for i in range(pages):
+        region[i * mmap.PAGESIZE] = 1
+    after = minor_page_faults()
+    region.close()
+    assert after - before >= pages * 9 // 10, (before, after)
 
 
 def test_allocator_rerun_imports_this_package_and_refuses_another_build(monkeypatch):

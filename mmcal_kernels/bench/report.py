@@ -13,12 +13,12 @@ COLUMNS = (
     ("workload", 16, "s"), ("dtype", 10, "s"), ("backend", 17, "s"), ("pass", 14, "s"), ("alloc", 7, "s"),
     ("median_ms", 10, ".3f"), ("p20_ms", 9, ".3f"), ("p80_ms", 9, ".3f"), ("gbps", 7, ".1f"),
     ("floor_fraction", 6, ".2f"), ("speedup_vs_eager", 7, ".2f"), ("speedup_vs_compile", 7, ".2f"),
-    ("ops", 5, "d"), ("first_call_s", 7, ".1f"),
+    ("ops", 5, "d"), ("faults_per_step", 6, ".0f"), ("first_call_s", 7, ".1f"),
 )  # fmt: skip
 HEADERS = {
     "median_ms": "median ms", "p20_ms": "p20 ms", "p80_ms": "p80 ms", "gbps": "GB/s",
     "floor_fraction": "floor", "speedup_vs_eager": "x eager", "speedup_vs_compile": "x compile",
-    "ops": "ops", "first_call_s": "1st s",
+    "ops": "ops", "faults_per_step": "faults", "first_call_s": "1st s",
 }  # fmt: skip
 
 
@@ -64,6 +64,8 @@ def row_line(r: dict) -> str:
         text += f", {r['floor_fraction']:.2f} of floor"
     if r.get("ops") is not None:
         text += f", {r['ops']} ops"
+    if r.get("faults_per_step") is not None:
+        text += f", {r['faults_per_step']:.0f} page faults a step"
     launches = r.get("launches") or {}
     if "forward" in launches:
         text += ", launches " + "/".join(f"{k} {v['kernels']}" for k, v in launches.items())

@@ -1,12 +1,16 @@
 """``mmcal-bench`` / ``python benchmarks/run.py``: time every contender on every
 workload, print the table, write ``<out>/<device-tag>.json`` and ``.png``.
 
-On the CPU, workloads over 32 MB are measured twice: as the process stands, and
-with glibc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` and
-``MALLOC_TRIM_THRESHOLD_``, which act only if set before the process starts,
-so this program re-runs itself in a subprocess for that setting). A fresh
-output over the mmap threshold otherwise pays first-touch page faults on every
-call, which can cost several times the kernel time. The child imports the
+On the CPU, every row records the minor page faults of a step
+(``faults_per_step``), and a workload is measured twice when it is over 32 MB
+or any of its rows faulted at least ``RERUN_FAULTS_PER_STEP`` times a step: as
+the process stands, and with glibc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``, which act only if
+set before the process starts, so this program re-runs itself in a subprocess
+for that setting). Under glibc's defaults an output the allocator takes fresh
+from the kernel (over the mmap threshold, or after glibc trimmed the top of its
+heap) pays a fault per 4 KiB page on every call, which can cost more than the
+kernel: MOSEI-aligned's 5.6 MB step faulted 1200-2000 times. The child imports the
 very package this process runs (same ``mmcal_kernels`` directory and ``_C``;
 checked), whatever the working directory. ``--quick`` starts no re-run unless
 ``--allocator-rerun always`` asks for it.
@@ -39,7 +43,7 @@ from .compiled import CompileFallback, CompileWatch, fresh, strict_recompiles
 from .contenders import contenders, input_sets, make_module, pass_callables
 from .counting import count_ops, cuda_launches
 from .floors import PASSES, floor_bytes
-from .timing import copy_bandwidth, time_call
+from .timing import copy_bandwidth, minor_page_faults, time_call
 from .workloads import LARGE_BYTES, NAMES, workload
 
 DTYPES = {"float32": (torch.float32, torch.float32), "bf16-mixed": (torch.bfloat16, torch.float32)}
@@ -85,8 +89,8 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for JSON and PNG")
     p.add_argument("--allocator-rerun", choices=("auto", "always", "never"), default="auto",
-                   help="CPU: re-run large workloads with the reusing allocator (auto: those over 32 MB, none "
-                        "with --quick; always: every workload)")
+                   help="CPU: re-run workloads with the reusing allocator (auto: those over 32 MB or whose steps "
+                        "page-faulted, none with --quick; always: every workload)")
     p.add_argument("--keep-going", action="store_true",
                    help="record a failing row (compile fallback, error) and go on; the exit status is still 1")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
@@ -279,12 +283,15 @@ def _time_row_inner(args, device, c, calls, pass_name, sets, watch, what) -> dic
             steps[0] += 1
             return fn(sets[steps[0] % len(sets)])
 
+        faults = minor_page_faults() if device.type == "cpu" else None
         timing = time_call(call, device, args.quick)
+        if faults is not None:
+            faults = (minor_page_faults() - faults) / max(1, steps[0])
         if watch:
             watch.check(before, steps[0], what)
     row = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
            "samples": timing.samples, "first_call_s": first_call_s,
-           "graphs_compiled": watch.compiles if watch else None}  # fmt: skip
+           "graphs_compiled": watch.compiles if watch else None, "faults_per_step": faults}  # fmt: skip
     # what one step dispatches (eager contenders: a compiled frame runs eagerly under a dispatch mode)
     row["ops"] = None if c.compiled else count_ops(lambda: fn(sets[0]))[0]
     if device.type == "cuda" and pass_name in LAUNCH_PASSES:
@@ -309,13 +316,26 @@ def _launches(calls, pass_name, s) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def rerun_with_reusing_allocator(args, device, argv) -> tuple[list[dict], dict]:
-    large = [n for n in args.workloads
-             if any(workload(n, DTYPES[d][0]).feature_bytes(DTYPES[d][0]) > LARGE_BYTES for d in args.dtypes)]  # fmt: skip
+# Faults a step under glibc's defaults (1 MiB of fresh pages) from which a workload is measured again
+# under the reusing allocator: a fault cost 1-5 us on the 2-core VMs, so this is a millisecond or more.
+RERUN_FAULTS_PER_STEP = 256
+
+
+def workloads_to_rerun(args, records) -> list[str]:
+    """The workloads worth a second process under the reusing allocator: those over 32 MB, and those
+    whose rows page-faulted (``records``: this process's rows)."""
     if args.allocator_rerun == "always":
-        large = list(args.workloads)
-    elif args.quick:  # a smoke run has no large workload worth a second process
-        large = []
+        return list(args.workloads)
+    if args.quick:  # a smoke run has no workload worth a second process
+        return []
+    large = {n for n in args.workloads
+             if any(workload(n, DTYPES[d][0]).feature_bytes(DTYPES[d][0]) > LARGE_BYTES for d in args.dtypes)}  # fmt: skip
+    faulting = {r["workload"] for r in records if (r.get("faults_per_step") or 0) >= RERUN_FAULTS_PER_STEP}
+    return [n for n in args.workloads if n in large | faulting]
+
+
+def rerun_with_reusing_allocator(args, device, argv, records=()) -> tuple[list[dict], dict]:
+    large = workloads_to_rerun(args, records)
     if not large:
         return [], {}
     here = package_info()
@@ -402,7 +422,7 @@ def main(argv=None) -> int:
         report.write_json(args.child_json, meta, records)
         return 0 if interrupted is None and not meta.get("errors") else 1
     if interrupted is None and device.type == "cpu" and args.allocator_rerun != "never":
-        more, more_meta = rerun_with_reusing_allocator(args, device, argv)
+        more, more_meta = rerun_with_reusing_allocator(args, device, argv, records)
         records += more
         meta["copy_bandwidth_gbps"].update(more_meta.get("copy_bandwidth_gbps", {}))
         meta["errors"] = meta.get("errors", []) + more_meta.get("errors", [])
