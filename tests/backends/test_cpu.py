@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, backends, functional
@@ -274,6 +275,30 @@ def test_second_derivative_is_refused_not_zero(how):
             torch.autograd.functional.hvp(loss, x0, torch.ones_like(x0))
         else:
             torch.autograd.grad(loss(x0), x0, create_graph=True)
+
+
+# Where each reduction's float32 sums may differ from float64 ones over at most 80 terms.
+REDUCTION_TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12)}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(positions=st.integers(1, 80), channels=st.integers(1, 5), batch=st.integers(1, 3),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_channels_first_reductions_match_float64(positions, channels, batch, dtype, seed):
+    """The NCHW reductions (summary and gate gradient) at every row length
+    around the vector widths (8 to 32 lanes: whole blocks, an odd block left
+    to one chain, a scalar tail), against float64 sums of the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, positions, generator=gen).to(dtype)
+    dy = torch.randn(batch, channels, positions, generator=gen).to(dtype)
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    rtol, atol = REDUCTION_TOLERANCES[ct]
+    summary = torch.ops.mmcal.summaries([x], [None], [1], ct)[0]
+    grad = torch.ops.mmcal.gate_grads([dy], [x], [1], ct)[0]
+    assert summary.dtype == grad.dtype == ct
+    torch.testing.assert_close(summary.double(), x.double().mean(2), rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.double(), (dy.double() * x.double()).sum(2), rtol=rtol, atol=atol * positions)
 
 
 @pytest.mark.parametrize("layout", ["transposed-sequence", "strided-spatial"])
