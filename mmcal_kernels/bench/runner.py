@@ -317,7 +317,8 @@ def _launches(calls, pass_name, s) -> dict:
 
 
 # Faults a step under glibc's defaults (1 MiB of fresh pages) from which a workload is measured again
-# under the reusing allocator: a fault cost 1-5 us on the 2-core VMs, so this is a millisecond or more.
+# under the reusing allocator: a fault cost 3.4-4.7 us of system time on the 2-core AMD EPYC VM (MOSEI-aligned
+# steps), so this is about a millisecond.
 RERUN_FAULTS_PER_STEP = 256
 
 
@@ -335,13 +336,13 @@ def workloads_to_rerun(args, records) -> list[str]:
 
 
 def rerun_with_reusing_allocator(args, device, argv, records=()) -> tuple[list[dict], dict]:
-    large = workloads_to_rerun(args, records)
-    if not large:
+    again = workloads_to_rerun(args, records)
+    if not again:
         return [], {}
     here = package_info()
     with tempfile.TemporaryDirectory() as tmp:
         child_json = os.path.join(tmp, "records.json")
-        cmd = [sys.executable, "-m", "mmcal_kernels.bench.runner", *_strip(argv), "--workloads", *large,
+        cmd = [sys.executable, "-m", "mmcal_kernels.bench.runner", *_strip(argv), "--workloads", *again,
                "--child-json", child_json, "--expect-package", here["package"]]  # fmt: skip
         # The child must import THIS package (not a source tree in its working directory, whose _C may
         # be missing or another build): its parent directory goes first on the path, and the child
@@ -349,7 +350,7 @@ def rerun_with_reusing_allocator(args, device, argv, records=()) -> tuple[list[d
         root = os.path.dirname(here["package"])
         env = dict(os.environ, **REUSE_ENV)
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-        print(f"\nre-running {', '.join(large)} with {' '.join(f'{k}={v}' for k, v in REUSE_ENV.items())}", flush=True)
+        print(f"\nre-running {', '.join(again)} with {' '.join(f'{k}={v}' for k, v in REUSE_ENV.items())}", flush=True)
         subprocess.run(cmd, env=env, cwd=tmp, check=True)
         with open(child_json) as f:
             child = json.load(f)
