@@ -50,6 +50,18 @@ void reduce_generic(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
   }
 }
 
+// The block of terms at x + i: x, or dy * x for the gate gradient (dy not null).
+template <typename T>
+inline void load_terms(const T* x, const T* dy, int64_t i, Vectorized<typename Block<T>::Acc>* v) {
+  using B = Block<T>;
+  B::load(x + i, v);
+  if (dy) {
+    Vectorized<typename B::Acc> g[B::kVecs];
+    B::load(dy + i, g);
+    for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];
+  }
+}
+
 // Channels contiguous: stream whole rows of x (and dy) into a per-task
 // accumulator row, so memory is read in order.
 template <typename T>
@@ -76,12 +88,8 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
     const T* xr = x + a.vx.offset(b, p, d0);
     const T* gr = dy ? dy + a.vdy.offset(b, p, d0) : nullptr;
     for (int64_t j = 0; j < full; j += W) {
-      V v[B::kVecs], g[B::kVecs];
-      B::load(xr + j, v);
-      if (gr) {
-        B::load(gr + j, g);
-        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];
-      }
+      V v[B::kVecs];
+      load_terms(xr, gr, j, v);
       for (int k = 0; k < B::kVecs; ++k) {
         Acc* slot = part.data() + j + k * V::size();
         (V::loadu(slot) + v[k]).store(slot);
@@ -101,7 +109,8 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
 
 // The lanes of v summed as a tree (log2 of the width deep), not one after
 // another: a serial sum of 8 or 16 lanes is a chain of dependent adds that
-// costs as much as a short row's loads.
+// costs as much as a short row's loads. (at::vec::vec_reduce_all is a tree
+// only for float on AVX2 / AVX-512; its other types take a serial loop.)
 template <typename Acc>
 Acc tree_sum(const Vectorized<Acc>& v) {
   constexpr int64_t n = Vectorized<Acc>::size();
@@ -127,14 +136,6 @@ void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t P = a.vx.P, full = P - P % W;
   const Acc div = divisor<Acc>(a, b);
-  const auto load = [&](const T* xr, const T* gr, int64_t p, V* v) {
-    B::load(xr + p, v);
-    if (gr) {
-      V g[K];
-      B::load(gr + p, g);
-      for (int k = 0; k < K; ++k) v[k] = v[k] * g[k];
-    }
-  };
   for (int64_t d = d0; d < d1; ++d) {
     const T* xr = x + a.vx.offset(b, 0, d);
     const T* gr = dy ? dy + a.vdy.offset(b, 0, d) : nullptr;
@@ -145,13 +146,13 @@ void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d
       for (int k = 0; k < K; ++k) even[k] = V(Acc(0)), odd[k] = V(Acc(0));
       int64_t p = p0;
       for (; p + 2 * W <= p1; p += 2 * W) {
-        load(xr, gr, p, v);
+        load_terms(xr, gr, p, v);
         for (int k = 0; k < K; ++k) even[k] = even[k] + v[k];
-        load(xr, gr, p + W, v);
+        load_terms(xr, gr, p + W, v);
         for (int k = 0; k < K; ++k) odd[k] = odd[k] + v[k];
       }
       if (p < p1) {
-        load(xr, gr, p, v);
+        load_terms(xr, gr, p, v);
         for (int k = 0; k < K; ++k) even[k] = even[k] + v[k];
       }
       for (int k = 0; k < K; ++k) acc = acc + (even[k] + odd[k]);
