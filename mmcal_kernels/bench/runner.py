@@ -10,7 +10,7 @@ set before the process starts, so this program re-runs itself in a subprocess
 for that setting). Under glibc's defaults an output the allocator takes fresh
 from the kernel (over the mmap threshold, or after glibc trimmed the top of its
 heap) pays a fault per 4 KiB page on every call, which can cost more than the
-kernel: MOSEI-aligned's 5.6 MB step faulted 1200-2000 times. The child imports the
+kernel: MOSEI-aligned's 5.6 MB step faulted 1161-2276 times. The child imports the
 very package this process runs (same ``mmcal_kernels`` directory and ``_C``;
 checked), whatever the working directory. ``--quick`` starts no re-run unless
 ``--allocator-rerun always`` asks for it.
@@ -283,10 +283,9 @@ def _time_row_inner(args, device, c, calls, pass_name, sets, watch, what) -> dic
             steps[0] += 1
             return fn(sets[steps[0] % len(sets)])
 
-        faults = minor_page_faults() if device.type == "cpu" else None
+        faults_before = minor_page_faults() if device.type == "cpu" else None
         timing = time_call(call, device, args.quick)
-        if faults is not None:
-            faults = (minor_page_faults() - faults) / max(1, steps[0])
+        faults = None if faults_before is None else (minor_page_faults() - faults_before) / max(1, steps[0])
         if watch:
             watch.check(before, steps[0], what)
     row = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
