@@ -126,7 +126,10 @@ def main():
             "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
             "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
         },
-        entry_points={"console_scripts": ["mmcal-bench = mmcal_kernels.bench.runner:main"]},
+        entry_points={"console_scripts": [
+            "mmcal-bench = mmcal_kernels.bench.runner:main",
+            "mmcal-bench-paired = mmcal_kernels.bench.paired:main",
+        ]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         zip_safe=False,
