@@ -301,6 +301,44 @@ def test_channels_first_reductions_match_float64(positions, channels, batch, dty
     torch.testing.assert_close(grad.double(), (dy.double() * x.double()).sum(2), rtol=rtol, atol=atol * positions)
 
 
+# Where a map's output (one product and one sum in ct, rounded once to the
+# feature dtype) may differ from the exact value computed in float64.
+MAP_TOLERANCES = {
+    torch.float64: (1e-12, 1e-12), torch.float32: (1e-6, 1e-6),
+    torch.float16: (2**-10, 1e-4), torch.bfloat16: (2**-7, 1e-3),
+}  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(positions=st.integers(1, 80), channels=st.integers(1, 6), batch=st.integers(1, 3),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_channels_first_maps_match_float64(positions, channels, batch, dtype, seed):
+    """The NCHW maps (modulation, and the input gradient with and without its
+    dY term) at every row length around the vector widths: float32 and float64
+    stream a run of channels, where a vector crossing from one channel into the
+    next takes each channel's gate and ds for its own lanes; halves go row by
+    row. Against float64 values of the same inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, positions, generator=gen).to(dtype)
+    dy = torch.randn(batch, channels, positions, generator=gen).to(dtype)
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    gate = (4 * torch.rand(batch, channels, generator=gen)).to(ct)
+    ds = torch.randn(batch, channels, generator=gen).to(ct)
+    rtol, atol = MAP_TOLERANCES[dtype]
+    ops = torch.ops.mmcal
+
+    def check(got, exact):
+        assert got.dtype == dtype and got.shape == x.shape
+        torch.testing.assert_close(got.double(), exact, rtol=rtol, atol=atol)
+
+    g64, ds64 = gate.double()[:, :, None], ds.double()[:, :, None] / positions  # the op divides ds by the count
+    check(ops.modulate([x], [gate], [1])[0], x.double() * g64)
+    check(ops.input_grads([x], [dy], [gate], [None], [ds], [1])[0], dy.double() * g64 + ds64)
+    check(ops.input_grads([x], [dy], [gate], [None], [None], [1])[0], dy.double() * g64)
+    check(ops.input_grads([x], [None], [None], [None], [ds], [1])[0], ds64.expand_as(x))
+
+
 @pytest.mark.parametrize("layout", ["transposed-sequence", "strided-spatial"])
 def test_strided_reduction_keeps_precision_over_long_sums(layout):
     """The generic (any-stride) reduction sums in blocks like the fast paths:
