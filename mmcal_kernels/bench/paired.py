@@ -154,7 +154,7 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
     w = workload(name, dtype)
     if args.quick:
         w = w.scaled(batch=4, max_positions=16)
-    sets = input_sets(w, dtype, device, count=4)
+    sets = input_sets(w, dtype, device, count=4 if w.feature_bytes(dtype) < 64 * 2**20 else 2)  # as the runner
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fresh()  # compiled contenders of this workload start from nothing; none is reset while another is held
     held = []
