@@ -5,6 +5,8 @@
 // Reached through the kernel table (build_table.h).
 #pragma once
 
+#include <cstring>
+
 #include "stream_store.h"
 #include "vec_block.h"
 
@@ -101,8 +103,8 @@ void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
 // one sample's channels is one stream of vectors, and a vector that crosses
 // from one channel into the next takes the gate (and ds) of each for its own
 // lanes. Row by row, ResNet layer-4 maps (49 or 54 positions a channel) end
-// every row in 1-6 scalar elements and pay the row's setup, and ran 12%
-// slower than channels_last maps of the same bytes. Needs at least one
+// every row in 1-6 scalar elements and pay the row's setup, and ran 8-19%
+// slower than channels_last maps of the same bytes (AMD EPYC). Needs at least one
 // vector's lanes a channel, so that a vector crosses at most one boundary.
 inline bool channels_back_to_back(const MapArgs& a, int64_t lanes) {
   const View3 &o = a.vout, &s = a.vsrc;
