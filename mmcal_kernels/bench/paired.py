@@ -23,27 +23,22 @@ ratios) under ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 from typing import Callable, Sequence
 
 import torch
 
-from .. import __version__
-from ..info import triton_version
 from . import report
 from .compiled import CompileWatch, fresh, strict_recompiles
 from .contenders import COMPILED, EAGER, contenders, input_sets, make_module, pass_callables
-from .runner import DTYPES, REUSE_ENV, allocator_label, device_name, package_info
+from .floors import PASSES
+from .runner import DTYPES, allocator_label, machine_meta, package_info
+from .timing import median_p20_p80
 from .workloads import NAMES, workload
 
 REAL_WORKLOADS = tuple(n for n in NAMES if not n.startswith("stress"))
-TIMED_PASSES = ("forward", "fwd+bwd", "fwd+bwd frozen", "summary", "gates", "gates fwd+bwd", "modulate")
 
 
 def round_order(labels: Sequence[str], round_index: int) -> list[str]:
@@ -74,11 +69,7 @@ def time_rounds(calls: dict[str, Callable[[], object]], numbers: dict[str, int],
 
 
 def _quantile_summary(values: Sequence[float]) -> dict:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return {"median": ordered[0], "p20": ordered[0], "p80": ordered[0]}
-    deciles = statistics.quantiles(ordered, n=10, method="inclusive")
-    return {"median": statistics.median(ordered), "p20": deciles[1], "p80": deciles[7]}
+    return dict(zip(("median", "p20", "p80"), median_p20_p80(values)))
 
 
 def paired_ratios(times: dict[str, list[float]], subject: str) -> dict[str, dict]:
@@ -108,7 +99,7 @@ def calls_per_block(fn: Callable[[], object], block_s: float, sync: Callable[[],
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="mmcal-bench-paired", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", nargs="+", default=list(REAL_WORKLOADS), choices=NAMES)
-    p.add_argument("--passes", nargs="+", default=["forward", "fwd+bwd"], choices=TIMED_PASSES)
+    p.add_argument("--passes", nargs="+", default=["forward", "fwd+bwd"], choices=PASSES)
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--contenders", nargs="+", default=None,
                    help="contender labels (default: the eager reference, its torch.compile, every eager kernel "
@@ -219,13 +210,8 @@ def format_pass(rows: list[dict]) -> str:
 
 
 def run_meta(args, device) -> dict:
-    threads = torch.get_num_threads() if device.type == "cpu" else None
     return {
-        "device": device_name(device), "device_type": device.type, "threads": threads, "machine": platform.machine(),
-        "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version(),
-        "mmcal_kernels": __version__, **package_info(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "allocator": allocator_label(device), "allocator_env": {k: os.environ.get(k) for k in REUSE_ENV},
+        **machine_meta(device), **package_info(), "allocator": allocator_label(device),
         "rounds": args.rounds, "block_ms": args.block_ms, "quick": args.quick,
         "compile_backend": args.compile_inner or "inductor",
         "method": "contenders held together; each round one block of calls each, order rotated per round; "
@@ -240,7 +226,6 @@ def main(argv=None) -> int:
     meta = run_meta(args, device)
     meta["subject"] = subject
     stem = args.name or f"{report.device_tag(meta['device'], meta['threads'])}-paired{'-quick' if args.quick else ''}"
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{stem}.json")
     threads = f", {meta['threads']} threads" if meta["threads"] else ""
     print(f"{meta['device']} ({device.type}{threads}); torch {torch.__version__}; kernels {meta['kernels']}; "
@@ -248,10 +233,8 @@ def main(argv=None) -> int:
     records = []
     for name in args.workloads:
         records += measure_workload(args, device, name, chosen, subject)
-        with open(path, "w") as f:  # rewritten after every workload: a cut run keeps what it measured
-            json.dump({"meta": dict(meta, complete=False), "records": records}, f, indent=1)
-    with open(path, "w") as f:
-        json.dump({"meta": dict(meta, complete=True), "records": records}, f, indent=1)
+        report.write_json(path, dict(meta, complete=False), records)  # after every workload: a cut run keeps it
+    report.write_json(path, dict(meta, complete=True), records)
     print(f"wrote {path}")
     return 0
 

@@ -371,14 +371,21 @@ def _strip(argv):
     return out
 
 
-def run_meta(args, device: torch.device) -> dict:
+def machine_meta(device: torch.device) -> dict:
+    """Where and with what a run measured: device, threads, versions, date, allocator settings."""
     threads = torch.get_num_threads() if device.type == "cpu" else None
     return {
         "device": device_name(device), "device_type": device.type, "threads": threads, "machine": platform.machine(),
         "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version(),
         "cuda": torch.version.cuda, "mmcal_kernels": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "allocator_env": {k: os.environ.get(k) for k in REUSE_ENV}, "quick": args.quick,
+        "allocator_env": {k: os.environ.get(k) for k in REUSE_ENV},
+    }  # fmt: skip
+
+
+def run_meta(args, device: torch.device) -> dict:
+    return {
+        **machine_meta(device), "quick": args.quick,
         "filters": filters_used(args), "time_budget_s": args.time_budget,
         "compile_backend": args.compile_inner or "inductor",
         "compile_check": "each compiled contender: dynamo reset, its own CompileWatch backend, fullgraph=True; "

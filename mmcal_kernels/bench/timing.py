@@ -25,12 +25,17 @@ class Timing:
     samples: int
 
 
+def median_p20_p80(values: Sequence[float]) -> tuple[float, float, float]:
+    """The median and the 20th and 80th percentiles (inclusive deciles) of ``values``."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0], ordered[0], ordered[0]
+    q = statistics.quantiles(ordered, n=10, method="inclusive")  # deciles
+    return statistics.median(ordered), q[1], q[7]
+
+
 def _quantiles(times_s: Sequence[float]) -> Timing:
-    ms = sorted(t * 1e3 for t in times_s)
-    if len(ms) == 1:
-        return Timing(ms[0], ms[0], ms[0], 1)
-    q = statistics.quantiles(ms, n=10, method="inclusive")  # deciles
-    return Timing(statistics.median(ms), q[1], q[7], len(ms))
+    return Timing(*median_p20_p80([t * 1e3 for t in times_s]), len(times_s))
 
 
 def rotating(fn: Callable, input_sets: Sequence) -> Callable[[], object]:
