@@ -80,8 +80,14 @@ def assert_close(actual, expected, dtype, name):
         )
 
 
-def make_case(shape, batch, presence, ct, param_dtype, seed=0):
-    """Random summaries (ct), parameters (param_dtype, none zero), present, grad_gates (ct)."""
+def make_case(shape, batch, presence, ct, param_dtype, seed=0, norm=None):
+    """Random summaries (ct), parameters (param_dtype, none zero), present, grad_gates (ct).
+
+    ``norm`` sets modality 1's projection to reach the norm clamp of step 2:
+    "zero" (weight and bias 0: h = 0, u = 0, and its agreements are exactly 0,
+    where relu'(0) = 0 decides the support and conflict gradients) or "tiny"
+    (random values times 1e-9: 0 < ||h|| < 1e-6, so the clamp, not the norm,
+    is differentiated)."""
     dims, d, r = SHAPES[shape] if isinstance(shape, str) else shape
     rs = list(r) if isinstance(r, (tuple, list)) else [r] * len(dims)
     gen = torch.Generator().manual_seed(seed)
@@ -94,6 +100,9 @@ def make_case(shape, batch, presence, ct, param_dtype, seed=0):
     params = [GateParams(rand(d, dm, fan_in=dm), rand(d), rand(rm, 2 * d + 2, fan_in=2 * d + 2), rand(rm),
                          rand(1, rm, fan_in=rm), rand(1), rand(dm, rm, fan_in=rm), rand(dm))
               for dm, rm in zip(dims, rs)]  # fmt: skip
+    if norm is not None:
+        scale = {"zero": 0.0, "tiny": 1e-9}[norm]
+        params[1] = params[1]._replace(proj_weight=params[1].proj_weight * scale, proj_bias=params[1].proj_bias * scale)
     num = len(dims)
     if presence == "none-given":
         present = None
@@ -180,6 +189,21 @@ def test_matches_float64_oracle(shape, batch, presence, dtype):
     check_against_oracle(*make_case(shape, batch, presence, ct, param_dtype, seed=batch + 7))
 
 
+# The norm clamp's branches (docs/spec.md step 2) in both ops; float16
+# parameters would round the tiny projection to zero, so they are left out.
+@pytest.mark.parametrize("dtype", ["f32", "f32-bf16-params", "f64"])
+@pytest.mark.parametrize("presence", ["none-given", "some-missing", "one-present"])
+@pytest.mark.parametrize("norm", ["zero", "tiny"])
+@pytest.mark.parametrize("shape", ["mosei-aligned", "two-odd", "five-with-D1"])
+def test_projection_at_the_norm_clamp_matches_float64_oracle(shape, norm, presence, dtype):
+    ct, param_dtype = DTYPES[dtype]
+    summaries, params, present, grad_gates = make_case(shape, 9, presence, ct, param_dtype, seed=13, norm=norm)
+    _, _, saved, _, grad_p = check_against_oracle(summaries, params, present, grad_gates)
+    norms = saved[1][:, 1]
+    assert (norms == 0).all() if norm == "zero" else ((norms > 0) & (norms < 1e-6)).all(), norms  # the case holds
+    assert grad_p[8 + 1].abs().max() > 0  # modality 1's projection bias: a gradient through the clamp, not 0
+
+
 @pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_float64_compute_with_lower_precision_parameters(param_dtype):
     check_against_oracle(*make_case("two-odd", 5, "some-missing", torch.float64, param_dtype, seed=3))
@@ -189,15 +213,19 @@ def test_mosei_sized_batch_of_32():
     check_against_oracle(*make_case("mosei-aligned", 32, "some-missing", torch.float32, torch.float32, seed=11))
 
 
-def test_parameters_of_mixed_dtypes_and_any_strides():
+@pytest.mark.parametrize("param_dtypes", ["mixed", "all-ct"])
+def test_parameters_of_mixed_dtypes_and_any_strides(param_dtypes):
     """Each parameter cast to ct on its own; its gradient comes back in its own dtype.
-    Non-contiguous summaries, weights, biases and present go through as they are."""
+    Non-contiguous summaries, weights, biases and present go through as they
+    are. "all-ct": no cast at all, so the op itself must handle every stride
+    (a cast would have made a gapped vector contiguous)."""
     summaries, params, present, grad_gates = make_case("r-per-modality", 6, "some-missing", torch.float32, torch.float32, seed=5)
-    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-    params = [GateParams(*(t.to(dtypes[(m + i) % 4]) for i, t in enumerate(p))) for m, p in enumerate(params)]
+    if param_dtypes == "mixed":
+        dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+        params = [GateParams(*(t.to(dtypes[(m + i) % 4]) for i, t in enumerate(p))) for m, p in enumerate(params)]
 
-    def strided(t):  # same values, other strides
-        if t.dim() == 2:
+    def strided(t):  # same values, other strides: matrices transposed in memory, anything else with gaps
+        if t.dim() == 2 and t.shape[0] > 1:
             return t.t().contiguous().t()
         return torch.stack([t, t], -1)[..., 0]
 
@@ -205,6 +233,7 @@ def test_parameters_of_mixed_dtypes_and_any_strides():
     params = [GateParams(*(strided(t) for t in p)) for p in params]
     present = strided(present)
     assert not summaries[0].is_contiguous() and not params[0].proj_weight.is_contiguous() and not present.is_contiguous()
+    assert not any(t.is_contiguous() for p in params for t in (p.proj_bias, p.instance_weight, p.hidden_bias, p.dim_bias))
     check_against_oracle(summaries, params, present, [strided(g) for g in grad_gates])
 
 

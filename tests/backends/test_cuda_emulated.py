@@ -140,6 +140,14 @@ def test_gate_ops_match_float64_oracle(emu, order, shape, batch, presence, dtype
     check_against_oracle(*make_case(shape, batch, presence, ct, param_dtype, seed=batch + 7), ops=emu)
 
 
+@pytest.mark.parametrize("norm", ["zero", "tiny"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("shape", ["two-odd", "five-with-D1"])
+def test_gate_ops_at_the_norm_clamp(emu, order, shape, dtype, norm):
+    ct, param_dtype = DTYPES[dtype]
+    check_against_oracle(*make_case(shape, 3, "some-missing", ct, param_dtype, seed=13, norm=norm), ops=emu)
+
+
 @pytest.mark.parametrize("warps", ["8", "16"])
 @pytest.mark.parametrize("shape", ["mosei-aligned", *SMALL_SHAPES])
 def test_gate_ops_at_each_block_size(emu, any_order, monkeypatch, shape, warps):

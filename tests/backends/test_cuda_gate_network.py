@@ -36,6 +36,14 @@ def test_matches_float64_oracle(shape, batch, presence, dtype):
     assert gates[0].is_cuda
 
 
+@pytest.mark.parametrize("norm", ["zero", "tiny"])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("shape", ["mosei-aligned", "two-odd", "five-with-D1"])
+def test_projection_at_the_norm_clamp(shape, dtype, norm):
+    ct, param_dtype = DTYPES[dtype]
+    check_against_oracle(*on_gpu(*make_case(shape, 9, "some-missing", ct, param_dtype, seed=13, norm=norm)))
+
+
 def test_mosei_sized_batch_of_32():
     check_against_oracle(*on_gpu(*make_case("mosei-aligned", 32, "some-missing", torch.float32, torch.float32, seed=11)))
 
