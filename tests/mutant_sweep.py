@@ -10,7 +10,7 @@ edit that changes nothing, which then does not belong in the list).
 The copy goes to $MMCAL_MUTANT_DIR (default /tmp/mmcal-mutant-sweep), so the
 checkout is never edited; the copy is built once (`setup.py build_ext
 --inplace`, MAX_JOBS=2) and rebuilt after each C++ mutant (ninja recompiles
-the one file). The tests must pass on the unmutated copy first. About 15 min
+the one file). The tests must pass on the unmutated copy first. About 30 min
 on 2 cores. Exit status: the number of mutants no test noticed (255 if a
 baseline fails). The CUDA kernels run in the CPU emulation
 (tests/cuda_emu), the Triton ones in Triton's interpreter.
@@ -35,6 +35,7 @@ TARGETS = {
                     "tests/backends/test_cpp_input_grads.py"], {}),
     "cuda-emulated": (["tests/backends/test_cuda_emulated.py"], {}),
     "triton": (["tests/triton/test_triton_gate_network.py"], {"TRITON_INTERPRET": "1"}),
+    "triton-passes": (["tests/triton/test_triton_passes.py"], {"TRITON_INTERPRET": "1"}),
 }
 
 
@@ -52,6 +53,11 @@ SUMS = "csrc/cpu/reductions.h"
 MAPS = "csrc/cpu/elementwise.h"
 CUDA = "csrc/cuda/gate_network.cu"
 TRITON = "mmcal_kernels/backends/triton/gate_network.py"
+CUDA_SUMS = "csrc/cuda/reductions.cu"
+CUDA_MAPS = "csrc/cuda/elementwise.cu"
+TRITON_SUMS = "mmcal_kernels/backends/triton/reductions.py"
+TRITON_MAPS = "mmcal_kernels/backends/triton/elementwise.py"
+TRITON_COUNTS = "mmcal_kernels/backends/triton/counts.py"
 
 MUTANTS = [
     # Step 2, the norm clamp u = h / max(||h||, eps), forward and backward.
@@ -118,6 +124,29 @@ MUTANTS = [
            "radial = tl.where(norm >= eps, tl.sum(um * du, axis=1), 0.0)", "radial = tl.sum(um * du, axis=1)"),
     Mutant("triton: relu'(0) taken as 1 for support", "triton", TRITON,
            "da_mn = p_n * (tl.where(a_mn > 0, ds_m, 0.0)", "da_mn = p_n * (tl.where(a_mn >= 0, ds_m, 0.0)"),
+    # The passes over X in CUDA (emulated) and Triton (interpreted): masks and counts.
+    Mutant("cuda passes: a padded position summed by the channel tiles", "cuda-emulated", CUDA_SUMS,
+           "if (n == 0 || !is_valid(it.mask, it.mask_sB, it.mask_sP, b, p)) continue;", "if (n == 0) continue;"),
+    Mutant("cuda passes: the channel tiles' count includes padding", "cuda-emulated", CUDA_SUMS,
+           "count += is_valid(it.mask, it.mask_sB, it.mask_sP, b, p);", "count += 1;"),
+    Mutant("cuda passes: a padded position summed by the warp per channel", "cuda-emulated", CUDA_SUMS,
+           "    if (!is_valid(it.mask, it.mask_sB, it.mask_sP, b, p)) continue;\n    Acc xv", "    Acc xv"),
+    Mutant("cuda passes: the warp per channel's count not summed over lanes", "cuda-emulated", CUDA_SUMS,
+           "    count += __shfl_xor_sync(0xffffffffu, count, off);\n", ""),
+    Mutant("cuda passes: a padded position gets the ds term", "cuda-emulated", CUDA_MAPS,
+           "const bool ok = is_valid(it.mask, it.mask_sB, it.mask_sP, b, p);", "const bool ok = true;"),
+    Mutant("cuda passes: an NCHW row loses its last position", "cuda-emulated", CUDA_MAPS,
+           "for (int64_t p = lane; p < v.P; p += kLanes)", "for (int64_t p = lane; p < v.P - 1; p += kLanes)"),
+    Mutant("triton passes: a padded position summed", "triton-passes", TRITON_SUMS,
+           "ok = ok & (tl.load(m + b * P + p, mask=ok, other=0) != 0)", "ok = ok"),
+    Mutant("triton passes: the count includes padding", "triton-passes", TRITON_COUNTS,
+           "acc += (tl.load(m + b * P + q, mask=q < P, other=0) != 0).to(tl.int32)", "acc += (q < P).to(tl.int32)"),
+    Mutant("triton passes: an empty row's count not clamped to 1", "triton-passes", TRITON_COUNTS,
+           "return tl.maximum(count, 1)", "return count"),
+    Mutant("triton passes: a padded position gets the ds term", "triton-passes", TRITON_MAPS,
+           "term = tl.where(valid[:, None], dsv, 0.0)", "term = tl.where(p_ok[:, None], dsv, 0.0)"),
+    Mutant("triton passes: ds not divided by the count", "triton-passes", TRITON_MAPS,
+           "dsv = dsv / row_count(m, b, P, HAS_MASK, BLOCK_P).to(dsv.dtype)", "dsv = dsv"),
 ]  # fmt: skip
 # Left out, since they change nothing the tests could see (the first two tried):
 # - du_n += dctx_m / k_n instead of / k_m: a missing modality's dctx is 0 (its

@@ -53,6 +53,19 @@ def test_channels_last_and_strided():
     _check(module, strided, [None, None], present)
 
 
+def test_masked_sequence_with_contiguous_positions():
+    """A transposed sequence takes the warp-per-channel kernels, whose masking
+    and count no other GPU case reaches (the mutant sweep found it so in the
+    emulation)."""
+    dims = [9, 4]
+    module = make_module(dims, "sequence", seed=105, dtype=torch.float32, backend="cuda").cuda()
+    gen = torch.Generator().manual_seed(106)
+    features = [torch.randn(3, d, 17, generator=gen).transpose(1, 2).cuda() for d in dims]  # positions contiguous
+    masks = [(torch.rand(3, 17, generator=gen) > 0.4).cuda() for _ in dims]
+    present = torch.tensor([[True, True], [True, False], [True, True]]).cuda()
+    _check(module, features, masks, present)
+
+
 @pytest.mark.parametrize("name", ["summaries", "modulate", "gate_grads", "input_grads"])
 def test_opcheck_on_cuda(name):
     x = torch.randn(2, 5, 3, device="cuda")

@@ -221,16 +221,17 @@ def test_whole_step_with_no_masks_and_no_present(emu, order):
 
 
 def test_whole_step_on_strided_and_channels_last_features(emu, order):
-    dims, layouts = [24, 10, 7], ["sequence", "spatial", "spatial"]
+    dims, layouts = [24, 10, 7, 9], ["sequence", "spatial", "spatial", "sequence"]
     module = make_module(dims, layouts, shared_dim=6, hidden_dim=5, seed=35, dtype=torch.float32)
     gen = torch.Generator().manual_seed(36)
     features = [
         torch.randn(3, 40, 30, generator=gen)[:, ::2, 3:27],  # sliced positions and channels
         torch.randn(3, 10, 4, 6, generator=gen).to(memory_format=torch.channels_last),
         torch.randn(3, 5, 6, 7, generator=gen).permute(0, 3, 1, 2),  # trailing dims that do not flatten
+        torch.randn(3, 9, 17, generator=gen).transpose(1, 2),  # a masked sequence with contiguous positions
     ]
-    masks = [torch.rand(3, 20, generator=gen) > 0.3, None, None]
-    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    masks = [torch.rand(3, 20, generator=gen) > 0.3, None, None, torch.rand(3, 17, generator=gen) > 0.4]
+    present = torch.tensor([[True, True, True, True], [True, False, True, True], [False, True, False, True]])
     _check_step(emu, module, features, masks, present)
 
 
