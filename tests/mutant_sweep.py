@@ -1,7 +1,8 @@
-"""Can the tests see a wrong branch of the gate network? Plants each mutant
-below in turn (one small edit of a kernel: a clamp dropped, relu'(0) taken as
-1, a sum over the wrong stride, ...) in a scratch copy of the checkout, and
-runs the tests that guard that kernel there, stopping at their first failure.
+"""Can the tests see a wrong branch of a kernel? Plants each mutant below in
+turn (one small edit of a kernel: a clamp dropped, relu'(0) taken as 1, a
+mask ignored, a sum over the wrong stride, ...) in a scratch copy of the
+checkout, and runs the tests that guard that kernel there, stopping at their
+first failure.
 Every mutant must fail a test: one that passes is a gap in the tests (or an
 edit that changes nothing, which then does not belong in the list).
 
