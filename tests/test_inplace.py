@@ -127,6 +127,13 @@ def test_in_place_op_refuses_overlapping_or_shared_memory():
     z = torch.randn(2, 4, 4)
     with pytest.raises(ValueError, match=r"xs\[0\] and gates\[0\]: share memory"):
         op([z], [z[:, 0]], [0])
+    # A view that overlaps itself with no zero stride (element [0, 1, 0] is [0, 0, 2]): ATen's
+    # check cannot decide it, so the elements are compared, before anything is written.
+    v = torch.randn(40).as_strided((2, 3, 4), (4, 2, 1))
+    before = v.clone()
+    with pytest.raises(ValueError, match=r"xs\[0\]: more than one element refers to a single memory location"):
+        op([v], [_gate(v)], [0])
+    assert torch.equal(v, before)
     # Interleaved views whose overlap torch cannot decide quickly are checked element by element.
     w = torch.randn(2, 3, 8)
     op([w[..., 0::2], w[..., 1::2]], [_gate(w[..., 0::2]), _gate(w[..., 1::2])], [0, 0])
