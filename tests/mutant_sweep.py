@@ -2,8 +2,7 @@
 turn (one small edit of a kernel: a clamp dropped, relu'(0) taken as 1, a
 mask ignored, a sum over the wrong stride, ...) in a scratch copy of the
 checkout, and runs the tests that guard that kernel there, stopping at their
-first failure.
-Every mutant must fail a test: one that passes is a gap in the tests (or an
+first failure. Every mutant must fail a test: one that passes is a gap in the tests (or an
 edit that changes nothing, which then does not belong in the list).
 
     python tests/mutant_sweep.py [--only NAME ...] [--list]
@@ -184,6 +183,13 @@ def build(copy: Path) -> None:
         raise RuntimeError(f"build failed in {copy}:\n{done.stderr[-2000:]}")
 
 
+def stale(mutants, root: Path) -> list[str]:
+    """One line per mutant whose text does not occur exactly once in its file
+    under ``root``: planted, it would change nothing or the wrong place."""
+    counts = ((m, (root / m.path).read_text().count(m.old)) for m in mutants)
+    return [f"{m.name}: its pattern occurs {n} times in {m.path}" for m, n in counts if n != 1]
+
+
 def run_tests(copy: Path, target: str, log: Path) -> bool:
     files, extra_env = TARGETS[target]
     env = dict(os.environ, PYTHONPATH=str(copy), **extra_env)
@@ -211,10 +217,9 @@ def main() -> int:
     copy = Path(os.environ.get("MMCAL_MUTANT_DIR", "/tmp/mmcal-mutant-sweep"))
     subprocess.run(["bash", "-c", 'source tests/scratch_copy.sh && scratch_copy "$0" MMCAL_MUTANT_DIR keep-build', str(copy)],
                    cwd=CHECKOUT, check=True)  # fmt: skip
-    for m in mutants:  # a stale pattern would make a mutant that changes nothing: refuse it up front
-        count = (copy / m.path).read_text().count(m.old)
-        if count != 1:
-            raise SystemExit(f"{m.name}: its pattern occurs {count} times in {m.path}; update MUTANTS")
+    problems = stale(mutants, copy)
+    if problems:  # refused up front, before any build
+        raise SystemExit("\n".join(problems) + "\nupdate MUTANTS")
     # The copy's files keep the checkout's times, older than objects a previous
     # sweep built from mutated text: touch what mutants edit, so the build
     # recompiles it rather than keeping a mutant.

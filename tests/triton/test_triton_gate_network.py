@@ -40,8 +40,11 @@ def _loosest(*dtypes):
     return max(dtypes, key=PRECISION.index)
 
 
-def _make(batch, dims, d, hidden, ct, pdtypes, present, seed=0, strided=False, tiny_norm=False, zero_norm=False):
-    """(summaries, flat params, present). ``pdtypes``: one dtype, or one per parameter tensor."""
+def _make(batch, dims, d, hidden, ct, pdtypes, present, seed=0, strided=False, norm=None):
+    """(summaries, flat params, present). ``pdtypes``: one dtype, or one per parameter tensor.
+    ``norm`` puts modality 0's projection at the norm clamp: "tiny" (random values times 1e-9:
+    0 < ||h_0|| < 1e-6, so the clamp, not the norm, is differentiated) or "zero" (h_0 = 0: u_0 = 0
+    and its agreements are exactly 0, where relu'(0) = 0 decides)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=1.0):
@@ -56,10 +59,9 @@ def _make(batch, dims, d, hidden, ct, pdtypes, present, seed=0, strided=False, t
     for dim, r in zip(dims, hidden):
         shapes = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
         flat += [rnd(*s, std=0.5) for s in shapes]
-    if tiny_norm:  # ||h_0|| < 1e-6: the clamp, not the norm, is differentiated (random values, not zeros)
-        flat[0], flat[1] = flat[0] * 1e-9, flat[1] * 1e-9
-    if zero_norm:  # h_0 = 0: u_0 = 0 and its agreements are exactly 0, where relu'(0) = 0 decides
-        flat[0], flat[1] = torch.zeros_like(flat[0]), torch.zeros_like(flat[1])
+    if norm is not None:
+        scale = {"zero": 0.0, "tiny": 1e-9}[norm]
+        flat[0], flat[1] = flat[0] * scale, flat[1] * scale
     pdtypes = pdtypes if isinstance(pdtypes, (list, tuple)) else [pdtypes] * len(flat)
     flat = [t.to(dt) for t, dt in zip(flat, pdtypes)]
     if present == "some":
@@ -128,8 +130,8 @@ CASES = {  # batch, dims, d, hidden (per modality), ct, parameter dtypes, presen
     "m2-f64-f32-params-d32": (17, [40, 9], 32, [32, 32], F64, F32, "some", {}),
     "m2-f64-bf16-params-b1": (1, [6, 300], 5, [7, 7], F64, BF16, "some", {}),
     "m2-f32-mixed-params": (2, [4, 3], 5, [7, 7], F32, [F32, BF16, F16, F64, F32, BF16, F16, F64] * 2, None, {}),
-    "m3-f64-tiny-norm": (4, [3, 5, 2], 5, [7, 7, 7], F64, F64, "some", dict(tiny_norm=True)),
-    "m3-f32-zero-norm": (4, [3, 5, 2], 5, [7, 7, 7], F32, F32, "some", dict(zero_norm=True)),
+    "m3-f64-tiny-norm": (4, [3, 5, 2], 5, [7, 7, 7], F64, F64, "some", dict(norm="tiny")),
+    "m3-f32-zero-norm": (4, [3, 5, 2], 5, [7, 7, 7], F32, F32, "some", dict(norm="zero")),
     "m5-fallback-f32-bf16": (6, [3, 4, 2, 5, 3], 5, [7, 3, 7, 7, 4], F32, BF16, "some", {}),
     "m5-fallback-f64": (3, [3, 4, 2, 5, 3], 5, [7, 3, 7, 7, 4], F64, F64, None, {}),
     "m2-b0": (0, [3, 5], 5, [7, 7], F32, F32, "some", {}),
