@@ -52,6 +52,15 @@ def main():
     def forward():
         return module(xs)
 
+    def forward_no_grad():  # evaluation and serving: autograd records nothing
+        with torch.no_grad():
+            return module(xs)
+
+    copies = [x.detach().clone() for x in xs]
+
+    def in_place():  # the values drift call by call; the time does not
+        return module.calibrate_(copies)
+
     def step():
         outputs = module(xs)
         torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
@@ -60,7 +69,8 @@ def main():
 
     print(f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {args.threads} thread(s); "
           f"backend {args.backend!r}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
-    rows = {"module forward": best_us(forward), "module forward+backward": best_us(step)}
+    rows = {"module forward": best_us(forward), "module forward, no_grad": best_us(forward_no_grad),
+            "module calibrate_": best_us(in_place), "module forward+backward": best_us(step)}  # fmt: skip
     ops = torch.ops.mmcal
     layouts = [0] * len(dims)
     with torch.no_grad():

@@ -122,11 +122,15 @@ def calibrate_(
     # Every summary is taken before the first write, so only the written
     # features themselves must not share memory (masks and present are read first).
     checks.check_inplace_targets(features, name="features")
-    ct = compute_dtype(features[0].dtype, params)
-    with torch.no_grad(), torch.autocast(device_type=features[0].device.type, enabled=False):
-        summaries = [impl.summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
-        gates, diagnostics = impl.gates(summaries, params, present)
-        impl.modulate_(features, gates, layouts)
+    with torch.no_grad():
+        if impl.calibrate_ is not None:  # a kernel backend: three ops, as in its forward
+            diagnostics = impl.calibrate_(features, params, layouts, masks, present)
+        else:
+            ct = compute_dtype(features[0].dtype, params)
+            with torch.autocast(device_type=features[0].device.type, enabled=False):
+                summaries = [impl.summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
+                gates, diagnostics = impl.gates(summaries, params, present)
+                impl.modulate_(features, gates, layouts)
     return (features, diagnostics) if return_diagnostics else features
 
 

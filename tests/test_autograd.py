@@ -1,6 +1,8 @@
 """The one-autograd-node structure (mmcal_kernels.autograd) with plain-torch passes
 against the reference: outputs, diagnostics, every gradient, frozen features."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -75,3 +77,37 @@ def test_fused_node_runs_with_autocast_off_both_ways():
         assert_close(a, e, torch.float32, f"output[{i}]")
     for i, (a, e) in enumerate(zip(auto[2], plain[2])):
         assert_close(a, e, torch.float32, f"gradient {i}")
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "nothing-requires-grad"])
+def test_a_call_that_records_no_graph_skips_the_node(mode, monkeypatch):
+    """Where autograd records nothing, the three ops run without the node
+    (Function.apply is most of an eager inference call's host time): the
+    same values, no grad_fn, and apply never entered."""
+    module = make_module(DIMS, LAYOUTS, seed=77, dtype=torch.float32)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=4, positions=POSITIONS, dtype=torch.float32, seed=78)
+    leaves = [x.requires_grad_(mode != "nothing-requires-grad") for x in features]
+    params = module.gate_params()
+    if mode == "nothing-requires-grad":
+        params = [type(p)(*(t.detach() for t in p)) for p in params]
+    want_out, want_diag = fused_calibrate(TorchFused, leaves, module.gate_params(), LAYOUTS, masks, present)
+    assert want_out[0].grad_fn is not None
+
+    def refuse(*args):
+        raise AssertionError("Function.apply called for a call that records no graph")
+
+    monkeypatch.setattr(TorchFused, "apply", refuse)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, contextlib.nullcontext)
+    with context():
+        got_out, got_diag = fused_calibrate(TorchFused, leaves, params, LAYOUTS, masks, present)
+    # The same ops on the same values in one process: the same bits.
+    for i, (a, e) in enumerate(zip(got_out, want_out)):
+        assert a.grad_fn is None and not a.requires_grad, f"output[{i}]"
+        assert torch.equal(a, e), f"output[{i}]"
+    for key in ("agreement", "support", "conflict", "instance_gate"):
+        assert torch.equal(got_diag[key], want_diag[key]), key
+    for i, (a, e) in enumerate(zip(got_diag["dimension_gates"], want_diag["dimension_gates"])):
+        assert torch.equal(a, e), f"dimension_gates[{i}]"
+    with pytest.raises(AssertionError, match="Function.apply called"):  # a graph still goes through the node
+        fused_calibrate(TorchFused, leaves if mode != "nothing-requires-grad" else [x.requires_grad_() for x in leaves],
+                        module.gate_params(), LAYOUTS, masks, present)  # fmt: skip

@@ -1,4 +1,4 @@
-"""benchmarks/host_overhead.py runs and reports every row (a few calls, not a timing)."""
+"""benchmarks/host_overhead.py and inference_paths.py run and report every row (a few calls, not a timing)."""
 
 import os
 import subprocess
@@ -12,5 +12,16 @@ def test_host_overhead_script_reports_the_step_and_each_op():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "2",
                              "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("module forward+backward", "op gates_backward", "op input_grads", "step minus its six ops", "CPU: "):
+    rows = ("module forward, no_grad", "module calibrate_", "module forward+backward", "op gates_backward",
+            "op input_grads", "step minus its six ops", "CPU: ")  # fmt: skip
+    for row in rows:
+        assert row in result.stdout, result.stdout
+
+
+def test_inference_paths_script_times_both_paths():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference_paths.py"), "--rounds", "2",
+                             "--calls", "2"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("forward, no_grad", "calibrate_", "MOSEI-aligned", "CPU: "):
         assert row in result.stdout, result.stdout

@@ -69,3 +69,28 @@ def test_the_reference_dispatches_many():
     dims, layouts, positions = CASES["three-mixed"]
     with pytest.raises(AssertionError, match="ops in the forward"):
         check_counts("reference", dims, layouts, positions)
+
+
+@pytest.mark.skipif(not backends.get("cpu").usable, reason="the C++ extension is not built")
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "calibrate_"])
+def test_cpu_inference_dispatches_the_same_three_ops(mode):
+    """An inference forward skips the autograd node, not an op, and the
+    in-place call runs the same three ops (its modulation in place): the
+    values of a forward that records a graph."""
+    dims, layouts, positions = CASES["three-mixed"]
+    module = make_module(dims, layouts, dtype=torch.float32, backend="cpu")
+    features, masks, present = inputs(dims, layouts, positions)
+    want = module(features, masks=masks, present=present)
+    counter = OpCounter()
+    if mode == "calibrate_":
+        targets = [x.detach().clone() for x in features]
+        with torch.no_grad(), counter:
+            got = module.calibrate_(targets, masks, present)
+        expected = {"mmcal::summaries": 1, "mmcal::gates": 1, "mmcal::modulate_": 1}
+    else:
+        with (torch.no_grad() if mode == "no_grad" else torch.inference_mode()), counter:
+            got = module(features, masks=masks, present=present)
+        expected = {"mmcal::summaries": 1, "mmcal::gates": 1, "mmcal::modulate": 1}
+    assert dict(counter.ops) == expected, dict(counter.ops)
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert a.grad_fn is None and torch.equal(a, e.detach()), f"output[{i}]"

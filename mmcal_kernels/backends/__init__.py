@@ -29,6 +29,9 @@ class Backend:
     modulate: Callable
     calibrate: Callable
     modulate_: Callable = None  # in place, for inference: (xs, gates, layouts) -> None
+    # calibrate_ whole, checks done: (features, params, layouts, masks, present)
+    # -> diagnostics; None: summary, gates and modulate_ one stage at a time
+    calibrate_: Optional[Callable] = None
     built: bool = True
     usable: bool = True
     why_not: str = ""  # when not built or not usable, the reason

@@ -74,12 +74,15 @@ class KernelBackend:
     def calibrate(self, features, params, layouts, masks, present):
         return autograd.fused_calibrate(self.fused, features, params, layouts, masks, present)
 
+    def calibrate_(self, features, params, layouts, masks, present):
+        return autograd.fused_calibrate_(self, features, params, layouts, masks, present)
+
     def backend(self, name: str, *, device_types, dtypes, built: bool = True, usable: bool = True, why_not: str = "",
                 priority: int = 0, auto_device_types: Optional[tuple] = None, notes: str = "") -> Backend:  # fmt: skip
         """The registry entry of a backend computing with these ops."""
         return Backend(
             name=name, device_types=device_types, dtypes=dtypes, summary=self.summary_one,
             gates=self.gates_stage, modulate=self.modulate_one, calibrate=self.calibrate,
-            modulate_=self.modulate_, built=built, usable=usable, why_not=why_not, priority=priority,
-            auto_device_types=auto_device_types, notes=notes,
+            modulate_=self.modulate_, calibrate_=self.calibrate_, built=built, usable=usable, why_not=why_not,
+            priority=priority, auto_device_types=auto_device_types, notes=notes,
         )  # fmt: skip

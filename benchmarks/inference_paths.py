@@ -1,0 +1,96 @@
+"""Eager inference with and without the autograd node, timed in alternating
+rounds in one process: a forward under ``torch.no_grad()`` through
+``Function.apply`` or through the three ops directly, and ``calibrate_`` as
+one-modality stages (M + 2 ops) or as the fused forward's three ops. The old
+paths are still reachable (``records_graph`` forced true; a registry entry
+without ``calibrate_``), so the ratio is measured, not remembered.
+
+    python benchmarks/inference_paths.py [--backend cpu] [--rounds 31] [--calls 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+
+import torch
+
+from mmcal_kernels import PreFusionCalibration, autograd, backends
+from mmcal_kernels.info import cpu_name
+
+CASES = {  # label: dims, batch, positions, shared dim
+    "dims (4, 3, 2), B = 2, P = 3, d = 4": ((4, 3, 2), 2, 3, 4),
+    "MOSEI dims, B = 1, P = 50, d = 128": ((768, 74, 35), 1, 50, 128),
+    "MOSEI-aligned, B = 32, P = 50, d = 128": ((768, 74, 35), 32, 50, 128),
+}
+
+
+def mean_us(fn, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+class Paths:
+    """Switches between the new paths and the old ones."""
+
+    def __init__(self, backend: str):
+        self.name, self.records_graph = backend, autograd.records_graph
+        self.new = backends.get(backend)
+        self.old = dataclasses.replace(self.new, calibrate_=None)
+
+    def use_old(self, old: bool) -> None:
+        autograd.records_graph = (lambda flat: True) if old else self.records_graph
+        backends._REGISTRY[self.name] = self.old if old else self.new
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--calls", type=int, default=100, help="calls a timed block")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    paths = Paths(args.backend)
+    print(f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {args.threads} thread(s); "
+          f"backend {args.backend!r}; {args.rounds} alternating rounds of {args.calls} calls; medians, "
+          "before/after with p20-p80")  # fmt: skip
+    try:
+        for label, (dims, batch, positions, shared) in CASES.items():
+            module = PreFusionCalibration(dims, shared_dim=shared, backend=args.backend)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.05)
+            xs = [torch.randn(batch, positions, dim) for dim in dims]
+
+            def forward_no_grad():
+                with torch.no_grad():
+                    module(xs)
+
+            def in_place():  # the values drift call by call; the time does not
+                module.calibrate_(xs)
+
+            for call, fn in (("forward, no_grad", forward_no_grad), ("calibrate_", in_place)):
+                times = {True: [], False: []}
+                for r in range(args.rounds):
+                    for old in (True, False) if r % 2 else (False, True):
+                        paths.use_old(old)
+                        mean_us(fn, max(1, args.calls // 10))  # warm the path just switched to
+                        times[old].append(mean_us(fn, args.calls))
+                ratios = [a / b for a, b in zip(times[True], times[False])]
+                fifths = statistics.quantiles(ratios, n=5) if len(ratios) > 1 else ratios * 4
+                low, high = fifths[0], fifths[3]
+                print(f"  {label:40s} {call:17s} before {statistics.median(times[True]):8.1f} us  after "
+                      f"{statistics.median(times[False]):8.1f} us  ratio {statistics.median(ratios):.2f} "
+                      f"({low:.2f}-{high:.2f})", flush=True)  # fmt: skip
+    finally:
+        paths.use_old(False)
+
+
+if __name__ == "__main__":
+    main()
