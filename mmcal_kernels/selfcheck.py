@@ -1,4 +1,5 @@
-"""A small forward+backward check of one backend against the float64 reference.
+"""A small forward+backward check of one backend against the float64 reference,
+and of its inference paths (a forward under no_grad, calibrate_).
 
 Used by ``python -m mmcal_kernels.info`` on every usable backend. The case mixes
 both layouts, a validity mask, a missing modality and randomised parameters,
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .module import PreFusionCalibration
-from .compare import assert_runs_close, forward_backward, randomize_, random_case
+from .compare import assert_close, assert_runs_close, forward_backward, randomize_, random_case
 
 DIMS = (6, 5, 3)
 LAYOUTS = ("sequence", "spatial", "spatial")
@@ -52,6 +53,14 @@ def check_backend(backend: str, device: str = "cpu", dtype: torch.dtype = torch.
             present.cpu(), [g.double().cpu() for g in grad_outputs],
         )  # fmt: skip
         assert_runs_close(got, want, dtype, [n for n, _ in module.named_parameters()])
+        # Inference takes other paths (no autograd node; calibrate_ in place): the same values.
+        with torch.no_grad():
+            inference = module(features, masks=masks, present=present)
+            in_place = module.calibrate_([x.clone() for x in features], masks, present)
+        for name, outputs in (("no_grad", inference), ("calibrate_", in_place)):
+            for i, (a, e) in enumerate(zip(outputs, want[0], strict=True)):
+                assert_close(a, e, dtype, f"{name} output[{i}]")
     except Exception as exc:  # the report says what failed; info exits non-zero
         return CheckResult(backend, device, dtype, False, f"{type(exc).__name__}: {exc}")
-    return CheckResult(backend, device, dtype, True, "forward, diagnostics and gradients match the float64 reference")
+    return CheckResult(backend, device, dtype, True, "forward, diagnostics, gradients, no_grad and calibrate_ match "
+                       "the float64 reference")  # fmt: skip

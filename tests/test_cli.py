@@ -38,6 +38,21 @@ def test_info_exits_nonzero_when_a_backend_fails(monkeypatch, capsys):
     assert "FAIL broken     cpu     float32  AssertionError: output[0]" in out and "PASS reference" in out
 
 
+def test_info_checks_the_in_place_path_too(monkeypatch, capsys):
+    # A backend right under autograd whose calibrate_ alone writes 0.1% off.
+    def in_place_off_by_a_little(features, *args):
+        outputs, diagnostics = reference.calibrate(features, *args)
+        for x, y in zip(features, outputs):
+            x.copy_(y * 1.001)
+        return diagnostics
+
+    broken = dataclasses.replace(backends._REGISTRY["reference"], name="broken", calibrate_=in_place_off_by_a_little)
+    monkeypatch.setitem(backends._REGISTRY, "broken", broken)
+    assert info.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL broken     cpu     float32  AssertionError: calibrate_ output[0]" in out, out
+
+
 @pytest.mark.parametrize("script", ["mult_transformer.py", "resnet_two_stream.py"])
 def test_examples_run(script):
     result = _run(os.path.join("python", script), "--steps", "3")
