@@ -261,9 +261,10 @@ gates_kernel = configs.autotuned(_gates_kernel, GATES_CONFIGS, key=["NUM", "HAS_
 def _accumulate(ptr, value, mask, first):
     # A program's partial gradient over its blocks of samples, in its own
     # workspace row. The workspace is torch.empty (no fill launch): the first
-    # block selects away what it reads there.
+    # block replaces what it reads there by zero before adding, so garbage (a
+    # NaN) never enters even a sum that is then selected away.
     prev = tl.load(ptr, mask=mask, other=0.0)
-    tl.store(ptr, tl.where(first != 0, value, prev + value), mask=mask)
+    tl.store(ptr, tl.where(first != 0, 0.0, prev) + value, mask=mask)
 
 
 @triton.jit
