@@ -66,6 +66,21 @@ def test_masked_sequence_with_contiguous_positions():
     _check(module, features, masks, present)
 
 
+def test_inference_paths_give_the_training_forward_values():
+    """A forward under no_grad skips the autograd node and calibrate_ runs
+    the same three ops in place: the values of a forward that records a graph."""
+    dims, layouts, positions = CASES["sequence-masked"]
+    module = make_module(dims, layouts, seed=107, dtype=torch.float32, backend="cuda").cuda()
+    features, masks, present = random_case(dims, layouts, batch=5, positions=positions, device="cuda", seed=108)
+    want = module([x.requires_grad_() for x in features], masks=masks, present=present)
+    with torch.no_grad():
+        inference = module(features, masks=masks, present=present)
+        in_place = module.calibrate_([x.detach().clone() for x in features], masks, present)
+    for i, (a, b, e) in enumerate(zip(inference, in_place, want)):
+        assert a.grad_fn is None and torch.equal(a, e.detach()), f"no_grad output[{i}]"
+        assert torch.equal(b, e.detach()), f"calibrate_ output[{i}]"
+
+
 @pytest.mark.parametrize("name", ["summaries", "modulate", "gate_grads", "input_grads"])
 def test_opcheck_on_cuda(name):
     x = torch.randn(2, 5, 3, device="cuda")
