@@ -126,6 +126,8 @@ MUTANTS = [
            "radial = tl.where(norm >= eps, tl.sum(um * du, axis=1), 0.0)", "radial = tl.sum(um * du, axis=1)"),
     Mutant("triton: relu'(0) taken as 1 for support", "triton", TRITON,
            "da_mn = p_n * (tl.where(a_mn > 0, ds_m, 0.0)", "da_mn = p_n * (tl.where(a_mn >= 0, ds_m, 0.0)"),
+    Mutant("triton: the first block adds to the empty workspace", "triton", TRITON,
+           "tl.where(first != 0, 0.0, prev) + value", "prev + value"),
     # The passes over X in CUDA (emulated) and Triton (interpreted): masks and counts.
     Mutant("cuda passes: a padded position summed by the channel tiles", "cuda-emulated", CUDA_SUMS,
            "if (n == 0 || !is_valid(it.mask, it.mask_sB, it.mask_sP, b, p)) continue;", "if (n == 0) continue;"),
