@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
-import time
 
 import torch
 
 from mmcal_kernels import PreFusionCalibration, autograd, backends
+from mmcal_kernels.bench.paired import paired_ratios, time_rounds
+from mmcal_kernels.bench.timing import median_p20_p80
 from mmcal_kernels.info import cpu_name
 
 CASES = {  # label: dims, batch, positions, shared dim
@@ -26,13 +26,6 @@ CASES = {  # label: dims, batch, positions, shared dim
     "MOSEI dims, B = 1, P = 50, d = 128": ((768, 74, 35), 1, 50, 128),
     "MOSEI-aligned, B = 32, P = 50, d = 128": ((768, 74, 35), 32, 50, 128),
 }
-
-
-def mean_us(fn, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e6
 
 
 class Paths:
@@ -46,6 +39,15 @@ class Paths:
     def use_old(self, old: bool) -> None:
         autograd.records_graph = (lambda flat: True) if old else self.records_graph
         backends._REGISTRY[self.name] = self.old if old else self.new
+
+    def on(self, old: bool, fn):
+        """``fn`` on one path; the switch (two assignments) is in both contenders' calls alike."""
+
+        def call():
+            self.use_old(old)
+            fn()
+
+        return call
 
 
 def main():
@@ -76,18 +78,14 @@ def main():
                 module.calibrate_(xs)
 
             for call, fn in (("forward, no_grad", forward_no_grad), ("calibrate_", in_place)):
-                times = {True: [], False: []}
-                for r in range(args.rounds):
-                    for old in (True, False) if r % 2 else (False, True):
-                        paths.use_old(old)
-                        mean_us(fn, max(1, args.calls // 10))  # warm the path just switched to
-                        times[old].append(mean_us(fn, args.calls))
-                ratios = [a / b for a, b in zip(times[True], times[False])]
-                fifths = statistics.quantiles(ratios, n=5) if len(ratios) > 1 else ratios * 4
-                low, high = fifths[0], fifths[3]
-                print(f"  {label:40s} {call:17s} before {statistics.median(times[True]):8.1f} us  after "
-                      f"{statistics.median(times[False]):8.1f} us  ratio {statistics.median(ratios):.2f} "
-                      f"({low:.2f}-{high:.2f})", flush=True)  # fmt: skip
+                calls = {"before": paths.on(True, fn), "after": paths.on(False, fn)}
+                for warm in calls.values():
+                    warm()
+                times = time_rounds(calls, dict.fromkeys(calls, args.calls), args.rounds)
+                ratio = paired_ratios(times, "after")["before"]
+                before, after = (median_p20_p80(times[k])[0] * 1e6 for k in ("before", "after"))
+                print(f"  {label:40s} {call:17s} before {before:8.1f} us  after {after:8.1f} us  ratio "
+                      f"{ratio['median']:.2f} ({ratio['p20']:.2f}-{ratio['p80']:.2f})", flush=True)  # fmt: skip
     finally:
         paths.use_old(False)
 

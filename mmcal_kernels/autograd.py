@@ -58,6 +58,15 @@ def _ops_below_autograd(example: Tensor):
     return torch._C._AutoDispatchBelowAutograd()
 
 
+def _summaries_and_gates(passes, features, masks, flat_params, layouts, present):
+    """Steps 1-6 with the ops of ``passes``, in the compute dtype: (summaries,
+    gates, diagnostics, saved). The caller holds autocast off and the ops
+    below Autograd."""
+    ct = compute_dtype_of_flat(features[0].dtype, flat_params)
+    summaries = passes.summaries(features, masks, layouts, ct)
+    return (summaries, *passes.gates(summaries, flat_params, present))
+
+
 def make_fused_function(passes, name: str) -> type:
     """An autograd.Function running steps 1-7 with the ops of ``passes`` (a
     KernelBackend): forward = summaries, gates, modulate; backward =
@@ -66,10 +75,10 @@ def make_fused_function(passes, name: str) -> type:
 
     def run_ops(layouts, num, present, flat):
         features, masks, params = list(flat[:num]), list(flat[num : 2 * num]), list(flat[2 * num :])
-        ct = compute_dtype_of_flat(features[0].dtype, params)
         with _autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
-            summaries = passes.summaries(features, masks, layouts, ct)
-            gates, diagnostics, saved = passes.gates(summaries, params, present)
+            summaries, gates, diagnostics, saved = _summaries_and_gates(
+                passes, features, masks, params, layouts, present
+            )
             outputs = passes.modulate(features, gates, layouts)
         return features, masks, params, summaries, gates, diagnostics, saved, outputs
 
@@ -155,14 +164,12 @@ def fused_calibrate_(passes, features, params, layouts, masks, present) -> dict:
     Returns the diagnostics. The caller has checked the arguments and the
     in-place targets."""
     flat_params = [t for p in params for t in p]
-    ct = compute_dtype_of_flat(features[0].dtype, flat_params)
     with _autocast_off(features[0].device.type):
         # Below Autograd: no Python autograd wrapper per op (they would record
         # nothing here). modulate_ keeps its own C++ Autograd kernel, which
         # refuses what mul_ refuses, and its version-counter bump.
         with _ops_below_autograd(features[0]):
-            summaries = passes.summaries(features, masks, layouts, ct)
-            gates, diagnostics, _saved = passes.gates(summaries, flat_params, present)
+            _, gates, diagnostics, _ = _summaries_and_gates(passes, features, masks, flat_params, layouts, present)
         passes.modulate_(features, gates, layouts)
     return diagnostics_dict(diagnostics)
 
