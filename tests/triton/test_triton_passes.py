@@ -165,6 +165,31 @@ def test_elementwise(config, dtype, group):
             assert_close(got, want.to(x.dtype), x.dtype, f"{name}[{i}]")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_features_with_float64_gates(dtype):
+    """Float64 parameters make ct float64 under half features: the maps round
+    each value from float64 to the half type as torch's .to() does (through
+    float32). A direct cast read garbage in the interpreter."""
+    xs, layouts, masks = _case(list(GROUPS)[0], 3, dtype, seed=21)
+    gen = torch.Generator().manual_seed(9)
+    gates = [_rand_like_gate(x, lay, torch.float64, gen) for x, lay in zip(xs, layouts)]
+    ds = [_rand_like_gate(x, lay, torch.float64, gen, low=-2.0) for x, lay in zip(xs, layouts)]
+    dys = [torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype).to(DEVICE) for x in xs]
+    ys = torch.ops.mmcal.triton_modulate(xs, gates, layouts)
+    dxs = torch.ops.mmcal.triton_input_grads(xs, dys, gates, masks, ds, layouts)
+    inplace = [x.clone() for x in xs]
+    torch.ops.mmcal.triton_modulate_(inplace, gates, layouts)
+    for i, (x, lay, m) in enumerate(zip(xs, layouts, masks)):
+        count = position_counts(x, layout_name(lay), m, torch.float64)
+        g, q = _gate_view(gates[i], x, lay), _gate_view(ds[i] / count, x, lay)
+        valid = m.unsqueeze(-1) if m is not None else torch.ones((), dtype=torch.bool, device=DEVICE)
+        want_y = (x.double() * g).to(dtype)
+        want_dx = (dys[i].double() * g + torch.where(valid, q, 0.0)).to(dtype)
+        assert_close(ys[i], want_y, dtype, f"Y[{i}]")
+        assert_close(inplace[i], want_y, dtype, f"Y in place[{i}]")
+        assert_close(dxs[i], want_dx, dtype, f"dX[{i}]")
+
+
 @pytest.mark.parametrize("batch, positions", [(0, 5), (3, 0)])
 def test_empty(batch, positions):
     xs = [torch.randn(batch, positions, 6, device=DEVICE), torch.randn(batch, 4, positions, device=DEVICE)]

@@ -54,7 +54,12 @@ def _map_slot(t, src, g, ds, m, out, B, P, D, ssb, ssp, ssd, sob, sop, sod,
             val = val + term
         else:
             val = term
-    tl.store(out + b * sob + p64 * sop + d64 * sod, val.to(out.dtype.element_ty), mask=tile_ok)
+    ty = out.dtype.element_ty
+    if ty.primitive_bitwidth < 32:
+        # To a half type through float32, as torch's .to() rounds a double (and
+        # the reference with it); the interpreter has no direct float64 -> bfloat16.
+        val = val.to(tl.float32)
+    tl.store(out + b * sob + p64 * sop + d64 * sod, val.to(ty), mask=tile_ok)
 
 
 @triton.jit
