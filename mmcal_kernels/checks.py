@@ -436,3 +436,14 @@ def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[T
                 UserWarning,
                 stacklevel=4,
             )
+
+
+def refuse_grad_in_place(tensors):
+    """calibrate_ records nothing for autograd: where grad mode is on and a
+    tensor it reads or writes needs a gradient, that gradient would be
+    silently wrong, so it raises (as Tensor.mul_ does on a leaf)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "calibrate_: writes the features in place and records nothing for autograd; "
+            "call it under torch.no_grad() or torch.inference_mode(), or use calibrate()"
+        )

@@ -114,11 +114,7 @@ def calibrate_(
     Returns ``features`` (the same tensors), or ``(features, diagnostics)``.
     """
     impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in [*features, *(t for p in params for t in p)]):
-        raise RuntimeError(
-            "calibrate_: writes the features in place and records nothing for autograd; "
-            "call it under torch.no_grad() or torch.inference_mode(), or use calibrate()"
-        )
+    checks.refuse_grad_in_place([*features, *(t for p in params for t in p)])
     # Every summary is taken before the first write, so only the written
     # features themselves must not share memory (masks and present are read first).
     checks.check_inplace_targets(features, name="features")

@@ -114,7 +114,6 @@ class PreFusionCalibration(nn.Module):
         """
         return self._call(functional.calibrate, features, masks, present, return_diagnostics)
 
-    @torch.no_grad()
     def calibrate_(
         self,
         features: Sequence[Tensor],
@@ -123,8 +122,14 @@ class PreFusionCalibration(nn.Module):
         return_diagnostics: bool = False,
     ):
         """Inference only: ``forward``'s values written into ``features`` in place
-        (no output memory). Returns the same tensors (and the diagnostics)."""
-        return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
+        (no output memory). Returns the same tensors (and the diagnostics).
+        The module's own parameters are read without recording, but a feature
+        that needs a gradient while grad mode is on is refused, as in
+        ``functional.calibrate_``."""
+        if isinstance(features, (list, tuple)):  # anything else: the functional names the argument
+            checks.refuse_grad_in_place([x for x in features if isinstance(x, Tensor)])
+        with torch.no_grad():
+            return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
 
     def _call(self, fn, features, masks, present, return_diagnostics):
         return fn(

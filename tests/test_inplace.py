@@ -38,6 +38,27 @@ def test_in_place_refuses_to_run_under_autograd():
         functional.calibrate_(features, module.gate_params(), layouts=LAYOUTS, masks=masks, present=present)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["leaf", "graph node"])
+def test_module_in_place_refuses_a_feature_that_needs_grad(backend, kind):
+    """The module reads its own parameters without recording, but a feature that
+    needs a gradient under grad mode is refused before anything is written:
+    its gradient would otherwise skip the gate."""
+    module = make_module([4, 3], seed=116, dtype=torch.float32, backend=backend)
+    base = torch.randn(2, 5, 4, requires_grad=True)
+    x = base if kind == "leaf" else base * 2.0
+    before = x.detach().clone()
+    with pytest.raises(RuntimeError, match="calibrate_: writes the features in place"):
+        module.calibrate_([x, torch.randn(2, 6, 3)])
+    torch.testing.assert_close(x.detach(), before, rtol=0, atol=0)
+    other = torch.randn(2, 6, 3)
+    got = module.calibrate_([before.clone(), other.clone()])  # nothing needs grad: allowed in grad mode
+    with torch.no_grad():
+        want = module([before, other])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ---- what Tensor.mul_ refuses or records, the in-place calibration does too ----
 
 
@@ -48,7 +69,8 @@ def test_in_place_bumps_the_version_counter(backend):
     base = torch.randn(2, 5, 4, requires_grad=True)
     h = base.exp()  # exp saves its output for the backward
     version = h._version
-    module.calibrate_([h, torch.randn(2, 6, 3)])
+    with torch.no_grad():
+        module.calibrate_([h, torch.randn(2, 6, 3)])
     assert h._version > version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         h.sum().backward()
