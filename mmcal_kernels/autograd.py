@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from .spec import DIAGNOSTIC_TENSORS, compute_dtype_of_flat, layout_name
+from .spec import DIAGNOSTIC_TENSORS, autocast_off, compute_dtype_of_flat, layout_name
 
 
 def refuse_second_derivative(what: str) -> None:
@@ -35,15 +35,6 @@ def refuse_second_derivative(what: str) -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(f"{what}: a second derivative (create_graph=True, torch.autograd.functional.hvp, a gradient "
                            "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
-
-
-def _autocast_off(device_type: str):
-    """Steps 1-7 run with autocast off (docs/spec.md, "Numerics"). Entering
-    torch.autocast costs about 10 us, so it is entered only where autocast is
-    on; a traced call always enters it, as the graph must say so."""
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _ops_below_autograd(example: Tensor):
@@ -75,7 +66,7 @@ def make_fused_function(passes, name: str) -> type:
 
     def run_ops(layouts, num, present, flat):
         features, masks, params = list(flat[:num]), list(flat[num : 2 * num]), list(flat[2 * num :])
-        with _autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
+        with autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
             summaries, gates, diagnostics, saved = _summaries_and_gates(
                 passes, features, masks, params, layouts, present
             )
@@ -125,7 +116,7 @@ def make_fused_function(passes, name: str) -> type:
         need_x = any(needs[:num])
         if not (need_x or any(needs[2 * num :])):
             return (None,) * (3 + len(needs))
-        with _autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
+        with autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
             dg = passes.gate_grads(grad_outputs, features, layouts, gates[0].dtype)
             ds, grad_params = passes.gates_backward(dg, summaries, params, present, diagnostics, inter)
             grad_features = [None] * num
@@ -164,7 +155,7 @@ def fused_calibrate_(passes, features, params, layouts, masks, present) -> dict:
     Returns the diagnostics. The caller has checked the arguments and the
     in-place targets."""
     flat_params = [t for p in params for t in p]
-    with _autocast_off(features[0].device.type):
+    with autocast_off(features[0].device.type):
         # Below Autograd: no Python autograd wrapper per op (they would record
         # nothing here). modulate_ keeps its own C++ Autograd kernel, which
         # refuses what mul_ refuses, and its version-counter bump.

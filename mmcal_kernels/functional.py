@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import backends, checks
-from .spec import GateParams, channels, compute_dtype
+from .spec import GateParams, autocast_off, channels, compute_dtype
 
 
 def summary_pool(
@@ -123,7 +123,7 @@ def calibrate_(
             diagnostics = impl.calibrate_(features, params, layouts, masks, present)
         else:
             ct = compute_dtype(features[0].dtype, params)
-            with torch.autocast(device_type=features[0].device.type, enabled=False):
+            with autocast_off(features[0].device.type):
                 summaries = [impl.summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
                 gates, diagnostics = impl.gates(summaries, params, present)
                 impl.modulate_(features, gates, layouts)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spec import NORM_EPS, GateParams, GatesIntermediates, at_least_one, compute_dtype
+from .spec import NORM_EPS, GateParams, GatesIntermediates, at_least_one, autocast_off, compute_dtype
 
 
 def summary(x: Tensor, layout: str, mask: Optional[Tensor] = None, ct: Optional[torch.dtype] = None) -> Tensor:
@@ -144,7 +144,7 @@ def calibrate(
     masks = list(masks) if masks is not None else [None] * len(features)
     ct = compute_dtype(features[0].dtype, params)
     # Steps 1-6 run in ct whatever autocast says; step 7 rounds once.
-    with torch.autocast(device_type=features[0].device.type, enabled=False):
+    with autocast_off(features[0].device.type):
         summaries = [summary(x, lay, v, ct) for x, lay, v in zip(features, layouts, masks)]
         gates, diagnostics = gates_from_summaries(summaries, params, present)
         outputs = [modulate(x, g, lay) for x, g, lay in zip(features, gates, layouts)]

@@ -6,6 +6,7 @@ checks, the autograd layer, the kernels' launchers) reads them from here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Optional, Sequence
 
@@ -96,3 +97,15 @@ class GatesIntermediates(NamedTuple):
     hidden: list  # e_m = GELU(pre)
     instance_gate: list  # 2 sigmoid(a) [B, 1]
     dimension_gate: list  # 2 sigmoid(z) [B, D_m]
+
+
+def autocast_off(device_type: str):
+    """Steps 1-7 run with autocast off ("Numerics"). Entering torch.autocast
+    costs about 10 us, so it is entered only where autocast is on; a traced
+    call always enters it, as the graph must say so. The meta device has no
+    autocast to turn off (torch.autocast refuses it)."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -149,6 +149,21 @@ def test_autocast_changes_nothing():
     assert torch.equal(diag["agreement"], diag_auto["agreement"])
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_meta_device_gives_shapes_without_data(backend):
+    """A module moved to "meta" (deferred init, shape inference) runs on meta
+    features with the backend that lists the device; torch.autocast refuses
+    the device, so autocast is not entered there."""
+    module = PreFusionCalibration([8, 4], shared_dim=6, layouts=["sequence", "spatial"], backend=backend).to("meta")
+    xs = [torch.randn(2, 3, 8, device="meta"), torch.randn(2, 4, 5, 5, device="meta")]
+    masks = [torch.ones(2, 3, dtype=torch.bool, device="meta"), None]
+    ys, diag = module(xs, masks, return_diagnostics=True)
+    assert [(y.device.type, y.shape) for y in ys] == [("meta", x.shape) for x in xs]
+    assert diag["agreement"].shape == (2, 2, 2)
+    with torch.no_grad():
+        assert [y.shape for y in module.calibrate_(xs, masks)] == [x.shape for x in xs]
+
+
 def test_no_grad_saves_nothing_for_backward():
     dims = [5, 3]
     module = make_module(dims, seed=11, dtype=torch.float32)
