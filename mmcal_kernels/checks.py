@@ -11,6 +11,8 @@ checks and the mask warnings, say so and step aside while tracing.)
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Optional, Sequence
 
@@ -422,7 +424,7 @@ def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[T
                 f"so its summary is zero. Masks mark VALID positions with True; if the modality is missing for that "
                 f"sample, set present[{row}, {i}] = False (this warning is given once)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         padded = ~mask.all(1) & mask.any(1)
         # Padding first: each padded row is False...False True...True.
@@ -434,7 +436,7 @@ def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[T
                 f"VALID positions with True, the opposite of nn.MultiheadAttention's key_padding_mask: if you passed "
                 f"a key_padding_mask, pass ~mask (this warning is given once)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
 
@@ -447,3 +449,20 @@ def refuse_grad_in_place(tensors):
             "calibrate_: writes the features in place and records nothing for autograd; "
             "call it under torch.no_grad() or torch.inference_mode(), or use calibrate()"
         )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_NN_MODULE_FILE = os.path.join("torch", "nn", "modules", "module.py")
+
+
+def user_stacklevel() -> int:
+    """The stacklevel of warnings.warn that names the user's line: the first
+    frame outside this package and nn.Module's call machinery (the entry
+    points are reached at different depths: module, functional)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_PACKAGE_DIR) or name.endswith(_NN_MODULE_FILE)):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1

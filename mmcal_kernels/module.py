@@ -4,6 +4,7 @@ existing fusion module, unchanged."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -132,6 +133,8 @@ class PreFusionCalibration(nn.Module):
             return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
 
     def _call(self, fn, features, masks, present, return_diagnostics):
+        if not getattr(self, "_hooks_warned", False):
+            self._warn_about_layer_hooks()
         return fn(
             features,
             self.gate_params(),
@@ -142,6 +145,21 @@ class PreFusionCalibration(nn.Module):
             backend=self.backend,
             dims=self.dims,
         )
+
+    def _warn_about_layer_hooks(self) -> None:
+        """The gate layers hold parameters and are never called: hooks on them
+        (torch.nn.utils.prune, logging hooks) would silently not run."""
+        hooked = [f"{name}.{i}" for name, layers in self._modules.items() for i, layer in layers._modules.items()
+                  if layer._forward_hooks or layer._forward_pre_hooks]  # fmt: skip
+        if hooked:
+            self._hooks_warned = True
+            warnings.warn(
+                f"PreFusionCalibration: forward hooks on its layers ({', '.join(hooked)}) do not run: "
+                "the module reads their parameters and never calls them. To transform a weight, use "
+                "torch.nn.utils.parametrize (this warning is given once)",
+                UserWarning,
+                stacklevel=checks.user_stacklevel(),
+            )
 
     def extra_repr(self) -> str:
         chosen = self.resolved_backend()

@@ -104,12 +104,14 @@ def test_suspicious_masks_warn_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(masks)  # right padding: what a tokenizer gives, no warning
-    with pytest.warns(UserWarning, match=r"masks\[0\]: every padded row has its padding at the START"):
+    with pytest.warns(UserWarning, match=r"masks\[0\]: every padded row has its padding at the START") as record:
         run([~right_padded, None, None][: len(features)])  # a key_padding_mask passed as is
+    assert record[0].filename == __file__, "the warning should name the caller's line"
     empty = right_padded.clone()
     empty[1] = False
-    with pytest.warns(UserWarning, match=r"masks\[0\]: row 1 has no valid position"):
-        run([empty, None, None][: len(features)])
+    with pytest.warns(UserWarning, match=r"masks\[0\]: row 1 has no valid position") as record:
+        module([x.clone() for x in features], [empty, None, None][: len(features)])  # through the module
+    assert record[0].filename == __file__, "the warning should name the caller's line, not the module's"
     present = torch.ones(batch, len(features), dtype=torch.bool)
     present[1, 0] = False
     with warnings.catch_warnings():

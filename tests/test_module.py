@@ -3,6 +3,7 @@ memory formats, odd sizes, and how it behaves under PyTorch's machinery."""
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -162,6 +163,25 @@ def test_meta_device_gives_shapes_without_data(backend):
     assert diag["agreement"].shape == (2, 2, 2)
     with torch.no_grad():
         assert [y.shape for y in module.calibrate_(xs, masks)] == [x.shape for x in xs]
+
+
+def test_hooks_on_the_gate_layers_warn_that_they_do_not_run():
+    """The module reads its layers' parameters and never calls them: a hook
+    there would silently not run, so the first call says so, naming the
+    layer and the caller's line."""
+    module = PreFusionCalibration([4, 3], shared_dim=5)
+    xs = [torch.randn(2, 3, 4), torch.randn(2, 6, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module(xs)  # no hook: no warning
+    calls = []
+    module.gate_dim[1].register_forward_hook(lambda *args: calls.append(args))
+    with pytest.warns(UserWarning, match=r"forward hooks on its layers \(gate_dim.1\) do not run") as record:
+        module(xs)
+    assert record[0].filename == __file__ and calls == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module(xs)  # once
 
 
 def test_no_grad_saves_nothing_for_backward():
