@@ -58,6 +58,18 @@ def _summaries_and_gates(passes, features, masks, flat_params, layouts, present)
     return (summaries, *passes.gates(summaries, flat_params, present))
 
 
+def _none_where_unreached(grad_params: list, grad_gates: Sequence) -> list:
+    """Where modality m's output (or gate) reached no loss (its incoming
+    gradient is None), its gate layers, all but the projection (which also
+    feeds the other modalities' context), have no path to the loss: autograd
+    gives None there, not zeros, and an optimizer skips a None gradient
+    (weight decay included)."""
+    for m, grad in enumerate(grad_gates):
+        if grad is None:
+            grad_params[8 * m + 2 : 8 * m + 8] = [None] * 6
+    return grad_params
+
+
 def make_fused_function(passes, name: str) -> type:
     """An autograd.Function running steps 1-7 with the ops of ``passes`` (a
     KernelBackend): forward = summaries, gates, modulate; backward =
@@ -124,6 +136,7 @@ def make_fused_function(passes, name: str) -> type:
                 grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds, layouts)
                 grad_features = [g if n else None for g, n in zip(grad_features, needs[:num])]
         grad_params = [g if n else None for g, n in zip(grad_params, needs[2 * num :])]
+        grad_params = _none_where_unreached(grad_params, grads[:num])
         return (None, None, None, *grad_features, *([None] * num), *grad_params)
 
     return type(f"Fused{name.capitalize()}Calibration", (torch.autograd.Function,), {
@@ -254,9 +267,10 @@ def register_gates_autograd(gates_op: str, gates_backward_op: str, backward: Cal
         present = saved.pop(0) if ctx.has_present else None
         diagnostics, inter = saved[: 4 + ctx.num], saved[4 + ctx.num :]
         # A gate that reached no loss has no gradient: zeros, which the op needs as a tensor.
+        reached = list(grad_gates)
         grad_gates = [g if g is not None else torch.zeros_like(s) for g, s in zip(grad_gates, summaries)]
         grad_summaries, grad_params = backward(grad_gates, summaries, params, present, diagnostics, inter)
-        return list(grad_summaries), list(grad_params), None
+        return list(grad_summaries), _none_where_unreached(list(grad_params), reached), None
 
     torch.library.register_autograd(gates_op, gates_backward, setup_context=setup)
     torch.library.register_autograd(gates_backward_op, _no_derivative(gates_backward_op),

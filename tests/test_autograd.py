@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_module, random_grads
-from mmcal_kernels import reference
+from mmcal_kernels import backends, functional, reference
 from mmcal_kernels.autograd import fused_calibrate
 from mmcal_kernels.compare import assert_close, random_case
 from torch_passes import TorchFused
@@ -111,3 +111,38 @@ def test_a_call_that_records_no_graph_skips_the_node(mode, monkeypatch):
     with pytest.raises(AssertionError, match="Function.apply called"):  # a graph still goes through the node
         fused_calibrate(TorchFused, leaves if mode != "nothing-requires-grad" else [x.requires_grad_() for x in leaves],
                         module.gate_params(), LAYOUTS, masks, present)  # fmt: skip
+
+
+KERNEL_CPU_BACKENDS = [b.name for b in backends.available() if b.usable and b.name != "reference" and "cpu" in b.device_types]
+
+
+@pytest.mark.parametrize("path", ["fused node", "gates op"])
+@pytest.mark.parametrize("backend", KERNEL_CPU_BACKENDS)
+def test_an_output_that_reaches_no_loss_leaves_its_gate_layers_without_gradient(backend, path):
+    """Autograd gives None, not zeros, to a parameter with no path to the loss,
+    and optimizers skip a None gradient (weight decay too). Where only
+    modality 1's output (or gate) reaches the loss, the gate layers of 0 and 2
+    have none; their projections do (through modality 1's context)."""
+    dims, layouts = DIMS[:3], LAYOUTS[:3]
+    module = make_module(dims, layouts, seed=75)
+    features, masks, present = random_case(dims, layouts, batch=3, positions=POSITIONS[:3], dtype=torch.float64, seed=76)
+
+    def grads_of(name):
+        module.backend = name
+        module.zero_grad(set_to_none=True)
+        if path == "fused node":
+            used = module(features, masks, present)[1]
+        else:
+            summaries = [reference.summary(x, lay, m, torch.float64) for x, lay, m in zip(features, layouts, masks)]
+            used = functional.calibration_gates(summaries, module.gate_params(), present, backend=name)[0][1]
+        (used * random_grads([used])[0]).sum().backward()
+        return {n: p.grad for n, p in module.named_parameters()}
+
+    got, want = grads_of(backend), grads_of("reference")
+    unreached = {f"{layer}.{m}.{t}" for layer in ("gate_hidden", "gate_instance", "gate_dim") for m in (0, 2)
+                 for t in ("weight", "bias")}  # fmt: skip
+    assert {n for n, g in want.items() if g is None} == unreached
+    assert {n for n, g in got.items() if g is None} == unreached
+    for n, g in got.items():
+        if g is not None:
+            assert_close(g, want[n], torch.float64, n)
