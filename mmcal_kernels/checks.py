@@ -112,8 +112,8 @@ def check_features(
     layouts = normalize_layouts(layouts, num)
     if masks is None:
         masks = [None] * num
-    elif isinstance(masks, Tensor) or len(masks) != num:
-        got = "a tensor" if isinstance(masks, Tensor) else f"{len(masks)} entries"
+    elif not isinstance(masks, (list, tuple)) or len(masks) != num:
+        got = f"{len(masks)} entries" if isinstance(masks, (list, tuple)) else f"a {type(masks).__name__}"
         raise ValueError(f"masks: expected a list with one entry (tensor or None) per modality ({num}), got {got}")
     masks = list(masks)
 

@@ -70,6 +70,15 @@ class PreFusionCalibration(nn.Module):
         self.reset_gates()
 
     @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        # Checked where it is set, not at the next call: a typo names itself.
+        self._backend = backends.check_name(name)
+
+    @property
     def num_modalities(self) -> int:
         return len(self.dims)
 

@@ -146,3 +146,33 @@ def test_an_output_that_reaches_no_loss_leaves_its_gate_layers_without_gradient(
     for n, g in got.items():
         if g is not None:
             assert_close(g, want[n], torch.float64, n)
+
+
+def test_torch_func_transforms_run_the_reference_under_auto():
+    """torch.func (grad, vmap) needs ops with batching rules and a functorch
+    autograd, which only the reference's plain torch ops have: "auto" picks
+    it there, and a kernel backend named explicitly says why it cannot run."""
+    dims, layouts = DIMS[:3], LAYOUTS[:3]
+    module = make_module(dims, layouts, seed=77, backend="auto")
+    features, masks, present = random_case(dims, layouts, batch=3, positions=POSITIONS[:3], dtype=torch.float64, seed=78)
+    weights = random_grads(features)
+    params = dict(module.named_parameters())
+
+    def loss(p):
+        outputs = torch.func.functional_call(module, p, (features, masks, present))
+        return sum((y * w).sum() for y, w in zip(outputs, weights))
+
+    got = torch.func.grad(loss)(params)
+    module.zero_grad(set_to_none=True)
+    loss(params).backward()
+    for name, p in params.items():
+        assert_close(got[name], p.grad, torch.float64, name)
+    with torch.no_grad():  # vmap over a stack of batches: each slice equals its own call
+        stacked = torch.func.vmap(lambda *xs: module(list(xs)))(*[torch.stack([x, 2 * x]) for x in features])
+        alone = module([2 * x for x in features])
+        for i, (y, want) in enumerate(zip(stacked, alone)):
+            assert_close(y[1], want, torch.float64, f"vmap[{i}]")
+    for name in KERNEL_CPU_BACKENDS:
+        module.backend = name
+        with pytest.raises(RuntimeError, match=rf"^backend: backend '{name}' does not run under torch.func transforms"):
+            torch.func.grad(loss)(params)

@@ -64,6 +64,15 @@ def test_mask_shape_not_b_p(module):
         module([seq(), spa()], masks=[torch.ones(2, 6, dtype=torch.bool), None])
 
 
+def test_masks_not_a_list_of_one_per_modality(module):
+    with pytest.raises(ValueError, match=r"^masks: expected a list with one entry .* per modality \(2\), got a generator"):
+        module([seq(), spa()], masks=(m for m in [None, None]))
+    with pytest.raises(ValueError, match=r"^masks: expected a list with one entry .* per modality \(2\), got a Tensor"):
+        module([seq(), spa()], masks=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^masks: expected a list with one entry .* per modality \(2\), got 1 entries"):
+        module([seq(), spa()], masks=[None])
+
+
 def test_mask_on_spatial_input(module):
     with pytest.raises(ValueError, match=r"^masks\[1\]: masks apply to 'sequence' inputs only"):
         module([seq(), spa()], masks=[None, torch.ones(2, 4, dtype=torch.bool)])
@@ -111,6 +120,10 @@ def test_constructor_arguments():
         PreFusionCalibration([4, 3], layouts=["sequence"] * 3)
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'gpu'"):
         PreFusionCalibration([4, 3], backend="gpu")
+    module = PreFusionCalibration([4, 3])
+    with pytest.raises(ValueError, match=r"^backend: unknown backend 'gpu'"):
+        module.backend = "gpu"  # checked where it is set, not at the next call
+    assert module.backend == "auto" and "backend='auto'" in repr(module)
     with pytest.raises(ValueError, match=r"^dims\[1\]: expected a positive channel count, got 0"):
         PreFusionCalibration([4, 0])
 

@@ -81,12 +81,27 @@ def check_name(name: str, arg: str = "backend") -> str:
     return name
 
 
+def _under_torch_func() -> bool:
+    """Inside torch.func.grad / vmap / jacrev, where only the reference (plain
+    torch ops) works. A traced call is left to torch.compile."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def resolve(name: str, device_type: str, arg: str = "backend") -> Backend:
     """The backend that computes a call whose tensors are on ``device_type``."""
     check_name(name, arg)
+    transformed = _under_torch_func()
     if name == "auto":
+        if transformed:
+            return _REGISTRY["reference"]
         return _REGISTRY[_AUTO.get(device_type, "reference")]  # the reference runs on any device
     backend = _REGISTRY[name]
+    if transformed and name != "reference":
+        raise RuntimeError(
+            f"{arg}: backend {name!r} does not run under torch.func transforms (grad, vmap, jacrev, ...): its ops have "
+            "no batching rules and its autograd no functorch form; use backend='auto' (the reference there) or "
+            "'reference'"
+        )
     if not backend.usable:
         raise RuntimeError(f"{arg}: backend {name!r} is not usable here: {backend.why_not}")
     if device_type not in backend.device_types:
