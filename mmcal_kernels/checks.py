@@ -271,6 +271,16 @@ def check_per_channel(g: Tensor, x: Tensor, code: int, name: str) -> None:
         raise ValueError(f"{name}: on {g.device}, but the features are on {x.device}")
 
 
+def check_one_compute_dtype(named: Sequence[tuple[str, Optional[Tensor]]]) -> None:
+    """Every gate and ds of a call in the first one's dtype: a pass launches
+    once for all modalities and computes in one dtype (as the C++ ops check)."""
+    first = next(((n, t) for n, t in named if t is not None), None)
+    for name, t in named:
+        if t is not None and t.dtype != first[1].dtype:
+            raise TypeError(f"{name}: expected {first[1].dtype}, the compute dtype of {first[0]} (one for the call), "
+                            f"got {t.dtype}")  # fmt: skip
+
+
 def check_gate_op_args(summaries, params, present) -> None:
     """The gate-network op's inputs (the Triton op's; the C++ op checks in C++):
     parameters named by their flat index, as the C++ op names them."""

@@ -71,7 +71,7 @@ inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t 
                               const std::string& name) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == channels(x, layout), name,
                     ": expected shape [B, D] = [", x.size(0), ", ", channels(x, layout), "], got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype), got ",
+  TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype, one for the call), got ",
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == x.device(), name, ": on ", t.device(), ", but the features are on ", x.device());
 }
@@ -89,9 +89,11 @@ inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::Int
   check_features(xs, layouts, "xs");
   TORCH_CHECK_VALUE(gates.size() == xs.size(), "gates: expected one tensor per tensor of xs (", xs.size(), "), got ",
                     gates.size());
+  // One compute dtype for the call: the kernels launch once for all modalities in it.
+  const at::ScalarType ct = gates.empty() ? at::kFloat : gates[0].scalar_type();
   for (size_t i = 0; i < xs.size(); ++i) {
-    check_compute_dtype(gates[i].scalar_type(), xs[i].scalar_type(), arg("gates", i).c_str());
-    check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg("gates", i));
+    check_compute_dtype(ct, xs[i].scalar_type(), arg("gates", i).c_str());
+    check_per_channel(gates[i], xs[i], layouts[i], ct, arg("gates", i));
   }
 }
 
@@ -114,13 +116,15 @@ inline std::vector<InputGradTerms> check_input_grads_args(at::TensorList xs, con
                       xs.size(), "), got ", list->size());
   }
   std::vector<InputGradTerms> terms;
+  std::optional<at::ScalarType> call_ct;  // one compute dtype for the call, the first modality's
   for (size_t i = 0; i < xs.size(); ++i) {
     InputGradTerms t{dys.get(i), gates.get(i), masks.get(i), ds.get(i)};
     TORCH_CHECK_VALUE(t.dy.has_value() || t.ds.has_value(), "input_grads: modality ", i,
                       " has neither grad_ys nor ds; give at least one");
     TORCH_CHECK_VALUE(t.dy.has_value() == t.gate.has_value(), arg("gates", i), ": needed exactly when ",
                       arg("grad_ys", i), " is given");
-    const at::ScalarType ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
+    if (!call_ct) call_ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
+    const at::ScalarType ct = *call_ct;
     check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds", i)).c_str());
     if (t.dy.has_value()) {
       check_grad_like(*t.dy, xs[i], arg("grad_ys", i));

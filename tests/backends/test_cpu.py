@@ -181,6 +181,11 @@ BAD = [
     ("gate_grads", lambda: ([torch.randn(2, 3, 5)], [torch.randn(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected the shape of its features"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither grad_ys nor ds;"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"gates\[0\]: needed exactly when"),
+    # One compute dtype per call: the CUDA kernels launch once in it for every modality.
+    ("modulate", lambda: ([torch.randn(2, 3, 4)] * 2, [torch.rand(2, 4), torch.rand(2, 4).double()], [0, 0]), TypeError, r"gates\[1\]: expected dtype Float \(the compute dtype, one for the call\), got Double"),
+    ("modulate_", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 3, 4)], [torch.rand(2, 4).double(), torch.rand(2, 4)], [0, 0]), TypeError, r"gates\[1\]: expected dtype Double"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)] * 2, [None, None], [None, None], [None, None], [torch.rand(2, 4), torch.rand(2, 4).double()], [0, 0]), TypeError, r"ds\[1\]: expected dtype Float"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [torch.rand(2, 4)], [None], [torch.rand(2, 4).double()], [0]), TypeError, r"ds\[0\]: expected dtype Float"),
     # One argument on `meta` sends the call to the fake kernel: it must refuse, not return empty CPU memory.
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
     ("modulate_", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),

@@ -171,6 +171,20 @@ def test_nine_modalities_raise_value_error_naming_the_limit(emu):
         emu.gates(summaries, flat, present)
 
 
+def test_passes_refuse_gates_in_two_compute_dtypes(emu):
+    """The CUDA passes launch once in one compute dtype for every modality: a
+    float64 gate beside a float32 one was read as float32 (past its end for
+    the float32 one read as float64) instead of refused."""
+    xs = [torch.randn(2, 3, 8), torch.randn(2, 4, 6)]
+    gates = [torch.rand(2, 8), torch.rand(2, 6, dtype=torch.float64)]
+    with pytest.raises(TypeError, match=r"gates\[1\]: expected dtype Float \(the compute dtype, one for the call\)"):
+        emu.modulate(xs, gates, [0, 0])
+    with pytest.raises(TypeError, match=r"gates\[1\]: expected dtype Float"):
+        emu.input_grads(xs, [torch.randn_like(x) for x in xs], gates, [None, None], [None, None], [0, 0])
+    with pytest.raises(TypeError, match=r"ds\[1\]: expected dtype Float"):
+        emu.input_grads(xs, [None, None], [None, None], [None, None], gates, [0, 0])
+
+
 # ---- the passes and the whole step (reductions.cu, elementwise.cu, ops_cuda.cpp) ------
 
 DIMS = [37, 4, 9, 16]

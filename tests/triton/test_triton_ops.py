@@ -70,6 +70,8 @@ BAD = [
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"give both"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [torch.rand(2, 3, device=DEVICE)], [0]), ValueError, r"ds\[0\]: expected \[2, 4\]"),
+    ("triton_modulate", lambda: ([t(2, 3, 4)] * 2, [torch.rand(2, 4, device=DEVICE), torch.rand(2, 4, device=DEVICE).double()], [0, 0]), TypeError, r"gates\[1\]: expected torch.float32, the compute dtype of gates\[0\] \(one for the call\)"),
+    ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [torch.rand(2, 4, device=DEVICE)], [None], [torch.rand(2, 4, device=DEVICE).double()], [0]), TypeError, r"ds\[0\]: expected torch.float32, the compute dtype of gates\[0\]"),
 ]
 
 

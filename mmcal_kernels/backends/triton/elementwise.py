@@ -148,6 +148,7 @@ def _check_gates(xs, gates, layouts):
     checks.check_lengths("gates", gates, len(xs))
     for i, (x, g, lay) in enumerate(zip(xs, gates, layouts)):
         checks.check_per_channel(g, x, lay, f"gates[{i}]")
+    checks.check_one_compute_dtype([(f"gates[{i}]", g) for i, g in enumerate(gates)])
 
 
 @triton_op("mmcal::triton_modulate", mutates_args=())
@@ -196,4 +197,6 @@ def input_grads(
         if q is not None:
             checks.check_per_channel(q, x, lay, f"ds[{i}]")
         checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
+    checks.check_one_compute_dtype([(f"{name}[{i}]", t) for i, (g, q) in enumerate(zip(gates, ds))
+                                    for name, t in (("gates", g), ("ds", q))])  # fmt: skip
     return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, grad_ys, gates, ds, masks))
