@@ -68,5 +68,20 @@ struct Plan {
   bool aligned[kMaxModalities];        // 16-byte loads possible
 };
 
+// A pass launches one block per unit. More units than a grid's x extent
+// (kMaxGridX) go in rows of y, the last row partly past the end: those blocks
+// return at once. The grid of `units` blocks; false when even kMaxGridY rows
+// cannot hold them.
+inline bool grid_of(int64_t units, dim3* grid) {
+  const int64_t rows = (units + kMaxGridX - 1) / kMaxGridX;
+  if (rows > kMaxGridY) return false;
+  *grid = dim3(static_cast<unsigned>((units + rows - 1) / rows), static_cast<unsigned>(rows));
+  return true;
+}
+
+__device__ __forceinline__ int64_t block_unit() {
+  return static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+}
+
 }  // namespace cuda
 }  // namespace mmcal

@@ -43,7 +43,8 @@ __device__ __forceinline__ void map_element(const MapItem& it, int64_t b, int64_
 // rows with lanes over positions (kind 1).
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kLanes* kRows) map_kernel(const __grid_constant__ MapBatch batch, const __grid_constant__ Plan plan) {
-  const int64_t unit = blockIdx.x;
+  const int64_t unit = block_unit();
+  if (unit >= plan.starts[batch.count]) return;  // past the end of the grid's last row (whole block)
   const int m = find_item(plan.starts, batch.count, unit);
   const MapItem& it = batch.items[m];
   const int lane = threadIdx.x % kLanes, row = threadIdx.x / kLanes;
@@ -84,7 +85,9 @@ cudaError_t map_typed(const MapBatch& batch, cudaStream_t stream) {
   const Plan plan = plan_map(batch);
   const int64_t blocks = plan.starts[batch.count];
   if (blocks == 0) return cudaSuccess;
-  map_kernel<T, Acc><<<static_cast<unsigned>(blocks), kLanes * kRows, 0, stream>>>(batch, plan);
+  dim3 grid;
+  if (!grid_of(blocks, &grid)) return cudaErrorInvalidValue;  // over 2^47 units: no tensor is that large
+  map_kernel<T, Acc><<<grid, kLanes * kRows, 0, stream>>>(batch, plan);
   return cudaGetLastError();
 }
 

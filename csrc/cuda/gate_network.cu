@@ -603,12 +603,14 @@ __global__ void __launch_bounds__(kParamThreads) param_grads_kernel(const __grid
 template <typename T, int kWarps>
 cudaError_t gates_typed(const GateBatch& g, cudaStream_t stream) {
   if (g.B == 0) return cudaSuccess;
+  if (g.B > kMaxGridX) return cudaErrorInvalidValue;  // a block per sample: past the grid's x extent
   gates_kernel<T, kWarps><<<static_cast<unsigned>(g.B), kWarps * kWarpSize, 0, stream>>>(g);
   return cudaGetLastError();
 }
 
 template <typename T, int kWarps>
 cudaError_t gates_backward_typed(const GateBatch& g, cudaStream_t stream) {
+  if (g.B > kMaxGridX) return cudaErrorInvalidValue;
   if (g.B > 0) {
     gates_backward_kernel<T, kWarps><<<static_cast<unsigned>(g.B), kWarps * kWarpSize, 0, stream>>>(g);
     const cudaError_t err = cudaGetLastError();
@@ -617,8 +619,10 @@ cudaError_t gates_backward_typed(const GateBatch& g, cudaStream_t stream) {
   // With B = 0 this still runs: it writes the zero gradients of an empty batch.
   const int64_t total = g.grad_starts[g.M * kGateSlots];
   if (total == 0) return cudaSuccess;
+  // The kernel strides over the grid: a few waves of blocks, within the x extent.
+  const int64_t cap = kMaxGridX < 65535 ? kMaxGridX : 65535;
   const int64_t blocks = (total + kParamThreads - 1) / kParamThreads;
-  param_grads_kernel<T><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), kParamThreads, 0, stream>>>(g);
+  param_grads_kernel<T><<<static_cast<unsigned>(blocks < cap ? blocks : cap), kParamThreads, 0, stream>>>(g);
   return cudaGetLastError();
 }
 

@@ -19,6 +19,15 @@ namespace cuda {
 
 constexpr int kMaxModalities = 8;
 
+// A grid's extents: 2^31 - 1 blocks along x, 65535 along y. The emulated
+// build (tests/cuda_emu) sets a small x extent, so that its tests of every
+// kernel take the paths a GPU takes only past 2^31 - 1 blocks.
+#ifndef MMCAL_MAX_GRID_X
+#define MMCAL_MAX_GRID_X 2147483647
+#endif
+constexpr int64_t kMaxGridX = MMCAL_MAX_GRID_X;
+constexpr int64_t kMaxGridY = 65535;
+
 enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 struct ReduceItem {

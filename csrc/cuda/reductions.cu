@@ -48,7 +48,8 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kLanes* kRows) reduce_kernel(const __grid_constant__ ReduceBatch batch, const __grid_constant__ Plan plan) {
   constexpr int kVec = 16 / sizeof(T) < kMaxVec ? 16 / sizeof(T) : kMaxVec;
   __shared__ Acc partial[kRows][kLanes * kVec];
-  const int64_t unit = blockIdx.x;
+  const int64_t unit = block_unit();
+  if (unit >= plan.starts[batch.count]) return;  // past the end of the grid's last row (whole block)
   const int m = find_item(plan.starts, batch.count, unit);
   const ReduceItem& it = batch.items[m];
   const View3& v = it.vx;
@@ -144,7 +145,9 @@ cudaError_t reduce_typed(const ReduceBatch& batch, cudaStream_t stream) {
   const Plan plan = plan_reduce<T>(batch);
   const int64_t blocks = plan.starts[batch.count];
   if (blocks == 0) return cudaSuccess;
-  reduce_kernel<T, Acc><<<static_cast<unsigned>(blocks), kLanes * kRows, 0, stream>>>(batch, plan);
+  dim3 grid;
+  if (!grid_of(blocks, &grid)) return cudaErrorInvalidValue;  // over 2^47 units: no tensor is that large
+  reduce_kernel<T, Acc><<<grid, kLanes * kRows, 0, stream>>>(batch, plan);
   return cudaGetLastError();
 }
 

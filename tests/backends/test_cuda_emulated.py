@@ -185,6 +185,42 @@ def test_passes_refuse_gates_in_two_compute_dtypes(emu):
         emu.input_grads(xs, [None, None], [None, None], [None, None], gates, [0, 0])
 
 
+def test_passes_past_one_grid_row_and_past_the_grid(emu):
+    """A pass launches a block per unit; past the grid's x extent (2^31 - 1 on
+    a GPU, cuda_emu.EMULATED_MAX_GRID_X here) the units go in rows of y, the
+    last row partly past the end. More than the rows can hold is an error,
+    never a grid size wrapped to fewer blocks."""
+    limit = cuda_emu.EMULATED_MAX_GRID_X
+    batch = limit + 6
+    x = torch.randn(batch, 9, 8, dtype=torch.float64)  # more units than one row, in every kind of pass
+    transposed = x.transpose(1, 2).contiguous().transpose(1, 2)  # positions contiguous: a warp per channel
+    gate, ds, dy = torch.rand(batch, 8, dtype=torch.float64), torch.randn(batch, 8, dtype=torch.float64), torch.randn_like(x)
+    for features in (x, transposed):
+        (s,) = emu.summaries([features], [None], [0], torch.float64)
+        torch.testing.assert_close(s, x.mean(1))
+        (dg,) = emu.gate_grads([dy], [features], [0], torch.float64)
+        torch.testing.assert_close(dg, (dy * x).sum(1))
+    (y,) = emu.modulate([x], [gate], [0])
+    torch.testing.assert_close(y, x * gate[:, None, :], rtol=0, atol=0)
+    (dx,) = emu.input_grads([x], [None], [None], [None], [ds], [0])
+    torch.testing.assert_close(dx, (ds[:, None, :] / x.shape[1]).expand_as(x))
+    huge = torch.empty(1, 8 * limit * 65535 + 8, 1)  # one map unit more than 65535 rows hold
+    with pytest.raises(RuntimeError, match=r"CUDA launch failed: invalid argument"):
+        emu.modulate([huge], [torch.rand(1, 1)], [0])
+
+
+def test_gate_ops_past_the_grid_raise(emu):
+    """The gate network's per-sample kernels take a block per sample: a batch
+    past the grid's x extent is an error, never a grid size wrapped to fewer
+    blocks. At the extent itself both ways run (the parameter gradients'
+    kernel strides over a grid capped there)."""
+    limit = cuda_emu.EMULATED_MAX_GRID_X
+    check_against_oracle(*make_case(((3, 2), 3, 3), limit, "some-missing", torch.float64, torch.float64), ops=emu)
+    summaries, params, present, _ = make_case(((3, 2), 3, 3), limit + 1, "some-missing", torch.float64, torch.float64)
+    with pytest.raises(RuntimeError, match=r"CUDA launch failed: invalid argument"):
+        emu.gates(summaries, [t for p in params for t in p], present)
+
+
 # ---- the passes and the whole step (reductions.cu, elementwise.cu, ops_cuda.cpp) ------
 
 DIMS = [37, 4, 9, 16]

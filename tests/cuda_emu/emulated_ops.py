@@ -51,6 +51,9 @@ def _define_schemas():
     return lib
 
 
+EMULATED_MAX_GRID_X = 64
+
+
 def load(verbose=False):
     """Compile (cached in build/cuda_emu-torch<version>) and load; returns torch.ops.mmcal_cuda_emu."""
     if "ops" in _state:
@@ -81,7 +84,9 @@ def load(verbose=False):
         name="mmcal_cuda_emu_sanitize" if sanitize else "mmcal_cuda_emu",
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(CUDA_SRC)],
-        extra_cflags=[*cflags, "-Wno-unknown-pragmas"],
+        # A grid row of 64 blocks: every pass of more units than that takes
+        # the 2-D grid that only a GPU with over 2^31 - 1 units would need.
+        extra_cflags=[*cflags, "-Wno-unknown-pragmas", f"-DMMCAL_MAX_GRID_X={EMULATED_MAX_GRID_X}"],
         extra_ldflags=ldflags,
         build_directory=str(build),
         is_python_module=False,

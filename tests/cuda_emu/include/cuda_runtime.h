@@ -166,10 +166,15 @@ inline cudaError_t fail_launch(const std::string& why) {
 }
 
 inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()>& body) {
-  if (grid_dim.y != 1 || grid_dim.z != 1 || block_dim.y != 1 || block_dim.z != 1) {
-    return fail_launch("only 1-D grids and blocks are emulated");
+  if (grid_dim.z != 1 || block_dim.y != 1 || block_dim.z != 1) {
+    return fail_launch("only 1-D blocks and 1-D or 2-D grids are emulated");
   }
-  if (block_dim.x == 0 || block_dim.x > 1024 || grid_dim.x == 0) return fail_launch("invalid launch configuration");
+  if (block_dim.x == 0 || block_dim.x > 1024 || grid_dim.x == 0 || grid_dim.y == 0 || grid_dim.y > 65535) {
+    return fail_launch("invalid launch configuration");
+  }
+#ifdef MMCAL_MAX_GRID_X  // the emulated GPU's x extent (emulated_ops.py sets it small)
+  if (grid_dim.x > MMCAL_MAX_GRID_X) return fail_launch("grid x extent over MMCAL_MAX_GRID_X");
+#endif
   const char* env = std::getenv("MMCAL_CUDA_EMU_ORDER");
   const std::string how = env && *env ? env : "forward";
   const bool shuffle = how.rfind("shuffle:", 0) == 0 && how.size() > 8 && how.size() <= 8 + 9 &&  // 1-9 digits
@@ -189,8 +194,9 @@ inline cudaError_t run(dim3 grid_dim, dim3 block_dim, const std::function<void()
   for (Fiber& f : g.fibers) f.stack.reset(new char[kStackBytes]);
   Grid* outer = active;
   active = &g;
-  for (unsigned b = 0; b < grid_dim.x && g.failure.empty(); ++b) {
-    g.block_idx = dim3(b);
+  const std::uint64_t blocks = static_cast<std::uint64_t>(grid_dim.x) * grid_dim.y;
+  for (std::uint64_t b = 0; b < blocks && g.failure.empty(); ++b) {
+    g.block_idx = dim3(static_cast<unsigned>(b % grid_dim.x), static_cast<unsigned>(b / grid_dim.x));
     for (Fiber& f : g.fibers) {
       f.state = State::Runnable;
       getcontext(&f.ctx);
