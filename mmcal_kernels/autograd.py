@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from . import checks
 from .spec import DIAGNOSTIC_TENSORS, autocast_off, compute_dtype_of_flat, layout_name
 
 
@@ -275,3 +276,24 @@ def register_gates_autograd(gates_op: str, gates_backward_op: str, backward: Cal
     torch.library.register_autograd(gates_op, gates_backward, setup_context=setup)
     torch.library.register_autograd(gates_backward_op, _no_derivative(gates_backward_op),
                                     setup_context=lambda ctx, inputs, output: None)  # fmt: skip
+
+
+_IN_PLACE_LIB = torch.library.Library("mmcal", "FRAGMENT")
+
+
+def register_in_place_refusals(op_name: str) -> None:
+    """For an in-place op defined in Python (a triton_op), the Autograd kernel
+    that csrc/inplace.cpp gives mmcal::modulate_: refuse what autograd cannot
+    record, in the caller's grad mode, then go below autograd. The kernel
+    torch generates runs the op under no_grad, where the refusal cannot tell
+    a no_grad caller from a training one. torch's own ADInplaceOrView kernel
+    still bumps the version counters."""
+    namespace, name = op_name.split("::")
+    op = getattr(getattr(torch.ops, namespace), name).default
+
+    def autograd_kernel(keyset, xs, gates, layouts):
+        checks.refuse_autograd_in_place(xs, gates, op_name)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, xs, gates, layouts)
+
+    _IN_PLACE_LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True, allow_override=True)

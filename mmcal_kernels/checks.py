@@ -461,6 +461,26 @@ def refuse_grad_in_place(tensors):
         )
 
 
+def refuse_autograd_in_place(xs, gates, op: str) -> None:
+    """What csrc/inplace.cpp's Autograd kernel refuses for mmcal::modulate_,
+    for an in-place op with no such kernel (Triton's): with grad mode on, a
+    written tensor or gate that requires grad, since the op records nothing
+    and that gradient would be silently wrong (Tensor.mul_ refuses a leaf)."""
+    if not torch.is_grad_enabled():
+        return
+    hint = (f"the in-place {op} records nothing for autograd; use the out-of-place op, or call it under "
+            "torch.no_grad() or torch.inference_mode()")  # fmt: skip
+    for i, x in enumerate(xs):
+        if x.requires_grad and x.is_leaf:
+            raise RuntimeError(f"xs[{i}]: a leaf Variable that requires grad is being used in an in-place operation "
+                               f"({op})")  # fmt: skip
+        if x.requires_grad:
+            raise RuntimeError(f"xs[{i}]: requires grad, and {hint}")
+    for i, g in enumerate(gates):
+        if g.requires_grad:
+            raise RuntimeError(f"gates[{i}]: requires grad, and {hint}")
+
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _NN_MODULE_FILE = os.path.join("torch", "nn", "modules", "module.py")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from triton_env import DEVICE
-from conftest import check_against_oracle, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import check_against_oracle, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import GateParams, functional
 from mmcal_kernels.compare import assert_runs_close, random_case
 
@@ -70,6 +70,16 @@ def test_non_contiguous_inputs_and_expanded_gradient():
     sum(y.sum() for y in oracle(ref, masks, present)).backward()
     for a, b in zip(leaves, ref):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_masks_and_present_with_any_nonzero_byte_as_true():
+    """True stored as any nonzero byte (a uint8 tensor viewed as bool) is True
+    in the kernels' mask and presence reads, as in torch."""
+    dims, layouts = [6, 4, 5], ["sequence", "spatial", "sequence"]
+    module = _module(dims, layouts, 90, torch.float32)
+    features, masks, present = random_case(dims, layouts, batch=4, positions=[7, (2, 3), 9], seed=91)
+    masks = [with_odd_bytes(m, seed=i) for i, m in enumerate(masks)]
+    check_against_oracle(module, *_to(features, masks, with_odd_bytes(present, seed=9)))
 
 
 @pytest.mark.parametrize("batch,positions", [(0, [4, (2, 2)]), (2, [0, (0,)])], ids=["B=0", "P=0"])
@@ -177,7 +187,8 @@ def test_in_place_bumps_versions_and_refuses_shared_memory():
     module = _module(dims, layouts, 64, torch.float32)
     base = torch.randn(2, 5, 4, device=DEVICE, requires_grad=True)
     h = base.exp()  # saves its output for the backward
-    module.calibrate_([h, torch.randn(2, 6, 4, device=DEVICE)])
+    with torch.no_grad():
+        module.calibrate_([h, torch.randn(2, 6, 4, device=DEVICE)])
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         h.sum().backward()
     x = torch.randn(2, 5, 4, device=DEVICE)
@@ -193,6 +204,27 @@ def test_in_place_bumps_versions_and_refuses_shared_memory():
     z = torch.randn(2, 4, 4, device=DEVICE)
     with pytest.raises(ValueError, match=r"xs\[0\] and gates\[0\]: share memory"):
         op([z], [z[:, 0]], [0])
+
+
+def test_in_place_op_refuses_what_autograd_cannot_record():
+    """As Tensor.mul_ and the C++ mmcal::modulate_: with grad mode on, a written
+    tensor or a gate that requires grad is refused before anything is written
+    (its gradient would skip the gate); under no_grad the write goes ahead."""
+    op = torch.ops.mmcal.triton_modulate_
+    gate = torch.rand(2, 4, device=DEVICE) + 0.5
+    leaf = torch.randn(2, 3, 4, device=DEVICE, requires_grad=True)
+    node = leaf * 2.0
+    before = node.detach().clone()
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: a leaf Variable that requires grad is being used in an in-place"):
+        op([leaf], [gate], [0])
+    with pytest.raises(RuntimeError, match=r"xs\[0\]: requires grad, and the in-place mmcal::triton_modulate_ records nothing"):
+        op([node], [gate], [0])
+    assert torch.equal(node.detach(), before)
+    with pytest.raises(RuntimeError, match=r"gates\[0\]: requires grad"):
+        op([before.clone()], [gate.clone().requires_grad_()], [0])
+    with torch.no_grad():
+        op([node], [gate], [0])
+    torch.testing.assert_close(node.detach(), before * gate[:, None, :])
 
 
 def test_second_derivative_is_refused_not_zero():

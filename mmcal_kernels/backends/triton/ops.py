@@ -11,7 +11,7 @@ CPU tensors, by name only, so that the tests reach the kernels themselves.
 from __future__ import annotations
 
 from ... import backends, checks
-from ...autograd import register_gates_autograd, register_stage_autograd
+from ...autograd import register_gates_autograd, register_in_place_refusals, register_stage_autograd
 from ..kernel_backend import KernelBackend
 from . import configs, elementwise, gate_network, reductions
 
@@ -27,6 +27,7 @@ OPS = KernelBackend(
 )
 register_stage_autograd(OPS, "mmcal::triton_summaries", "mmcal::triton_modulate", "mmcal::triton_gate_grads", "mmcal::triton_input_grads")
 register_gates_autograd("mmcal::triton_gates", "mmcal::triton_gates_backward", gate_network.gates_backward)
+register_in_place_refusals("mmcal::triton_modulate_")
 
 
 def register() -> None:
