@@ -17,6 +17,17 @@ def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0,
     return randomize_(module, seed=seed).to(dtype)
 
 
+def with_odd_bytes(flags, seed=0):
+    """The same bool tensor with each True stored as a random nonzero byte
+    (1-255), as a uint8 tensor viewed as bool holds: torch takes any nonzero
+    byte as True, and so must every kernel."""
+    if flags is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randint(1, 256, flags.shape, generator=gen, dtype=torch.uint8)
+    return (flags.to(torch.uint8) * values).view(torch.bool).to(flags.device)
+
+
 def random_grads(outputs, seed=123):
     gen = torch.Generator().manual_seed(seed)
     # Drawn on the CPU (the same values on every device), then put where the outputs are.

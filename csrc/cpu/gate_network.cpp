@@ -76,7 +76,10 @@ struct Presence {
   explicit Presence(const std::optional<Tensor>& t) {
     if (t.has_value()) p = t->const_data_ptr<bool>(), sB = t->stride(0), sM = t->stride(1);
   }
-  bool operator()(int64_t b, int64_t n) const { return p == nullptr || p[b * sB + n * sM]; }
+  // Read as a byte: any nonzero byte is True (see valid() in vec_block.h).
+  bool operator()(int64_t b, int64_t n) const {
+    return p == nullptr || reinterpret_cast<const unsigned char*>(p)[b * sB + n * sM] != 0;
+  }
 };
 
 int64_t grain_for(int64_t flops_per_sample) { return std::max<int64_t>(1, kChunkFlops / std::max<int64_t>(1, flops_per_sample)); }

@@ -20,7 +20,7 @@ Acc divisor(const ReduceArgs& a, int64_t b) {
   if (!a.divide) return Acc(1);
   if (a.mask == nullptr) return mean_divisor<Acc>(a.vx.P);
   int64_t count = 0;
-  for (int64_t p = 0; p < a.vx.P; ++p) count += a.mask[b * a.mask_sB + p * a.mask_sP] ? 1 : 0;
+  for (int64_t p = 0; p < a.vx.P; ++p) count += valid(a.mask, a.mask_sB, a.mask_sP, b, p) ? 1 : 0;
   return mean_divisor<Acc>(count);
 }
 

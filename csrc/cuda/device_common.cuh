@@ -52,7 +52,8 @@ __device__ __forceinline__ void load_run(const T* p, bool aligned, int n, Acc* o
 }
 
 __device__ __forceinline__ bool is_valid(const bool* mask, int64_t sB, int64_t sP, int64_t b, int64_t p) {
-  return mask == nullptr || mask[b * sB + p * sP];
+  // Read as a byte: any nonzero byte is True, as torch takes a bool tensor.
+  return mask == nullptr || reinterpret_cast<const unsigned char*>(mask)[b * sB + p * sP] != 0;
 }
 
 // Which modality a flat block index falls in, from the per-modality prefix of block counts.

@@ -192,7 +192,9 @@ __device__ __forceinline__ T* out(void* p) {
 }
 
 __device__ __forceinline__ bool is_present(const GateBatch& g, int64_t b, int m) {
-  return g.present == nullptr || g.present[b * g.present_sB + m * g.present_sM];
+  // Read as a byte: any nonzero byte is True, as torch takes a bool tensor.
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(g.present);
+  return bytes == nullptr || bytes[b * g.present_sB + m * g.present_sM] != 0;
 }
 
 // Which modality a flat row falls in, given each modality's first row

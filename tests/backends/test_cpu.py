@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import GateParams, backends, functional
 from mmcal_kernels.backends.cpp.load import STATUS
 from mmcal_kernels.compare import assert_runs_close, random_case
@@ -94,6 +94,19 @@ def test_degenerate_sizes(batch, positions, dims):
     layouts = ["sequence", "spatial"]
     module = make_module(dims, layouts, seed=88, dtype=torch.float64, backend="cpu")
     features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=89)
+    check_against_oracle(module, features, masks, present)
+
+
+def test_masks_and_present_with_any_nonzero_byte_as_true():
+    """A bool mask or present whose True bytes are not 1 (a uint8 tensor viewed
+    as bool): the kernels read a byte and test it against zero, as torch does.
+    Read as C++ bool, the summary's position count summed the raw bytes."""
+    dims, layouts = [6, 4, 5], ["sequence", "spatial", "sequence"]
+    module = make_module(dims, layouts, seed=96, dtype=torch.float32, backend="cpu")
+    features, masks, present = random_case(dims, layouts, batch=4, positions=[7, (2, 3), 9], seed=97)
+    masks = [with_odd_bytes(m, seed=i) for i, m in enumerate(masks)]
+    present = with_odd_bytes(present, seed=9)
+    assert any(m is not None and m.view(torch.uint8).max() > 1 for m in masks) and present.view(torch.uint8).max() > 1
     check_against_oracle(module, features, masks, present)
 
 

@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import backends
 from mmcal_kernels.autograd import fused_calibrate
 from mmcal_kernels.backends.cpp.load import STATUS
@@ -262,6 +262,15 @@ def test_whole_step_matches_float64_oracle(emu, any_order, dtype):
     module = make_module(DIMS, LAYOUTS, shared_dim=6, hidden_dim=5, seed=31, dtype=param_dtype)
     features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, dtype=feature_dtype, seed=32)
     _check_step(emu, module, features, masks, present)
+
+
+def test_whole_step_with_masks_and_present_of_any_nonzero_byte(emu):
+    """True stored as any nonzero byte (a uint8 tensor viewed as bool) is True
+    in every kernel's mask and presence reads, as in torch."""
+    module = make_module(DIMS, LAYOUTS, shared_dim=6, hidden_dim=5, seed=37, dtype=torch.float32)
+    features, masks, present = random_case(DIMS, LAYOUTS, batch=5, positions=POSITIONS, seed=38)
+    masks = [with_odd_bytes(m, seed=i) for i, m in enumerate(masks)]
+    _check_step(emu, module, features, masks, with_odd_bytes(present, seed=9))
 
 
 def test_whole_step_with_no_masks_and_no_present(emu, order):
