@@ -253,7 +253,9 @@ def check_like(t: Tensor, x: Tensor, name: str) -> None:
     """A gradient of ``Y = f(X)``: X's shape, dtype and device."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
-    if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+    if t.dtype != x.dtype:  # TypeError, as the C++ ops raise
+        raise TypeError(f"{name}: expected dtype {x.dtype}, got {t.dtype}")
+    if t.shape != x.shape or t.device != x.device:
         raise ValueError(f"{name}: expected {tuple(x.shape)} {x.dtype} on {x.device}, "
                          f"got {tuple(t.shape)} {t.dtype} on {t.device}")  # fmt: skip
 
@@ -284,8 +286,8 @@ def check_one_compute_dtype(named: Sequence[tuple[str, Optional[Tensor]]]) -> No
 def check_gate_op_args(summaries, params, present) -> None:
     """The gate-network op's inputs (the Triton op's; the C++ op checks in C++):
     parameters named by their flat index, as the C++ op names them."""
-    if len(summaries) == 0:
-        raise ValueError("summaries: expected one [B, D_m] tensor per modality, got none")
+    if len(summaries) < 2:
+        raise ValueError(f"summaries: expected one [B, D_m] tensor per modality, at least 2, got {len(summaries)}")
     first = summaries[0]
     for i, s in enumerate(summaries):
         if not isinstance(s, Tensor):
@@ -314,6 +316,9 @@ def check_gate_op_args(summaries, params, present) -> None:
         pw, pb, hw, hb, iw, ib, dw, db = params[PER_MODALITY * m : PER_MODALITY * (m + 1)]
         dim, r = summaries[m].shape[1], hw.shape[0] if hw.dim() == 2 else -1
         want = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
+        if d == 0 or r == 0:
+            raise ValueError(f"params[{PER_MODALITY * m}] ({GateParams._fields[0]} of modality {m}): d = {d} and r_{m} = "
+                             f"{r}; the Triton kernels need d >= 1 and r >= 1")  # fmt: skip
         for j, (p, shape) in enumerate(zip((pw, pb, hw, hb, iw, ib, dw, db), want)):
             if tuple(p.shape) != shape or d < 1 or r < 1:
                 raise ValueError(f"params[{PER_MODALITY * m + j}] ({GateParams._fields[j]} of modality {m}): expected "

@@ -67,6 +67,7 @@ BAD = [
     ("triton_modulate", lambda: ([t(2, 3, 4)], [torch.rand(2, 4, device=DEVICE).half()], [0]), TypeError, r"gates\[0\]: expected the compute dtype"),
     ("triton_modulate", lambda: ([t(2, 3, 4).double()], [torch.rand(2, 4, device=DEVICE)], [0]), TypeError, r"gates\[0\]: expected the compute dtype .* holding torch.float64"),
     ("triton_gate_grads", lambda: ([t(2, 3, 5)], [t(2, 3, 4)], [0], torch.float32), ValueError, r"grad_ys\[0\]: expected \(2, 3, 4\)"),
+    ("triton_gate_grads", lambda: ([t(2, 3, 4).double()], [t(2, 3, 4)], [0], torch.float32), TypeError, r"grad_ys\[0\]: expected dtype torch.float32, got torch.float64"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [t(2, 3, 4)], [None], [None], [None], [0]), ValueError, r"give both"),
     ("triton_input_grads", lambda: ([t(2, 3, 4)], [None], [None], [None], [torch.rand(2, 3, device=DEVICE)], [0]), ValueError, r"ds\[0\]: expected \[2, 4\]"),
