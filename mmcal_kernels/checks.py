@@ -316,11 +316,8 @@ def check_gate_op_args(summaries, params, present) -> None:
         pw, pb, hw, hb, iw, ib, dw, db = params[PER_MODALITY * m : PER_MODALITY * (m + 1)]
         dim, r = summaries[m].shape[1], hw.shape[0] if hw.dim() == 2 else -1
         want = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
-        if d == 0 or r == 0:
-            raise ValueError(f"params[{PER_MODALITY * m}] ({GateParams._fields[0]} of modality {m}): d = {d} and r_{m} = "
-                             f"{r}; the Triton kernels need d >= 1 and r >= 1")  # fmt: skip
         for j, (p, shape) in enumerate(zip((pw, pb, hw, hb, iw, ib, dw, db), want)):
-            if tuple(p.shape) != shape or d < 1 or r < 1:
+            if tuple(p.shape) != shape or d < 0 or r < 0:
                 raise ValueError(f"params[{PER_MODALITY * m + j}] ({GateParams._fields[j]} of modality {m}): expected "
                                  f"{list(shape)} (d = {d}, D_{m} = {dim}, r_{m} = {r}), got {list(p.shape)}")  # fmt: skip
     if present is not None:

@@ -215,6 +215,52 @@ def test_bad_input_to_the_cpp_ops(name, make, exc, match):
         getattr(torch.ops.mmcal, name)(*make())
 
 
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _meta_gate_params(bad):
+    params = []
+    for dim in (4, 7):
+        params += [_meta(6, dim), _meta(6), _meta(5, 14), _meta(5), _meta(1, 5), _meta(1), _meta(dim, 5), _meta(dim)]
+    if bad == "shape":
+        params[14] = _meta(4, 5)
+    return params
+
+
+FAKE_BAD = [
+    ("summaries", lambda: ([_meta(2, 5, 8)], [_meta(2, 5)], [0], torch.float32), TypeError, r"masks\[0\]: expected a bool tensor"),
+    ("summaries", lambda: ([_meta(2, 5, 8, dtype=torch.int32)], [None], [0], torch.float32), TypeError, r"xs\[0\]: unsupported dtype"),
+    ("summaries", lambda: ([_meta(2, 5, 8)], [None], [0], torch.int64), TypeError, r"ct: expected float32 or float64"),
+    ("summaries", lambda: ([_meta(2, 5, 8)], [None], [5], torch.float32), ValueError, r"layouts\[0\]: expected 0 \(sequence\) or 1"),
+    ("modulate", lambda: ([_meta(2, 8)], [_meta(2, 8)], [0]), ValueError, r"xs\[0\]: a 'sequence' input must be \[B, P, D\]"),
+    ("modulate", lambda: ([_meta(2, 5, 8)], [_meta(2, 8, dtype=torch.float16)], [0]), TypeError, r"gates\[0\]: expected the compute dtype"),
+    ("modulate_", lambda: ([_meta(2, 5, 8)], [_meta(2, 9)], [0]), ValueError, r"gates\[0\]: expected \[2, 8\]"),
+    ("input_grads", lambda: ([_meta(2, 5, 8)], [None], [None], [None], [None], [0]), ValueError, r"neither is given"),
+    ("gates", lambda: ([_meta(3, 4), _meta(3, 7)], _meta_gate_params("shape"), None), ValueError, r"params\[14\] \(dim_weight of modality 1\)"),
+    ("gates", lambda: ([_meta(3, 4), _meta(3, 7)], _meta_gate_params(None), _meta(3, 2)), TypeError, r"present: expected a bool tensor"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", FAKE_BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(FAKE_BAD)])
+def test_fake_kernels_refuse_what_the_cpp_ops_refuse(name, make, exc, match):
+    """On meta (and while torch.compile traces) the fake kernel runs instead of
+    C++: it checks the same arguments, with the same exception types."""
+    with pytest.raises(exc, match=match):
+        getattr(torch.ops.mmcal, name)(*make())
+
+
+def test_fake_kernels_take_what_the_cpp_ops_take():
+    xs = [_meta(2, 5, 8), _meta(2, 3, 4, 4)]
+    masks = [torch.ones(2, 5, dtype=torch.bool, device="meta"), None]
+    summaries = torch.ops.mmcal.summaries(xs, masks, [0, 1], torch.float32)
+    assert [tuple(s.shape) for s in summaries] == [(2, 8), (2, 3)]
+    ys = torch.ops.mmcal.modulate(xs, summaries, [0, 1])
+    assert [y.shape for y in ys] == [x.shape for x in xs]
+    gates, diagnostics, saved = torch.ops.mmcal.gates([_meta(3, 4), _meta(3, 7)], _meta_gate_params(None), None)
+    assert [tuple(g.shape) for g in gates] == [(3, 4), (3, 7)]
+
+
 def test_capability_in_use_is_reported():
     assert torch.ops.mmcal.cpu_capability() in ("DEFAULT", "AVX2", "AVX512")
     expected = os.environ.get("MMCAL_CPU_CAPABILITY")

@@ -227,7 +227,7 @@ BAD = [
     (lambda s, p, q: (s, p, q.int()), TypeError, r"present: expected a bool tensor"),
     (lambda s, p, q: (s, p, q[:, :1]), ValueError, r"present: expected \[B, M\] = \[2, 2\]"),
     (lambda s, p, q: (s[:1], p[:8], None), ValueError, r"summaries: expected one \[B, D_m\] tensor per modality, at least 2, got 1"),
-    (lambda s, p, q: (s, [t[:0] if i % 8 in (0, 1) else t[:, :0] if i % 8 == 2 else t for i, t in enumerate(p)], q),
+    (lambda s, p, q: (s, [t[:0] if i % 8 in (0, 1) else t[:, :2] if i % 8 == 2 else t for i, t in enumerate(p)], q),
      ValueError, r"params\[0\] \(proj_weight of modality 0\): d = 0 and r_0 = 5; the Triton kernels need d >= 1"),
 ]
 

@@ -1,5 +1,6 @@
 """The C++ extension's ops (csrc/ops.cpp) as a kernel backend: their fake
-kernels (shapes and device checks for ``torch.compile`` and ``meta``), the
+kernels (for ``torch.compile`` and ``meta``: the C++ kernels' argument checks,
+in Python, ``op_checks``, then the output shapes), the
 autograd of the stage ops and of the gate network, and the ``KernelBackend``s
 the ``"cpu"`` and ``"cuda"`` backends compute with. Registered once the
 library has loaded."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import gates_torch
+from ... import gates_torch, op_checks
 from ...autograd import register_gates_autograd, register_stage_autograd
 from ...spec import channels, layout_name
 from ..kernel_backend import KernelBackend
@@ -62,6 +63,8 @@ def _per_channel(xs, layouts, ct):
 def one_device(**lists) -> None:
     """Every tensor of an op on xs[0]'s device, as the C++ ops check: a fake
     kernel is what runs when one argument is on ``meta``, so it checks too."""
+    if len(lists["xs"]) == 0:
+        return  # op_checks names the empty list
     device = lists["xs"][0].device
     for name, items in lists.items():
         for i, t in enumerate(items):
@@ -74,40 +77,38 @@ def register() -> None:
 
     @torch.library.register_fake("mmcal::summaries")
     def _(xs, masks, layouts, ct):
-        torch._check(len(xs) == len(masks) == len(layouts), lambda: "xs, masks, layouts: lengths differ")
         one_device(xs=xs, masks=masks)
+        op_checks.summaries_args(xs, masks, layouts, ct)
         return _per_channel(xs, layouts, ct)
 
     @torch.library.register_fake("mmcal::modulate")
     def _(xs, gates, layouts):
-        torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
         one_device(xs=xs, gates=gates)
-        for x, g, c in zip(xs, gates, layouts):
-            torch._check(g.shape[0] == x.shape[0] and g.shape[1] == _channels(x, c), lambda: "gates: expected [B, D]")
+        op_checks.modulate_args(xs, gates, layouts)
         return [torch.empty_like(x) for x in xs]
 
     @torch.library.register_fake("mmcal::modulate_")
     def _(xs, gates, layouts):
-        torch._check(len(xs) == len(gates) == len(layouts), lambda: "xs, gates, layouts: lengths differ")
         one_device(xs=xs, gates=gates)
+        op_checks.modulate_args(xs, gates, layouts)
         return None
 
     @torch.library.register_fake("mmcal::gate_grads")
     def _(dys, xs, layouts, ct):
-        torch._check(len(xs) == len(dys) == len(layouts), lambda: "grad_ys, xs, layouts: lengths differ")
         one_device(xs=xs, grad_ys=dys)
+        op_checks.gate_grads_args(dys, xs, layouts, ct)
         return _per_channel(xs, layouts, ct)
 
     @torch.library.register_fake("mmcal::input_grads")
     def _(xs, dys, gates, masks, ds, layouts):
-        torch._check(len(xs) == len(dys) == len(gates) == len(masks) == len(ds) == len(layouts),
-                     lambda: "input_grads: list lengths differ")  # fmt: skip
         one_device(xs=xs, grad_ys=dys, gates=gates, masks=masks, ds=ds)
+        op_checks.input_grads_args(xs, dys, gates, masks, ds, layouts)
         return [torch.empty_like(x) for x in xs]
 
     @torch.library.register_fake("mmcal::gates")
     def _(summaries, params, present):
         num, ct = _gate_args(summaries, params, present)
+        op_checks.gates_args(summaries, params, present)
         s0, batch, d = summaries[0], summaries[0].shape[0], params[0].shape[0]
         gates = [s.new_empty((batch, s.shape[1]), dtype=ct) for s in summaries]
         diagnostics = [s0.new_empty((batch, num, num), dtype=ct)] + [s0.new_empty((batch, num), dtype=ct) for _ in range(3)]
@@ -118,9 +119,8 @@ def register() -> None:
 
     @torch.library.register_fake("mmcal::gates_backward")
     def _(grad_gates, summaries, params, present, diagnostics, saved):
-        num, ct = _gate_args(summaries, params, present, grad_gates=grad_gates, diagnostics=diagnostics, saved=saved)
-        if len(grad_gates) != num:
-            raise ValueError(f"grad_gates: expected one tensor per modality ({num}), got {len(grad_gates)}")
+        _, ct = _gate_args(summaries, params, present, grad_gates=grad_gates, diagnostics=diagnostics, saved=saved)
+        op_checks.gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved)
         # Contiguous, as the C++ op returns them, whatever the parameters' strides.
         return [s.new_empty(s.shape, dtype=ct) for s in summaries], [p.new_empty(p.shape) for p in params]
 

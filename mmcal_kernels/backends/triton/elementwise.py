@@ -18,8 +18,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ... import checks
-from ...spec import layout_name
+from ... import checks, op_checks
 from . import configs
 from .counts import row_count
 from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
@@ -143,18 +142,10 @@ def _into_like(xs, layouts, compute) -> list[Tensor]:
     return results
 
 
-def _check_gates(xs, gates, layouts):
-    checks.check_op_features(xs, layouts)
-    checks.check_lengths("gates", gates, len(xs))
-    for i, (x, g, lay) in enumerate(zip(xs, gates, layouts)):
-        checks.check_per_channel(g, x, lay, f"gates[{i}]")
-    checks.check_one_compute_dtype([(f"gates[{i}]", g) for i, g in enumerate(gates)])
-
-
 @triton_op("mmcal::triton_modulate", mutates_args=())
 def modulate(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> list[Tensor]:
     """Step 7 for every modality: ``(X * g).to(X.dtype)``, like X."""
-    _check_gates(xs, gates, layouts)
+    op_checks.modulate_args(xs, gates, layouts)
     none = [None] * len(xs)
     return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, xs, gates, none, none))
 
@@ -162,7 +153,7 @@ def modulate(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> list[
 @triton_op("mmcal::triton_modulate_", mutates_args={"xs"})
 def modulate_(xs: list[Tensor], gates: list[Tensor], layouts: list[int]) -> None:
     """Step 7 in place, for inference: ``X *= g``, rounded once."""
-    _check_gates(xs, gates, layouts)
+    op_checks.modulate_args(xs, gates, layouts)
     checks.check_inplace_targets(xs, gates, name="xs", read_name="gates")
     none = [None] * len(xs)
     direct = [flattenable(x, lay) for x, lay in zip(xs, layouts)]
@@ -183,20 +174,5 @@ def input_grads(
     layouts: list[int],
 ) -> list[Tensor]:
     """The backward's ``dX = dY * g + V * ds / count``, like X; a None term is left out."""
-    checks.check_op_features(xs, layouts)
-    for name, items in (("grad_ys", grad_ys), ("gates", gates), ("masks", masks), ("ds", ds)):
-        checks.check_lengths(name, items, len(xs))
-    for i, (x, dy, g, m, q, lay) in enumerate(zip(xs, grad_ys, gates, masks, ds, layouts)):
-        if (dy is None) != (g is None):
-            raise ValueError(f"grad_ys[{i}], gates[{i}]: give both (the dY * g term) or neither")
-        if dy is None and q is None:
-            raise ValueError(f"grad_ys[{i}], ds[{i}]: neither is given, so dX has no term")
-        if dy is not None:
-            checks.check_like(dy, x, f"grad_ys[{i}]")
-            checks.check_per_channel(g, x, lay, f"gates[{i}]")
-        if q is not None:
-            checks.check_per_channel(q, x, lay, f"ds[{i}]")
-        checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
-    checks.check_one_compute_dtype([(f"{name}[{i}]", t) for i, (g, q) in enumerate(zip(gates, ds))
-                                    for name, t in (("gates", g), ("ds", q))])  # fmt: skip
+    op_checks.input_grads_args(xs, grad_ys, gates, masks, ds, layouts)
     return _into_like(xs, layouts, lambda outs: map_all(outs, layouts, grad_ys, gates, ds, masks))

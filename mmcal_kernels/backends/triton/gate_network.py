@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ... import checks, gates_torch, reference
+from ... import gates_torch, op_checks, reference
 from ...spec import GateParams
 from . import configs
 from .slots import MAX_SLOTS, cdiv, mask_bytes
@@ -554,10 +554,20 @@ def _params_ct(params, ct):
     return [p if p.is_contiguous() else p.contiguous() for p in params]
 
 
+def _check_triton_sizes(params, num):
+    """The C++ ops take d = 0 or r = 0 (empty products); the Triton kernels' tiles need both at least 1."""
+    for m in range(num):
+        d, r = params[NUM_PARAMS * m].shape[0], params[NUM_PARAMS * m + 2].shape[0]
+        if d == 0 or r == 0:
+            raise ValueError(f"params[{NUM_PARAMS * m}] (proj_weight of modality {m}): d = {d} and r_{m} = {r}; "
+                             "the Triton kernels need d >= 1 and r >= 1")  # fmt: skip
+
+
 @triton_op("mmcal::triton_gates", mutates_args=())
 def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Steps 2-6 for every modality in one launch: (gates, diagnostics, saved) as in the contract."""
-    checks.check_gate_op_args(summaries, params, present)
+    op_checks.gates_args(summaries, params, present)
+    _check_triton_sizes(params, len(summaries))
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
@@ -604,14 +614,11 @@ def gates_backward(
     saved: list[Tensor],
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Steps 6-2 back: (grad_summaries, grad_params), each parameter's gradient in its dtype."""
-    checks.check_gate_op_args(summaries, params, present)
+    op_checks.gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved)
+    _check_triton_sizes(params, len(summaries))
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
-    checks.check_op_tensors("grad_gates", grad_gates, [(batch, dim) for dim in dims], ct, device)
-    checks.check_op_tensors("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
-                + [(batch, dim) for dim in dims], ct, device)  # fmt: skip
-    checks.check_op_tensors("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden], ct, device)
     if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)

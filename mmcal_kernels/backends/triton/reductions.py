@@ -21,8 +21,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ... import checks
-from ...spec import layout_name
+from ... import op_checks
 from . import configs
 from .counts import row_count
 from .slots import cdiv, groups, mask_bytes, pad, readable, size_class, view3
@@ -142,20 +141,12 @@ def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[in
 @triton_op("mmcal::triton_summaries", mutates_args=())
 def summaries(xs: list[Tensor], masks: list[Optional[Tensor]], layouts: list[int], ct: torch.dtype) -> list[Tensor]:
     """Step 1 for every modality: masked means ``[B, D_m]`` in ct."""
-    checks.check_op_features(xs, layouts)
-    checks.check_lengths("masks", masks, len(xs))
-    for i, (x, m, lay) in enumerate(zip(xs, masks, layouts)):
-        checks.check_compute_dtype(ct, x, "ct")
-        checks.check_mask(m, x, layout_name(lay), f"masks[{i}]")
+    op_checks.summaries_args(xs, masks, layouts, ct)
     return reduce_all(xs, None, masks, layouts, ct)
 
 
 @triton_op("mmcal::triton_gate_grads", mutates_args=())
 def gate_grads(grad_ys: list[Tensor], xs: list[Tensor], layouts: list[int], ct: torch.dtype) -> list[Tensor]:
     """The backward's ``dg = sum_p dY * X`` over every position, ``[B, D_m]`` in ct."""
-    checks.check_op_features(xs, layouts)
-    checks.check_lengths("grad_ys", grad_ys, len(xs))
-    for i, (x, dy) in enumerate(zip(xs, grad_ys)):
-        checks.check_compute_dtype(ct, x, "ct")
-        checks.check_like(dy, x, f"grad_ys[{i}]")
+    op_checks.gate_grads_args(grad_ys, xs, layouts, ct)
     return reduce_all(xs, grad_ys, None, layouts, ct)
