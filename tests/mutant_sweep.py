@@ -103,7 +103,7 @@ MUTANTS = [
            "    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;\n    if (rows_in_part++",
            "    if (rows_in_part++"),
     Mutant("cpu passes: the mean's count includes padding", "cpu-passes", SUMS,
-           "count += a.mask[b * a.mask_sB + p * a.mask_sP] ? 1 : 0;", "count += 1;"),
+           "count += valid(a.mask, a.mask_sB, a.mask_sP, b, p) ? 1 : 0;", "count += 1;"),
     Mutant("cpu passes: an NCHW row's sum drops its last position", "cpu-passes", SUMS,
            "for (int64_t p = full; p < P; ++p) total +=", "for (int64_t p = full; p < P - 1; ++p) total +="),
     Mutant("cpu passes: a padded position gets the ds term", "cpu-passes", MAPS,
