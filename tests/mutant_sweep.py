@@ -37,6 +37,8 @@ TARGETS = {
     "triton": (["tests/triton/test_triton_gate_network.py"], {"TRITON_INTERPRET": "1"}),
     "triton-passes": (["tests/triton/test_triton_passes.py"], {"TRITON_INTERPRET": "1"}),
     "in-place": (["tests/test_inplace.py", "tests/test_functional.py"], {}),
+    "triton-in-place": (["tests/triton/test_triton_module.py"], {"TRITON_INTERPRET": "1"}),
+    "autograd": (["tests/test_autograd.py", "tests/backends/test_cpp_gate_network.py"], {}),
 }
 
 
@@ -60,6 +62,10 @@ TRITON_SUMS = "mmcal_kernels/backends/triton/reductions.py"
 TRITON_MAPS = "mmcal_kernels/backends/triton/elementwise.py"
 TRITON_COUNTS = "mmcal_kernels/backends/triton/counts.py"
 INPLACE = "csrc/inplace.cpp"
+CUDA_COMMON = "csrc/cuda/device_common.cuh"
+CHECKS_H = "csrc/common/checks.h"
+MODULE = "mmcal_kernels/module.py"
+AUTOGRAD = "mmcal_kernels/autograd.py"
 
 MUTANTS = [
     # Step 2, the norm clamp u = h / max(||h||, eps), forward and backward.
@@ -167,6 +173,19 @@ MUTANTS = [
            "return sorted.slice(0, 1).eq(sorted.slice(0, 0, -1)).any().item<bool>();", "return false;"),
     Mutant("in place: a gate that shares memory with a feature let through", "in-place", INPLACE,
            "TORCH_CHECK_VALUE(!share_elements(x, read[j]),", "TORCH_CHECK_VALUE(true,"),
+    Mutant("in place: the module writes a feature that needs grad", "in-place", MODULE,
+           "checks.refuse_grad_in_place([x for x in features if isinstance(x, Tensor)])",
+           "pass"),
+    Mutant("triton in place: a tensor that needs grad written", "triton-in-place", AUTOGRAD,
+           "checks.refuse_autograd_in_place(xs, gates, op_name)", "pass"),
+    # Added 2026-11-27 with the fixes they guard: the grid's rows, one compute dtype, None gradients.
+    Mutant("cuda passes: a grid's rows of y ignored", "cuda-emulated", CUDA_COMMON,
+           "return static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;", "return blockIdx.x;"),
+    Mutant("cuda passes: gates of two compute dtypes in one call let through", "cuda-emulated", CHECKS_H,
+           "check_per_channel(gates[i], xs[i], layouts[i], ct, arg(\"gates\", i));",
+           "check_per_channel(gates[i], xs[i], layouts[i], gates[i].scalar_type(), arg(\"gates\", i));"),
+    Mutant("autograd: an unused gate's layers get zeros, not None", "autograd", AUTOGRAD,
+           "grad_params[8 * m + 2 : 8 * m + 8] = [None] * 6", "pass"),
 ]  # fmt: skip
 # Left out, since they change nothing the tests could see (the first two tried):
 # - du_n += dctx_m / k_n instead of / k_m: a missing modality's dctx is 0 (its
