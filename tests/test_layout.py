@@ -81,4 +81,4 @@ def test_the_rule_sees_imports():
     """The graph is not empty by mistake: the fused node's module imports the spec, the torch gate network its backward."""
     graph = _graph()
     assert "spec" in graph["autograd"] and "gates_backward" in graph["gates_torch"]
-    assert "checks" in graph["backends.triton.reductions"]
+    assert "op_checks" in graph["backends.triton.reductions"] and "checks" in graph["op_checks"]
