@@ -142,8 +142,8 @@ class PreFusionCalibration(nn.Module):
             return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
 
     def _call(self, fn, features, masks, present, return_diagnostics):
-        if not getattr(self, "_hooks_warned", False):
-            self._warn_about_layer_hooks()
+        if not (getattr(self, "_hooks_warned", False) or torch.compiler.is_compiling()):
+            self._warn_about_layer_hooks()  # eager only: the warning's frame walk would break a traced graph
         return fn(
             features,
             self.gate_params(),
