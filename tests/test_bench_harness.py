@@ -434,3 +434,23 @@ def test_an_interruption_wrapped_by_a_library_is_still_one(monkeypatch, tmp_path
     assert runner.main(argv) == 130
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert data["records"] == [] and not data["meta"]["errors"] and data["meta"]["interrupted"] == "signal 15"
+
+
+def test_wall_timer_counts_host_and_sync_time(monkeypatch):
+    """time_wall per call = (calls' time + one sync) / calls, per round: host
+    time counts (do_bench's CUDA events can hide it). A fake clock that the
+    call advances by 1 ms and the sync by 5 ms."""
+    from mmcal_kernels.bench import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def call():
+        clock[0] += 1e-3
+
+    def sync():
+        clock[0] += 5e-3
+
+    got = timing.time_wall(call, sync, calls=10, rounds=4, warmup=2)
+    assert got.samples == 4
+    assert abs(got.median_ms - 1.5) < 1e-9 and abs(got.p20_ms - 1.5) < 1e-9

@@ -4,7 +4,9 @@
 
 On MOSEI-aligned's sizes (B = 32, float32, every parameter random), for each
 of the per-sample gate kernels' block sizes (``MMCAL_CUDA_GATE_WARPS``: 8, the
-default, and 16), times with CUDA events (triton's ``do_bench``):
+default, and 16), times with CUDA events (triton's ``do_bench``, which can
+hide host time: see ``time_wall``) and with a wall clock around back-to-back
+calls (``time_wall``: host time included):
 
 * ``gates``: the op ``mmcal::gates`` alone, and ``gates+backward``: it and
   ``mmcal::gates_backward``;
@@ -13,7 +15,7 @@ default, and 16), times with CUDA events (triton's ``do_bench``):
 
 and, for each, the kernels one call runs and their summed GPU time
 (``torch.profiler``). A step's wall time against its kernels' time splits
-host from GPU; the two block sizes are compared on the same GPU in the same
+host from GPU (the event time alone does not: it may hide the host); the two block sizes are compared on the same GPU in the same
 process. Prints a table and writes ``gate-warps.json`` to ``--out``. GPU
 only; every value it prints is measured here, on the GPU it names.
 """
@@ -33,7 +35,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))  # benchmarks/: the gate network's 
 from mmcal_kernels import backends  # noqa: E402
 from mmcal_kernels.bench.contenders import input_sets, make_module  # noqa: E402
 from mmcal_kernels.bench.counting import cuda_launches  # noqa: E402
-from mmcal_kernels.bench.timing import time_cuda  # noqa: E402
+from mmcal_kernels.bench.timing import time_cuda, time_wall  # noqa: E402
 from mmcal_kernels.bench.workloads import workload  # noqa: E402
 from gate_network_cpu import make  # noqa: E402
 
@@ -87,12 +89,15 @@ def main() -> int:
         os.environ["MMCAL_CUDA_GATE_WARPS"] = warps
         for name, call in calls.items():
             timing = time_cuda(call)
+            wall = time_wall(call, torch.cuda.synchronize)
             launches = cuda_launches(call)
             rows.append({"warps": int(warps), "step": name, "median_ms": timing.median_ms, "p20_ms": timing.p20_ms,
-                         "p80_ms": timing.p80_ms, "kernels": launches["kernels"],
+                         "p80_ms": timing.p80_ms, "wall_ms": wall.median_ms, "wall_p20_ms": wall.p20_ms,
+                         "wall_p80_ms": wall.p80_ms, "kernels": launches["kernels"],
                          "kernel_us": launches["kernel_us"], "names": launches["names"]})  # fmt: skip
             r = rows[-1]
-            print(f"  warps {warps:>2s}  {name:16s} {r['median_ms'] * 1e3:9.1f} us wall  "
+            print(f"  warps {warps:>2s}  {name:16s} {r['wall_ms'] * 1e3:9.1f} us wall  "
+                  f"{r['median_ms'] * 1e3:9.1f} us events  "
                   f"{r['kernel_us']:9.1f} us in {r['kernels']} kernels  {r['names']}", flush=True)
     os.environ.pop("MMCAL_CUDA_GATE_WARPS", None)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workload": args.workload}

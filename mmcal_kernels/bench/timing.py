@@ -93,6 +93,27 @@ def time_cuda(call: Callable[[], object], *, reps_ms: int = 200, warmup_ms: int 
     return _quantiles(samples)
 
 
+def time_wall(call: Callable[[], object], sync: Callable[[], object], *, calls: int = 20, rounds: int = 15,
+              warmup: int = 3) -> Timing:  # fmt: skip
+    """Wall-clock time a call, as a loop of eager steps sees it: ``calls`` calls
+    back to back, then ``sync`` (``torch.cuda.synchronize`` on a GPU), per
+    round; the per-call time of each round. Host time counts here, where
+    ``do_bench`` can hide it: that enqueues an L2-clearing write before each
+    call and times between CUDA events, so a host that launches the call
+    while the write runs adds nothing to the reading."""
+    for _ in range(warmup):
+        call()
+    sync()
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        sync()
+        samples.append((time.perf_counter() - t0) / calls)
+    return _quantiles(samples)
+
+
 def time_call(call: Callable[[], object], device: torch.device, quick: bool = False) -> Timing:
     if device.type == "cuda":
         return time_cuda(call, reps_ms=40 if quick else 200)
