@@ -5,7 +5,7 @@ torch.compile. Run by benchmarks/gpu/check.sh on a lent GPU machine."""
 import pytest
 import torch
 
-from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle
+from conftest import assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import backends
 from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case
 
@@ -64,6 +64,25 @@ def test_masked_sequence_with_contiguous_positions():
     masks = [(torch.rand(3, 17, generator=gen) > 0.4).cuda() for _ in dims]
     present = torch.tensor([[True, True], [True, False], [True, True]]).cuda()
     _check(module, features, masks, present)
+
+
+def test_masks_and_present_with_any_nonzero_byte_as_true():
+    """True stored as any nonzero byte (a uint8 tensor viewed as bool) is True
+    in the CUDA kernels' mask and presence reads, as in torch."""
+    dims, layouts, positions = CASES["sequence-masked"]
+    module = make_module(dims, layouts, seed=109, dtype=torch.float32, backend="cuda").cuda()
+    features, masks, present = random_case(dims, layouts, batch=5, positions=positions, device="cuda", seed=110)
+    masks = [with_odd_bytes(m, seed=i) for i, m in enumerate(masks)]
+    _check(module, features, masks, with_odd_bytes(present, seed=9))
+
+
+def test_pass_ops_refuse_two_compute_dtypes_in_one_call():
+    """The CUDA passes launch once in one compute dtype: a float64 gate beside
+    a float32 one is refused, not read as float32."""
+    xs = [torch.randn(2, 3, 8, device="cuda"), torch.randn(2, 4, 6, device="cuda")]
+    gates = [torch.rand(2, 8, device="cuda"), torch.rand(2, 6, device="cuda", dtype=torch.float64)]
+    with pytest.raises(TypeError, match=r"gates\[1\]: expected dtype Float \(the compute dtype, one for the call\)"):
+        torch.ops.mmcal.modulate(xs, gates, [0, 0])
 
 
 def test_inference_paths_give_the_training_forward_values():
