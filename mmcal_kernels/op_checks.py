@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from . import checks
-from .checks import PER_MODALITY
-from .spec import layout_name
+from .checks import COMPUTE_DTYPES, PER_MODALITY
+from .spec import GateParams, layout_name
 
 
 def summaries_args(xs: Sequence[Tensor], masks: Sequence[Optional[Tensor]], layouts: Sequence[int], ct) -> None:
@@ -60,19 +61,76 @@ def input_grads_args(xs, grad_ys, gates, masks, ds, layouts) -> None:
 
 
 def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: Optional[Tensor]) -> None:
-    checks.check_gate_op_args(summaries, params, present)
+    """The gate-network op's inputs: parameters named by their flat index, as
+    the C++ op names them."""
+    if len(summaries) < 2:
+        raise ValueError(f"summaries: expected one [B, D_m] tensor per modality, at least 2, got {len(summaries)}")
+    first = summaries[0]
+    for i, s in enumerate(summaries):
+        if not isinstance(s, Tensor):
+            raise TypeError(f"summaries[{i}]: expected a tensor, got {type(s).__name__}")
+        if s.dtype not in COMPUTE_DTYPES:
+            raise TypeError(f"summaries[{i}]: expected the compute dtype, float32 or float64, got {s.dtype}")
+        if s.dtype != first.dtype:
+            raise TypeError(f"summaries[{i}]: dtype {s.dtype} differs from summaries[0]'s {first.dtype}")
+        if s.device != first.device:
+            raise ValueError(f"summaries[{i}]: on {s.device}, but summaries[0] is on {first.device}")
+        if s.dim() != 2 or s.shape[0] != first.shape[0]:
+            raise ValueError(f"summaries[{i}]: expected [B, D_m] with B = {first.shape[0]}, got {tuple(s.shape)}")
+    num = len(summaries)
+    if len(params) != PER_MODALITY * num:
+        raise ValueError(f"params: expected {PER_MODALITY} tensors per modality ({PER_MODALITY * num}), got {len(params)}")
+    for i, p in enumerate(params):
+        where = f"params[{i}] ({GateParams._fields[i % PER_MODALITY]} of modality {i // PER_MODALITY})"
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{where}: expected a tensor, got {type(p).__name__}")
+        if not p.is_floating_point():
+            raise TypeError(f"{where}: expected a floating-point tensor, got {p.dtype}")
+        if p.device != first.device:
+            raise ValueError(f"{where}: on {p.device}, but summaries[0] is on {first.device}")
+    d = params[0].shape[0] if params[0].dim() == 2 else -1
+    for m in range(num):
+        pw, pb, hw, hb, iw, ib, dw, db = params[PER_MODALITY * m : PER_MODALITY * (m + 1)]
+        dim, r = summaries[m].shape[1], hw.shape[0] if hw.dim() == 2 else -1
+        want = [(d, dim), (d,), (r, 2 * d + 2), (r,), (1, r), (1,), (dim, r), (dim,)]
+        for j, (p, shape) in enumerate(zip((pw, pb, hw, hb, iw, ib, dw, db), want)):
+            if tuple(p.shape) != shape or d < 0 or r < 0:
+                raise ValueError(f"params[{PER_MODALITY * m + j}] ({GateParams._fields[j]} of modality {m}): expected "
+                                 f"{list(shape)} (d = {d}, D_{m} = {dim}, r_{m} = {r}), got {list(p.shape)}")  # fmt: skip
+    if present is not None:
+        if not isinstance(present, Tensor) or present.dtype != torch.bool:
+            raise TypeError(f"present: expected a bool tensor, got {getattr(present, 'dtype', type(present).__name__)}")
+        if present.device != first.device:
+            raise ValueError(f"present: on {present.device}, but summaries[0] is on {first.device}")
+        if tuple(present.shape) != (first.shape[0], num):
+            raise ValueError(f"present: expected [B, M] = [{first.shape[0]}, {num}], got {list(present.shape)}")
 
 
 def gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved) -> None:
     """The forward's arguments, then what it returned, as the backward gets them back."""
-    checks.check_gate_op_args(summaries, params, present)
+    gates_args(summaries, params, present)
     num, first = len(summaries), summaries[0]
     batch, ct, device = first.shape[0], first.dtype, first.device
     d = params[0].shape[0]
     dims = [s.shape[1] for s in summaries]
     hidden = [params[PER_MODALITY * m + 2].shape[0] for m in range(num)]
-    checks.check_op_tensors("grad_gates", grad_gates, [(batch, dim) for dim in dims], ct, device)
-    checks.check_op_tensors("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
+    _returned("grad_gates", grad_gates, [(batch, dim) for dim in dims], ct, device)
+    _returned("diagnostics", diagnostics, [(batch, num, num), (batch, num), (batch, num), (batch, num)]
                             + [(batch, dim) for dim in dims], ct, device)  # fmt: skip
-    checks.check_op_tensors("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden],
+    _returned("saved", saved, [(batch, num, d), (batch, num), (batch, num, d)] + [(batch, r) for r in hidden],
                             ct, device)  # fmt: skip
+
+
+def _returned(name: str, tensors, shapes, ct, device) -> None:
+    """A list an op gets back from its own forward: count, device, compute dtype, shapes."""
+    if len(tensors) != len(shapes):
+        raise ValueError(f"{name}: expected {len(shapes)} tensors, got {len(tensors)}")
+    for i, (t, shape) in enumerate(zip(tensors, shapes)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
+        if t.device != device:
+            raise ValueError(f"{name}[{i}]: on {t.device}, but summaries[0] is on {device}")
+        if t.dtype != ct:
+            raise TypeError(f"{name}[{i}]: expected the compute dtype {ct}, got {t.dtype}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name}[{i}]: expected {list(shape)}, got {list(t.shape)}")

@@ -107,9 +107,9 @@ def register() -> None:
 
     @torch.library.register_fake("mmcal::gates")
     def _(summaries, params, present):
-        num, ct = _gate_args(summaries, params, present)
         op_checks.gates_args(summaries, params, present)
-        s0, batch, d = summaries[0], summaries[0].shape[0], params[0].shape[0]
+        num, s0 = len(summaries), summaries[0]
+        ct, batch, d = s0.dtype, s0.shape[0], params[0].shape[0]
         gates = [s.new_empty((batch, s.shape[1]), dtype=ct) for s in summaries]
         diagnostics = [s0.new_empty((batch, num, num), dtype=ct)] + [s0.new_empty((batch, num), dtype=ct) for _ in range(3)]
         saved = [s0.new_empty((batch, num, d), dtype=ct), s0.new_empty((batch, num), dtype=ct),
@@ -119,29 +119,9 @@ def register() -> None:
 
     @torch.library.register_fake("mmcal::gates_backward")
     def _(grad_gates, summaries, params, present, diagnostics, saved):
-        _, ct = _gate_args(summaries, params, present, grad_gates=grad_gates, diagnostics=diagnostics, saved=saved)
         op_checks.gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved)
         # Contiguous, as the C++ op returns them, whatever the parameters' strides.
-        return [s.new_empty(s.shape, dtype=ct) for s in summaries], [p.new_empty(p.shape) for p in params]
+        return [s.new_empty(s.shape) for s in summaries], [p.new_empty(p.shape) for p in params]
 
     register_stage_autograd(OPS, "mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
     register_gates_autograd("mmcal::gates", "mmcal::gates_backward", OPS.gates_backward)
-
-
-def _gate_args(summaries, params, present, **lists) -> tuple[int, torch.dtype]:
-    """What the gate-network ops check before C++ would: counts, the compute dtype, one device."""
-    num = len(summaries)
-    if num < 2:
-        raise ValueError(f"summaries: expected one tensor per modality, at least 2, got {num}")
-    if len(params) != 8 * num:
-        raise ValueError(f"params: expected 8 tensors per modality ({8 * num} for {num} modalities), got {len(params)}")
-    ct = summaries[0].dtype
-    if ct not in (torch.float32, torch.float64):
-        raise TypeError(f"summaries[0]: its dtype is the compute dtype, float32 or float64; got {ct}")
-    device = summaries[0].device
-    for name, items in dict(summaries=summaries, params=params, present=[present], **lists).items():
-        for i, t in enumerate(items):
-            if t is not None and t.device != device:
-                where = name if name == "present" else f"{name}[{i}]"
-                raise ValueError(f"{where}: on {t.device}, but summaries[0] is on {device}")
-    return num, ct
