@@ -21,6 +21,7 @@ from torch.library import triton_op
 from ... import checks, op_checks
 from . import configs
 from .counts import row_count
+from .rounding import to_stored
 from .slots import cdiv, flattenable, groups, mask_bytes, pad, readable, size_class, view3
 
 
@@ -53,12 +54,7 @@ def _map_slot(t, src, g, ds, m, out, B, P, D, ssb, ssp, ssd, sob, sop, sod,
             val = val + term
         else:
             val = term
-    ty = out.dtype.element_ty
-    if ty.primitive_bitwidth < 32:
-        # To a half type through float32, as torch's .to() rounds a double (and
-        # the reference with it); the interpreter has no direct float64 -> bfloat16.
-        val = val.to(tl.float32)
-    tl.store(out + b * sob + p64 * sop + d64 * sod, val.to(ty), mask=tile_ok)
+    tl.store(out + b * sob + p64 * sop + d64 * sod, to_stored(val, out), mask=tile_ok)
 
 
 @triton.jit

@@ -37,6 +37,7 @@ from torch.library import triton_op
 from ... import gates_torch, op_checks, reference
 from ...spec import GateParams
 from . import configs
+from .rounding import to_stored
 from .slots import MAX_SLOTS, cdiv, mask_bytes
 
 NUM_PARAMS = len(GateParams._fields)  # 8 tensors per modality
@@ -459,12 +460,7 @@ gates_backward_kernel = configs.autotuned(_gates_backward_kernel, GATES_CONFIGS,
 
 @triton.jit
 def _scatter(ptr, acc, cols, start, size):
-    ty = ptr.dtype.element_ty
-    if ty.primitive_bitwidth < 32:
-        # To a half type through float32, as torch's .to() rounds a double
-        # (and the interpreter has no direct float64 -> bfloat16).
-        acc = acc.to(tl.float32)
-    tl.store(ptr + (cols - start), acc.to(ty), mask=(cols >= start) & (cols < start + size))
+    tl.store(ptr + (cols - start), to_stored(acc, ptr), mask=(cols >= start) & (cols < start + size))
 
 
 @triton.jit
