@@ -73,18 +73,24 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t n = d1 - d0, full = n - n % W;
-  // Two-level sum: rows add into `part`, which joins `acc` every kBlockRows
-  // rows, so the rounding error grows with kBlockRows + P / kBlockRows terms
-  // rather than P (1e-4 relative at P = 1M in float32 without it).
-  std::vector<Acc> acc(static_cast<size_t>(n), Acc(0)), part(static_cast<size_t>(n), Acc(0));
-  int64_t rows_in_part = 0;
-  const auto flush = [&] {
-    for (int64_t j = 0; j < n; ++j) acc[j] += part[j], part[j] = Acc(0);
+  // Three-level sum, as reduce_generic's: rows add into `part`, which joins
+  // `mid` every kBlockRows rows, which joins `acc` every kBlockRows parts, so
+  // the rounding error grows with about 2 kBlockRows + P / kBlockRows^2 terms
+  // rather than P. (With two levels, P / kBlockRows: 3.9e-5 relative for the
+  // mean of 2^20 equal float32 terms, 3.7e-6 with three.)
+  std::vector<Acc> acc(static_cast<size_t>(n), Acc(0)), mid(acc), part(acc);
+  int64_t rows_in_part = 0, parts_in_mid = 0;
+  const auto flush_part = [&] {
+    for (int64_t j = 0; j < n; ++j) mid[j] += part[j], part[j] = Acc(0);
     rows_in_part = 0;
+    if (++parts_in_mid < kBlockRows) return;
+    for (int64_t j = 0; j < n; ++j) acc[j] += mid[j], mid[j] = Acc(0);
+    parts_in_mid = 0;
   };
   for (int64_t p = 0; p < a.vx.P; ++p) {
     if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
-    if (rows_in_part++ == kBlockRows) flush(), rows_in_part = 1;
+    if (rows_in_part == kBlockRows) flush_part();
+    ++rows_in_part;
     const T* xr = x + a.vx.offset(b, p, d0);
     const T* gr = dy ? dy + a.vdy.offset(b, p, d0) : nullptr;
     for (int64_t j = 0; j < full; j += W) {
@@ -101,10 +107,9 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
       part[j] += v;
     }
   }
-  flush();
   const Acc div = divisor<Acc>(a, b);
   Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
-  for (int64_t j = 0; j < n; ++j) out[j] = acc[j] / div;
+  for (int64_t j = 0; j < n; ++j) out[j] = (acc[j] + (mid[j] + part[j])) / div;
 }
 
 // The lanes of v summed as a tree (log2 of the width deep), not one after
@@ -139,8 +144,9 @@ void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d
   for (int64_t d = d0; d < d1; ++d) {
     const T* xr = x + a.vx.offset(b, 0, d);
     const T* gr = dy ? dy + a.vdy.offset(b, 0, d) : nullptr;
-    V acc(Acc(0));
-    for (int64_t p0 = 0; p0 < full; p0 += kBlockRows * W) {  // two-level sum, as above
+    V acc(Acc(0)), mid(Acc(0));  // three levels, as above: blocks of kBlockRows vectors into mid, kBlockRows of those into acc
+    int64_t blocks_in_mid = 0;
+    for (int64_t p0 = 0; p0 < full; p0 += kBlockRows * W) {
       const int64_t p1 = std::min(full, p0 + kBlockRows * W);
       V even[K], odd[K], v[K];
       for (int k = 0; k < K; ++k) even[k] = V(Acc(0)), odd[k] = V(Acc(0));
@@ -155,9 +161,10 @@ void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d
         load_terms(xr, gr, p, v);
         for (int k = 0; k < K; ++k) even[k] = even[k] + v[k];
       }
-      for (int k = 0; k < K; ++k) acc = acc + (even[k] + odd[k]);
+      for (int k = 0; k < K; ++k) mid = mid + (even[k] + odd[k]);
+      if (++blocks_in_mid == kBlockRows) acc = acc + mid, mid = V(Acc(0)), blocks_in_mid = 0;
     }
-    Acc total = tree_sum(acc);
+    Acc total = tree_sum(acc + mid);
     for (int64_t p = full; p < P; ++p) total += static_cast<Acc>(xr[p]) * (gr ? static_cast<Acc>(gr[p]) : Acc(1));
     static_cast<Acc*>(a.out)[b * a.vx.D + d] = total / div;
   }
