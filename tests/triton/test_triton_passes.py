@@ -224,3 +224,18 @@ def test_offsets_past_2_31_elements_use_int64():
     assert_close(y.cpu(), (values.double() * gate.cpu().double().unsqueeze(1)).to(torch.bfloat16), torch.bfloat16, "Y")
     dg = torch.ops.mmcal.triton_gate_grads([x], [x], [SEQ], torch.float32)[0]
     assert_close(dg.cpu(), (values.double() ** 2).sum(1).float(), torch.bfloat16, "dg")
+
+
+def test_one_slice_keeps_precision_over_long_sums():
+    """One program over 2^17 positions (slicing off): each tile element's
+    running sum joins the total every PART_TILES tiles, so the mean of equal
+    float32 terms and the gate gradient's sum of their squares stay within
+    1e-5 of the exact values (a single running tile was 3.2e-5 off)."""
+    positions = 1 << 17
+    x = torch.full((1, positions, 16), 0.1, device=DEVICE)
+    (mean,) = reductions.reduce_all([x], None, None, [SEQ], torch.float32, num_slices=1)
+    (dg,) = reductions.reduce_all([x], [x], None, [SEQ], torch.float32, num_slices=1)
+    term = torch.tensor(0.1, dtype=torch.float32).double()
+    for name, got, exact in (("mean", mean, term), ("gate gradient", dg, term * term * positions)):
+        rel = ((got.cpu().double() - exact).abs() / exact).max().item()
+        assert rel < 1e-5, f"relative error {rel:.3g} of a {name} over 2^17 positions in one slice"

@@ -33,6 +33,7 @@ TARGET_PROGRAMS = 1024  # a few waves of programs on a 108-132 SM GPU
 # [P, BLOCK_D] fp32 tile (P >= 2048). Below, the reduction is one launch and
 # the forward and backward stay at three and four launches.
 MIN_SLICE = 2048
+PART_TILES = tl.constexpr(256)  # tiles a partial sum takes before it joins the running total
 
 
 @triton.jit
@@ -49,7 +50,13 @@ def _reduce_slot(t, x, y, m, o, B, P, D, sxb, sxp, sxd, syb, syp, syd, S,
     chunk = tl.cdiv(P, S)
     p_begin = s * chunk
     p_end = tl.minimum(p_begin + chunk, P)
-    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=acc_t)
+    # Each element of the tile runs a sum of PART_TILES terms; the tile's
+    # rows are then summed as a tree into `total`, which takes one part every
+    # BLOCK_P * PART_TILES positions. The rounding error grows with about
+    # PART_TILES + P / (BLOCK_P PART_TILES) terms rather than P / BLOCK_P:
+    # one running tile over 2^18 equal float32 terms was 6.5e-5 off.
+    total = tl.zeros([BLOCK_D], dtype=acc_t)
+    part = tl.zeros([BLOCK_P, BLOCK_D], dtype=acc_t)
     for p0 in range(p_begin, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         ok = p < p_end
@@ -60,8 +67,11 @@ def _reduce_slot(t, x, y, m, o, B, P, D, sxb, sxp, sxd, syb, syp, syd, S,
         v = tl.load(x + b * sxb + p64 * sxp + d64[None, :] * sxd, mask=tile_ok, other=0.0).to(acc_t)
         if HAS_DY:
             v = v * tl.load(y + b * syb + p64 * syp + d64[None, :] * syd, mask=tile_ok, other=0.0).to(acc_t)
-        acc += v
-    total = tl.sum(acc, axis=0)
+        part += v
+        if ((p0 - p_begin) // BLOCK_P) % PART_TILES == PART_TILES - 1:
+            total += tl.sum(part, axis=0)
+            part = tl.zeros([BLOCK_P, BLOCK_D], dtype=acc_t)
+    total += tl.sum(part, axis=0)
     if not HAS_DY:  # the summary: a mean. Each slice divides its part, so the slices' sum is the mean.
         total = total / row_count(m, b, P, HAS_MASK, BLOCK_P).to(acc_t)
     tl.store(o + (s * B + b) * D + d64, total, mask=d_ok)
