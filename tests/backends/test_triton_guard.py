@@ -49,3 +49,22 @@ def test_package_imports_without_triton(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "False"
+
+
+@pytest.mark.parametrize("stub", ["raise ImportError('simulated: a broken triton')", "pass  # no __version__"])
+def test_a_broken_triton_where_it_would_run_gives_one_warning(tmp_path, stub):
+    """Where triton would be used (a GPU, or TRITON_INTERPRET=1 as here), a
+    triton that fails to import, or has no version, leaves the package usable
+    on its other backends with one warning; it once stopped `import mmcal_kernels`."""
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text(stub + "\n")
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import mmcal_kernels as m; b = m.backends.get('triton'); "
+            "print(b.usable, m.backends.resolve('auto', 'cpu').name); print(b.why_not)")  # fmt: skip
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    usable, why = out.stdout.splitlines()[0].split()[0], out.stdout.splitlines()[1]
+    assert usable == "False"
+    assert why.startswith("loading the Triton kernels failed: importing triton raised"), why
+    assert out.stderr.count("backend 'triton' is unavailable") == 1, out.stderr

@@ -32,12 +32,19 @@ def _why_not() -> str:
     if not interpreting and not torch.cuda.is_available():
         return ("installed, but no GPU is visible; set TRITON_INTERPRET=1 to run it on CPU tensors "
                 "(slowly, for tests)")  # fmt: skip
-    import triton
+    try:  # present but broken (a half-installed wheel, a torch it does not fit): the package still loads
+        import triton
 
+        version = triton.__version__
+    except Exception as exc:
+        return f"{LOAD_FAILED}: importing triton raised {type(exc).__name__}: {exc}"
     low, high = SUPPORTED
-    if not low <= _release(triton.__version__) <= high:
-        return f"triton {triton.__version__} is outside the supported {low[0]}.{low[1]}-{high[0]}.{high[1]}"
+    if not low <= _release(version) <= high:
+        return f"triton {version} is outside the supported {low[0]}.{low[1]}-{high[0]}.{high[1]}"
     return ""
+
+
+LOAD_FAILED = "loading the Triton kernels failed"
 
 
 def register() -> None:
@@ -46,11 +53,12 @@ def register() -> None:
         try:
             from . import ops
         except Exception as exc:  # a triton/torch combination that cannot build the ops
-            why = f"loading the Triton kernels failed: {type(exc).__name__}: {exc}"
-            warnings.warn(f"mmcal_kernels: backend 'triton' is unavailable ({why})", RuntimeWarning, stacklevel=3)
+            why = f"{LOAD_FAILED}: {type(exc).__name__}: {exc}"
         else:
             ops.register()
             return
+    if why.startswith(LOAD_FAILED):
+        warnings.warn(f"mmcal_kernels: backend 'triton' is unavailable ({why})", RuntimeWarning, stacklevel=3)
     backends.register(backends.Backend(
         name="triton", device_types=("cuda",), dtypes=checks.FEATURE_DTYPES, summary=None, gates=None, modulate=None,
         calibrate=None, built=why.startswith("installed"), usable=False, why_not=why, priority=5, notes="Triton kernels",
