@@ -93,8 +93,10 @@ def make_fused_function(passes, name: str) -> type:
         *_, diagnostics, _saved, outputs = run_ops(layouts, num, present, flat)
         return (*outputs, *diagnostics)
 
-    def forward(ctx, layouts, num, present, *flat):
+    def forward(ctx, layouts, num, slots, *unique):
+        present, *flat = _from_unique(unique, slots)
         features, masks, params, summaries, gates, diagnostics, saved, outputs = run_ops(layouts, num, present, flat)
+        ctx.slots = slots
         ctx.layouts, ctx.num = layouts, num
         ctx.has_present = present is not None
         ctx.mask_slots = [m is not None for m in masks]
@@ -125,10 +127,10 @@ def make_fused_function(passes, name: str) -> type:
         # An output that reached no loss has no gradient (grads are not materialised).
         grad_outputs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads[:num], features)]
 
-        needs = ctx.needs_input_grad[3:]  # after layouts, num, present
+        needs = _from_unique(ctx.needs_input_grad[3:], ctx.slots, missing=False)[1:]  # after layouts, num, slots; present
         need_x = any(needs[:num])
         if not (need_x or any(needs[2 * num :])):
-            return (None,) * (3 + len(needs))
+            return (None,) * len(ctx.needs_input_grad)
         with autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
             dg = passes.gate_grads(grad_outputs, features, layouts, gates[0].dtype)
             ds, grad_params = passes.gates_backward(dg, summaries, params, present, diagnostics, inter)
@@ -138,7 +140,8 @@ def make_fused_function(passes, name: str) -> type:
                 grad_features = [g if n else None for g, n in zip(grad_features, needs[:num])]
         grad_params = [g if n else None for g, n in zip(grad_params, needs[2 * num :])]
         grad_params = _none_where_unreached(grad_params, grads[:num])
-        return (None, None, None, *grad_features, *([None] * num), *grad_params)
+        slot_grads = [None, *grad_features, *([None] * num), *grad_params]  # present, features, masks, parameters
+        return (None, None, None, *_to_unique(slot_grads, ctx.slots, len(ctx.needs_input_grad) - 3))
 
     return type(f"Fused{name.capitalize()}Calibration", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(backward),
@@ -151,6 +154,41 @@ def records_graph(flat: Sequence) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in flat)
 
 
+def _unique(slots_in: Sequence) -> tuple[list[Tensor], tuple[int, ...]]:
+    """The distinct tensors of ``slots_in`` and, for each slot, the index of its
+    tensor among them (-1 for None). One tensor in several slots is common (a
+    mask shared by aligned modalities, tied gate layers, one feature given
+    twice), and Dynamo refuses an autograd.Function whose inputs repeat a
+    tensor: under torch.compile it broke the graph, and failed fullgraph=True."""
+    index: dict[int, int] = {}
+    unique: list[Tensor] = []
+    slots = []
+    for t in slots_in:
+        if t is None:
+            slots.append(-1)
+            continue
+        if id(t) not in index:
+            index[id(t)] = len(unique)
+            unique.append(t)
+        slots.append(index[id(t)])
+    return unique, tuple(slots)
+
+
+def _from_unique(unique: Sequence, slots: tuple[int, ...], missing=None) -> list:
+    """Each slot's entry of ``unique`` (``missing`` where a slot held None)."""
+    return [unique[i] if i >= 0 else missing for i in slots]
+
+
+def _to_unique(slot_grads: Sequence, slots: tuple[int, ...], count: int) -> list:
+    """The gradient of each distinct tensor: the sum over the slots it filled,
+    as autograd sums the gradients of a tensor used twice."""
+    grads: list = [None] * count
+    for i, g in zip(slots, slot_grads):
+        if i >= 0 and g is not None:
+            grads[i] = g if grads[i] is None else grads[i] + g
+    return grads
+
+
 def fused_calibrate(function: type, features, params, layouts, masks, present) -> tuple[list[Tensor], dict]:
     """``reference.calibrate``'s signature, computed by the fused ``function``
     (a ``make_fused_function`` class): through its autograd node where autograd
@@ -158,8 +196,11 @@ def fused_calibrate(function: type, features, params, layouts, masks, present) -
     num = len(features)
     masks = list(masks) if masks is not None else [None] * num
     flat = [*features, *masks, *[t for p in params for t in p]]
-    run = function.apply if records_graph(flat) else function.without_graph
-    out = run(tuple(layouts), num, present, *flat)
+    if not records_graph(flat):
+        out = function.without_graph(tuple(layouts), num, present, *flat)
+    else:
+        unique, slots = _unique([present, *flat])
+        out = function.apply(tuple(layouts), num, slots, *unique)
     return list(out[:num]), diagnostics_dict(out[num:])
 
 

@@ -103,3 +103,37 @@ def test_bad_input_under_compile_names_the_argument():
     torch._dynamo.reset()  # else the frame dynamo just gave up on runs eagerly again
     with pytest.raises(torch._dynamo.exc.Unsupported, match=message):
         torch.compile(module, fullgraph=True)(bad, masks, present)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_tensor_in_several_slots_trains_under_fullgraph(backend):
+    """One mask shared by aligned modalities, tied gate layers and one feature
+    given twice: common, and once refused by Dynamo under fullgraph=True
+    ("autograd.Function.apply: duplicate tensor input"; graph breaks without
+    it). Compiled, every gradient equals the eager reference's, a tensor used
+    twice getting the sum of both uses."""
+    import copy
+
+    torch._dynamo.reset()
+    dims, layouts = [4, 4, 3], ["sequence", "sequence", "spatial"]
+    module = make_module(dims, layouts, seed=52, dtype=torch.float32, backend=backend)
+    module.gate_hidden[1] = module.gate_hidden[0]  # one Linear in two modalities' slots
+    reference = copy.deepcopy(module)  # keeps the tie
+    reference.backend = "reference"
+    features, masks, present = random_case(dims, layouts, batch=3, positions=[6, 6, (2, 3)], dtype=torch.float32, seed=53)
+    shared_mask = torch.rand(3, 6, generator=torch.Generator().manual_seed(54)) > 0.3
+    x = features[0].detach().requires_grad_()
+    grads = [torch.randn(y.shape, generator=torch.Generator().manual_seed(55 + i)) for i, y in enumerate(features)]
+
+    def run(fn, mod):
+        mod.zero_grad(set_to_none=True)
+        x.grad = None
+        outputs = fn([x, x, features[2]], masks=[shared_mask, shared_mask, None], present=present)
+        torch.autograd.backward(outputs, grads)
+        return [*outputs, x.grad, *[p.grad for p in mod.parameters()]]
+
+    got = run(torch.compile(module, fullgraph=True), module)
+    want = run(reference, reference)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, i=i: f"entry {i}: {m}")
