@@ -89,7 +89,8 @@ def make_fused_function(passes, name: str) -> type:
     def without_graph(layouts, num, present, *flat):
         """forward's outputs with no autograd node: for calls that record no
         graph (no_grad, inference_mode, nothing requiring grad), where
-        Function.apply alone costs about 50 us on a CPU host."""
+        Function.apply alone costs about 50 us on a CPU host, and under
+        torch.export, where each op's own autograd records the graph."""
         *_, diagnostics, _saved, outputs = run_ops(layouts, num, present, flat)
         return (*outputs, *diagnostics)
 
@@ -196,7 +197,10 @@ def fused_calibrate(function: type, features, params, layouts, masks, present) -
     num = len(features)
     masks = list(masks) if masks is not None else [None] * num
     flat = [*features, *masks, *[t for p in params for t in p]]
-    if not records_graph(flat):
+    if not records_graph(flat) or torch.compiler.is_exporting():
+        # Strict torch.export traces an autograd.Function's forward with grad
+        # off: its program carried no gradient at all. The ops' own autograd
+        # (register_autograd) records under export, strict or not.
         out = function.without_graph(tuple(layouts), num, present, *flat)
     else:
         unique, slots = _unique([present, *flat])

@@ -137,3 +137,32 @@ def test_one_tensor_in_several_slots_trains_under_fullgraph(backend):
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, i=i: f"entry {i}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strict", [False, True])
+def test_exported_program_trains_like_eager(backend, strict):
+    """The exported program's gradients, features and every parameter, equal
+    eager ones. Strict export traces an autograd.Function's forward with grad
+    off, and once gave the kernel backends' program no gradient at all."""
+    from conftest import random_grads
+
+    module = make_module(DIMS, LAYOUTS, seed=56, dtype=torch.float32, backend=backend)
+    features, masks, present = _case(6, 57)
+    program = torch.export.export(module, (features, masks, present), strict=strict).module()
+    grads = random_grads(features)
+
+    def run(mod):
+        xs = [x.detach().requires_grad_() for x in features]
+        outputs = mod(xs, masks, present)
+        torch.autograd.backward(outputs, grads)
+        params = dict(mod.named_parameters())
+        return [*outputs, *[x.grad for x in xs]], {name: params[name].grad for name in sorted(params)}
+
+    (got, got_params), (want, want_params) = run(program), run(module)
+    assert sorted(got_params) == sorted(want_params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name, grad in want_params.items():
+        assert got_params[name] is not None, f"{name}: no gradient through the exported program"
+        torch.testing.assert_close(got_params[name], grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
