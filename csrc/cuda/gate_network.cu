@@ -296,8 +296,8 @@ __global__ void __launch_bounds__(kWarps* kWarpSize) gates_kernel(const __grid_c
     for (int n = 0; n < M; ++n) {
       if (sh.w[m][n] == T(0)) continue;
       const T a = sh.agree[m][n];
-      s += a > T(0) ? a : T(0);
-      c += a < T(0) ? -a : T(0);
+      s += a < T(0) ? T(0) : a;  // relu, NaN kept: relu(NaN) is NaN in torch
+      c += a > T(0) ? T(0) : -a;
     }
     sh.support[m] = s / sh.k[m];
     sh.conflict[m] = c / sh.k[m];

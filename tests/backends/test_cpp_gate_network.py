@@ -180,6 +180,28 @@ def check_against_oracle(summaries, params, present, grad_gates, ops=None):
     return gates, diagnostics, saved, grad_s, grad_p
 
 
+def check_a_nan_summary(ops=None):
+    """A NaN in one summary (what a NaN at a valid position gives) is NaN
+    exactly where the reference's steps 2-6 make it NaN: every agreement,
+    support and conflict of its sample (relu(NaN) is NaN), and its gates; the
+    other values as the reference's. Shared with test_cuda_emulated.py."""
+    summaries, params, present, _ = make_case("five-with-D1", 3, "none-given", torch.float32, torch.float32, seed=17)
+    summaries[1][1, 2] = float("nan")
+    gates, diagnostics, _, _, _ = run_op(summaries, params, present, [torch.ones_like(s) for s in summaries], ops)
+    diag = diagnostics_dict(diagnostics)
+    want_gates, want_diag, _ = reference.gates_with_intermediates(summaries, params, present)
+    pairs = [(f"gates[{m}]", g, w) for m, (g, w) in enumerate(zip(gates, want_gates))]
+    pairs += [(key, diag[key], want_diag[key]) for key in ("agreement", "support", "conflict", "instance_gate")]
+    assert want_diag["support"][1].isnan().all() and not want_diag["support"][0].isnan().any()
+    for name, got, want in pairs:
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN at {got.isnan().nonzero().tolist()}, the reference at {want.isnan().nonzero().tolist()}"
+        torch.testing.assert_close(got, want, rtol=5e-5, atol=5e-6, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_a_nan_summary_is_nan_where_the_reference_makes_it():
+    check_a_nan_summary()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("presence", PRESENCE)
 @pytest.mark.parametrize("batch", BATCHES)

@@ -27,7 +27,7 @@ from mmcal_kernels.autograd import fused_calibrate
 from mmcal_kernels.backends.cpp.load import STATUS
 from mmcal_kernels.backends.kernel_backend import KernelBackend
 from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case
-from test_cpp_gate_network import DTYPES, PRESENCE, check_against_oracle, make_case
+from test_cpp_gate_network import DTYPES, PRESENCE, check_a_nan_summary, check_against_oracle, make_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda_emu"))
 import emulated_ops as cuda_emu  # noqa: E402
@@ -162,6 +162,11 @@ def test_gate_ops_at_a_4096_wide_modality(emu, order):
 def test_gate_ops_with_eight_modalities_the_most_one_launch_takes(emu, order):
     shape = ((3, 1, 4, 2, 5, 6, 2, 3), 5, 6)
     check_against_oracle(*make_case(shape, 4, "some-missing", torch.float64, torch.float64, seed=8), ops=emu)
+
+
+def test_gate_ops_carry_a_nan_summary_as_the_reference(emu, order):
+    """relu(NaN) is NaN in support and conflict (a ternary on `a > 0` once gave 0 there)."""
+    check_a_nan_summary(ops=emu)
 
 
 def test_nine_modalities_raise_value_error_naming_the_limit(emu):

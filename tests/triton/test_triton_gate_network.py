@@ -148,6 +148,23 @@ def test_forward_and_backward_match_the_reference(case):
         assert all((g == 0).all() for g in grads[len(dims) :]), "B = 0: parameter gradients are zero"
 
 
+def test_a_nan_summary_is_nan_where_the_reference_makes_it():
+    """relu(NaN) is NaN: a NaN summary makes every support and conflict of its
+    sample NaN, as in the reference (tl.maximum's default once gave 0 there)."""
+    summaries, flat, present = _make(3, [2, 4, 3], 5, [7, 7, 7], F32, F32, None, seed=17)
+    summaries[1][1, 2] = float("nan")
+    gates, diagnostics, _ = torch.ops.mmcal.triton_gates(summaries, flat, present)
+    diag = diagnostics_dict(diagnostics)
+    want_gates, want_diag, _ = reference.gates_with_intermediates(summaries, _groups(flat), present)
+    pairs = [(f"gates[{m}]", g, w) for m, (g, w) in enumerate(zip(gates, want_gates))]
+    pairs += [(key, diag[key], want_diag[key]) for key in DIAGNOSTIC_TENSORS]
+    assert want_diag["support"][1].isnan().all() and not want_diag["support"][0].isnan().any()
+    for name, got, want in pairs:
+        got, want = got.cpu(), want.cpu()
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN at {got.isnan().nonzero().tolist()}, the reference at {want.isnan().nonzero().tolist()}"
+        torch.testing.assert_close(got, want, rtol=5e-5, atol=5e-6, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.slow
 def test_a_4096_wide_modality():
     summaries, flat, pres = _make(3, [4096, 7], 32, [32, 32], F32, BF16, "some")

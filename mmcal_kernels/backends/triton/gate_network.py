@@ -153,8 +153,9 @@ def _fwd_compare(pr, u, ctx, agr, sup, con, rows64, row_ok, M, d,
             tl.store(agr + (rows64 * M + m) * M + n, a, mask=row_ok)
             if n != m:
                 w = _present(pr, rows64, row_ok, n, M, HAS_PRESENT).to(ct)
-                support += w * tl.maximum(a, 0.0)
-                conflict += w * tl.maximum(-a, 0.0)
+                # relu(NaN) is NaN in torch; tl.maximum's default returns the other operand
+                support += w * tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)
+                conflict += w * tl.maximum(-a, 0.0, propagate_nan=tl.PropagateNan.ALL)
                 count += w
                 context += w[:, None] * un
         k = tl.maximum(count, 1.0)
