@@ -63,15 +63,39 @@ def _compiles(argv):
     return any(arg in BUILD_COMMANDS for arg in argv[1:])
 
 
-def _write_build_info(**facts):
+PACKAGE_DIR = os.path.join(HERE, "mmcal_kernels")
+
+
+def _write_build_info(package_dir=None, **facts):
     """What the loader (mmcal_kernels/backends/cpp/load.py) reads: the torch _C was built
     against (it skips _C under another torch), or that none was built on purpose."""
-    with open(os.path.join(HERE, "mmcal_kernels", "_build_info.py"), "w") as f:
+    with open(os.path.join(package_dir or PACKAGE_DIR, "_build_info.py"), "w") as f:
         f.write('"""Written by setup.py."""\n' + "".join(f"{k} = {v!r}\n" for k, v in facts.items()))
 
 
+def _recording_build_ext(base, facts):
+    """``base`` (torch's BuildExtension) that records ``facts`` only once every
+    library has built: written first, a failed or interrupted build left the
+    old libraries beside a record of the new torch, and the loader then
+    refused a good _C or loaded a bad one. Written into the source tree (an
+    in-place or editable build) and, when building for a wheel, into the
+    build directory too (build_py copied the package there before this ran)."""
+
+    class BuildExt(base):
+        def run(self):
+            super().run()
+            _write_build_info(**facts)
+            if not self.inplace:
+                target = os.path.join(self.build_lib, "mmcal_kernels")
+                if os.path.isdir(target):
+                    _write_build_info(target, **facts)
+
+    return BuildExt
+
+
 def extension_modules(argv):
-    """``(ext_modules, cmdclass, build_info)``: build_info is what _write_build_info records, or None."""
+    """``(ext_modules, cmdclass, build_info)``: build_info is what _write_build_info records (after the
+    build, through cmdclass's build_ext, when there are modules), or None."""
     if build_config.env_flag("MMCAL_NO_EXTENSION"):
         # A pure-Python install chosen on purpose: the package says so, no warning.
         return [], {}, (dict(EXTENSION=False) if _compiles(argv) else None)
@@ -100,12 +124,13 @@ def extension_modules(argv):
         else:
             modules.append(CppExtension(f"mmcal_kernels.{lib.module}", sources, extra_compile_args={"cxx": list(lib.cxx)},
                                         extra_link_args=list(lib.link)))  # fmt: skip
-    return modules, {"build_ext": BuildExtension.with_options(use_ninja=True)}, dict(EXTENSION=True, TORCH_VERSION=torch.__version__)
+    facts = dict(EXTENSION=True, TORCH_VERSION=torch.__version__)
+    return modules, {"build_ext": _recording_build_ext(BuildExtension.with_options(use_ninja=True), facts)}, facts
 
 
 def main():
     ext_modules, cmdclass, build_info = extension_modules(sys.argv)
-    if build_info is not None:
+    if build_info is not None and not ext_modules:  # nothing to build (MMCAL_NO_EXTENSION=1): record it now
         _write_build_info(**build_info)
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         long_description = f.read()

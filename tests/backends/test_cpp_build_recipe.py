@@ -124,3 +124,37 @@ def test_cuda_switches(clean_env, monkeypatch):
     assert plan[-1].nvcc[-1] == "-gencode=arch=compute_86,code=sm_86"
     with pytest.raises(build_config.BuildError, match="cannot read 'Hopper-ish'"):
         build_config.cuda_arch_flags("9.0;Hopper-ish")
+
+
+@pytest.mark.parametrize("outcome", ["built", "failed"])
+def test_build_info_is_written_only_after_the_build(outcome, tmp_path):
+    """setup.py records the torch _C was built against once every library has
+    built: written before, a failed or interrupted build left the old
+    libraries beside a record of the new torch (the loader then refused a good
+    _C, or loaded one built for another torch)."""
+    setup_py = runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="setup_under_test")
+    package = tmp_path / "mmcal_kernels"
+    package.mkdir()
+    (package / "_build_info.py").write_text("TORCH_VERSION = 'the old build'\n")
+    wheel_dir = tmp_path / "build_lib"
+    (wheel_dir / "mmcal_kernels").mkdir(parents=True)
+
+    class Base:
+        inplace, build_lib = False, str(wheel_dir)
+
+        def run(self):
+            assert "old build" in (package / "_build_info.py").read_text(), "written before the build"
+            if outcome == "failed":
+                raise RuntimeError("a compiler error")
+
+    build = setup_py["_recording_build_ext"](Base, dict(EXTENSION=True, TORCH_VERSION="2.99.0"))
+    build.run.__globals__["PACKAGE_DIR"] = str(package)
+    if outcome == "failed":
+        with pytest.raises(RuntimeError, match="a compiler error"):
+            build().run()
+        assert "old build" in (package / "_build_info.py").read_text()
+        assert not (wheel_dir / "mmcal_kernels" / "_build_info.py").exists()
+    else:
+        build().run()
+        for where in (package, wheel_dir / "mmcal_kernels"):
+            assert "TORCH_VERSION = '2.99.0'" in (where / "_build_info.py").read_text()
