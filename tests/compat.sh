@@ -40,7 +40,7 @@ fi
 # numpy < 2.4: triton 3.6's interpreter takes int() of 1-element arrays, which
 # numpy 2.4 refuses ("only 0-dimensional arrays can be converted to Python
 # scalars"): every kernel loop with run-time bounds would fail (3.9 is fixed).
-"$PY" -m pip install -q "setuptools>=64" ninja "numpy<2.4" pytest hypothesis pytest-benchmark matplotlib tqdm
+"$PY" -m pip install -q "setuptools>=70.1" ninja "numpy<2.4" pytest hypothesis pytest-benchmark matplotlib tqdm
 "$PY" -c 'import torch, triton; print(f"compat: torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")'
 
 # 2. The CUDA toolkit: the directory holding include/cuda_runtime.h and

@@ -11,7 +11,7 @@ if ! "$PY" -c 'import torch, sys; sys.exit(not torch.__version__.startswith(("2.
   "$PY" -m pip install -q torch==2.13.0
 fi
 # ninja: torch.utils.cpp_extension.load needs it for the CPU build of the CUDA kernels (tests/cuda_emu).
-"$PY" -m pip install -q "setuptools>=64" ninja pytest hypothesis pytest-benchmark matplotlib tqdm
+"$PY" -m pip install -q "setuptools>=70.1" ninja pytest hypothesis pytest-benchmark matplotlib tqdm
 # Triton (3.6-3.9 supported): keep one that is there (a GPU machine's), else install it.
 if ! "$PY" -c 'import triton' 2>/dev/null; then
   "$PY" -m pip install -q "triton>=3.6,<3.10"
