@@ -7,6 +7,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -57,7 +58,9 @@ const KernelTable* load(const std::string& cap) {
 
 const KernelTable* select() {
   const char* env = std::getenv("MMCAL_CPU_CAPABILITY");
-  const std::string wanted = env ? env : "";
+  std::string wanted = env ? env : "";
+  // Any case: cpu_capability() and `python -m mmcal_kernels.info` print the names in capitals.
+  for (auto& ch : wanted) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   TORCH_CHECK_VALUE(wanted.empty() || wanted == "default" || wanted == "avx2" || wanted == "avx512",
                     "MMCAL_CPU_CAPABILITY: expected default, avx2 or avx512, got '", wanted, "'");
   std::vector<std::string> order = {"avx512", "avx2"};

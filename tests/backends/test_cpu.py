@@ -268,6 +268,21 @@ def test_capability_in_use_is_reported():
         assert torch.ops.mmcal.cpu_capability() == expected.upper()
 
 
+@pytest.mark.parametrize("value,expect", [("Default", "DEFAULT"), ("DEFAULT", "DEFAULT"), ("sse9", "error")])
+def test_capability_setting_in_any_case(value, expect):
+    """MMCAL_CPU_CAPABILITY takes the names in any case (cpu_capability() and
+    `info` print capitals, which the setting once refused); another value is
+    an error naming the variable."""
+    code = "import torch, mmcal_kernels; print(torch.ops.mmcal.cpu_capability())"
+    env = dict(os.environ, MMCAL_CPU_CAPABILITY=value)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if expect == "error":
+        assert result.returncode != 0 and "MMCAL_CPU_CAPABILITY: expected default, avx2 or avx512, got 'sse9'" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split()[-1] == expect
+
+
 def test_every_capability_table():
     """The whole file again with each narrower table this CPU can run, and
     with every map output streamed (MMCAL_CPU_STREAM=always) by each
