@@ -15,12 +15,15 @@ What is built (all optional: without it the package runs on its reference):
 Environment variables:
 
 * ``MMCAL_NO_EXTENSION=1``    pure-Python install.
-* ``MMCAL_CUDA=0|1``          skip, or require, the CUDA build (default: when torch has CUDA and nvcc exists).
-* ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0"; TORCH_CUDA_ARCH_LIST is honoured too).
-* ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer (see README).
+* ``MMCAL_CUDA=0|1``          skip, or require, the CUDA build (default: when torch has CUDA and CUDA_HOME
+                              holds a toolkit, include/cuda_runtime.h; otherwise a CPU-only build, with a warning).
+* ``MMCAL_CUDA_ARCH_LIST``    e.g. "8.0;9.0" (default "8.0;9.0", oldest 7.5; TORCH_CUDA_ARCH_LIST is honoured too).
+* ``MMCAL_DEBUG=1``           -O0 -g; ``MMCAL_ASAN=1`` adds AddressSanitizer.
 * ``MMCAL_SANITIZE=1``        -O1 -g with AddressSanitizer and UndefinedBehaviorSanitizer, every
                               report fatal (tests/sanitizers.sh builds and runs the suite so).
 * ``MAX_JOBS``                parallel compile jobs (ninja), as torch reads it.
+
+Switches take 1/true/yes/on and 0/false/no/off (any case); another value stops the build, naming it.
 
 Only commands that compile (build, build_ext, install, develop, bdist_wheel,
 editable_wheel, ...) look for torch: ``sdist``, ``egg_info`` and ``dist_info``
@@ -129,7 +132,10 @@ def extension_modules(argv):
 
 
 def main():
-    ext_modules, cmdclass, build_info = extension_modules(sys.argv)
+    try:
+        ext_modules, cmdclass, build_info = extension_modules(sys.argv)
+    except build_config.BuildError as exc:  # a build switch with a value it cannot take
+        raise SystemExit(f"mmcal_kernels: {exc}") from exc
     if build_info is not None and not ext_modules:  # nothing to build (MMCAL_NO_EXTENSION=1): record it now
         _write_build_info(**build_info)
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import warnings
 from typing import Mapping, NamedTuple, Optional
 
 # The main library (_C): the op schemas, the in-place autograd kernels, the CPU
@@ -35,15 +36,32 @@ CAPABILITY_FLAGS = {
 # approximates division, exp and sqrt; the passes are bound by memory anyway.
 NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
+MIN_CUDA_ARCH = (7, 5)
 
 
 class BuildError(Exception):
     """The build switches ask for what this torch or toolkit cannot build."""
 
 
+ON, OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_switch(name: str, environ: Optional[Mapping[str, str]] = None) -> Optional[bool]:
+    """An on/off environment switch: True (1, true, yes, on), False (0, false,
+    no, off, or empty), None when unset; any other value is a BuildError
+    naming it, where it once counted as off (MMCAL_CUDA=off built CUDA)."""
+    value = (os.environ if environ is None else environ).get(name)
+    if value is None:
+        return None
+    word = value.strip().lower()
+    if word in ON or word in OFF or not word:
+        return word in ON
+    raise BuildError(f"{name}={value!r}: expected one of {', '.join(ON + OFF)}")
+
+
 def env_flag(name: str, environ: Optional[Mapping[str, str]] = None) -> bool:
-    """An on/off environment switch (MMCAL_NO_EXTENSION, MMCAL_CUDA, ...): 1, true, yes or on."""
-    return (os.environ if environ is None else environ).get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    """An on/off switch that is off unless set on (MMCAL_NO_EXTENSION, MMCAL_DEBUG, ...)."""
+    return bool(env_switch(name, environ))
 
 
 def sources(root: str, names) -> list[str]:
@@ -101,6 +119,9 @@ def cuda_arch_flags(arch_list: str) -> list[str]:
         match = re.fullmatch(r"(\d+)\.(\d+)([af]?)(\+PTX)?", entry)
         if match is None:
             raise BuildError(f"CUDA arch list {arch_list!r}: cannot read {entry!r} (expected e.g. 8.0, 9.0a, 9.0+PTX)")
+        if (int(match.group(1)), int(match.group(2))) < MIN_CUDA_ARCH:
+            raise BuildError(f"CUDA arch list {arch_list!r}: {entry} is older than the kernels support "
+                             f"({MIN_CUDA_ARCH[0]}.{MIN_CUDA_ARCH[1]}, CUDA 13's oldest)")  # fmt: skip
         arch = match.group(1) + match.group(2) + match.group(3)
         flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
         if match.group(4):
@@ -127,6 +148,18 @@ class Library(NamedTuple):
         return "mmcal" + self.module if self.module.startswith("_") else self.module
 
 
+def _why_no_cuda_toolkit(torch_cuda: Optional[str], cuda_home: Optional[str]) -> str:
+    """Empty when the CUDA kernels can be built, else why not."""
+    if torch_cuda is None:
+        return "this torch has no CUDA"
+    if cuda_home is None:
+        return "no CUDA toolkit found (nvcc, CUDA_HOME)"
+    if not os.path.isfile(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        # torch guesses CUDA_HOME from the nvcc on PATH, which may be a wrapper outside the toolkit
+        return f"CUDA_HOME={cuda_home} holds no include/cuda_runtime.h"
+    return ""
+
+
 def build_plan(tables: str = "all", environ: Optional[Mapping[str, str]] = None) -> list[Library]:
     """The libraries to build for the torch installed and the toolkit torch finds.
 
@@ -144,16 +177,22 @@ def build_plan(tables: str = "all", environ: Optional[Mapping[str, str]] = None)
     env = os.environ if environ is None else environ
     cxx, link = compile_flags(torch._C.has_openmp, debug=env_flag("MMCAL_DEBUG", env),
                               asan=env_flag("MMCAL_ASAN", env), sanitize=env_flag("MMCAL_SANITIZE", env))  # fmt: skip
-    want_cuda = env.get("MMCAL_CUDA")
-    has_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    if want_cuda == "1" and not has_cuda:
-        raise BuildError("MMCAL_CUDA=1: torch has no CUDA, or nvcc (CUDA_HOME) was not found")
+    want_cuda = env_switch("MMCAL_CUDA", env)
+    why_no_cuda = _why_no_cuda_toolkit(torch.version.cuda, cpp_extension.CUDA_HOME)
+    if want_cuda and why_no_cuda:
+        raise BuildError(f"MMCAL_CUDA={env['MMCAL_CUDA']}: {why_no_cuda}")
+    has_cuda = not why_no_cuda
+    if torch.version.cuda is not None and why_no_cuda and want_cuda is None:
+        # A CUDA torch whose toolkit is not usable: a CPU-only _C, said out
+        # loud (it once failed late with "cuda_runtime.h: No such file").
+        warnings.warn(f"mmcal_kernels: building without the CUDA kernels: {why_no_cuda} "
+                      "(set CUDA_HOME to the toolkit, or MMCAL_CUDA=0 to silence this)", stacklevel=2)  # fmt: skip
     per_table = {"all": capability_flags, "runnable": runnable_capability_flags}[tables]()
     libraries = [
         Library(f"mmcal_cpu_{cap}", (f"cpu/kernels_{cap}.cpp",), tuple(cxx + flags), tuple(link))
         for cap, flags in per_table.items()
     ]
-    if has_cuda and want_cuda != "0":
+    if has_cuda and want_cuda is not False:
         arches = env.get("MMCAL_CUDA_ARCH_LIST") or env.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
         nvcc = tuple(NVCC_FLAGS + cuda_arch_flags(arches))
         libraries.append(Library("_C", MAIN_SOURCES + CUDA_SOURCES, tuple(cxx), tuple(link), nvcc))

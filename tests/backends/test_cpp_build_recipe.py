@@ -112,7 +112,8 @@ def test_every_source_of_the_plan_exists(clean_env, monkeypatch):
 def test_cuda_switches(clean_env, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)  # no toolkit
-    assert not build_config.build_plan()[-1].nvcc
+    with pytest.warns(UserWarning, match=r"building without the CUDA kernels: no CUDA toolkit found"):
+        assert not build_config.build_plan()[-1].nvcc
     with pytest.raises(build_config.BuildError, match="MMCAL_CUDA=1"):
         build_config.build_plan(environ={"MMCAL_CUDA": "1"})
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT)
@@ -124,6 +125,44 @@ def test_cuda_switches(clean_env, monkeypatch):
     assert plan[-1].nvcc[-1] == "-gencode=arch=compute_86,code=sm_86"
     with pytest.raises(build_config.BuildError, match="cannot read 'Hopper-ish'"):
         build_config.cuda_arch_flags("9.0;Hopper-ish")
+
+
+def test_cuda_switch_spellings_and_a_toolkit_without_headers(clean_env, monkeypatch, tmp_path):
+    """MMCAL_CUDA takes the spellings env_flag documents (off once built CUDA);
+    another value stops the build naming it. A CUDA_HOME without
+    include/cuda_runtime.h (torch guesses it from the nvcc on PATH, here a
+    wrapper) gives a CPU-only plan and says why, where the build once failed
+    after minutes with "cuda_runtime.h: No such file"; MMCAL_CUDA=1 refuses it.
+    Arches older than 7.5 are refused before nvcc."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT)
+    for off in ("0", "off", "False", "no"):
+        assert not build_config.build_plan(environ={"MMCAL_CUDA": off})[-1].nvcc, off
+    for on in ("1", "on", "TRUE", "yes"):
+        assert build_config.build_plan(environ={"MMCAL_CUDA": on})[-1].nvcc, on
+    with pytest.raises(build_config.BuildError, match=r"MMCAL_CUDA='maybe': expected one of 1, true"):
+        build_config.build_plan(environ={"MMCAL_CUDA": "maybe"})
+
+    (tmp_path / "bin").mkdir()  # a directory with no toolkit headers
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path))
+    with pytest.warns(UserWarning, match=r"building without the CUDA kernels: CUDA_HOME=.* holds no include/cuda_runtime.h"):
+        assert not build_config.build_plan()[-1].nvcc
+    with pytest.raises(build_config.BuildError, match=r"MMCAL_CUDA=1: CUDA_HOME=.* holds no include/cuda_runtime.h"):
+        build_config.build_plan(environ={"MMCAL_CUDA": "1"})
+
+    with pytest.raises(build_config.BuildError, match=r"7.0 is older than the kernels support \(7.5"):
+        build_config.cuda_arch_flags("7.0;9.0")
+    assert build_config.cuda_arch_flags("7.5")[0] == "-gencode=arch=compute_75,code=sm_75"
+
+
+def test_a_failed_jit_build_names_the_compiler_error():
+    from mmcal_kernels.backends.cpp.load import _first_error
+
+    log = ("Error building extension 'mmcal_C': [1/12] c++ -MMD -MF ops.o.d -DTORCH_EXTENSION_NAME=mmcal_C\n"
+           "FAILED: gate_network.cuda.o\n/src/csrc/cuda/gate_network.cu:7:10: fatal error: cuda_runtime.h: "
+           "No such file or directory\ncompilation terminated.\n")  # fmt: skip
+    assert _first_error(log) == "/src/csrc/cuda/gate_network.cu:7:10: fatal error: cuda_runtime.h: No such file or directory"
+    assert _first_error("ninja: build stopped\n") == "ninja: build stopped"
 
 
 @pytest.mark.parametrize("outcome", ["built", "failed"])

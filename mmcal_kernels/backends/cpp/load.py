@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import warnings
 from typing import Optional
@@ -82,8 +83,17 @@ def _jit_build() -> Optional[str]:
                  extra_cuda_cflags=list(lib.nvcc), extra_ldflags=list(lib.link), with_cuda=bool(lib.nvcc),
                  build_directory=cache, is_python_module=False, verbose=False)  # fmt: skip
     except Exception as exc:  # a compiler error, no compiler, ...
-        return f"JIT build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return f"JIT build failed: {type(exc).__name__}: {_first_error(str(exc))}"
     return None
+
+
+def _first_error(log: str) -> str:
+    """The line of a build log that says what went wrong: the compiler's first
+    "error:" (torch's message starts "Error building extension", then the
+    first of ninja's command lines, which told nothing)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    named = [line for line in lines if re.search(r"\berror:", line, re.IGNORECASE)]
+    return (named or lines or [""])[0][:300]
 
 
 def _pure_python_chosen() -> Optional[str]:
