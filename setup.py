@@ -152,7 +152,7 @@ def main():
         packages=find_packages(include=["mmcal_kernels", "mmcal_kernels.*"]),
         install_requires=["torch>=2.11"],
         extras_require={
-            "triton": ["triton>=3.6"],
+            "triton": ["triton>=3.6,<3.10"],  # the tested range (backends/triton/__init__.py SUPPORTED)
             "test": ["pytest", "hypothesis", "numpy"],
             "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
             "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
