@@ -113,6 +113,9 @@ def extension_modules(argv):
             "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
+    jobs = os.environ.get("MAX_JOBS")
+    if jobs is not None and not (jobs.strip().isdigit() and int(jobs) > 0):  # torch would ignore it silently
+        raise SystemExit(f"mmcal_kernels: MAX_JOBS={jobs!r}: expected a positive number of parallel compile jobs")
     try:  # the same plan as the JIT build in mmcal_kernels/backends/cpp/load.py, every CPU kernel table included
         plan = build_config.build_plan(tables="all")
     except build_config.BuildError as exc:

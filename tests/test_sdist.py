@@ -122,3 +122,14 @@ def test_sdist_tests_collect_and_readme_links_resolve(sdist, tmp_path):
     result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
                             cwd=top, env=_env(MMCAL_NO_EXTENSION="1"), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0 and " error" not in result.stdout.splitlines()[-1], result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("setting,message", [("MAX_JOBS=abc", "MAX_JOBS='abc': expected a positive number"),
+                                             ("MMCAL_CUDA=maybe", "MMCAL_CUDA='maybe': expected one of")])  # fmt: skip
+def test_a_bad_build_setting_stops_the_build_naming_it(setting, message):
+    """torch ignores a MAX_JOBS that is not a number, and MMCAL_CUDA=off once
+    built CUDA: a build setting it cannot take stops the build, naming it."""
+    name, value = setting.split("=")
+    code = "import runpy, sys\nsys.argv = ['setup.py', 'build_ext']\nrunpy.run_path('setup.py', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(**{name: value}), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
