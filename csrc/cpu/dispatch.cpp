@@ -3,12 +3,16 @@
 // MMCAL_CPU_CAPABILITY (default, avx2, avx512). The default table is compiled
 // into _C, so there is always one.
 #include <dlfcn.h>
+#include <elf.h>
 #include <glob.h>
 
 #include <c10/util/Exception.h>
 
 #include <cctype>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -37,6 +41,28 @@ bool cpu_supports(const std::string& cap) {
   return false;
 }
 
+// dlopen maps a library's loadable segments and touches them: in a file cut
+// short (an interrupted copy, a full disk) that is a SIGBUS, which killed the
+// process at import. Such a file is passed over like one that fails to load.
+bool segments_within_file(const char* path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) return false;
+  const auto size = static_cast<uint64_t>(f.tellg());
+  Elf64_Ehdr eh;
+  f.seekg(0);
+  if (size < sizeof(eh) || !f.read(reinterpret_cast<char*>(&eh), sizeof(eh))) return false;
+  if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return false;
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr)) return true;  // dlopen judges
+  if (eh.e_phoff + static_cast<uint64_t>(eh.e_phnum) * sizeof(Elf64_Phdr) > size) return false;
+  for (uint64_t i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    f.seekg(static_cast<std::streamoff>(eh.e_phoff + i * sizeof(ph)));
+    if (!f.read(reinterpret_cast<char*>(&ph), sizeof(ph))) return false;
+    if (ph.p_type == PT_LOAD && ph.p_offset + ph.p_filesz > size) return false;
+  }
+  return true;
+}
+
 const KernelTable* load(const std::string& cap) {
   // setuptools names it mmcal_cpu_<cap>.cpython-*.so; the JIT fallback mmcal_cpu_<cap>.so.
   glob_t found;
@@ -44,6 +70,7 @@ const KernelTable* load(const std::string& cap) {
   const KernelTable* table = nullptr;
   if (glob(pattern.c_str(), 0, nullptr, &found) == 0) {
     for (size_t i = 0; i < found.gl_pathc && table == nullptr; ++i) {
+      if (!segments_within_file(found.gl_pathv[i])) continue;
       void* handle = dlopen(found.gl_pathv[i], RTLD_NOW | RTLD_LOCAL);
       if (handle == nullptr) continue;
       auto getter = reinterpret_cast<const KernelTable* (*)()>(dlsym(handle, "mmcal_cpu_kernel_table_v1"));

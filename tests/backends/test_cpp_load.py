@@ -59,3 +59,47 @@ def test_jit_build_when_the_prebuilt_library_is_skipped(tmp_path):
 
 def built_caps(names):
     return {n.removeprefix("mmcal_cpu_") for n in names}
+
+
+def _segments_end(path):
+    """Where an ELF64 file's last loadable segment ends (its program headers read with struct)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        end = 0
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack("<IIQQQQ", f.read(40))
+            if p_type == 1:  # PT_LOAD
+                end = max(end, p_offset + p_filesz)
+    return end
+
+
+@pytest.mark.parametrize("cut_to", [4096, "mid-segments"])
+def test_a_truncated_kernel_table_is_passed_over(tmp_path, cut_to):
+    """A per-instruction-set library cut short (an interrupted copy, a full
+    disk) once killed the process at import with SIGBUS: dlopen maps segments
+    past the file's end. It is now passed over for the next narrower table."""
+    import shutil
+
+    import torch
+
+    in_use = torch.ops.mmcal.cpu_capability().lower()
+    if in_use == "default":
+        pytest.skip("this CPU runs only the portable table, which is inside _C")
+    package = tmp_path / "mmcal_kernels"
+    shutil.copytree(os.path.join(ROOT, "mmcal_kernels"), package, ignore=shutil.ignore_patterns("__pycache__"))
+    (library,) = glob.glob(str(package / f"mmcal_cpu_{in_use}*.so"))
+    size = os.path.getsize(library)
+    os.truncate(library, cut_to if cut_to != "mid-segments" else _segments_end(library) // 2)
+    assert os.path.getsize(library) < size
+    narrower = {"avx512": "AVX2", "avx2": "DEFAULT"}[in_use]
+    code = "import mmcal_kernels, torch; print('TABLE', torch.ops.mmcal.cpu_capability())"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), MMCAL_NO_JIT="1")
+    env.pop("MMCAL_CPU_CAPABILITY", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-2000:]}"
+    assert f"TABLE {narrower}" in result.stdout, result.stdout + result.stderr
