@@ -176,3 +176,27 @@ def test_torch_func_transforms_run_the_reference_under_auto():
         module.backend = name
         with pytest.raises(RuntimeError, match=rf"^backend: backend '{name}' does not run under torch.func transforms"):
             torch.func.grad(loss)(params)
+
+
+def test_one_tensor_in_several_slots_sums_its_gradients():
+    """The fused node takes each distinct tensor once (Dynamo refuses repeats):
+    a feature given twice, a shared mask and tied gate layers get the sum of
+    their slots' gradients, as the reference's autograd gives."""
+    dims, layouts = [4, 4, 3], ["sequence", "sequence", "spatial"]
+    module = make_module(dims, layouts, seed=77)
+    module.gate_dim[1] = module.gate_dim[0]  # one Linear (4 wide) in two modalities' slots
+    features, _, present = random_case(dims, layouts, batch=3, positions=[5, 5, (2, 2)], dtype=torch.float64, seed=78)
+    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(79)) > 0.3
+    grads = random_grads(features)
+
+    def run(fn):
+        x = features[0].detach().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        outputs, _ = fn([x, x, features[2]], module.gate_params(), layouts, [mask, mask, None], present)
+        torch.autograd.backward(outputs, grads)
+        return [x.grad] + [p.grad for p in module.parameters()]
+
+    got, want = run(lambda *a: fused_calibrate(TorchFused, *a)), run(reference.calibrate)
+    assert len(got) == len(want)
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert_close(a, e, torch.float64, f"gradient {i}")
