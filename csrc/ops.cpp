@@ -6,6 +6,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/settings.h"
 #include "cpu/kernel_table.h"
 
 // Lets `import mmcal_kernels._C` load this library, whose static initialisers
@@ -39,4 +40,6 @@ TORCH_LIBRARY(mmcal, m) {
       "Tensor[] diagnostics, Tensor[] saved) -> (Tensor[] grad_summaries, Tensor[] grad_params)");
   // Which CPU kernel table is in use (default, AVX2, AVX512): for info and tests.
   m.def("cpu_capability() -> str", []() { return std::string(mmcal::cpu::kernels().capability); });
+  // The environment switches the kernels read (common/settings.h): Python passes os.environ's values.
+  m.def("set_settings(str cpu_stream, str cuda_gate_warps) -> ()", &mmcal::set_settings);
 }

@@ -79,3 +79,41 @@ KERNEL_CASES = {  # dims, layouts, positions
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def kernel_setting():
+    """``set(name, value, ops=None)``: change an environment switch the kernels
+    read (MMCAL_CPU_STREAM, MMCAL_CUDA_GATE_WARPS; None unsets it) and hand it
+    to them, since they read the environment only when they load
+    (csrc/common/settings.h); ``ops`` also another build's namespace (the CUDA
+    emulator). Restored, and handed over again, after the test."""
+    import os
+
+    from mmcal_kernels.backends.cpp import load as cpp_load
+
+    saved, targets = {}, [None]
+
+    def apply():
+        for ops in targets:
+            cpp_load.apply_settings(ops)
+
+    def set_(name, value, ops=None):
+        assert name in cpp_load.KERNEL_SETTINGS, name
+        saved.setdefault(name, os.environ.get(name))
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        if ops is not None and ops not in targets:
+            targets.append(ops)
+        apply()
+
+    yield set_
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    apply()
+

@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))  # benchmarks/: the gate network's random inputs
 
 from mmcal_kernels import backends  # noqa: E402
+from mmcal_kernels.backends.cpp.load import apply_settings  # noqa: E402
 from mmcal_kernels.bench.contenders import input_sets, make_module  # noqa: E402
 from mmcal_kernels.bench.counting import cuda_launches  # noqa: E402
 from mmcal_kernels.bench.timing import time_cuda, time_wall  # noqa: E402
@@ -87,6 +88,7 @@ def main() -> int:
     rows = []
     for warps in WARPS:
         os.environ["MMCAL_CUDA_GATE_WARPS"] = warps
+        apply_settings()  # the kernels read the environment only at load (csrc/common/settings.h)
         for name, call in calls.items():
             timing = time_cuda(call)
             wall = time_wall(call, torch.cuda.synchronize)
@@ -100,6 +102,7 @@ def main() -> int:
                   f"{r['median_ms'] * 1e3:9.1f} us events  "
                   f"{r['kernel_us']:9.1f} us in {r['kernels']} kernels  {r['names']}", flush=True)
     os.environ.pop("MMCAL_CUDA_GATE_WARPS", None)
+    apply_settings()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "workload": args.workload}
     with open(os.path.join(args.out, "gate-warps.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -12,15 +12,17 @@
 // Hence, by default, an output streams when its call's outputs reach 16 MiB,
 // its rows are at least 1 KiB and its first, middle and last pages are mapped
 // already (memory the allocator reuses). MMCAL_CPU_STREAM=always / never
-// overrides it (read at every call; the tests run both ways).
+// overrides it (read when _C loads, or set through mmcal::set_settings:
+// common/settings.h says why not at every call; the tests run both ways).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <string>
+
+#include "../common/settings.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -37,8 +39,7 @@ enum class Streaming { kNo, kIfWorthIt, kYes };
 
 // For one call whose outputs total `bytes`.
 inline Streaming streaming_for_call(int64_t bytes) {
-  const char* text = std::getenv("MMCAL_CPU_STREAM");
-  const std::string mode = text == nullptr ? "" : text;
+  const std::string mode = Settings::get().cpu_stream();
   if (mode == "always") return Streaming::kYes;
   if (mode == "never") return Streaming::kNo;
   TORCH_CHECK_VALUE(mode.empty() || mode == "auto", "MMCAL_CPU_STREAM: expected auto, always or never, got '", mode,

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../common/gate_args.h"
+#include "../common/settings.h"
 #include "gate_launch.cuh"
 #include "host_checks.h"
 
@@ -40,14 +41,15 @@ std::vector<Tensor> cast_params(TensorList params, at::ScalarType ct) {
 
 void* ptr(const Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
 
-// Warps a block of the per-sample kernels: MMCAL_CUDA_GATE_WARPS, read at
-// every call (a getenv, so a process can switch and measure both), else the
-// first of kGateWarpChoices. Every choice does the same sums in the same
+// Warps a block of the per-sample kernels: MMCAL_CUDA_GATE_WARPS, read when
+// the library loads or set through mmcal::set_settings (so a process can
+// switch and measure both; common/settings.h), else the first of
+// kGateWarpChoices. Every choice does the same sums in the same
 // order (a row keeps its lanes whichever warp takes it), so the results are
 // expected to agree to the last bit; the GPU tests compare within 1e-6.
 int gate_warps() {
-  const char* text = std::getenv("MMCAL_CUDA_GATE_WARPS");
-  if (text == nullptr || *text == '\0') return kGateWarpChoices[0];
+  const std::string text = Settings::get().cuda_gate_warps();
+  if (text.empty()) return kGateWarpChoices[0];
   for (const int choice : kGateWarpChoices) {
     if (std::to_string(choice) == text) return choice;
   }

@@ -150,8 +150,8 @@ def test_gate_ops_at_the_norm_clamp(emu, order, shape, dtype, norm):
 
 @pytest.mark.parametrize("warps", ["8", "16"])
 @pytest.mark.parametrize("shape", ["mosei-aligned", *SMALL_SHAPES])
-def test_gate_ops_at_each_block_size(emu, any_order, monkeypatch, shape, warps):
-    monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
+def test_gate_ops_at_each_block_size(emu, any_order, kernel_setting, shape, warps):
+    kernel_setting("MMCAL_CUDA_GATE_WARPS", warps, ops=emu)
     check_against_oracle(*make_case(shape, 3, "some-missing", torch.float32, torch.float32, seed=21), ops=emu)
 
 

@@ -168,7 +168,7 @@ def test_step_dispatches_three_ops_and_launches_each_way(case):
 @pytest.mark.parametrize("presence", ["some-missing", "one-present"])
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("shape", ["mosei-aligned", "r-per-modality", "five-with-D1", "wide-4096"])
-def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, monkeypatch):
+def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, kernel_setting):
     """MMCAL_CUDA_GATE_WARPS=16 (the per-sample kernels' other block size)
     against the float64 oracle, and against the default 8 warps within a
     tight tolerance (the same sums in the same order: expected equal)."""
@@ -177,7 +177,7 @@ def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, 
     flat = flat_params(case[1])
     runs = []
     for warps in ("8", "16"):
-        monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", warps)
+        kernel_setting("MMCAL_CUDA_GATE_WARPS", warps)
         if warps == "16":
             check_against_oracle(*case)
         gates, diagnostics, saved = torch.ops.mmcal.gates(case[0], flat, case[2])
@@ -188,8 +188,8 @@ def test_sixteen_warps_match_the_oracle_and_eight_warps(shape, dtype, presence, 
         torch.testing.assert_close(b, a, rtol=tol, atol=tol, msg=f"output {i}")
 
 
-def test_bad_warps_setting_names_the_variable(monkeypatch):
+def test_bad_warps_setting_names_the_variable(kernel_setting):
     summaries, params, present, _ = on_gpu(*make_case("two-odd", 3, "some-missing", torch.float32, torch.float32))
-    monkeypatch.setenv("MMCAL_CUDA_GATE_WARPS", "12")
+    kernel_setting("MMCAL_CUDA_GATE_WARPS", "12")
     with pytest.raises(ValueError, match=r"MMCAL_CUDA_GATE_WARPS: expected one of 8, 16"):
         torch.ops.mmcal.gates(summaries, flat_params(params), present)

@@ -14,3 +14,8 @@
 #define CUDA CPU
 
 #include "gate_network_cuda.cpp"
+
+// This library's own copy of the kernels' settings (common/settings.h), set as mmcal's are.
+TORCH_LIBRARY_FRAGMENT(mmcal_cuda_emu, m) {
+  m.def("set_settings(str cpu_stream, str cuda_gate_warps) -> ()", &mmcal::set_settings);
+}

@@ -96,6 +96,24 @@ def _first_error(log: str) -> str:
     return (named or lines or [""])[0][:300]
 
 
+# The switches the kernels read at a call, which they take from the
+# environment only when _C loads (csrc/common/settings.h).
+KERNEL_SETTINGS = ("MMCAL_CPU_STREAM", "MMCAL_CUDA_GATE_WARPS")
+
+
+def apply_settings(ops=None) -> None:
+    """Hand the kernels os.environ's ``MMCAL_CPU_STREAM`` and
+    ``MMCAL_CUDA_GATE_WARPS`` after changing them in a running process. The
+    C++ side reads the environment only when it loads: an op runs without the
+    GIL, and its getenv raced with other threads' ``os.environ`` writes (a
+    SIGSEGV). ``ops``: another build's op namespace (tests' CUDA emulator)."""
+    if ops is None:
+        if not STATUS["loaded"]:
+            return
+        ops = torch.ops.mmcal
+    ops.set_settings(*(os.environ.get(name, "") for name in KERNEL_SETTINGS))
+
+
 def _pure_python_chosen() -> Optional[str]:
     """Why the extension is off on purpose (no warning then), else None."""
     if build_config.env_flag("MMCAL_NO_EXTENSION"):
