@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/settings.h"
 #include "kernel_table.h"
 
 namespace mmcal {
@@ -84,8 +85,7 @@ const KernelTable* load(const std::string& cap) {
 }
 
 const KernelTable* select() {
-  const char* env = std::getenv("MMCAL_CPU_CAPABILITY");
-  std::string wanted = env ? env : "";
+  std::string wanted = Settings::get().cpu_capability();  // read at load (common/settings.h)
   // Any case: cpu_capability() and `python -m mmcal_kernels.info` print the names in capitals.
   for (auto& ch : wanted) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   TORCH_CHECK_VALUE(wanted.empty() || wanted == "default" || wanted == "avx2" || wanted == "avx512",
