@@ -11,25 +11,17 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
-import time
 
 import torch
 
 from mmcal_kernels import PreFusionCalibration
+from mmcal_kernels.bench.timing import wall_samples
 from mmcal_kernels.info import cpu_name
 
 
 def best_mean_us(fn, calls, repeats):
-    """The best of ``repeats`` means over ``calls`` calls, in microseconds."""
-    for _ in range(min(calls, 30)):
-        fn()
-    means = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        means.append((time.perf_counter() - start) / calls * 1e6)
-    return min(means)
+    """The best of ``repeats`` means over ``calls`` calls, in microseconds (CPU work: nothing to sync)."""
+    return min(wall_samples(fn, lambda: None, calls=calls, rounds=repeats, warmup=min(calls, 30))) * 1e6
 
 
 def main():

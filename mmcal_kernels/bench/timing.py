@@ -101,6 +101,14 @@ def time_wall(call: Callable[[], object], sync: Callable[[], object], *, calls: 
     ``do_bench`` can hide it: that enqueues an L2-clearing write before each
     call and times between CUDA events, so a host that launches the call
     while the write runs adds nothing to the reading."""
+    return _quantiles(wall_samples(call, sync, calls=calls, rounds=rounds, warmup=warmup))
+
+
+def wall_samples(call: Callable[[], object], sync: Callable[[], object], *, calls: int, rounds: int,
+                 warmup: int) -> list[float]:  # fmt: skip
+    """Seconds per call of each round of ``calls`` back-to-back calls and one
+    ``sync``, after ``warmup`` calls: ``time_wall``'s samples, and those of
+    ``benchmarks/host_overhead.py``, which takes their best."""
     for _ in range(warmup):
         call()
     sync()
@@ -111,7 +119,7 @@ def time_wall(call: Callable[[], object], sync: Callable[[], object], *, calls: 
             call()
         sync()
         samples.append((time.perf_counter() - t0) / calls)
-    return _quantiles(samples)
+    return samples
 
 
 def time_call(call: Callable[[], object], device: torch.device, quick: bool = False) -> Timing:

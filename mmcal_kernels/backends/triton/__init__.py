@@ -19,6 +19,9 @@ from ... import backends, checks
 SUPPORTED = ((3, 6), (3, 9))  # tested range of triton releases (major, minor), inclusive
 
 
+LOAD_FAILED = "loading the Triton kernels failed"  # a reason that warns: triton is present but broken
+
+
 def _release(version: str) -> tuple[int, int]:
     parts = (version.split("+")[0].split(".") + ["0"])[:2]
     return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
@@ -42,9 +45,6 @@ def _why_not() -> str:
     if not low <= _release(version) <= high:
         return f"triton {version} is outside the supported {low[0]}.{low[1]}-{high[0]}.{high[1]}"
     return ""
-
-
-LOAD_FAILED = "loading the Triton kernels failed"
 
 
 def register() -> None:
