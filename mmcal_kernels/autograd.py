@@ -29,13 +29,29 @@ from . import checks
 from .spec import DIAGNOSTIC_TENSORS, autocast_off, compute_dtype_of_flat, layout_name
 
 
-def refuse_second_derivative(what: str) -> None:
+def _batched(grads) -> bool:
+    """A gradient of torch's legacy vmap, which ``is_grads_batched=True`` and
+    ``jacobian(vectorize=True)`` run the backward under (functorch's own
+    transforms are not active then)."""
+    is_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return is_batched is not None and any(isinstance(g, Tensor) and is_batched(g) for g in grads)
+
+
+def refuse_second_derivative(what: str, grads=()) -> None:
     """A backward run with create_graph=True (grad mode on) would have to
     differentiate the kernel backends' backward passes, which have no
-    derivative: refuse before computing (SPEC: double backward says so)."""
+    derivative: refuse before computing (SPEC: double backward says so).
+    A vectorised backward (``is_grads_batched=True``,
+    ``jacobian(vectorize=True)``) runs it under vmap, where the ops have no
+    batching rule: refuse that too, with the remedy, before torch's own
+    error about a batching fallback."""
     if torch.is_grad_enabled():
         raise RuntimeError(f"{what}: a second derivative (create_graph=True, torch.autograd.functional.hvp, a gradient "
                            "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
+    if torch._C._are_functorch_transforms_active() or _batched(grads):
+        raise RuntimeError(f"{what}: a vectorised backward (torch.autograd.grad(..., is_grads_batched=True), "
+                           "torch.autograd.functional.jacobian(vectorize=True), vmap over a backward) is not supported "
+                           "by the kernel backends; use backend='reference' for it, or loop over the grad outputs")  # fmt: skip
 
 
 def _ops_below_autograd(example: Tensor):
@@ -116,7 +132,7 @@ def make_fused_function(passes, name: str) -> type:
         # is differentiable again, and a silently constant gradient (what
         # once_differentiable gives when only the saved inputs need grad) is
         # a wrong result: refuse instead.
-        refuse_second_derivative(f"the fused calibration node ({name} kernels)")
+        refuse_second_derivative(f"the fused calibration node ({name} kernels)", grads)
         num, layouts = ctx.num, ctx.layouts
         saved = list(ctx.saved_tensors)
         features, saved = saved[:num], saved[num:]
@@ -246,7 +262,7 @@ def register_stage_autograd(ops, summaries_op: str, modulate_op: str, gate_grads
         ctx.save_for_backward(*xs, *[m for m in masks if m is not None])
 
     def summaries_backward(ctx, grads):
-        refuse_second_derivative(summaries_op)
+        refuse_second_derivative(summaries_op, grads)
         saved = list(ctx.saved_tensors)
         xs, rest = saved[: len(ctx.layouts)], saved[len(ctx.layouts) :]
         masks = [rest.pop(0) if has else None for has in ctx.mask_slots]
@@ -266,7 +282,7 @@ def register_stage_autograd(ops, summaries_op: str, modulate_op: str, gate_grads
         ctx.save_for_backward(*xs, *gates)
 
     def modulate_backward(ctx, grads):
-        refuse_second_derivative(modulate_op)
+        refuse_second_derivative(modulate_op, grads)
         n = len(ctx.layouts)
         xs, gates = list(ctx.saved_tensors[:n]), list(ctx.saved_tensors[n:])
         names = [layout_name(c) for c in ctx.layouts]
@@ -306,7 +322,7 @@ def register_gates_autograd(gates_op: str, gates_backward_op: str, backward: Cal
         ctx.save_for_backward(*summaries, *params, *([present] if present is not None else []), *diagnostics, *saved)
 
     def gates_backward(ctx, grad_gates, _grad_diagnostics, _grad_saved):
-        refuse_second_derivative(gates_op)
+        refuse_second_derivative(gates_op, grad_gates)
         saved = list(ctx.saved_tensors)
         summaries, saved = saved[: ctx.num], saved[ctx.num :]
         params, saved = saved[: ctx.num_params], saved[ctx.num_params :]

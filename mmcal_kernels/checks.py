@@ -356,6 +356,10 @@ def warn_suspicious_masks(masks: Sequence[Optional[Tensor]], present: Optional[T
     # recompile the module each time an eager call spends a look).
     if torch.compiler.is_compiling() or _MASK_LOOKS_LEFT[0] <= 0 or all(m is None for m in masks):
         return
+    # Under vmap a mask is batched, and reading its values (bool()) raises: the look would make
+    # a transform fail or pass by the process's history.
+    if torch._C._are_functorch_transforms_active():
+        return
     from torch._subclasses.fake_tensor import is_fake
 
     if any(m is not None and (is_fake(m) or m.device.type == "meta") for m in masks):

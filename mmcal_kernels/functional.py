@@ -4,6 +4,7 @@
 * ``calibration_gates`` steps 2-6, all modalities  summaries -> (gates, diagnostics)
 * ``gate_modulate``     step 7, one modality       (X, g) -> Y
 * ``calibrate``         steps 1-7, all modalities  what ``PreFusionCalibration`` calls
+* ``calibrate_``        steps 1-7, in place        inference: Y written into the features
 
 Every function checks its arguments (docs/spec.md, "Bad input") before anything
 runs, then hands them to the backend that ``backend=`` resolves to for the
@@ -35,7 +36,7 @@ def summary_pool(
     ``compute_dtype`` defaults to ``promote_types(float32, x.dtype)``.
     """
     (layout,) = checks.normalize_layouts(layout, 1, "layout")
-    impl = backends.resolve(backend, x.device.type if isinstance(x, Tensor) else "cpu")
+    impl = backends.resolve(backend, x.device.type if isinstance(x, Tensor) else "cpu", inputs=(x, mask))
     checks.check_feature(x, layout, "x", impl.dtypes)
     checks.check_mask(mask, x, layout, "mask")
     ct = compute_dtype or torch.promote_types(torch.float32, x.dtype)
@@ -59,14 +60,14 @@ def calibration_gates(
     first = summaries[0]
     params = checks.check_param_list(params, [s.shape[1] for s in summaries], first.device)
     checks.check_present(present, first.shape[0], len(summaries), first.device)
-    impl = backends.resolve(backend, first.device.type)
+    impl = backends.resolve(backend, first.device.type, inputs=(summaries, params))
     return impl.gates(summaries, params, present)
 
 
 def gate_modulate(x: Tensor, gate: Tensor, layout: str = "sequence", *, backend: str = "auto") -> Tensor:
     """Step 7: ``Y = (X * g).to(X.dtype)`` with ``g`` ``[B, D]`` broadcast over positions."""
     (layout,) = checks.normalize_layouts(layout, 1, "layout")
-    impl = backends.resolve(backend, x.device.type if isinstance(x, Tensor) else "cpu")
+    impl = backends.resolve(backend, x.device.type if isinstance(x, Tensor) else "cpu", inputs=(x, gate))
     checks.check_feature(x, layout, "x", impl.dtypes)
     checks.check_gate(gate, x, layout)
     return impl.modulate(x, gate, layout)
@@ -134,7 +135,8 @@ def _prepare(features, params, layouts, masks, present, dims, backend):
     """The checks every whole-calibration entry point makes, and its backend."""
     backends.check_name(backend)
     first = features[0] if isinstance(features, (list, tuple)) and len(features) else None
-    impl = backends.resolve(backend, first.device.type if isinstance(first, Tensor) else "cpu")
+    device_type = first.device.type if isinstance(first, Tensor) else "cpu"
+    impl = backends.resolve(backend, device_type, inputs=(features if isinstance(features, (list, tuple)) else (), params))
     features, layouts, masks = checks.check_features(features, layouts, masks, present, dims, impl.dtypes)
     checks.warn_suspicious_masks(masks, present)
     counts = [channels(x, lay) for x, lay in zip(features, layouts)]

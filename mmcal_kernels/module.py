@@ -25,6 +25,18 @@ def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:
     return weight, bias
 
 
+class ZeroInitLinear(nn.Linear):
+    """A linear layer whose initialisation is zeros (docs/spec.md's last gate
+    layers). Deferred initialisation (a module built on ``meta``, then
+    ``to_empty`` and each submodule's ``reset_parameters``, as FSDP
+    materialises one) keeps the zeros, and with them the identity at start."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class PreFusionCalibration(nn.Module):
     """Calibrates each modality's features against the others before fusion (docs/spec.md).
 
@@ -65,9 +77,8 @@ class PreFusionCalibration(nn.Module):
         cue_dim = 2 * shared_dim + 2
         self.proj = nn.ModuleList(nn.Linear(d, shared_dim) for d in dims)
         self.gate_hidden = nn.ModuleList(nn.Linear(cue_dim, hidden_dim) for _ in dims)
-        self.gate_instance = nn.ModuleList(nn.Linear(hidden_dim, 1) for _ in dims)
-        self.gate_dim = nn.ModuleList(nn.Linear(hidden_dim, d) for d in dims)
-        self.reset_gates()
+        self.gate_instance = nn.ModuleList(ZeroInitLinear(hidden_dim, 1) for _ in dims)
+        self.gate_dim = nn.ModuleList(ZeroInitLinear(hidden_dim, d) for d in dims)
 
     @property
     def backend(self) -> str:
@@ -87,6 +98,14 @@ class PreFusionCalibration(nn.Module):
         for layer in (*self.gate_instance, *self.gate_dim):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def reset_parameters(self) -> None:
+        """Every parameter to its initial distribution (docs/spec.md, "Parameters"):
+        the projections and hidden layers as ``nn.Linear`` does, the last gate
+        layers zeros."""
+        for layers in self._modules.values():
+            for layer in layers:
+                layer.reset_parameters()
 
     def gate_params(self) -> list[GateParams]:
         """The parameters of each modality in the order the functional API takes."""
@@ -113,6 +132,9 @@ class PreFusionCalibration(nn.Module):
         """Calibrate ``features`` (one tensor per modality).
 
         Args:
+            features: per modality, ``[B, P, D_m]`` for a ``"sequence"`` layout or
+                ``[B, D_m, *S]`` for ``"spatial"`` (``D_m`` the module's ``dims[m]``;
+                one float dtype for all, any strides).
             masks: per modality, None or a bool ``[B, P]`` validity mask for a
                 ``"sequence"`` input: True marks a REAL position (Hugging Face's
                 ``attention_mask`` convention, the opposite of
@@ -121,6 +143,14 @@ class PreFusionCalibration(nn.Module):
                 sample ``b``; it then passes through unchanged.
             return_diagnostics: also return the dict of agreement, support,
                 conflict, instance_gate and dimension_gates.
+
+        Returns:
+            The list of calibrated features, each shaped, strided and typed like
+            its input; with ``return_diagnostics``, ``(list, dict)``.
+
+        Raises:
+            ValueError, TypeError: bad input (docs/spec.md, "Bad input"), naming
+                the argument, before any kernel runs.
         """
         return self._call(functional.calibrate, features, masks, present, return_diagnostics)
 
@@ -171,9 +201,16 @@ class PreFusionCalibration(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        chosen = self.resolved_backend()
+        # repr never raises: a checkpoint trained on a GPU is printed on a CPU machine,
+        # a module built on meta before it is materialised.
         device = self.proj[0].weight.device.type
-        backend = f"{self.backend!r} -> {chosen!r} on {device}" if self.backend == "auto" else repr(self.backend)
+        try:
+            chosen = repr(self.resolved_backend())
+        except (RuntimeError, ValueError) as exc:
+            chosen = f"none: {exc}"
+        backend = f"{self.backend!r} -> {chosen} on {device}" if self.backend == "auto" else repr(self.backend)
+        if self.backend != "auto" and chosen.startswith("none: "):
+            backend += f" (not usable on {device} here: {chosen[len('none: '):]})"
         return (
             f"dims={self.dims}, shared_dim={self.shared_dim}, hidden_dim={self.hidden_dim}, "
             f"layouts={self.layouts}, backend={backend}"
@@ -204,6 +241,12 @@ class CalibratedFusion(nn.Module):
         self.forward_masks = forward_masks
 
     def forward(self, *args, masks=None, present=None, **kwargs):
+        """``fusion(*calibration(args[:M], masks, present), *args[M:], **kwargs)``.
+
+        ``masks`` and ``present`` are those of ``PreFusionCalibration.forward``;
+        with ``forward_masks=True`` they also reach ``fusion`` as keywords.
+        Fewer than ``M`` positional arguments raise ``ValueError``.
+        """
         num = self.calibration.num_modalities
         if len(args) < num:
             raise ValueError(

@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+from torch.autograd import forward_ad
 
 from conftest import make_module, random_grads
 from mmcal_kernels import backends, functional, reference
@@ -200,3 +201,60 @@ def test_one_tensor_in_several_slots_sums_its_gradients():
     assert len(got) == len(want)
     for i, (a, e) in enumerate(zip(got, want)):
         assert_close(a, e, torch.float64, f"gradient {i}")
+
+
+def _forward_ad_tangents(module, features, tangents, masks, present):
+    """Each output's tangent (None where it has none) of a forward-mode AD call under no_grad."""
+    with torch.no_grad(), forward_ad.dual_level():
+        duals = [forward_ad.make_dual(x, t) for x, t in zip(features, tangents)]
+        return [forward_ad.unpack_dual(y).tangent for y in module(duals, masks, present)]
+
+
+def test_forward_mode_ad_runs_the_reference_under_auto_and_a_kernel_backend_refuses():
+    """The kernel ops have no forward derivative, and below the Autograd key a
+    dual input's tangent is dropped without a word (the output reads as a zero
+    JVP): "auto" takes the reference there, a named kernel backend refuses."""
+    dims, layouts = DIMS[:3], LAYOUTS[:3]
+    module = make_module(dims, layouts, seed=81, backend="reference")
+    features, masks, present = random_case(dims, layouts, batch=3, positions=POSITIONS[:3], dtype=torch.float64, seed=82)
+    tangents = random_grads(features, seed=83)
+    want = _forward_ad_tangents(module, features, tangents, masks, present)
+    assert all(t is not None and t.abs().max() > 0 for t in want)
+    module.backend = "auto"
+    for i, (got, w) in enumerate(zip(_forward_ad_tangents(module, features, tangents, masks, present), want)):
+        assert_close(got, w, torch.float64, f"tangent[{i}]")
+    for name in KERNEL_CPU_BACKENDS:
+        module.backend = name
+        with pytest.raises(RuntimeError, match=rf"^backend: backend '{name}' does not run under forward-mode AD"):
+            _forward_ad_tangents(module, features, tangents, masks, present)
+        with torch.no_grad(), forward_ad.dual_level():  # the stage functions too
+            dual = forward_ad.make_dual(features[0], tangents[0])
+            with pytest.raises(RuntimeError, match="does not run under forward-mode AD"):
+                functional.summary_pool(dual, layouts[0], masks[0], backend=name)
+        with forward_ad.dual_level():  # a level open but no tangent among the inputs: the kernels run
+            module(features, masks, present)
+
+
+@pytest.mark.parametrize("how", ["is_grads_batched", "jacobian(vectorize=True)"])
+@pytest.mark.parametrize("path", ["fused node", "stage op"])
+def test_a_vectorised_backward_through_a_kernel_backend_says_why_it_cannot_run(how, path):
+    """torch runs these backwards under its legacy vmap, where the ops have no
+    batching rule: refused with the remedy, not torch's batching-fallback error."""
+    dims, layouts = DIMS[:2], LAYOUTS[:2]
+    for name in KERNEL_CPU_BACKENDS:
+        module = make_module(dims, layouts, seed=84, backend=name)
+        features, masks, present = random_case(dims, layouts, batch=2, positions=POSITIONS[:2], dtype=torch.float64, seed=85)
+
+        def first_output(x):
+            if path == "stage op":
+                return functional.summary_pool(x, layouts[0], masks[0], backend=name)
+            return module([x, features[1]], masks, present)[0]
+
+        x = features[0].detach().requires_grad_()
+        match = "a vectorised backward .* is not supported by the kernel backends; use backend='reference'"
+        with pytest.raises(RuntimeError, match=match):
+            if how == "is_grads_batched":
+                y = first_output(x)
+                torch.autograd.grad(y, x, torch.randn(3, *y.shape, dtype=y.dtype), is_grads_batched=True)
+            else:
+                torch.autograd.functional.jacobian(first_output, x.detach(), vectorize=True)

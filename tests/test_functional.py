@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_module
 from mmcal_kernels import backends, functional, reference
-from mmcal_kernels.compare import random_case
+from mmcal_kernels.compare import assert_close, random_case
 
 DIMS, LAYOUTS = [5, 4, 3], ["sequence", "spatial", "spatial"]
 POSITIONS = [6, (2, 3), ()]
@@ -118,3 +118,41 @@ def test_suspicious_masks_warn_once(monkeypatch):
         warnings.simplefilter("error")  # once per process: neither warns again
         run([~right_padded, None, None][: len(features)])
         run([empty, None, None][: len(features)], present)
+    monkeypatch.setattr(_checks, "_MASK_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run([empty, None, None][: len(features)], present)  # the empty row's modality is missing there: fine
+        full_row = torch.arange(length).expand(batch, length) < torch.tensor([length, 2, 3])[:batch, None]
+        run([full_row, None, None][: len(features)])  # the longest sequence unpadded, the rest right-padded
+    monkeypatch.setattr(_checks, "_MASK_LOOKS_LEFT", [2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(masks)
+        run(masks)
+        run([~right_padded, None, None][: len(features)])  # past the looks budget: not looked at
+
+
+def test_mask_look_steps_aside_under_vmap(monkeypatch):
+    """Per-sample gradients (vmap over grad) with batched masks: reading a
+    batched mask's values raises, so the look must not run there, whatever
+    the process's history (its budget still unspent here)."""
+    from mmcal_kernels import checks as _checks
+
+    monkeypatch.setattr(_checks, "_MASK_LOOKS_LEFT", [8])
+    monkeypatch.setattr(_checks, "_MASK_WARNED", set())
+    module, features, masks, present = _case()
+    module.backend = "auto"
+    params = {n: p.detach() for n, p in module.named_parameters()}
+
+    def loss(p, xs, ms):
+        ys = torch.func.functional_call(module, p, ([x[None] for x in xs], [m if m is None else m[None] for m in ms]))
+        return sum(y.square().sum() for y in ys)
+
+    mask_dims = [None if m is None else 0 for m in masks]
+    assert mask_dims.count(0) >= 1
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, mask_dims))(params, features, masks)
+    assert _checks._MASK_LOOKS_LEFT == [8]
+    for b in range(features[0].shape[0]):
+        one = torch.func.grad(loss)(params, [x[b] for x in features], [m if m is None else m[b] for m in masks])
+        for name in params:
+            assert_close(per_sample[name][b], one[name], features[0].dtype, name)

@@ -53,6 +53,64 @@ def test_repr_names_the_backend_auto_will_use():
     assert "backend='reference'" in repr(PreFusionCalibration([3, 4], backend="reference"))
 
 
+def test_repr_never_raises_where_the_backend_cannot_run():
+    """A checkpoint trained on a GPU printed on a CPU machine, a module built on
+    meta before it is materialised: the repr says why, it does not raise."""
+    cases = [(PreFusionCalibration([3, 4], shared_dim=4, backend="cpu").to("meta"), "not usable on meta here")]
+    for name in ("cuda", "triton"):
+        if not backends.get(name).usable or "cpu" not in backends.get(name).device_types:
+            cases.append((PreFusionCalibration([3, 4], shared_dim=4, backend=name), "not usable on cpu here"))
+    for module, says in cases:
+        assert says in repr(module)
+        assert says in repr(torch.nn.Sequential(module))
+
+
+def test_deferred_initialisation_keeps_the_zero_gate_layers():
+    """FSDP materialises a module built on meta with to_empty, then each
+    submodule's reset_parameters: the last gate layers must come back zeros
+    (the identity at start), and the module's own reset_parameters does all."""
+    dims = [5, 3]
+    module = PreFusionCalibration(dims, shared_dim=4).to("meta").to_empty(device="cpu")
+    for layer in module.modules():
+        if layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    features, masks, present = random_case(dims, "sequence", positions=[4, 4], dtype=torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(features, module(features, masks, present)))
+    for p in module.parameters():
+        torch.nn.init.normal_(p)
+    module.reset_parameters()
+    assert all(torch.equal(x, y) for x, y in zip(features, module(features, masks, present)))
+    assert all(p.abs().max() > 0 for n, p in module.named_parameters() if n.startswith(("proj", "gate_hidden")))
+
+
+def test_jit_trace_runs_the_reference_under_auto_and_a_kernel_backend_refuses():
+    """The tracer refuses the kernel ops' lists of optional tensors: "auto"
+    traces the reference (a correct graph), a named kernel backend says so."""
+    dims = [4, 3]
+    module = make_module(dims, "sequence", seed=5, dtype=torch.float32, backend="auto")
+    features, _, _ = random_case(dims, "sequence", positions=[5, 5], dtype=torch.float32, seed=6)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, calibration):
+            super().__init__()
+            self.calibration = calibration
+
+        def forward(self, a, b):
+            return tuple(self.calibration([a, b]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(Wrapped(module), tuple(features))
+        again, _, _ = random_case(dims, "sequence", positions=[5, 5], dtype=torch.float32, seed=7)
+        for got, want in zip(traced(*again), module(again)):
+            assert_close(got, want, torch.float32, "traced")
+        for name in [n for n in backends.names() if n not in ("auto", "reference") and backends.get(n).usable
+                     and "cpu" in backends.get(n).device_types]:  # fmt: skip
+            module.backend = name
+            with pytest.raises(RuntimeError, match=rf"backend '{name}' does not run under torch.jit.trace"):
+                torch.jit.trace(Wrapped(module), tuple(features))
+
+
 
 
 @pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])

@@ -12,9 +12,11 @@ break, with the default constructor under ``fullgraph=True`` too).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+from torch import Tensor
+from torch.autograd import forward_ad
 
 from .. import reference
 
@@ -72,6 +74,7 @@ def get(name: str) -> Backend:
 
 
 def names() -> tuple[str, ...]:
+    """Every name ``backend=`` takes: ``"auto"``, then the registered backends in registration order."""
     return ("auto",) + tuple(_REGISTRY)
 
 
@@ -81,27 +84,56 @@ def check_name(name: str, arg: str = "backend") -> str:
     return name
 
 
-def _under_torch_func() -> bool:
-    """Inside torch.func.grad / vmap / jacrev, where only the reference (plain
-    torch ops) works. A traced call is left to torch.compile."""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+def _tensors(inputs):
+    """The tensors in ``inputs``: tensors, None, and lists or tuples of them (GateParams)."""
+    for item in inputs:
+        if isinstance(item, Tensor):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            yield from _tensors(item)
 
 
-def resolve(name: str, device_type: str, arg: str = "backend") -> Backend:
-    """The backend that computes a call whose tensors are on ``device_type``."""
+def _has_tangent(inputs) -> bool:
+    """A forward-AD level is open and an input carries a tangent. The kernel
+    ops have no forward derivative, and below the Autograd key (where the
+    kernel backends call them) a tangent is dropped without a word: the
+    output would read as having a zero JVP."""
+    if forward_ad._current_level < 0:  # no dual_level() open: the common case, one read
+        return False
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in _tensors(inputs))
+
+
+def _only_reference_runs(inputs) -> Optional[str]:
+    """Why only the reference (plain torch ops) can compute this call, or None.
+    A call traced by torch.compile is left to it (it takes every backend)."""
+    if torch.compiler.is_compiling():
+        return None
+    if torch._C._are_functorch_transforms_active():
+        return ("does not run under torch.func transforms (grad, vmap, jacrev, ...): its ops have no batching rules "
+                "and its autograd no functorch form")  # fmt: skip
+    if _has_tangent(inputs):
+        return ("does not run under forward-mode AD (torch.autograd.forward_ad: an input is a dual tensor): its ops "
+                "have no forward derivative")  # fmt: skip
+    if torch.jit.is_tracing():
+        return ("does not run under torch.jit.trace (the tracer refuses its ops' lists of optional tensors); "
+                "torch.compile and torch.export take every backend")  # fmt: skip
+    return None
+
+
+def resolve(name: str, device_type: str, arg: str = "backend", inputs: Sequence = ()) -> Backend:
+    """The backend that computes a call whose tensors are on ``device_type``.
+    ``inputs`` (the call's tensors, or lists of them) are looked at only for
+    tangents of forward-mode AD."""
     check_name(name, arg)
-    transformed = _under_torch_func()
+    reference_only = _only_reference_runs(inputs)
     if name == "auto":
-        if transformed:
+        if reference_only:
             return _REGISTRY["reference"]
         return _REGISTRY[_AUTO.get(device_type, "reference")]  # the reference runs on any device
     backend = _REGISTRY[name]
-    if transformed and name != "reference":
-        raise RuntimeError(
-            f"{arg}: backend {name!r} does not run under torch.func transforms (grad, vmap, jacrev, ...): its ops have "
-            "no batching rules and its autograd no functorch form; use backend='auto' (the reference there) or "
-            "'reference'"
-        )
+    if reference_only and name != "reference":
+        raise RuntimeError(f"{arg}: backend {name!r} {reference_only}; use backend='auto' (the reference there) or "
+                           "'reference'")  # fmt: skip
     if not backend.usable:
         raise RuntimeError(f"{arg}: backend {name!r} is not usable here: {backend.why_not}")
     if device_type not in backend.device_types:
