@@ -48,7 +48,8 @@ def refuse_second_derivative(what: str, grads=()) -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(f"{what}: a second derivative (create_graph=True, torch.autograd.functional.hvp, a gradient "
                            "penalty) is not supported by the kernel backends; use backend='reference' for it")  # fmt: skip
-    if torch._C._are_functorch_transforms_active() or _batched(grads):
+    # Traced (torch.compile's backward), neither can be: Dynamo cannot call the legacy check.
+    if not torch.compiler.is_compiling() and (torch._C._are_functorch_transforms_active() or _batched(grads)):
         raise RuntimeError(f"{what}: a vectorised backward (torch.autograd.grad(..., is_grads_batched=True), "
                            "torch.autograd.functional.jacobian(vectorize=True), vmap over a backward) is not supported "
                            "by the kernel backends; use backend='reference' for it, or loop over the grad outputs")  # fmt: skip
@@ -141,20 +142,32 @@ def make_fused_function(passes, name: str) -> type:
         params, saved = saved[: 8 * num], saved[8 * num :]
         gates, summaries, saved = saved[:num], saved[num : 2 * num], saved[2 * num :]
         diagnostics, inter = saved[: 4 + num], saved[4 + num :]
-        # An output that reached no loss has no gradient (grads are not materialised).
-        grad_outputs = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads[:num], features)]
+        grad_outputs = list(grads[:num])  # None for an output that reached no loss (not materialised)
 
         needs = _from_unique(ctx.needs_input_grad[3:], ctx.slots, missing=False)[1:]  # after layouts, num, slots; present
-        need_x = any(needs[:num])
-        if not (need_x or any(needs[2 * num :])):
+        if not (any(needs[:num]) or any(needs[2 * num :])):
             return (None,) * len(ctx.needs_input_grad)
+        # The passes over X run only where they have work: dg where dY exists (an
+        # output that reached no loss has dg = 0, a [B, D] zero, not a zero dY of
+        # X's size read twice), dX where a feature needs it (a frozen encoder's
+        # features get none written). The common step keeps its three ops.
+        reached = [m for m in range(num) if grad_outputs[m] is not None]
+        wanted = [m for m in range(num) if needs[m]]
         with autocast_off(features[0].device.type), _ops_below_autograd(features[0]):
-            dg = passes.gate_grads(grad_outputs, features, layouts, gates[0].dtype)
+            dg = [None] * num
+            if reached:  # none when autograd hands every output's gradient undefined (gradcheck tries it)
+                sums = passes.gate_grads(_pick(grad_outputs, reached), _pick(features, reached),
+                                         _pick(layouts, reached), gates[0].dtype)  # fmt: skip
+                for m, g in zip(reached, sums):
+                    dg[m] = g
+            dg = [g if g is not None else torch.zeros_like(gates[m]) for m, g in enumerate(dg)]
             ds, grad_params = passes.gates_backward(dg, summaries, params, present, diagnostics, inter)
             grad_features = [None] * num
-            if need_x:
-                grad_features = passes.input_grads(features, grad_outputs, gates, masks, ds, layouts)
-                grad_features = [g if n else None for g, n in zip(grad_features, needs[:num])]
+            if wanted:
+                applied = [gates[m] if grad_outputs[m] is not None else None for m in range(num)]
+                dxs = passes.input_grads(*(_pick(t, wanted) for t in (features, grad_outputs, applied, masks, ds, layouts)))
+                for m, g in zip(wanted, dxs):
+                    grad_features[m] = g
         grad_params = [g if n else None for g, n in zip(grad_params, needs[2 * num :])]
         grad_params = _none_where_unreached(grad_params, grads[:num])
         slot_grads = [None, *grad_features, *([None] * num), *grad_params]  # present, features, masks, parameters
@@ -169,6 +182,11 @@ def make_fused_function(passes, name: str) -> type:
 def records_graph(flat: Sequence) -> bool:
     """Whether autograd would record a node for a call on ``flat`` (None entries allowed)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in flat)
+
+
+def _pick(items: Sequence, indices: Sequence[int]) -> list:
+    """The entries of ``items`` at ``indices`` (the modalities a pass has work for)."""
+    return [items[i] for i in indices]
 
 
 def _unique(slots_in: Sequence) -> tuple[list[Tensor], tuple[int, ...]]:

@@ -3,11 +3,21 @@ at their zero initialisation every gradient through steps 1-5 is zero, and a
 test there cannot fail."""
 
 import copy
+import os
 
 import pytest
 import torch
 
-from mmcal_kernels import PreFusionCalibration
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The suite tests this checkout, and so must its child processes (the
+# examples, the benchmark CLI, the re-runs under each CPU kernel table):
+# a child started from another directory, or as a script, would import
+# whatever mmcal_kernels is installed, and pass or fail on another tree.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != ROOT]]
+)
+
+from mmcal_kernels import PreFusionCalibration  # noqa: E402
 from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_
 
 

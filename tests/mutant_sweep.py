@@ -41,6 +41,8 @@ TARGETS = {
     "autograd": (["tests/test_autograd.py", "tests/backends/test_cpp_gate_network.py"], {}),
     "export": (["tests/test_compile.py"], {}),
     "loading": (["tests/backends/test_cpp_load.py"], {}),
+    "module": (["tests/test_module.py", "tests/test_functional.py", "tests/test_autograd.py"], {}),
+    "compare": (["tests/test_dtypes.py"], {}),
 }
 
 
@@ -68,6 +70,9 @@ CUDA_COMMON = "csrc/cuda/device_common.cuh"
 CHECKS_H = "csrc/common/checks.h"
 MODULE = "mmcal_kernels/module.py"
 AUTOGRAD = "mmcal_kernels/autograd.py"
+BACKENDS = "mmcal_kernels/backends/__init__.py"
+CHECKS = "mmcal_kernels/checks.py"
+CPP_OPS = "mmcal_kernels/backends/cpp/ops.py"
 
 MUTANTS = [
     # Step 2, the norm clamp u = h / max(||h||, eps), forward and backward.
@@ -203,6 +208,40 @@ MUTANTS = [
            "if not records_graph(flat) or torch.compiler.is_exporting():", "if not records_graph(flat):"),
     Mutant("cpu passes: a truncated kernel table dlopened", "loading", "csrc/cpu/dispatch.cpp",
            "      if (!segments_within_file(found.gl_pathv[i])) continue;\n", ""),
+    # Added in the fourteenth session: the module in training code, and the suite's own gaps.
+    Mutant("autograd: the diagnostics left differentiable", "module", AUTOGRAD,
+           "        ctx.mark_non_differentiable(*diagnostics)\n", ""),
+    Mutant("autograd: a vectorised backward let through to the ops", "module", AUTOGRAD,
+           "_are_functorch_transforms_active() or _batched(grads)):", "_are_functorch_transforms_active()):"),
+    Mutant("backends: a dual input's tangent not looked at", "module", BACKENDS,
+           "    if _has_tangent(inputs):", "    if False:"),
+    Mutant("module: the last gate layers as plain nn.Linear", "module", MODULE,
+           "self.gate_dim = nn.ModuleList(ZeroInitLinear(hidden_dim, d) for d in dims)",
+           "self.gate_dim = nn.ModuleList(nn.Linear(hidden_dim, d) for d in dims)"),
+    Mutant("autograd: dX written for frozen features too", "module", AUTOGRAD,
+           "wanted = [m for m in range(num) if needs[m]]", "wanted = list(range(num)) if any(needs[:num]) else []"),
+    Mutant("compare: a NaN on one side only passes", "compare", "mmcal_kernels/compare.py",
+           "    if nan_mismatch.any():", "    if False:"),
+    Mutant("compare: an infinity on one side only passes", "compare", "mmcal_kernels/compare.py",
+           "    if inf_mismatch.any():", "    if False:"),
+    Mutant("compare: diagnostics judged at the half feature dtype", "compare", "mmcal_kernels/compare.py",
+           "assert_close(diag[key], diag_w[key], diag[key].dtype, key)", "assert_close(diag[key], diag_w[key], dtype, key)"),
+    Mutant("fakes: the summaries in the features' dtype, not the compute dtype", "cpu-passes", CPP_OPS,
+           ", dtype=ct) for x, c in zip(xs, layouts)]", ", dtype=x.dtype) for x, c in zip(xs, layouts)]"),
+    Mutant("fakes: the gate-network gradients with the parameters' strides", "cpu", CPP_OPS,
+           "[p.new_empty(p.shape) for p in params]", "[torch.empty_like(p) for p in params]"),
+    Mutant("fakes: present's shape not checked", "cpu", "mmcal_kernels/op_checks.py",
+           "        if tuple(present.shape) != (first.shape[0], num):", "        if False:"),
+    Mutant("fakes: what the forward returned not checked for shape", "cpu", "mmcal_kernels/op_checks.py",
+           "        if tuple(t.shape) != tuple(shape):", "        if False:"),
+    Mutant("checks: the mask look runs under vmap", "module", CHECKS,
+           "    if torch._C._are_functorch_transforms_active():\n        return\n", ""),
+    Mutant("checks: the mask look's budget never spent", "module", CHECKS,
+           "    _MASK_LOOKS_LEFT[0] -= 1\n", ""),
+    Mutant("checks: an empty row of a missing modality warns", "module", CHECKS,
+           "            empty &= present[:, i]\n", "            pass\n"),
+    Mutant("checks: padding at the start of ANY padded row warns", "module", CHECKS,
+           "bool((starts_padded | ~padded).all())", "bool((starts_padded | ~padded).any())"),
 ]  # fmt: skip
 # Left out, since they change nothing the tests could see (the first two tried):
 # - du_n += dctx_m / k_n instead of / k_m: a missing modality's dctx is 0 (its

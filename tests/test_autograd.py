@@ -6,6 +6,7 @@ import contextlib
 import pytest
 import torch
 from torch.autograd import forward_ad
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import make_module, random_grads
 from mmcal_kernels import backends, functional, reference
@@ -258,3 +259,58 @@ def test_a_vectorised_backward_through_a_kernel_backend_says_why_it_cannot_run(h
                 torch.autograd.grad(y, x, torch.randn(3, *y.shape, dtype=y.dtype), is_grads_batched=True)
             else:
                 torch.autograd.functional.jacobian(first_output, x.detach(), vectorize=True)
+
+
+class _PassCalls(TorchDispatchMode):
+    """For each mmcal pass op called, how many modalities it was given; and the
+    shapes of every tensor any op returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.modalities, self.shapes = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.name()
+        if name.split("::")[-1].split(".")[0].endswith(("gate_grads", "input_grads")):
+            self.modalities.append((name.split("::")[-1].split(".")[0], len(args[0])))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("backend", KERNEL_CPU_BACKENDS)
+def test_the_backward_passes_skip_unreached_outputs_and_frozen_features(backend):
+    """An output that reached no loss has dg = 0: no zero dY of its feature's
+    size is made and read; a feature that needs no gradient (a frozen
+    encoder's) gets no dX written. The gradients that remain match the reference."""
+    dims, layouts = DIMS[:3], LAYOUTS[:3]
+    module = make_module(dims, layouts, seed=91, backend=backend)
+    features, masks, present = random_case(dims, layouts, batch=3, positions=POSITIONS[:3], dtype=torch.float64, seed=92)
+    weights = random_grads(features)
+    for used, frozen in (([1, 2], [0]), ([0, 1, 2], [1]), ([1], [])):
+
+        def step(backend_name, record=None):
+            module.backend = backend_name
+            module.zero_grad(set_to_none=True)
+            xs = [x.detach().requires_grad_(m not in frozen) for m, x in enumerate(features)]
+            ys = module(xs, masks, present)
+            loss = sum((ys[m] * weights[m]).sum() for m in used)
+            with record or contextlib.nullcontext():
+                loss.backward()
+            return [x.grad for x in xs] + [p.grad for p in module.parameters()]
+
+        calls = _PassCalls()
+        got = step(backend, calls)
+        want = step("reference")
+        names = [f"features[{m}]" for m in range(3)] + [n for n, _ in module.named_parameters()]
+        for name, a, b in zip(names, got, want):
+            assert (a is None) == (b is None), f"{used=} {frozen=}: {name}"
+            if a is not None:
+                assert_close(a, b, torch.float64, f"{used=} {frozen=}: {name}")
+        needing = 3 - len(frozen)
+        assert ("gate_grads", len(used)) in calls.modalities and ("input_grads", needing) in calls.modalities, calls.modalities
+        for m in range(3):
+            if m not in used and m in frozen:
+                assert tuple(features[m].shape) not in calls.shapes, f"{used=} {frozen=}: a tensor of X[{m}]'s size"

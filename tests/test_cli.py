@@ -78,3 +78,17 @@ def test_readme_quick_start_runs():
     namespace = {}
     exec(compile(quick_start, "README.md", "exec"), namespace)
     assert [t.shape[1] for t in namespace["outputs"]] == [50, 500, 500]
+
+
+def test_the_suite_and_its_children_import_this_checkout(tmp_path):
+    """Children started elsewhere, or as scripts, import this tree (tests/conftest.py
+    puts it first on PYTHONPATH), not an installed mmcal_kernels of another tree."""
+    import mmcal_kernels
+
+    assert os.path.dirname(os.path.abspath(mmcal_kernels.__file__)) == os.path.join(ROOT, "mmcal_kernels")
+    script = tmp_path / "where.py"
+    script.write_text("import mmcal_kernels; print(mmcal_kernels.__file__)")
+    for cmd in ([sys.executable, str(script)], [sys.executable, "-c", script.read_text()]):
+        child = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
+        assert child.returncode == 0, child.stderr[-2000:]
+        assert os.path.dirname(os.path.abspath(child.stdout.strip())) == os.path.join(ROOT, "mmcal_kernels")

@@ -13,7 +13,7 @@ def test_host_overhead_script_reports_the_step_and_each_op():
                              "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = ("module forward, no_grad", "module calibrate_", "module forward+backward", "op gates_backward",
-            "op input_grads", "step minus its six ops", "CPU: ")  # fmt: skip
+            "op input_grads", "bare node fwd+bwd, grad()", "step minus its six ops", "CPU: ")  # fmt: skip
     for row in rows:
         assert row in result.stdout, result.stdout
 
@@ -25,3 +25,20 @@ def test_inference_paths_script_times_both_paths():
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("forward, no_grad", "calibrate_", "MOSEI-aligned", "CPU: "):
         assert row in result.stdout, result.stdout
+
+
+def test_profile_step_script_splits_the_step():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--steps", "2"],
+                            capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    times = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.strip().rpartition(" ")
+        if value == "ms":
+            name, _, value = name.strip().rpartition(" ")
+            times[name.strip()] = float(value)
+    assert "CPU: " in result.stdout, result.stdout
+    for part in ("passes over X (4 ops)", "gate network (2 ops)", "of which BLAS products"):
+        assert times.get(part, 0) > 0, result.stdout  # the ops were seen by the profiler
+    assert times["of which BLAS products"] < times["gate network (2 ops)"], result.stdout

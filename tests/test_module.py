@@ -12,6 +12,11 @@ from conftest import check_against_oracle, make_module, random_grads
 from mmcal_kernels import PreFusionCalibration, backends
 from mmcal_kernels.compare import assert_close, forward_backward, random_case
 
+# Every backend that computes on CPU tensors here: the tests of layouts, sizes,
+# dtypes and modes below check each against the float64 reference (the
+# reference against itself would pass whatever it computed).
+CPU_BACKENDS = [b.name for b in backends.available() if b.usable and "cpu" in b.device_types]
+
 
 def test_parameter_names_shapes_and_init():
     torch.manual_seed(0)
@@ -113,12 +118,13 @@ def test_jit_trace_runs_the_reference_under_auto_and_a_kernel_backend_refuses():
 
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("memory_format", ["channels_last", "channels_last_3d"])
-def test_channels_last_maps_keep_their_format(memory_format):
+def test_channels_last_maps_keep_their_format(memory_format, backend):
     fmt = getattr(torch, memory_format)
     trailing = (4, 3) if memory_format == "channels_last" else (2, 4, 3)
     dims = [5, 3]
-    module = make_module(dims, "spatial", seed=1)
+    module = make_module(dims, "spatial", seed=1, backend=backend)
     features, _, present = random_case(dims, "spatial", positions=[trailing, trailing], dtype=torch.float64, seed=2)
     cl = [x.contiguous(memory_format=fmt) for x in features]
     outputs, _, grads = check_against_oracle(module, cl, None, present)
@@ -129,9 +135,10 @@ def test_channels_last_maps_keep_their_format(memory_format):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
 
-def test_non_contiguous_inputs_match_contiguous():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_non_contiguous_inputs_match_contiguous(backend):
     dims, layouts = [4, 6], ["sequence", "spatial"]
-    module = make_module(dims, layouts, seed=3)
+    module = make_module(dims, layouts, seed=3, backend=backend)
     base_seq = torch.randn(3, 4, 2 * 9, dtype=torch.float64)
     seq = base_seq.transpose(1, 2)[:, ::2]  # [3, 9, 4], strided, not dense
     spa = torch.randn(3, 5, 6, 2, dtype=torch.float64).permute(0, 2, 3, 1)[..., 1:4]  # [3, 6, 2, 3]
@@ -149,9 +156,10 @@ def test_non_contiguous_inputs_match_contiguous():
     [(0, [4, (2, 2)], [3, 2]), (2, [0, (0,)], [3, 2]), (2, [3, (2,)], [1, 1]), (0, [0, ()], [1, 2])],
     ids=["B=0", "P=0", "D=1", "B=0,P=0"],
 )
-def test_degenerate_sizes_match_oracle(batch, positions, dims):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_degenerate_sizes_match_oracle(batch, positions, dims, backend):
     layouts = ["sequence", "spatial"]
-    module = make_module(dims, layouts, seed=4)
+    module = make_module(dims, layouts, seed=4, backend=backend)
     features, masks, present = random_case(dims, layouts, batch=batch, positions=positions, dtype=torch.float64, seed=5)
     outputs, diag, _ = check_against_oracle(module, features, masks, present)
     assert [y.shape for y in outputs] == [x.shape for x in features]
@@ -181,9 +189,10 @@ def test_state_dict_round_trip():
         assert_close(b, a, torch.float32, f"output {m} of 'auto' ({auto.resolved_backend()})")
 
 
-def test_to_dtype_follows_the_compute_dtype_rule():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_to_dtype_follows_the_compute_dtype_rule(backend):
     dims = [4, 3]
-    module = make_module(dims, seed=7, dtype=torch.float32)
+    module = make_module(dims, seed=7, dtype=torch.float32, backend=backend)
     features, masks, present = random_case(dims, dtype=torch.float64, seed=8)
     as64 = copy.deepcopy(module).to(torch.float64)
     y64 = as64(features, masks, present)
@@ -195,9 +204,10 @@ def test_to_dtype_follows_the_compute_dtype_rule():
     assert all(y.dtype == torch.bfloat16 for y in ys) and diag["support"].dtype == torch.float32
 
 
-def test_autocast_changes_nothing():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_autocast_changes_nothing(backend):
     dims, layouts = [6, 4], ["sequence", "spatial"]
-    module = make_module(dims, layouts, seed=9, dtype=torch.float32)
+    module = make_module(dims, layouts, seed=9, dtype=torch.float32, backend=backend)
     features, masks, present = random_case(dims, layouts, seed=10)
     plain, diag = module(features, masks, present, return_diagnostics=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -242,9 +252,10 @@ def test_hooks_on_the_gate_layers_warn_that_they_do_not_run():
         module(xs)  # once
 
 
-def test_no_grad_saves_nothing_for_backward():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_grad_saves_nothing_for_backward(backend):
     dims = [5, 3]
-    module = make_module(dims, seed=11, dtype=torch.float32)
+    module = make_module(dims, seed=11, dtype=torch.float32, backend=backend)
     features, masks, present = random_case(dims, seed=12)
     packed = []
 
@@ -260,9 +271,10 @@ def test_no_grad_saves_nothing_for_backward():
         assert packed, "the hook must see what a grad-enabled forward saves (else this test proves nothing)"
 
 
-def test_diagnostics_are_detached_in_compute_dtype():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_diagnostics_are_detached_in_compute_dtype(backend):
     dims = [5, 3]
-    module = make_module(dims, seed=13, dtype=torch.float32)
+    module = make_module(dims, seed=13, dtype=torch.float32, backend=backend)
     features, masks, present = random_case(dims, dtype=torch.float16, seed=14)
     ys, diag = module([x.requires_grad_() for x in features], masks, present, return_diagnostics=True)
     tensors = [diag[k] for k in ("agreement", "support", "conflict", "instance_gate")] + diag["dimension_gates"]

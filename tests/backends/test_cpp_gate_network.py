@@ -10,6 +10,8 @@ Backward: grad_summaries and all 8*M parameter gradients against autograd of
 opcheck of both ops, double backward, devices, bad arguments, determinism.
 """
 
+import re
+
 import pytest
 import torch
 
@@ -316,8 +318,12 @@ def test_opcheck_gates(requires_grad, with_present):
     torch.library.opcheck(torch.ops.mmcal.gates.default, (summaries, flat, present))
 
 
-def test_opcheck_gates_backward():
+@pytest.mark.parametrize("params", ["contiguous", "transposed weights"])
+def test_opcheck_gates_backward(params):
     summaries, flat, present, grad_gates = _small_args()
+    if params == "transposed weights":  # the gradients come back contiguous, whatever the parameters' strides
+        flat = [t.t().contiguous().t() if t.dim() == 2 else t for t in flat]
+        assert any(not t.is_contiguous() for t in flat)
     _, diagnostics, saved = torch.ops.mmcal.gates(summaries, flat, present)
     torch.library.opcheck(torch.ops.mmcal.gates_backward.default,
                           (grad_gates, summaries, flat, present, list(diagnostics), list(saved)))  # fmt: skip
@@ -417,17 +423,39 @@ BAD_FORWARD = ["one modality", "params length", "proj_weight shape", "dim_weight
                "half compute dtype", "integer parameter", "present shape", "present dtype"]  # fmt: skip
 
 
+def _named(pattern: str) -> str:
+    """The argument a message pattern names (its words before the first space
+    or colon): what the fake kernel's message must name too, worded its own way."""
+    return re.split(r"[ :]", pattern)[0]
+
+
+def _on_meta(arg):
+    """The same arguments with every tensor on meta: the fake kernel's call."""
+    if isinstance(arg, torch.Tensor):
+        return arg.detach().to("meta")
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_on_meta(a) for a in arg)
+    return arg
+
+
 @pytest.mark.parametrize("what", BAD_FORWARD)
 def test_bad_arguments_raise_naming_them(what):
+    """The C++ ops and, on meta, their fake kernels (torch.compile's view of
+    them) refuse each case with the same exception, naming the argument."""
     error, name, args = _bad_forward(what)
     with pytest.raises(error, match=name):
         torch.ops.mmcal.gates(*args)
+    with pytest.raises(error, match=_named(name)):
+        torch.ops.mmcal.gates(*_on_meta(args))
     if what not in ("one modality",):  # the backward op checks the same arguments the same way
         summaries, flat, present = args
         good = _small_args()
         _, diagnostics, saved = torch.ops.mmcal.gates(good[0], good[1], good[2])
+        backward_args = (good[3], summaries, flat, present, diagnostics, saved)
         with pytest.raises(error, match=name):
-            torch.ops.mmcal.gates_backward(good[3], summaries, flat, present, diagnostics, saved)
+            torch.ops.mmcal.gates_backward(*backward_args)
+        with pytest.raises(error, match=_named(name)):
+            torch.ops.mmcal.gates_backward(*_on_meta(backward_args))
 
 
 @pytest.mark.parametrize(
@@ -468,8 +496,11 @@ def test_bad_backward_arguments_raise_naming_them(what, error, name):
         saved[4] = saved[4][:, :-1]
     elif what == "norm dtype":
         saved[1] = saved[1].double()
+    args = (grad_gates, summaries, flat, present, diagnostics, saved)
     with pytest.raises(error, match=name):
-        torch.ops.mmcal.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
+        torch.ops.mmcal.gates_backward(*args)
+    with pytest.raises(error, match=_named(name)):  # its fake kernel
+        torch.ops.mmcal.gates_backward(*_on_meta(args))
 
 
 def test_deterministic():

@@ -6,6 +6,7 @@ kernel table the machine can run (the default table always), and with every
 map output written by streaming stores where a table has them."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -141,9 +142,19 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(stages, (leaves[0], gate))
 
 
-def _op_samples():
-    x = torch.randn(2, 5, 3)
-    xs = [x, torch.randn(2, 4, 2, 3)]
+def _op_samples(variant="plain"):
+    """Arguments of each pass op. The variants make the fake kernels' outputs
+    differ from a naive guess: half features (the summaries are in the compute
+    dtype, not the features'), a channels-last map and a strided sequence (the
+    outputs take their input's strides, as empty_like gives)."""
+    dtype = torch.bfloat16 if variant == "bf16 features" else torch.float32
+    x = torch.randn(2, 5, 3, dtype=dtype)
+    spatial = torch.randn(2, 4, 2, 3, dtype=dtype)
+    if variant == "channels-last":
+        spatial = spatial.contiguous(memory_format=torch.channels_last)
+    if variant == "strided":
+        x = torch.randn(2, 3, 10, dtype=dtype).transpose(1, 2)[:, ::2]
+    xs = [x, spatial]
     masks = [torch.rand(2, 5) > 0.3, None]
     gates = [torch.rand(2, 3), torch.rand(2, 4)]
     dys = [torch.randn_like(t) for t in xs]
@@ -155,9 +166,10 @@ def _op_samples():
     }
 
 
+@pytest.mark.parametrize("variant", ["plain", "bf16 features", "channels-last", "strided"])
 @pytest.mark.parametrize("name", ["summaries", "modulate", "gate_grads", "input_grads"])
-def test_opcheck(name):
-    args = _op_samples()[name]
+def test_opcheck(name, variant):
+    args = _op_samples(variant)[name]
     torch.library.opcheck(getattr(torch.ops.mmcal, name).default, args)
 
 
@@ -441,3 +453,29 @@ def test_reductions_keep_precision_over_long_sums(layout):
     for name, got, exact in (("mean", s, term), ("gate gradient", dg[0].double(), term * term * positions)):
         rel = ((got - exact).abs() / exact).max().item()
         assert rel < 1e-5, f"{layout}: relative error {rel:.3g} of a {name} over 2^20 positions"
+
+
+def _to_meta(arg):
+    if isinstance(arg, torch.Tensor):
+        return arg.to("meta")
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_to_meta(a) for a in arg)
+    return arg
+
+
+ON_CPU_ONLY = [b for b in BAD if "on meta" not in b[3]]
+
+
+@pytest.mark.parametrize("name,make,exc,match", ON_CPU_ONLY, ids=[f"{b[0]}-{i}" for i, b in enumerate(ON_CPU_ONLY)])
+def test_every_bad_input_is_refused_by_the_fake_kernel_too(name, make, exc, match):
+    """Every case the C++ op refuses, again with all its tensors on meta (the
+    fake kernel, as under torch.compile): the same exception type, naming the
+    same argument (the two messages are worded apart)."""
+    op = getattr(torch.ops.mmcal, name)
+    with pytest.raises(exc, match=match) as on_cpu:
+        op(*make())
+    named = re.match(r"[\w\[\]]+(, [\w\[\]]+)?(?=:)", str(on_cpu.value))
+    with pytest.raises(exc) as faked:
+        op(*_to_meta(make()))
+    if named is not None and named.group(0) != name:  # one C++ message names the op, not an argument
+        assert named.group(0).split(",")[0] in str(faked.value), (str(on_cpu.value), str(faked.value))

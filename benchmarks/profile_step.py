@@ -1,0 +1,86 @@
+"""Where an eager training step of a kernel backend spends its time, split by
+``torch.profiler``: the passes over X, the gate network (and the BLAS inside
+it), allocation, and the rest (Python, argument checks, autograd). The
+README's profile split is this script's output.
+
+    python benchmarks/profile_step.py [--workload mosei-aligned] [--backend cpu] [--steps 50] [--out FILE]
+
+The profiler adds its own cost to every op, so the step reads slower here
+than in the benchmark; read the split, not the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
+from mmcal_kernels.bench.workloads import WORKLOADS
+from mmcal_kernels.info import cpu_name
+
+PASSES = ("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
+GATES = ("mmcal::gates", "mmcal::gates_backward")
+BLAS = ("aten::mm", "aten::addmm")
+ALLOCATION = ("aten::empty", "aten::empty_strided")
+
+
+def split_us(averages, steps: int, wall_us: float) -> dict[str, float]:
+    """Microseconds a step in each part. Custom ops count with their children
+    (the CPU time inside them), allocation by its own time, wherever it runs."""
+    total = {a.key: a.cpu_time_total for a in averages}
+    own = {a.key: a.self_cpu_time_total for a in averages}
+    passes = sum(total.get(k, 0.0) for k in PASSES) / steps
+    gates = sum(total.get(k, 0.0) for k in GATES) / steps
+    return {
+        "step (wall, profiled)": wall_us,
+        "passes over X (4 ops)": passes,
+        "gate network (2 ops)": gates,
+        "  of which BLAS products": sum(total.get(k, 0.0) for k in BLAS) / steps,
+        "allocation (anywhere)": sum(own.get(k, 0.0) for k in ALLOCATION) / steps,
+        "the rest: Python, checks, autograd": wall_us - passes - gates,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="mosei-aligned", choices=sorted(WORKLOADS))
+    parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--steps", type=int, default=50, help="profiled steps (after as many warm-up steps)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    w = WORKLOADS[args.workload]
+    (contender,) = [c for c in contenders(device, compile_reference=False) if c.label == args.backend]
+    module = make_module(w, device, args.backend)
+    sets = input_sets(w, torch.float32, device, count=4)
+    fwd_bwd = pass_callables(w, contender, module)["fwd+bwd"]
+    for i in range(args.steps):
+        fwd_bwd(sets[i % len(sets)])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for i in range(args.steps):
+            fwd_bwd(sets[i % len(sets)])
+        wall_us = (time.perf_counter() - start) / args.steps * 1e6
+    rows = split_us(prof.key_averages(), args.steps, wall_us)
+    lines = [
+        f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
+        f"kernels {torch.ops.mmcal.cpu_capability()}",
+        f"{args.workload} float32 forward+backward, eager {args.backend!r}, {args.steps} steps under torch.profiler",
+    ] + [f"  {name:36s} {us / 1000:7.2f} ms" for name, us in rows.items()]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(report + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
