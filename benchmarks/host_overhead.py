@@ -1,7 +1,8 @@
 """The eager module's host time: a step at sizes where the ops compute almost
 nothing (B = 2, 2-4 channels, d = 4), beside each op of the step alone, so
 that the difference is Python, argument checks and autograd: the floor an
-eager GPU step cannot go below on a host of this speed.
+eager GPU step cannot go below on a host of this speed. A bare autograd node
+with the same differentiable inputs shows what any node pays.
 
     python benchmarks/host_overhead.py [--backend cpu] [--threads 1]
 """
@@ -22,6 +23,21 @@ from mmcal_kernels.info import cpu_name
 def best_mean_us(fn, calls, repeats):
     """The best of ``repeats`` means over ``calls`` calls, in microseconds (CPU work: nothing to sync)."""
     return min(wall_samples(fn, lambda: None, calls=calls, rounds=repeats, warmup=min(calls, 30))) * 1e6
+
+
+class _BareNode(torch.autograd.Function):
+    """An autograd node with the fused node's differentiable inputs and no work:
+    what the engine and the leaves' gradient accumulation cost by themselves."""
+
+    @staticmethod
+    def forward(ctx, n_features, *inputs):
+        outputs = tuple(x.clone() for x in inputs[:n_features])
+        ctx.save_for_backward(*inputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *ctx.saved_tensors)
 
 
 def main():
@@ -79,10 +95,30 @@ def main():
             "op gates_backward": best_us(lambda: ops.gates_backward(gates, s, flat, None, diagnostics, saved)),
             "op input_grads": best_us(lambda: ops.input_grads(x, x, gates, [None] * len(dims), s, layouts)),
         })  # fmt: skip
+    leaves = [*xs, *params]
+
+    def bare_forward():
+        return _BareNode.apply(len(xs), *leaves)
+
+    def bare_step():
+        outputs = _BareNode.apply(len(xs), *leaves)
+        torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
+        for t in leaves:
+            t.grad = None
+
+    def bare_step_grad():  # torch.autograd.grad accumulates no .grad
+        outputs = _BareNode.apply(len(xs), *leaves)
+        torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
+
+    rows.update({
+        f"bare node forward ({len(leaves)} inputs)": best_us(bare_forward),
+        "bare node fwd+bwd, backward()": best_us(bare_step),
+        "bare node fwd+bwd, grad()": best_us(bare_step_grad),
+    })  # fmt: skip
     for name, us in rows.items():
-        print(f"  {name:24s} {us:8.1f} us")
+        print(f"  {name:33s} {us:8.1f} us")
     op_time = sum(us for name, us in rows.items() if name.startswith("op "))
-    print(f"  step minus its six ops   {rows['module forward+backward'] - op_time:8.1f} us (Python, checks, autograd)")
+    print(f"  {'step minus its six ops':33s} {rows['module forward+backward'] - op_time:8.1f} us (Python, checks, autograd)")
 
 
 if __name__ == "__main__":
