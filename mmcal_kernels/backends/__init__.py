@@ -98,7 +98,10 @@ def _has_tangent(inputs) -> bool:
     ops have no forward derivative, and below the Autograd key (where the
     kernel backends call them) a tangent is dropped without a word: the
     output would read as having a zero JVP."""
-    if forward_ad._current_level < 0:  # no dual_level() open: the common case, one read
+    # No dual_level() open: the common case, one read. (A private name: should a torch
+    # drop it, every call looks at its inputs' tangents instead of skipping.)
+    level = getattr(forward_ad, "_current_level", None)
+    if level is not None and level < 0:
         return False
     return any(forward_ad.unpack_dual(t).tangent is not None for t in _tensors(inputs))
 
