@@ -32,9 +32,13 @@ class ZeroInitLinear(nn.Linear):
     materialises one) keeps the zeros, and with them the identity at start."""
 
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        _zero_(self)
+
+
+def _zero_(layer: nn.Module) -> None:
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 class PreFusionCalibration(nn.Module):
@@ -96,8 +100,7 @@ class PreFusionCalibration(nn.Module):
     def reset_gates(self) -> None:
         """Zero the last gate layers: the module becomes the identity again."""
         for layer in (*self.gate_instance, *self.gate_dim):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            _zero_(layer)  # not layer.reset_parameters(): a layer swapped in, or unpickled, may be a plain Linear
 
     def reset_parameters(self) -> None:
         """Every parameter to its initial distribution (docs/spec.md, "Parameters"):
@@ -205,12 +208,13 @@ class PreFusionCalibration(nn.Module):
         # a module built on meta before it is materialised.
         device = self.proj[0].weight.device.type
         try:
-            chosen = repr(self.resolved_backend())
+            chosen, why_not = repr(self.resolved_backend()), None
         except (RuntimeError, ValueError) as exc:
-            chosen = f"none: {exc}"
-        backend = f"{self.backend!r} -> {chosen} on {device}" if self.backend == "auto" else repr(self.backend)
-        if self.backend != "auto" and chosen.startswith("none: "):
-            backend += f" (not usable on {device} here: {chosen[len('none: '):]})"
+            chosen, why_not = f"none: {exc}", exc
+        if self.backend == "auto":
+            backend = f"{self.backend!r} -> {chosen} on {device}"
+        else:
+            backend = repr(self.backend) + (f" (not usable on {device} here: {why_not})" if why_not else "")
         return (
             f"dims={self.dims}, shared_dim={self.shared_dim}, hidden_dim={self.hidden_dim}, "
             f"layouts={self.layouts}, backend={backend}"

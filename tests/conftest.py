@@ -27,6 +27,16 @@ def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0,
     return randomize_(module, seed=seed).to(dtype)
 
 
+def on_meta(arg):
+    """The same op arguments with every tensor on meta (lists and tuples kept):
+    the call that runs an op's fake kernel instead of its C++ one."""
+    if isinstance(arg, torch.Tensor):
+        return arg.detach().to("meta")
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(on_meta(a) for a in arg)
+    return arg
+
+
 def with_odd_bytes(flags, seed=0):
     """The same bool tensor with each True stored as a random nonzero byte
     (1-255), as a uint8 tensor viewed as bool holds: torch takes any nonzero

@@ -8,9 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_host_overhead_script_reports_the_step_and_each_op():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--calls", "2",
-                             "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+                             "--repeats", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = ("module forward, no_grad", "module calibrate_", "module forward+backward", "op gates_backward",
             "op input_grads", "bare node fwd+bwd, grad()", "step minus its six ops", "CPU: ")  # fmt: skip
@@ -19,18 +18,16 @@ def test_host_overhead_script_reports_the_step_and_each_op():
 
 
 def test_inference_paths_script_times_both_paths():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference_paths.py"), "--rounds", "2",
-                             "--calls", "2"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+                             "--calls", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("forward, no_grad", "calibrate_", "MOSEI-aligned", "CPU: "):
         assert row in result.stdout, result.stdout
 
 
 def test_profile_step_script_splits_the_step():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--steps", "2"],
-                            capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     times = {}
     for line in result.stdout.splitlines():

@@ -15,6 +15,7 @@ import re
 import pytest
 import torch
 
+from conftest import on_meta
 from mmcal_kernels import GateParams, backends, reference
 from mmcal_kernels.autograd import diagnostics_dict
 from mmcal_kernels.backends.cpp.load import STATUS
@@ -429,15 +430,6 @@ def _named(pattern: str) -> str:
     return re.split(r"[ :]", pattern)[0]
 
 
-def _on_meta(arg):
-    """The same arguments with every tensor on meta: the fake kernel's call."""
-    if isinstance(arg, torch.Tensor):
-        return arg.detach().to("meta")
-    if isinstance(arg, (list, tuple)):
-        return type(arg)(_on_meta(a) for a in arg)
-    return arg
-
-
 @pytest.mark.parametrize("what", BAD_FORWARD)
 def test_bad_arguments_raise_naming_them(what):
     """The C++ ops and, on meta, their fake kernels (torch.compile's view of
@@ -446,7 +438,7 @@ def test_bad_arguments_raise_naming_them(what):
     with pytest.raises(error, match=name):
         torch.ops.mmcal.gates(*args)
     with pytest.raises(error, match=_named(name)):
-        torch.ops.mmcal.gates(*_on_meta(args))
+        torch.ops.mmcal.gates(*on_meta(args))
     if what not in ("one modality",):  # the backward op checks the same arguments the same way
         summaries, flat, present = args
         good = _small_args()
@@ -455,7 +447,7 @@ def test_bad_arguments_raise_naming_them(what):
         with pytest.raises(error, match=name):
             torch.ops.mmcal.gates_backward(*backward_args)
         with pytest.raises(error, match=_named(name)):
-            torch.ops.mmcal.gates_backward(*_on_meta(backward_args))
+            torch.ops.mmcal.gates_backward(*on_meta(backward_args))
 
 
 @pytest.mark.parametrize(
@@ -500,7 +492,7 @@ def test_bad_backward_arguments_raise_naming_them(what, error, name):
     with pytest.raises(error, match=name):
         torch.ops.mmcal.gates_backward(*args)
     with pytest.raises(error, match=_named(name)):  # its fake kernel
-        torch.ops.mmcal.gates_backward(*_on_meta(args))
+        torch.ops.mmcal.gates_backward(*on_meta(args))
 
 
 def test_deterministic():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
+from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, on_meta, random_grads, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import GateParams, backends, functional
 from mmcal_kernels.backends.cpp.load import STATUS
 from mmcal_kernels.compare import assert_runs_close, random_case
@@ -455,14 +455,6 @@ def test_reductions_keep_precision_over_long_sums(layout):
         assert rel < 1e-5, f"{layout}: relative error {rel:.3g} of a {name} over 2^20 positions"
 
 
-def _to_meta(arg):
-    if isinstance(arg, torch.Tensor):
-        return arg.to("meta")
-    if isinstance(arg, (list, tuple)):
-        return type(arg)(_to_meta(a) for a in arg)
-    return arg
-
-
 ON_CPU_ONLY = [b for b in BAD if "on meta" not in b[3]]
 
 
@@ -476,6 +468,6 @@ def test_every_bad_input_is_refused_by_the_fake_kernel_too(name, make, exc, matc
         op(*make())
     named = re.match(r"[\w\[\]]+(, [\w\[\]]+)?(?=:)", str(on_cpu.value))
     with pytest.raises(exc) as faked:
-        op(*_to_meta(make()))
+        op(*on_meta(make()))
     if named is not None and named.group(0) != name:  # one C++ message names the op, not an argument
         assert named.group(0).split(",")[0] in str(faked.value), (str(on_cpu.value), str(faked.value))
