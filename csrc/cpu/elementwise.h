@@ -5,6 +5,7 @@
 // Reached through the kernel table (build_table.h).
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 
 #include "stream_store.h"
@@ -29,55 +30,76 @@ inline void store_block(const MapArgs& a, T* out, const Vectorized<typename Bloc
   Block<T>::store(out, v);
 }
 
-template <typename T>
-void map_channels_last_row(const MapArgs& a, int64_t b, int64_t p) {
+// The terms a map computes are template flags, not pointer tests: GCC turned
+// `if (ds) v += ds[j]` in a row's scalar tail into an AVX-512 masked load from
+// the null pointer, whose masked-off lanes fault and are suppressed by a
+// microcode assist on every row (AMD EPYC: modulate of MOSEI's 74-wide audio
+// 4-6x slower than torch's own broadcast multiply). No load is emitted for a
+// term a variant lacks. A row's last partial vector is one masked load and
+// store (at::vec's loadu/store with a count), not element by element: the
+// 10-element tail of a 74-wide row cost as much as its 4 full vectors.
+template <typename T, bool kSrc, bool kDs>
+void map_channels_last_rows(const MapArgs& a, int64_t b, int64_t p0, int64_t p1) {
   using B = Block<T>;
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
   const int64_t D = a.vout.D;
-  const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, p, 0) : nullptr;
-  const Acc* gate = a.gate ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
-  const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
-  const Acc* ds = a.ds && ok ? static_cast<const Acc*>(a.ds) + b * D : nullptr;  // padded: no ds term
-  T* out = static_cast<T*>(a.out) + a.vout.offset(b, p, 0);
-  const auto one = [&](int64_t j) {
-    Acc v = src ? static_cast<Acc>(src[j]) * gate[j] : Acc(0);
-    if (ds) v += ds[j];
-    out[j] = static_cast<T>(v);
-  };
-  const RowSpan span = span_of(a, out, D);
-  for (int64_t j = 0; j < span.head; ++j) one(j);
-  for (int64_t j = span.head; j < span.full; j += W) {
-    V v[B::kVecs];
-    if (src) {
-      B::load(src + j, v);
-      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * V::loadu(gate + j + k * V::size());
-    } else {
-      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
+  const Acc* gate = kSrc ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
+  const Acc* ds = kDs ? static_cast<const Acc*>(a.ds) + b * D : nullptr;
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, p, 0) : nullptr;
+    T* out = static_cast<T*>(a.out) + a.vout.offset(b, p, 0);
+    const auto one = [&](int64_t j) {
+      Acc v = Acc(0);
+      if constexpr (kSrc) v = static_cast<Acc>(src[j]) * gate[j];
+      if constexpr (kDs) v += ds[j];
+      out[j] = static_cast<T>(v);
+    };
+    const RowSpan span = span_of(a, out, D);
+    for (int64_t j = 0; j < span.head; ++j) one(j);
+    for (int64_t j = span.head; j < span.full; j += W) {
+      V v[B::kVecs];
+      if constexpr (kSrc) {
+        B::load(src + j, v);
+        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * V::loadu(gate + j + k * V::size());
+      } else {
+        for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
+      }
+      if constexpr (kDs)
+        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + V::loadu(ds + j + k * V::size());
+      store_block(a, out + j, v);
     }
-    if (ds)
-      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + V::loadu(ds + j + k * V::size());
-    store_block(a, out + j, v);
+    if constexpr (B::kVecs == 1) {  // float, double: the rest in vectors, the last one partial
+      // (more than one when streaming: the rest is then what follows the last whole line)
+      for (int64_t j = span.full; j < D; j += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), D - j);
+        V v(Acc(0));
+        if constexpr (kSrc) v = V::loadu(src + j, n) * V::loadu(gate + j, n);
+        if constexpr (kDs) v = v + V::loadu(ds + j, n);
+        v.store(out + j, n);
+      }
+    } else {
+      for (int64_t j = span.full; j < D; ++j) one(j);
+    }
   }
-  for (int64_t j = span.full; j < D; ++j) one(j);
 }
 
-template <typename T>
+template <typename T, bool kSrc, bool kDs>
 void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
   using B = Block<T>;
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
   const int64_t P = a.vout.P, D = a.vout.D;
-  const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d) : nullptr;
-  const Acc g = a.gate ? static_cast<const Acc*>(a.gate)[b * D + d] : Acc(0);
-  const bool has_ds = a.ds != nullptr;
-  const Acc ds = has_ds ? static_cast<const Acc*>(a.ds)[b * D + d] : Acc(0);
+  const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d) : nullptr;
+  const Acc g = kSrc ? static_cast<const Acc*>(a.gate)[b * D + d] : Acc(0);
+  const Acc ds = kDs ? static_cast<const Acc*>(a.ds)[b * D + d] : Acc(0);
   T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d);
   const auto one = [&](int64_t p) {
-    Acc v = src ? static_cast<Acc>(src[p]) * g : Acc(0);
-    if (has_ds) v += ds;
+    Acc v = Acc(0);
+    if constexpr (kSrc) v = static_cast<Acc>(src[p]) * g;
+    if constexpr (kDs) v += ds;
     out[p] = static_cast<T>(v);
   };
   const V gv(g), dsv(ds);
@@ -85,17 +107,27 @@ void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
   for (int64_t p = 0; p < span.head; ++p) one(p);
   for (int64_t p = span.head; p < span.full; p += W) {
     V v[B::kVecs];
-    if (src) {
+    if constexpr (kSrc) {
       B::load(src + p, v);
       for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * gv;
     } else {
       for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
     }
-    if (has_ds)
+    if constexpr (kDs)
       for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + dsv;
     store_block(a, out + p, v);
   }
-  for (int64_t p = span.full; p < P; ++p) one(p);
+  if constexpr (B::kVecs == 1) {  // as in map_channels_last_row
+    for (int64_t p = span.full; p < P; p += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), P - p);
+      V v(Acc(0));
+      if constexpr (kSrc) v = V::loadu(src + p, n) * gv;
+      if constexpr (kDs) v = v + dsv;
+      v.store(out + p, n);
+    }
+  } else {
+    for (int64_t p = span.full; p < P; ++p) one(p);
+  }
 }
 
 // NCHW maps whose channels lie back to back (each channel's positions right
@@ -132,40 +164,45 @@ const Acc* first_lanes() {
   return table.bits;
 }
 
-template <typename T>
+template <typename T, bool kSrc, bool kDs>
 void map_channels_first_run(const MapArgs& a, int64_t b, int64_t d0, int64_t d1) {
   using Acc = typename Block<T>::Acc;
   using V = Vectorized<Acc>;
   static_assert(Block<T>::kVecs == 1, "one vector a block: float and double");
   constexpr int64_t lanes = V::size();
   const int64_t P = a.vout.P, D = a.vout.D, n = (d1 - d0) * P;
-  const T* src = a.src ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d0) : nullptr;
-  const Acc* gate = a.gate ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
-  const Acc* ds = a.ds ? static_cast<const Acc*>(a.ds) + b * D : nullptr;
+  const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d0) : nullptr;
+  const Acc* gate = kSrc ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
+  const Acc* ds = kDs ? static_cast<const Acc*>(a.ds) + b * D : nullptr;
   T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d0);
   const Acc* masks = first_lanes<Acc>();
-  const auto value = [&](V v, const V& g, const V& add) {
-    v = src ? v * g : V(Acc(0));
-    return ds ? v + add : v;
+  const auto value = [&](int64_t i, const V& g, const V& add) {
+    V v(Acc(0));
+    if constexpr (kSrc) v = V::loadu(src + i) * g;
+    if constexpr (kDs) v = v + add;
+    return v;
   };
+  const auto gate_of = [&](int64_t d) { return kSrc ? gate[d] : Acc(0); };
+  const auto ds_of = [&](int64_t d) { return kDs ? ds[d] : Acc(0); };
   int64_t i = 0;  // the next vector's first element, counted from the run's start
   for (int64_t d = d0; d < d1; ++d) {
     const int64_t row_end = (d - d0 + 1) * P;
-    const V g(gate ? gate[d] : Acc(0)), add(ds ? ds[d] : Acc(0));
-    for (; i + lanes <= row_end; i += lanes) value(src ? V::loadu(src + i) : V(), g, add).store(out + i);
+    const V g(gate_of(d)), add(ds_of(d));
+    for (; i + lanes <= row_end; i += lanes) value(i, g, add).store(out + i);
     if (i < row_end && i + lanes <= n) {  // crosses into channel d + 1: its first row_end - i lanes are d's
       const V first = V::loadu(masks + lanes - (row_end - i));
-      const V g1 = V::blendv(V(gate ? gate[d + 1] : Acc(0)), g, first);
-      const V add1 = V::blendv(V(ds ? ds[d + 1] : Acc(0)), add, first);
-      value(src ? V::loadu(src + i) : V(), g1, add1).store(out + i);
+      const V g1 = V::blendv(V(gate_of(d + 1)), g, first);
+      const V add1 = V::blendv(V(ds_of(d + 1)), add, first);
+      value(i, g1, add1).store(out + i);
       i += lanes;
     }
   }
   // The run's last partial vector: fewer than `lanes` elements, all of the last channel (P >= lanes).
   const int64_t last = d1 - 1;
   for (; i < n; ++i) {
-    Acc v = src ? static_cast<Acc>(src[i]) * (gate ? gate[last] : Acc(0)) : Acc(0);
-    if (ds) v += ds[last];
+    Acc v = Acc(0);
+    if constexpr (kSrc) v = static_cast<Acc>(src[i]) * gate[last];
+    if constexpr (kDs) v += ds[last];
     out[i] = static_cast<T>(v);
   }
 }
@@ -183,7 +220,7 @@ inline void map_element(const MapArgs& a, int64_t b, int64_t p, int64_t d, bool 
   static_cast<T*>(a.out)[a.vout.offset(b, p, d)] = static_cast<T>(v);
 }
 
-template <typename T, typename Acc>
+template <typename T, typename Acc, bool kSrc, bool kDs>
 void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
   const int64_t P = a.vout.P, D = a.vout.D;
   if (kind == kChannelsFirst) {  // rows are (b, d)
@@ -191,7 +228,7 @@ void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
       if (channels_back_to_back(a, Vectorized<Acc>::size())) {
         for (int64_t r = begin; r < end;) {  // one call per run of one sample's channels
           const int64_t b = r / D, run_end = std::min(end, (b + 1) * D);
-          map_channels_first_run<T>(a, b, r - b * D, run_end - b * D);
+          map_channels_first_run<T, kSrc, kDs>(a, b, r - b * D, run_end - b * D);
           r = run_end;
         }
         return;
@@ -201,7 +238,7 @@ void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
       const int64_t b = r / D, d = r % D;
       if constexpr (kVectorised<T, Acc>) {
         if (a.mask == nullptr) {
-          map_channels_first_row<T>(a, b, d);
+          map_channels_first_row<T, kSrc, kDs>(a, b, d);
           continue;
         }
       }
@@ -209,14 +246,29 @@ void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
     }
     return;
   }
+  if constexpr (kVectorised<T, Acc>) {
+    if (kind == kChannelsLast) {
+      // Runs of one sample's rows: a row's index arithmetic (a division) and
+      // call cost as much as its work at MOSEI's 35 or 74 channels.
+      for (int64_t r = begin; r < end;) {
+        const int64_t b = r / P, p0 = r % P, p1 = std::min(P, p0 + (end - r));
+        if (kDs && a.mask != nullptr) {
+          for (int64_t p = p0; p < p1; ++p) {
+            if (valid(a.mask, a.mask_sB, a.mask_sP, b, p))
+              map_channels_last_rows<T, kSrc, kDs>(a, b, p, p + 1);
+            else
+              map_channels_last_rows<T, kSrc, false>(a, b, p, p + 1);  // a padded row takes no ds term
+          }
+        } else {
+          map_channels_last_rows<T, kSrc, kDs>(a, b, p0, p1);
+        }
+        r += p1 - p0;
+      }
+      return;
+    }
+  }
   for (int64_t r = begin; r < end; ++r) {  // rows are (b, p)
     const int64_t b = r / P, p = r % P;
-    if constexpr (kVectorised<T, Acc>) {
-      if (kind == kChannelsLast) {
-        map_channels_last_row<T>(a, b, p);
-        continue;
-      }
-    }
     const bool ok = valid(a.mask, a.mask_sB, a.mask_sP, b, p);
     for (int64_t d = 0; d < D; ++d) map_element<T, Acc>(a, b, p, d, ok);
   }
@@ -224,7 +276,10 @@ void map_rows(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
 
 template <typename T, typename Acc>
 void map(const MapArgs& a, RowKind kind, int64_t begin, int64_t end) {
-  map_rows<T, Acc>(a, kind, begin, end);
+  if (a.src != nullptr)
+    a.ds != nullptr ? map_rows<T, Acc, true, true>(a, kind, begin, end) : map_rows<T, Acc, true, false>(a, kind, begin, end);
+  else
+    a.ds != nullptr ? map_rows<T, Acc, false, true>(a, kind, begin, end) : map_rows<T, Acc, false, false>(a, kind, begin, end);
   if constexpr (kCanStream) {
     if (a.stream) stream_fence();
   }

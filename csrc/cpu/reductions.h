@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "vec_block.h"
@@ -78,7 +79,10 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   // the rounding error grows with about 2 kBlockRows + P / kBlockRows^2 terms
   // rather than P. (With two levels, P / kBlockRows: 3.9e-5 relative for the
   // mean of 2^20 equal float32 terms, 3.7e-6 with three.)
-  std::vector<Acc> acc(static_cast<size_t>(n), Acc(0)), mid(acc), part(acc);
+  // Rounded up to whole vectors: a row's last partial vector (float, double)
+  // adds into the padding, which is never read out.
+  const int64_t padded = (n + V::size() - 1) / V::size() * V::size();
+  std::vector<Acc> acc(static_cast<size_t>(padded), Acc(0)), mid(acc), part(acc);
   int64_t rows_in_part = 0, parts_in_mid = 0;
   const auto flush_part = [&] {
     for (int64_t j = 0; j < n; ++j) mid[j] += part[j], part[j] = Acc(0);
@@ -101,10 +105,19 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
         (V::loadu(slot) + v[k]).store(slot);
       }
     }
-    for (int64_t j = full; j < n; ++j) {
-      Acc v = static_cast<Acc>(xr[j]);
-      if (gr) v *= static_cast<Acc>(gr[j]);
-      part[j] += v;
+    if constexpr (B::kVecs == 1) {  // one partial vector: lanes past n load as zero
+      if (full < n) {
+        V v = V::loadu(xr + full, n - full);
+        if (gr) v = v * V::loadu(gr + full, n - full);
+        Acc* slot = part.data() + full;
+        (V::loadu(slot) + v).store(slot);
+      }
+    } else {
+      for (int64_t j = full; j < n; ++j) {
+        Acc v = static_cast<Acc>(xr[j]);
+        if (gr) v *= static_cast<Acc>(gr[j]);
+        part[j] += v;
+      }
     }
   }
   const Acc div = divisor<Acc>(a, b);
@@ -114,10 +127,18 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
 
 // The lanes of v summed as a tree (log2 of the width deep), not one after
 // another: a serial sum of 8 or 16 lanes is a chain of dependent adds that
-// costs as much as a short row's loads. (at::vec::vec_reduce_all is a tree
-// only for float on AVX2 / AVX-512; its other types take a serial loop.)
+// costs as much as a short row's loads. For float on AVX2 / AVX-512,
+// at::vec::vec_reduce_all's tree of shuffles in registers: the same tree
+// through an array on the stack was a chain of store-to-load forwards, and
+// left the NCHW summary of ResNet layer-4 maps (49 positions a channel) at
+// 0.6x torch's own mean (AMD EPYC, one thread). Other types and the portable
+// table have no such tree in at::vec, so they keep the array.
 template <typename Acc>
 Acc tree_sum(const Vectorized<Acc>& v) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<Acc, float>)
+    return at::vec::vec_reduce_all<float>([](const Vectorized<float>& x, const Vectorized<float>& y) { return x + y; }, v);
+#endif
   constexpr int64_t n = Vectorized<Acc>::size();
   Acc lanes[n];
   v.store(lanes);

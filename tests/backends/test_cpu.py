@@ -430,6 +430,74 @@ def test_channels_first_maps_match_float64(positions, channels, batch, dtype, se
     check(ops.input_grads([x], [None], [None], [None], [ds], [1])[0], ds64.expand_as(x))
 
 
+def _sequence_case(gen, batch, positions, channels, dtype):
+    """Features, dY and a mask whose rows hold every count: all True, some, none."""
+    x = torch.randn(batch, positions, channels, generator=gen).to(dtype)
+    dy = torch.randn(batch, positions, channels, generator=gen).to(dtype)
+    mask = torch.rand(batch, positions, generator=gen) < 0.6
+    mask[0] = True
+    if batch > 2:
+        mask[2] = False
+    return x, dy, mask
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(channels=st.integers(1, 80), positions=st.integers(1, 6), batch=st.integers(1, 4), masked=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_channels_last_reductions_match_float64(channels, positions, batch, masked, dtype, seed):
+    """The sequence reductions at every row width around the vector widths
+    (8 to 32 lanes: whole blocks and a last partial vector, read with a
+    masked load for float and double), masked and not, against float64 sums
+    of the same values."""
+    gen = torch.Generator().manual_seed(seed)
+    x, dy, mask = _sequence_case(gen, batch, positions, channels, dtype)
+    mask = mask if masked else None
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    rtol, atol = REDUCTION_TOLERANCES[ct]
+    summary = torch.ops.mmcal.summaries([x], [mask], [0], ct)[0]
+    grad = torch.ops.mmcal.gate_grads([dy], [x], [0], ct)[0]
+    keep = torch.ones(batch, positions, dtype=torch.bool) if mask is None else mask
+    x64 = torch.where(keep[:, :, None], x.double(), 0.0)
+    count = keep.sum(1, keepdim=True).clamp_min(1).double()
+    torch.testing.assert_close(summary.double(), x64.sum(1) / count, rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.double(), (dy.double() * x.double()).sum(1), rtol=rtol, atol=atol * positions)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(channels=st.integers(1, 80), positions=st.integers(1, 6), batch=st.integers(1, 4), masked=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_channels_last_maps_match_float64(channels, positions, batch, masked, dtype, seed):
+    """The sequence maps at every row width around the vector widths, with
+    each set of terms the kernels are compiled for (dY and ds, dY alone, ds
+    alone; the modulation), masked rows taking no ds term, against float64
+    values of the same inputs. Every row's last partial vector is one masked
+    load and store for float and double: lanes past the row must not be
+    written (the next row's first elements) nor read into the result."""
+    gen = torch.Generator().manual_seed(seed)
+    x, dy, mask = _sequence_case(gen, batch, positions, channels, dtype)
+    mask = mask if masked else None
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    gate = (4 * torch.rand(batch, channels, generator=gen)).to(ct)
+    ds = torch.randn(batch, channels, generator=gen).to(ct)
+    rtol, atol = MAP_TOLERANCES[dtype]
+    ops = torch.ops.mmcal
+    keep = torch.ones(batch, positions, dtype=torch.bool) if mask is None else mask
+    count = keep.sum(1).clamp_min(1).double()[:, None, None]
+    g64 = gate.double()[:, None, :]
+    ds64 = torch.where(keep[:, :, None], ds.double()[:, None, :] / count, 0.0).expand(x.shape)
+
+    def check(got, exact):
+        assert got.dtype == dtype and got.shape == x.shape
+        torch.testing.assert_close(got.double(), exact, rtol=rtol, atol=atol)
+
+    check(ops.modulate([x], [gate], [0])[0], x.double() * g64)
+    check(ops.input_grads([x], [dy], [gate], [mask], [ds], [0])[0], dy.double() * g64 + ds64)
+    check(ops.input_grads([x], [dy], [gate], [mask], [None], [0])[0], dy.double() * g64)
+    check(ops.input_grads([x], [None], [None], [mask], [ds], [0])[0], ds64)
+
+
 @pytest.mark.parametrize("layout", ["sequence", "spatial", "transposed-sequence", "strided-spatial"])
 def test_reductions_keep_precision_over_long_sums(layout):
     """Every reduction path sums in blocks (three levels of 256): the mean of
