@@ -1,4 +1,5 @@
-"""benchmarks/host_overhead.py and inference_paths.py run and report every row (a few calls, not a timing)."""
+"""benchmarks/host_overhead.py, inference_paths.py, profile_step.py and passes_vs_torch.py run and report
+every row (a few calls, not a timing)."""
 
 import os
 import subprocess
@@ -39,3 +40,16 @@ def test_profile_step_script_splits_the_step():
     for part in ("passes over X (4 ops)", "gate network (2 ops)", "of which BLAS products"):
         assert times.get(part, 0) > 0, result.stdout  # the ops were seen by the profiler
     assert times["of which BLAS products"] < times["gate network (2 ops)"], result.stdout
+
+
+def test_passes_vs_torch_script_times_each_pass_on_both_sides():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "passes_vs_torch.py"), "--calls", "1",
+                             "--rounds", "1", "--workloads", "mosi-unaligned", "cremad-resnet18"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CPU: " in result.stdout, result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("mosi-", "cremad-"))]
+    assert [row[1] for row in rows] == ["summaries", "modulate", "gate_grads", "input_grads"] * 2, result.stdout
+    for row in rows:
+        kernel_us, torch_us, ratio = map(float, row[2:])
+        assert kernel_us > 0 and torch_us > 0 and abs(ratio - torch_us / kernel_us) < 0.02 + 0.02 * ratio, row
