@@ -76,6 +76,8 @@ void reduce_channels_last_in_registers(const ReduceArgs& a, int64_t b, int64_t d
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t last = (d1 - d0) - (NV - 1) * L;
+  // Every loop over k is unrolled by pragma: left to itself GCC kept these
+  // arrays on the stack, and each row's adds waited on store-to-load forwards.
   V part[NV], mid[NV], acc[NV];
 #pragma GCC unroll 8
   for (int k = 0; k < NV; ++k) part[k] = mid[k] = acc[k] = V(T(0));
@@ -83,12 +85,12 @@ void reduce_channels_last_in_registers(const ReduceArgs& a, int64_t b, int64_t d
   for (int64_t p = 0; p < a.vx.P; ++p) {
     if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
     if (rows_in_part == kBlockRows) {
-  #pragma GCC unroll 8
-    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k], part[k] = V(T(0));
+#pragma GCC unroll 8
+      for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k], part[k] = V(T(0));
       rows_in_part = 0;
       if (++parts_in_mid == kBlockRows) {
-    #pragma GCC unroll 8
-    for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(T(0));
+#pragma GCC unroll 8
+        for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(T(0));
         parts_in_mid = 0;
       }
     }
