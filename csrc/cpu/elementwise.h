@@ -30,6 +30,9 @@ inline void store_block(const MapArgs& a, T* out, const Vectorized<typename Bloc
   Block<T>::store(out, v);
 }
 
+// One contiguous row of a map: n elements of src (X or dY) and out. The gate
+// and ds are per element (kPerLane: a channels-last row, one gate a channel)
+// or one value for the whole row (an NCHW row, one channel).
 // The terms a map computes are template flags, not pointer tests: GCC turned
 // `if (ds) v += ds[j]` in a row's scalar tail into an AVX-512 masked load from
 // the null pointer, whose masked-off lanes fault and are suppressed by a
@@ -38,96 +41,75 @@ inline void store_block(const MapArgs& a, T* out, const Vectorized<typename Bloc
 // term a variant lacks. A row's last partial vector is one masked load and
 // store (at::vec's loadu/store with a count), not element by element: the
 // 10-element tail of a 74-wide row cost as much as its 4 full vectors.
-template <typename T, bool kSrc, bool kDs>
-void map_channels_last_rows(const MapArgs& a, int64_t b, int64_t p0, int64_t p1) {
+// Inlined into each caller's loop over rows, where the two row bodies stood before they were one.
+template <typename T, bool kSrc, bool kDs, bool kPerLane>
+inline __attribute__((always_inline)) void map_row(const MapArgs& a, const T* src, T* out, int64_t n, const typename Block<T>::Acc* gate,
+             const typename Block<T>::Acc* ds) {
   using B = Block<T>;
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
+  const V gate_row(!kPerLane && kSrc ? gate[0] : Acc(0)), ds_row(!kPerLane && kDs ? ds[0] : Acc(0));
+  // The term's value at element j, one scalar, a whole vector, or the `count` lanes of a partial one.
+  const auto one_of = [](const Acc* t, int64_t j) { return kPerLane ? t[j] : t[0]; };
+  const auto vector_of = [](const Acc* t, const V& row, int64_t j) { return kPerLane ? V::loadu(t + j) : row; };
+  const auto part_of = [](const Acc* t, const V& row, int64_t j, int64_t count) {
+    return kPerLane ? V::loadu(t + j, count) : row;
+  };
+  const auto one = [&](int64_t j) {
+    Acc v = Acc(0);
+    if constexpr (kSrc) v = static_cast<Acc>(src[j]) * one_of(gate, j);
+    if constexpr (kDs) v += one_of(ds, j);
+    out[j] = static_cast<T>(v);
+  };
+  const RowSpan span = span_of(a, out, n);
+  for (int64_t j = 0; j < span.head; ++j) one(j);
+  for (int64_t j = span.head; j < span.full; j += W) {
+    V v[B::kVecs];
+    if constexpr (kSrc) {
+      B::load(src + j, v);
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * vector_of(gate, gate_row, j + k * V::size());
+    } else {
+      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
+    }
+    if constexpr (kDs)
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + vector_of(ds, ds_row, j + k * V::size());
+    store_block(a, out + j, v);
+  }
+  if constexpr (B::kVecs == 1) {  // float, double: the rest in vectors, the last one partial
+    // (more than one when streaming: the rest is then what follows the last whole line)
+    for (int64_t j = span.full; j < n; j += V::size()) {
+      const int64_t count = std::min<int64_t>(V::size(), n - j);
+      V v(Acc(0));
+      if constexpr (kSrc) v = V::loadu(src + j, count) * part_of(gate, gate_row, j, count);
+      if constexpr (kDs) v = v + part_of(ds, ds_row, j, count);
+      v.store(out + j, count);
+    }
+  } else {
+    for (int64_t j = span.full; j < n; ++j) one(j);
+  }
+}
+
+template <typename T, bool kSrc, bool kDs>
+void map_channels_last_rows(const MapArgs& a, int64_t b, int64_t p0, int64_t p1) {
+  using Acc = typename Block<T>::Acc;
   const int64_t D = a.vout.D;
   const Acc* gate = kSrc ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
   const Acc* ds = kDs ? static_cast<const Acc*>(a.ds) + b * D : nullptr;
   for (int64_t p = p0; p < p1; ++p) {
     const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, p, 0) : nullptr;
-    T* out = static_cast<T*>(a.out) + a.vout.offset(b, p, 0);
-    const auto one = [&](int64_t j) {
-      Acc v = Acc(0);
-      if constexpr (kSrc) v = static_cast<Acc>(src[j]) * gate[j];
-      if constexpr (kDs) v += ds[j];
-      out[j] = static_cast<T>(v);
-    };
-    const RowSpan span = span_of(a, out, D);
-    for (int64_t j = 0; j < span.head; ++j) one(j);
-    for (int64_t j = span.head; j < span.full; j += W) {
-      V v[B::kVecs];
-      if constexpr (kSrc) {
-        B::load(src + j, v);
-        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * V::loadu(gate + j + k * V::size());
-      } else {
-        for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
-      }
-      if constexpr (kDs)
-        for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + V::loadu(ds + j + k * V::size());
-      store_block(a, out + j, v);
-    }
-    if constexpr (B::kVecs == 1) {  // float, double: the rest in vectors, the last one partial
-      // (more than one when streaming: the rest is then what follows the last whole line)
-      for (int64_t j = span.full; j < D; j += V::size()) {
-        const int64_t n = std::min<int64_t>(V::size(), D - j);
-        V v(Acc(0));
-        if constexpr (kSrc) v = V::loadu(src + j, n) * V::loadu(gate + j, n);
-        if constexpr (kDs) v = v + V::loadu(ds + j, n);
-        v.store(out + j, n);
-      }
-    } else {
-      for (int64_t j = span.full; j < D; ++j) one(j);
-    }
+    map_row<T, kSrc, kDs, true>(a, src, static_cast<T*>(a.out) + a.vout.offset(b, p, 0), D, gate, ds);
   }
 }
 
 template <typename T, bool kSrc, bool kDs>
 void map_channels_first_row(const MapArgs& a, int64_t b, int64_t d) {
-  using B = Block<T>;
-  using Acc = typename B::Acc;
-  using V = Vectorized<Acc>;
-  constexpr int64_t W = B::kWidth;
-  const int64_t P = a.vout.P, D = a.vout.D;
+  using Acc = typename Block<T>::Acc;
+  const int64_t D = a.vout.D;
   const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d) : nullptr;
-  const Acc g = kSrc ? static_cast<const Acc*>(a.gate)[b * D + d] : Acc(0);
-  const Acc ds = kDs ? static_cast<const Acc*>(a.ds)[b * D + d] : Acc(0);
-  T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d);
-  const auto one = [&](int64_t p) {
-    Acc v = Acc(0);
-    if constexpr (kSrc) v = static_cast<Acc>(src[p]) * g;
-    if constexpr (kDs) v += ds;
-    out[p] = static_cast<T>(v);
-  };
-  const V gv(g), dsv(ds);
-  const RowSpan span = span_of(a, out, P);
-  for (int64_t p = 0; p < span.head; ++p) one(p);
-  for (int64_t p = span.head; p < span.full; p += W) {
-    V v[B::kVecs];
-    if constexpr (kSrc) {
-      B::load(src + p, v);
-      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * gv;
-    } else {
-      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
-    }
-    if constexpr (kDs)
-      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + dsv;
-    store_block(a, out + p, v);
-  }
-  if constexpr (B::kVecs == 1) {  // as in map_channels_last_row
-    for (int64_t p = span.full; p < P; p += V::size()) {
-      const int64_t n = std::min<int64_t>(V::size(), P - p);
-      V v(Acc(0));
-      if constexpr (kSrc) v = V::loadu(src + p, n) * gv;
-      if constexpr (kDs) v = v + dsv;
-      v.store(out + p, n);
-    }
-  } else {
-    for (int64_t p = span.full; p < P; ++p) one(p);
-  }
+  const Acc* gate = kSrc ? static_cast<const Acc*>(a.gate) + b * D + d : nullptr;
+  const Acc* ds = kDs ? static_cast<const Acc*>(a.ds) + b * D + d : nullptr;
+  map_row<T, kSrc, kDs, false>(a, src, static_cast<T*>(a.out) + a.vout.offset(b, 0, d), a.vout.P, gate, ds);
 }
 
 // NCHW maps whose channels lie back to back (each channel's positions right
