@@ -36,7 +36,7 @@ def torch_passes(layouts, ct):
         return [reference.summary(x, lay, m, ct) for x, m, lay in zip(xs, masks, layouts)]
 
     def modulate(xs, gates):
-        return [x * _per_sample(g, x, lay) for x, g, lay in zip(xs, gates, layouts)]
+        return [reference.modulate(x, g, lay) for x, g, lay in zip(xs, gates, layouts)]
 
     def gate_grads(dys, xs):
         dims = lambda x, lay: 1 if lay == "sequence" else tuple(range(2, x.dim()))  # noqa: E731
