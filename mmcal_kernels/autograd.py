@@ -195,9 +195,20 @@ def _unique(slots_in: Sequence) -> tuple[list[Tensor], tuple[int, ...]]:
     mask shared by aligned modalities, tied gate layers, one feature given
     twice), and Dynamo refuses an autograd.Function whose inputs repeat a
     tensor: under torch.compile it broke the graph, and failed fullgraph=True."""
-    index: dict[int, int] = {}
     unique: list[Tensor] = []
     slots = []
+    if torch.compiler.is_compiling():
+        # By identity, not id(): Dynamo guards an id() on the tensor's own
+        # object, so every call with fresh tensors recompiled, until the
+        # recompile limit sent the module back to eager.
+        for t in slots_in:
+            found = next((i for i, u in enumerate(unique) if u is t), -1) if t is not None else -1
+            if t is not None and found < 0:
+                found = len(unique)
+                unique.append(t)
+            slots.append(found)
+        return unique, tuple(slots)
+    index: dict[int, int] = {}
     for t in slots_in:
         if t is None:
             slots.append(-1)
