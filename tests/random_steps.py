@@ -1,0 +1,140 @@
+"""Random whole calls (steps 1-7, forward and backward) for a kernel backend
+against its float64 reference copy: the hypothesis strategy and the check,
+shared by the CPU and Triton test files.
+
+A case draws what the curated cases fix: 2-5 modalities in either layout,
+channel counts on both sides of the vector widths, empty sequences and empty
+spatial maps, B = 0-4, odd ``d`` and ``r``, every feature / parameter dtype
+pair, and per modality a memory layout (contiguous, channels moved to the
+front of memory, channels every other element, channels-last, one sample
+broadcast over the batch). Masks may leave a whole row empty (its summary is
+zero) or be non-contiguous; ``present`` may be absent, random, all False or
+one modality per sample; the features may be frozen (no ``dX`` pass).
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from conftest import random_grads, run_float64_oracle
+from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_
+
+# feature dtype, parameter dtype: the compute dtype is their promotion with float32.
+DTYPE_PAIRS = {
+    "float32": (torch.float32, torch.float32),
+    "float64": (torch.float64, torch.float64),
+    "float16/float32": (torch.float16, torch.float32),
+    "bfloat16/float32": (torch.bfloat16, torch.float32),
+    "bfloat16/bfloat16": (torch.bfloat16, torch.bfloat16),
+    "float32/bfloat16": (torch.float32, torch.bfloat16),
+}
+MEMORY = ["contiguous", "channels-first-in-memory", "channels-strided", "channels-last", "batch-broadcast"]
+MASKS = ["none", "random", "an-empty-row", "transposed-in-memory"]
+PRESENCE = ["none", "random", "all-missing", "one-present"]
+
+
+@st.composite
+def step_cases(draw, max_modalities=5, max_positions=9):
+    num = draw(st.integers(2, max_modalities))
+    layouts = [draw(st.sampled_from(["sequence", "spatial"])) for _ in range(num)]
+    dims = [draw(st.sampled_from([1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33])) for _ in range(num)]
+    positions = [
+        draw(st.integers(0, max_positions)) if lay == "sequence"
+        else tuple(draw(st.lists(st.integers(0, 4) if draw(st.booleans()) else st.integers(1, 4), max_size=3)))
+        for lay in layouts
+    ]  # fmt: skip
+    return dict(
+        layouts=layouts, dims=dims, positions=positions, batch=draw(st.integers(0, 4)),
+        shared_dim=draw(st.integers(1, 6)), hidden_dim=draw(st.integers(1, 6)),
+        dtypes=draw(st.sampled_from(list(DTYPE_PAIRS))),
+        memory=[draw(st.sampled_from(MEMORY)) for _ in range(num)],
+        masks=draw(st.sampled_from(MASKS)), presence=draw(st.sampled_from(PRESENCE)),
+        frozen=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+    )  # fmt: skip
+
+
+def _laid_out(x: torch.Tensor, how: str) -> torch.Tensor:
+    """``x``'s values in another memory layout (the same shape)."""
+    if how == "channels-first-in-memory" and x.dim() >= 3:  # [B, P, D] stored as [B, D, P], and so on
+        return x.transpose(1, -1).contiguous().transpose(1, -1)
+    if how == "channels-strided":  # every other element of the last dim
+        wide = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device).normal_()
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    if how == "channels-last" and x.dim() in (4, 5):
+        return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    if how == "batch-broadcast" and x.shape[0] > 0:  # one sample's memory for every row (overlapping)
+        return x[:1].expand_as(x)
+    return x
+
+
+def _features(case, dtype, device, gen):
+    features = []
+    for d, lay, pos, how in zip(case["dims"], case["layouts"], case["positions"], case["memory"]):
+        shape = (case["batch"], pos, d) if lay == "sequence" else (case["batch"], d, *pos)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        features.append(_laid_out(x, how))
+    return features
+
+
+def _masks(case, features, device, gen):
+    masks = []
+    for x, lay in zip(features, case["layouts"]):
+        if lay != "sequence" or case["masks"] == "none":
+            masks.append(None)
+            continue
+        batch, positions = x.shape[:2]
+        if case["masks"] == "transposed-in-memory":
+            mask = (torch.rand((positions, batch), generator=gen) > 0.3).t()
+        else:
+            mask = torch.rand((batch, positions), generator=gen) > 0.3
+            if case["masks"] == "an-empty-row" and batch:
+                mask[0] = False
+        masks.append(mask.to(device))
+    return masks
+
+
+def _present(case, device, gen):
+    batch, num = case["batch"], len(case["dims"])
+    kind = case["presence"]
+    if kind == "none":
+        return None
+    if kind == "all-missing":
+        return torch.zeros((batch, num), dtype=torch.bool, device=device)
+    if kind == "one-present":
+        chosen = torch.randint(0, num, (batch,), generator=gen)
+        return torch.nn.functional.one_hot(chosen, num).bool().to(device)
+    return (torch.rand((batch, num), generator=gen) > 0.25).to(device)
+
+
+def check_random_step(case, backend, device="cpu"):
+    """One random call through ``backend``'s module, forward and backward,
+    against the float64 reference copy at the feature dtype's tolerances
+    (parameter gradients at their own dtype's)."""
+    from mmcal_kernels import PreFusionCalibration
+
+    feature_dtype, param_dtype = DTYPE_PAIRS[case["dtypes"]]
+    module = PreFusionCalibration(case["dims"], shared_dim=case["shared_dim"], hidden_dim=case["hidden_dim"],
+                                  layouts=case["layouts"], backend=backend)  # fmt: skip
+    module = randomize_(module, seed=case["seed"]).to(device=device, dtype=param_dtype)
+    gen = torch.Generator().manual_seed(case["seed"])
+    features = _features(case, feature_dtype, device, gen)
+    masks = _masks(case, features, device, gen)
+    present = _present(case, device, gen)
+    grads = random_grads(features, seed=case["seed"] + 1)
+    names = [n for n, _ in module.named_parameters()]
+    want = run_float64_oracle(module, features, masks, present, grads)
+    if not case["frozen"]:
+        got = forward_backward(module, features, masks, present, grads)
+        assert_runs_close(got, want, feature_dtype, names)
+        for x, y, g in zip(features, got[0], got[2]):
+            assert y.dtype == x.dtype and g.dtype == x.dtype and g.shape == x.shape
+        return
+    # Frozen features: no dX pass; the parameters still get their gradients.
+    module.zero_grad(set_to_none=True)
+    outputs, diagnostics = module(features, masks=masks, present=present, return_diagnostics=True)
+    torch.autograd.backward(outputs, grads)
+    none = [None] * len(features)
+    got = (outputs, diagnostics, none + [p.grad for p in module.parameters()])
+    assert_runs_close(got, (want[0], want[1], none + want[2][len(features) :]), feature_dtype, names)
