@@ -35,7 +35,7 @@ PRESENCE = ["none", "random", "all-missing", "one-present"]
 
 
 @st.composite
-def step_cases(draw, max_modalities=5, max_positions=9):
+def step_cases(draw, max_modalities=5, max_positions=9, dtype_pairs=tuple(DTYPE_PAIRS)):
     num = draw(st.integers(2, max_modalities))
     layouts = [draw(st.sampled_from(["sequence", "spatial"])) for _ in range(num)]
     dims = [draw(st.sampled_from([1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33])) for _ in range(num)]
@@ -47,7 +47,7 @@ def step_cases(draw, max_modalities=5, max_positions=9):
     return dict(
         layouts=layouts, dims=dims, positions=positions, batch=draw(st.integers(0, 4)),
         shared_dim=draw(st.integers(1, 6)), hidden_dim=draw(st.integers(1, 6)),
-        dtypes=draw(st.sampled_from(list(DTYPE_PAIRS))),
+        dtypes=draw(st.sampled_from(list(dtype_pairs))),
         memory=[draw(st.sampled_from(MEMORY)) for _ in range(num)],
         masks=draw(st.sampled_from(MASKS)), presence=draw(st.sampled_from(PRESENCE)),
         frozen=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),

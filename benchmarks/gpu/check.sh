@@ -134,6 +134,7 @@ timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest tests/backends/test_cuda_ga
   -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests-gates.xml" >"$OUT/tests-gates.log" 2>&1
 echo "exit status $?"; tail -n 8 "$OUT/tests-gates.log"
 TESTS=(tests/triton/test_triton_gate_network.py tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py
+       tests/backends/test_cuda_random_steps.py
        tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
 REST_S=$(( TESTS_S - $(date +%s) + STAGE_T ))
 (( REST_S < 30 )) && REST_S=30
