@@ -10,7 +10,9 @@ front of memory, channels every other element, channels-last, one sample
 broadcast over the batch). With ``zero_first``, modality 0's projection bias
 and sample 0's features of it are zeros: ``h = 0``, so the norm is clamped,
 ``u = 0`` and every agreement with it is exactly 0 (relu's kink). Masks may
-leave a whole row empty (its summary is zero) or be non-contiguous; ``present`` may be absent, random, all False or
+leave a whole row empty (its summary is zero) or be non-contiguous;
+with ``strided_params`` the call goes through ``functional.calibrate`` with
+every weight stored transposed and every vector at every other element; ``present`` may be absent, random, all False or
 one modality per sample; the features may be frozen (no ``dX`` pass).
 """
 
@@ -20,7 +22,8 @@ import torch
 from hypothesis import strategies as st
 
 from conftest import random_grads, run_float64_oracle
-from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_
+from mmcal_kernels import GateParams, functional
+from mmcal_kernels.compare import assert_runs_close, randomize_
 
 # feature dtype, parameter dtype: the compute dtype is their promotion with float32.
 DTYPE_PAIRS = {
@@ -52,7 +55,8 @@ def step_cases(draw, max_modalities=5, max_positions=9, dtype_pairs=tuple(DTYPE_
         dtypes=draw(st.sampled_from(list(dtype_pairs))),
         memory=[draw(st.sampled_from(MEMORY)) for _ in range(num)],
         masks=draw(st.sampled_from(MASKS)), presence=draw(st.sampled_from(PRESENCE)),
-        frozen=draw(st.booleans()), zero_first=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+        frozen=draw(st.booleans()), zero_first=draw(st.booleans()), strided_params=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
     )  # fmt: skip
 
 
@@ -134,16 +138,43 @@ def check_random_step(case, backend, device="cpu"):
     grads = random_grads(features, seed=case["seed"] + 1)
     names = [n for n, _ in module.named_parameters()]
     want = run_float64_oracle(module, features, masks, present, grads)
-    if not case["frozen"]:
-        got = forward_backward(module, features, masks, present, grads)
-        assert_runs_close(got, want, feature_dtype, names)
-        for x, y, g in zip(features, got[0], got[2]):
-            assert y.dtype == x.dtype and g.dtype == x.dtype and g.shape == x.shape
-        return
-    # Frozen features: no dX pass; the parameters still get their gradients.
-    module.zero_grad(set_to_none=True)
-    outputs, diagnostics = module(features, masks=masks, present=present, return_diagnostics=True)
-    torch.autograd.backward(outputs, grads)
-    none = [None] * len(features)
-    got = (outputs, diagnostics, none + [p.grad for p in module.parameters()])
-    assert_runs_close(got, (want[0], want[1], none + want[2][len(features) :]), feature_dtype, names)
+    if case["frozen"]:  # no dX pass; the parameters still get their gradients
+        want = (want[0], want[1], [None] * len(features) + want[2][len(features) :])
+    got = _run(module, features, masks, present, grads, case["frozen"], case["strided_params"])
+    assert_runs_close(got, want, feature_dtype, [n for n, _ in module.named_parameters()])
+    for x, y, g in zip(features, got[0], got[2]):
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert g is None if case["frozen"] else (g.dtype == x.dtype and g.shape == x.shape)
+
+
+def _strided_leaf(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values as a leaf in other memory: a matrix stored transposed,
+    a vector at every other element."""
+    t = t.detach()
+    if t.dim() == 2:
+        return t.t().contiguous().t().requires_grad_()
+    wide = t.new_empty(2 * t.shape[0]).normal_()
+    wide[::2] = t
+    return wide[::2].detach().requires_grad_()
+
+
+def _run(module, features, masks, present, grads, frozen, strided_params):
+    """``forward_backward``'s result (outputs, diagnostics, the features'
+    gradients then the parameters' in ``named_parameters`` order), through
+    the module, or through ``functional.calibrate`` with strided copies of
+    its parameters."""
+    if not frozen:
+        features = [x.detach().requires_grad_() for x in features]
+    if not strided_params:
+        module.zero_grad(set_to_none=True)
+        outputs, diagnostics = module(features, masks=masks, present=present, return_diagnostics=True)
+        torch.autograd.backward(outputs, grads)
+        param_grads = [p.grad for p in module.parameters()]
+    else:
+        params = [GateParams(*(_strided_leaf(t) for t in p)) for p in module.gate_params()]
+        outputs, diagnostics = functional.calibrate(features, params, layouts=module.layouts, masks=masks, present=present,
+                                                    return_diagnostics=True, backend=module.backend)  # fmt: skip
+        torch.autograd.backward(outputs, grads)
+        # named_parameters order: proj.{m}.weight and .bias for every m, then gate_hidden, gate_instance, gate_dim.
+        param_grads = [p[i].grad for pair in ((0, 1), (2, 3), (4, 5), (6, 7)) for p in params for i in pair]
+    return outputs, diagnostics, [None if frozen else x.grad for x in features] + param_grads
