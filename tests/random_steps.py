@@ -18,12 +18,15 @@ one modality per sample; the features may be frozen (no ``dX`` pass).
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from hypothesis import strategies as st
 
 from conftest import random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, functional
-from mmcal_kernels.compare import assert_runs_close, randomize_
+from mmcal_kernels.compare import assert_close, assert_runs_close, randomize_
 
 # feature dtype, parameter dtype: the compute dtype is their promotion with float32.
 DTYPE_PAIRS = {
@@ -178,3 +181,41 @@ def _run(module, features, masks, present, grads, frozen, strided_params):
         # named_parameters order: proj.{m}.weight and .bias for every m, then gate_hidden, gate_instance, gate_dim.
         param_grads = [p[i].grad for pair in ((0, 1), (2, 3), (4, 5), (6, 7)) for p in params for i in pair]
     return outputs, diagnostics, [None if frozen else x.grad for x in features] + param_grads
+
+
+def check_random_in_place(case, backend, device="cpu"):
+    """``calibrate_`` on the same random calls, under no_grad: each feature
+    holds the reference's output afterwards (the float64 reference rounded
+    at the features' tolerance), with the diagnostics; a feature whose
+    elements overlap (one sample broadcast over the batch) is refused, as
+    ``Tensor.mul_`` refuses it, and nothing is written."""
+    from mmcal_kernels import PreFusionCalibration
+
+    feature_dtype, param_dtype = DTYPE_PAIRS[case["dtypes"]]
+    module = PreFusionCalibration(case["dims"], shared_dim=case["shared_dim"], hidden_dim=case["hidden_dim"],
+                                  layouts=case["layouts"], backend=backend)  # fmt: skip
+    module = randomize_(module, seed=case["seed"]).to(device=device, dtype=param_dtype)
+    gen = torch.Generator().manual_seed(case["seed"])
+    features = _features(case, feature_dtype, device, gen)
+    masks = _masks(case, features, device, gen)
+    present = _present(case, device, gen)
+    before = [x.clone() for x in features]
+    overlapping = [i for i, x in enumerate(features) if x.numel() > 1 and torch._debug_has_internal_overlap(x) == 1]
+    with torch.no_grad():
+        if overlapping:
+            with pytest.raises(ValueError, match=rf"features\[{overlapping[0]}\]: more than one element"):
+                module.calibrate_(features, masks, present)
+            for x, b in zip(features, before):
+                assert torch.equal(x, b), "a refused call wrote a feature"
+            return
+        returned, diagnostics = module.calibrate_(features, masks, present, return_diagnostics=True)
+    oracle = copy.deepcopy(module).double()
+    oracle.backend = "reference"
+    with torch.no_grad():
+        want, want_diagnostics = oracle([b.double() for b in before], masks, present, return_diagnostics=True)
+    assert all(r is x for r, x in zip(returned, features, strict=True))
+    for i, (x, w) in enumerate(zip(features, want)):
+        assert_close(x, w, feature_dtype, f"features[{i}] after calibrate_")
+    for key, got in diagnostics.items():
+        for j, (a, e) in enumerate(zip(got, want_diagnostics[key]) if isinstance(got, list) else [(got, want_diagnostics[key])]):
+            assert_close(a, e, a.dtype, f"{key}[{j}]")
