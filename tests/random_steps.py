@@ -1,19 +1,24 @@
-"""Random whole calls (steps 1-7, forward and backward) for a kernel backend
-against its float64 reference copy: the hypothesis strategy and the check,
-shared by the CPU and Triton test files.
+"""Random whole calls (steps 1-7, forward and backward, and ``calibrate_``)
+for a kernel backend against its float64 reference copy: the hypothesis
+strategy and the checks, shared by the cpu, triton and cuda test files.
 
-A case draws what the curated cases fix: 2-5 modalities in either layout,
-channel counts on both sides of the vector widths, empty sequences and empty
-spatial maps, B = 0-4, odd ``d`` and ``r``, every feature / parameter dtype
-pair, and per modality a memory layout (contiguous, channels moved to the
-front of memory, channels every other element, channels-last, one sample
-broadcast over the batch). With ``zero_first``, modality 0's projection bias
-and sample 0's features of it are zeros: ``h = 0``, so the norm is clamped,
-``u = 0`` and every agreement with it is exactly 0 (relu's kink). Masks may
-leave a whole row empty (its summary is zero) or be non-contiguous;
-with ``strided_params`` the call goes through ``functional.calibrate`` with
-every weight stored transposed and every vector at every other element; ``present`` may be absent, random, all False or
-one modality per sample; the features may be frozen (no ``dX`` pass).
+A case draws what the curated cases fix:
+- 2-5 modalities in either layout; channel counts on both sides of the
+  vector widths and of the CPU's register sums (up to 128 floats a row);
+  empty sequences and empty spatial maps; B = 0-4; odd ``d`` and ``r``;
+  every feature / parameter dtype pair;
+- per modality a memory layout: contiguous, channels first in memory,
+  channels at every other element, channels-last, one sample broadcast over
+  the batch;
+- masks that leave a whole row empty (its summary is zero) or are stored
+  transposed; ``present`` absent, random, all False or one modality per
+  sample; frozen features (no ``dX`` pass);
+- ``strided_params``: the call goes through ``functional.calibrate`` with
+  every weight stored transposed and every vector at every other element;
+- ``first_row``: modality 0's projection bias zero, and sample 0's features
+  of it zeros (``h = 0``: the norm is clamped, ``u = 0`` and every agreement
+  with it sits at relu's kink) or scaled by 1e-9 (``0 < ||h|| < eps``: ``u``
+  is ``h / eps``, and the normalisation's backward keeps its radial term).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ PRESENCE = ["none", "random", "all-missing", "one-present"]
 def step_cases(draw, max_modalities=5, max_positions=9, dtype_pairs=tuple(DTYPE_PAIRS)):
     num = draw(st.integers(2, max_modalities))
     layouts = [draw(st.sampled_from(["sequence", "spatial"])) for _ in range(num)]
-    dims = [draw(st.sampled_from([1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33])) for _ in range(num)]
+    dims = [draw(st.sampled_from([1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 65, 129, 257])) for _ in range(num)]
     positions = [
         draw(st.integers(0, max_positions)) if lay == "sequence"
         else tuple(draw(st.lists(st.integers(0, 4) if draw(st.booleans()) else st.integers(1, 4), max_size=3)))
@@ -58,8 +63,8 @@ def step_cases(draw, max_modalities=5, max_positions=9, dtype_pairs=tuple(DTYPE_
         dtypes=draw(st.sampled_from(list(dtype_pairs))),
         memory=[draw(st.sampled_from(MEMORY)) for _ in range(num)],
         masks=draw(st.sampled_from(MASKS)), presence=draw(st.sampled_from(PRESENCE)),
-        frozen=draw(st.booleans()), zero_first=draw(st.booleans()), strided_params=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)),
+        frozen=draw(st.booleans()), strided_params=draw(st.booleans()),
+        first_row=draw(st.sampled_from(["as drawn", "zero", "tiny"])), seed=draw(st.integers(0, 2**16)),
     )  # fmt: skip
 
 
@@ -130,11 +135,11 @@ def check_random_step(case, backend, device="cpu"):
     gen = torch.Generator().manual_seed(case["seed"])
     features = _features(case, feature_dtype, device, gen)
     # Not with half features: dX there is about ds / eps = 1e6 ds, past float16's range.
-    if case["zero_first"] and case["batch"] and feature_dtype in (torch.float32, torch.float64):
+    if case["first_row"] != "as drawn" and case["batch"] and feature_dtype in (torch.float32, torch.float64):
         with torch.no_grad():
             module.proj[0].bias.zero_()
         first = features[0].clone()  # not in place: a broadcast view shares sample 0's memory
-        first[0] = 0
+        first[0] = 0 if case["first_row"] == "zero" else first[0] * 1e-9
         features[0] = first
     masks = _masks(case, features, device, gen)
     present = _present(case, device, gen)
