@@ -30,7 +30,7 @@ import torch
 from hypothesis import strategies as st
 
 from conftest import random_grads, run_float64_oracle
-from mmcal_kernels import GateParams, functional
+from mmcal_kernels import GateParams, PreFusionCalibration, functional
 from mmcal_kernels.compare import assert_close, assert_runs_close, randomize_
 
 # feature dtype, parameter dtype: the compute dtype is their promotion with float32.
@@ -122,12 +122,8 @@ def _present(case, device, gen):
     return (torch.rand((batch, num), generator=gen) > 0.25).to(device)
 
 
-def check_random_step(case, backend, device="cpu"):
-    """One random call through ``backend``'s module, forward and backward,
-    against the float64 reference copy at the feature dtype's tolerances
-    (parameter gradients at their own dtype's)."""
-    from mmcal_kernels import PreFusionCalibration
-
+def _random_call(case, backend, device):
+    """The case's module (every parameter random) and its arguments."""
     feature_dtype, param_dtype = DTYPE_PAIRS[case["dtypes"]]
     module = PreFusionCalibration(case["dims"], shared_dim=case["shared_dim"], hidden_dim=case["hidden_dim"],
                                   layouts=case["layouts"], backend=backend)  # fmt: skip
@@ -141,15 +137,20 @@ def check_random_step(case, backend, device="cpu"):
         first = features[0].clone()  # not in place: a broadcast view shares sample 0's memory
         first[0] = 0 if case["first_row"] == "zero" else first[0] * 1e-9
         features[0] = first
-    masks = _masks(case, features, device, gen)
-    present = _present(case, device, gen)
+    return module, features, _masks(case, features, device, gen), _present(case, device, gen)
+
+
+def check_random_step(case, backend, device="cpu"):
+    """One random call through ``backend``'s module, forward and backward,
+    against the float64 reference copy at the feature dtype's tolerances
+    (parameter gradients at their own dtype's)."""
+    module, features, masks, present = _random_call(case, backend, device)
     grads = random_grads(features, seed=case["seed"] + 1)
-    names = [n for n, _ in module.named_parameters()]
     want = run_float64_oracle(module, features, masks, present, grads)
     if case["frozen"]:  # no dX pass; the parameters still get their gradients
         want = (want[0], want[1], [None] * len(features) + want[2][len(features) :])
     got = _run(module, features, masks, present, grads, case["frozen"], case["strided_params"])
-    assert_runs_close(got, want, feature_dtype, [n for n, _ in module.named_parameters()])
+    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
     for x, y, g in zip(features, got[0], got[2]):
         assert y.dtype == x.dtype and y.shape == x.shape
         assert g is None if case["frozen"] else (g.dtype == x.dtype and g.shape == x.shape)
@@ -190,20 +191,11 @@ def _run(module, features, masks, present, grads, frozen, strided_params):
 
 def check_random_in_place(case, backend, device="cpu"):
     """``calibrate_`` on the same random calls, under no_grad: each feature
-    holds the reference's output afterwards (the float64 reference rounded
-    at the features' tolerance), with the diagnostics; a feature whose
+    holds the float64 reference's output afterwards (within its dtype's
+    tolerance), and the diagnostics match; a feature whose
     elements overlap (one sample broadcast over the batch) is refused, as
     ``Tensor.mul_`` refuses it, and nothing is written."""
-    from mmcal_kernels import PreFusionCalibration
-
-    feature_dtype, param_dtype = DTYPE_PAIRS[case["dtypes"]]
-    module = PreFusionCalibration(case["dims"], shared_dim=case["shared_dim"], hidden_dim=case["hidden_dim"],
-                                  layouts=case["layouts"], backend=backend)  # fmt: skip
-    module = randomize_(module, seed=case["seed"]).to(device=device, dtype=param_dtype)
-    gen = torch.Generator().manual_seed(case["seed"])
-    features = _features(case, feature_dtype, device, gen)
-    masks = _masks(case, features, device, gen)
-    present = _present(case, device, gen)
+    module, features, masks, present = _random_call(case, backend, device)
     before = [x.clone() for x in features]
     overlapping = [i for i, x in enumerate(features) if x.numel() > 1 and torch._debug_has_internal_overlap(x) == 1]
     with torch.no_grad():
@@ -220,7 +212,8 @@ def check_random_in_place(case, backend, device="cpu"):
         want, want_diagnostics = oracle([b.double() for b in before], masks, present, return_diagnostics=True)
     assert all(r is x for r, x in zip(returned, features, strict=True))
     for i, (x, w) in enumerate(zip(features, want)):
-        assert_close(x, w, feature_dtype, f"features[{i}] after calibrate_")
-    for key, got in diagnostics.items():
-        for j, (a, e) in enumerate(zip(got, want_diagnostics[key]) if isinstance(got, list) else [(got, want_diagnostics[key])]):
+        assert_close(x, w, x.dtype, f"features[{i}] after calibrate_")
+    for key, got in diagnostics.items():  # a tensor, or a list of them (dimension_gates)
+        pairs = zip(got, want_diagnostics[key], strict=True) if isinstance(got, list) else [(got, want_diagnostics[key])]
+        for j, (a, e) in enumerate(pairs):
             assert_close(a, e, a.dtype, f"{key}[{j}]")
