@@ -94,11 +94,26 @@ T two_sigmoid(T x) {
 // torch's own (multi-accumulator) reductions keep. The squared norm is the
 // exception (below): it stays in ct, so that ||h|| overflows where the
 // reference's does and u = 0 there.
+//
+// kLanes independent accumulators, combined in a fixed order (so the same
+// bits on every run): one running sum is a chain of dependent adds, each
+// waiting for the last (about 4 cycles), where eight chains overlap.
+constexpr int64_t kLanes = 8;
+
+template <typename Acc, typename F>
+Acc lane_sum(int64_t n, F term) {
+  Acc acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += term(j + k);
+  for (int64_t k = 0; j < n; ++j, ++k) acc[k] += term(j);
+  static_assert(kLanes == 8, "the combine below names eight lanes");
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 template <typename T>
 T dot(const T* a, const T* b, int64_t n) {
-  double acc = 0;
-  for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(a[j]) * static_cast<double>(b[j]);
-  return static_cast<T>(acc);
+  return static_cast<T>(lane_sum<double>(n, [&](int64_t j) { return static_cast<double>(a[j]) * static_cast<double>(b[j]); }));
 }
 
 // k_m = max(1, sum_{n != m} pi[b, n]) and the weights w[m, n] of one sample.
@@ -204,11 +219,8 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
         for (int64_t m = 0; m < M; ++m) {
           const T* hm = hp + (m * B + b) * d;
           T* um = up + (b * M + m) * d;
-          T squares = 0;
-          for (int64_t j = 0; j < d; ++j) {
-            um[j] = hm[j] + bias[m][j];
-            squares += um[j] * um[j];
-          }
+          for (int64_t j = 0; j < d; ++j) um[j] = hm[j] + bias[m][j];
+          const T squares = lane_sum<T>(d, [&](int64_t j) { return um[j] * um[j]; });
           const T n = std::sqrt(squares);
           const T clamped = std::max(n, eps);
           np[b * M + m] = n;
@@ -348,13 +360,12 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
             dap[b * M + m] = 0;
             continue;
           }
-          double d_ig = 0;
+          const T d_ig = dot(g + b * D, dg + b * D, D);
           for (int64_t j = 0; j < D; ++j) {
             const T gj = g[b * D + j], dgj = dg[b * D + j];
-            d_ig += static_cast<double>(gj) * static_cast<double>(dgj);
             dzm[b * D + j] = gj * ig * dgj * (T(1) - T(0.5) * dgj);  // d(2 sigmoid(z))/dz = dg (1 - dg / 2)
           }
-          dap[b * M + m] = static_cast<T>(d_ig) * ig * (T(1) - T(0.5) * ig);
+          dap[b * M + m] = d_ig * ig * (T(1) - T(0.5) * ig);
         }
       }
     });
