@@ -5,7 +5,11 @@ checkout, and runs the tests that guard that kernel there, stopping at their
 first failure. Every mutant must fail a test: one that passes is a gap in the tests (or an
 edit that changes nothing, which then does not belong in the list).
 
-    python tests/mutant_sweep.py [--only NAME ...] [--list]
+    python tests/mutant_sweep.py [--only NAME ...] [--tests FILE ...] [--list]
+
+``--tests`` runs the given test files instead of each target's own (in the
+target's environment): how strong one file is alone, e.g. the random whole
+calls against the CPU mutants (docs/testing.md, "Random whole calls").
 
 The copy goes to $MMCAL_MUTANT_DIR (default /tmp/mmcal-mutant-sweep), so the
 checkout is never edited; the copy is built once (`setup.py build_ext
@@ -290,8 +294,9 @@ def stale(mutants, root: Path) -> list[str]:
     return [f"{m.name}: its pattern occurs {n} times in {m.path}" for m, n in counts if n != 1]
 
 
-def run_tests(copy: Path, target: str, log: Path) -> bool:
+def run_tests(copy: Path, target: str, log: Path, only_files=None) -> bool:
     files, extra_env = TARGETS[target]
+    files = only_files or files
     env = dict(os.environ, PYTHONPATH=str(copy), **extra_env)
     with open(log, "w") as out:
         done = subprocess.run([sys.executable, "-m", "pytest", *files, "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"],
@@ -308,6 +313,7 @@ def first_failure(log: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="mutants whose name contains any of these")
+    parser.add_argument("--tests", nargs="+", metavar="FILE", help="run these test files instead of each target's own")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
     args = parser.parse_args()
     mutants = [m for m in MUTANTS if not args.only or any(part in m.name for part in args.only)]
@@ -328,7 +334,7 @@ def main() -> int:
     build(copy)
     for target in sorted({m.target for m in mutants}):
         log = copy / f"mutant-baseline-{target}.log"
-        if not run_tests(copy, target, log):
+        if not run_tests(copy, target, log, args.tests):
             print(f"the {target} tests fail on the unmutated copy: see {log}", file=sys.stderr)
             return 255
     missed = 0
@@ -341,7 +347,7 @@ def main() -> int:
             if m.path.startswith("csrc/") and m.path.endswith((".cpp", ".h")):  # a .cu is the emulation's to rebuild
                 build(copy)
             log = copy / f"mutant-{i}.log"
-            if run_tests(copy, m.target, log):
+            if run_tests(copy, m.target, log, args.tests):
                 missed += 1
                 print(f"NOT NOTICED: {m.name}: every test passed", flush=True)
             else:
