@@ -5,7 +5,8 @@ strategy and the checks, shared by the cpu, triton and cuda test files.
 A case draws what the curated cases fix:
 - 2-5 modalities in either layout; channel counts on both sides of the
   vector widths and of the CPU's register sums (up to 128 floats a row);
-  empty sequences and empty spatial maps; B = 0-4; odd ``d`` and ``r``;
+  empty sequences; spatial maps of 0-3 trailing dims of 0-6 (so NCHW rows
+  both shorter and longer than a vector); B = 0-4; odd ``d`` and ``r``;
   every feature / parameter dtype pair;
 - per modality a memory layout: contiguous, channels first in memory,
   channels at every other element, channels-last, one sample broadcast over
@@ -56,7 +57,7 @@ def step_cases(draw, max_modalities=5, max_positions=9, dtype_pairs=tuple(DTYPE_
     dims = [draw(st.sampled_from([1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 65, 129, 257])) for _ in range(num)]
     positions = [
         draw(st.integers(0, max_positions)) if lay == "sequence"
-        else tuple(draw(st.lists(st.integers(0, 4) if draw(st.booleans()) else st.integers(1, 4), max_size=3)))
+        else tuple(draw(st.lists(st.integers(0, 6) if draw(st.booleans()) else st.integers(1, 6), max_size=3)))
         for lay in layouts
     ]  # fmt: skip
     return dict(
