@@ -1,5 +1,6 @@
 """The C++ CPU backend's whole step on random calls (tests/random_steps.py says
-what a case draws), forward and backward, against the float64 reference."""
+what a case draws), forward and backward and in place, against the float64
+reference."""
 
 import pytest
 from hypothesis import HealthCheck, given, settings

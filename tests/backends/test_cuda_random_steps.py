@@ -1,7 +1,7 @@
 """The CUDA backend's whole step on random calls (tests/random_steps.py says
-what a case draws), forward and backward, against the float64 reference, on
-a GPU (skipped without one; benchmarks/gpu/check.sh runs it). No float64
-features: the CUDA kernels take float32, float16 and bfloat16."""
+what a case draws), forward and backward and in place, against the float64
+reference, on a GPU (skipped without one; benchmarks/gpu/check.sh runs it).
+No float64 features: the CUDA kernels take float32, float16 and bfloat16."""
 
 import pytest
 import torch

@@ -1,8 +1,8 @@
 """The Triton backend's whole step on random calls (tests/random_steps.py says
-what a case draws), forward and backward, against the float64 reference. Fewer
-cases than the CPU file's: the interpreter runs each launch in Python, and on a
-GPU each new shape compiles its kernels (about a second each), inside the
-GPU script's 45 s a test."""
+what a case draws), forward and backward and in place, against the float64
+reference. Fewer cases than the CPU file's: the interpreter runs each launch
+in Python, and on a GPU each new shape compiles its kernels (about a second
+each), inside the GPU script's 45 s a test."""
 
 from hypothesis import HealthCheck, given, settings
 
