@@ -7,11 +7,13 @@
   at zero, which makes every gradient through the summaries and cues exactly
   zero: an equivalence test at initialisation cannot fail.
 * ``random_case``: features, masks and presence, never zeros.
+* ``reference_copy``: a module's copy on the reference backend (the oracle).
 * ``assert_close``: fails saying where and by how much two tensors differ.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence, Union
 
 import torch
@@ -44,6 +46,16 @@ def randomize_(module: nn.Module, seed: int = 0, std: float = 0.5) -> nn.Module:
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
     return module
+
+
+def reference_copy(module: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A deep copy of ``module`` (tied layers stay tied) that computes with the
+    reference backend, in ``dtype`` when given: the oracle of a comparison."""
+    oracle = copy.deepcopy(module)
+    if dtype is not None:
+        oracle = oracle.to(dtype)
+    oracle.backend = "reference"
+    return oracle
 
 
 def _random(shape, dtype, device, gen) -> Tensor:

@@ -8,13 +8,12 @@ so every gradient path is live.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from .module import PreFusionCalibration
-from .compare import assert_close, assert_runs_close, forward_backward, randomize_, random_case
+from .compare import assert_close, assert_runs_close, forward_backward, randomize_, random_case, reference_copy
 
 DIMS = (6, 5, 3)
 LAYOUTS = ("sequence", "spatial", "spatial")
@@ -35,8 +34,7 @@ def check_backend(backend: str, device: str = "cpu", dtype: torch.dtype = torch.
     diagnostics, and the gradients of features and parameters."""
     try:
         module = randomize_(PreFusionCalibration(DIMS, shared_dim=4, hidden_dim=5, layouts=LAYOUTS, backend=backend))
-        oracle = copy.deepcopy(module).double()
-        oracle.backend = "reference"
+        oracle = reference_copy(module, torch.float64)
         # float64 features get float64 parameters; the others keep float32
         # parameters, as in mixed precision.
         module = module.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)

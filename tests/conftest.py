@@ -2,7 +2,6 @@
 at their zero initialisation every gradient through steps 1-5 is zero, and a
 test there cannot fail."""
 
-import copy
 import os
 
 import pytest
@@ -18,7 +17,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from mmcal_kernels import PreFusionCalibration  # noqa: E402
-from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_
+from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_, reference_copy
 
 
 def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0, dtype=torch.float64, backend="reference"):
@@ -56,8 +55,7 @@ def random_grads(outputs, seed=123):
 
 def run_float64_oracle(module, features, masks, present, grad_outputs):
     """``forward_backward`` of a float64 reference copy of ``module`` on float64 copies of the inputs."""
-    oracle = copy.deepcopy(module).double()
-    oracle.backend = "reference"
+    oracle = reference_copy(module, torch.float64)
     return forward_backward(oracle, [x.double() for x in features], masks, present, [g.double() for g in grad_outputs])
 
 

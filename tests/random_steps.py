@@ -26,7 +26,6 @@ A case draws what the curated cases fix:
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -34,7 +33,8 @@ from hypothesis import strategies as st
 
 from conftest import random_grads, run_float64_oracle
 from mmcal_kernels import GateParams, PreFusionCalibration, functional
-from mmcal_kernels.compare import TOLERANCES, assert_close, assert_runs_close, randomize_
+from mmcal_kernels.compare import TOLERANCES, assert_close, assert_runs_close, randomize_, reference_copy
+from mmcal_kernels.spec import DIAGNOSTIC_TENSORS
 
 # feature dtype, parameter dtype: the compute dtype is their promotion with float32.
 DTYPE_PAIRS = {
@@ -160,9 +160,7 @@ def check_random_step(case, backend, device="cpu"):
         # the reference's own torch ops too. Then the bar is the reference's
         # own error in the same dtypes on that tensor, 64 times over: a
         # rounding difference, not a wrong formula (which errs by O(1)).
-        reference = copy.deepcopy(module)
-        reference.backend = "reference"
-        in_dtype = _run(reference, features, masks, present, grads, case["frozen"], case["strided_params"])
+        in_dtype = _run(reference_copy(module), features, masks, present, grads, case["frozen"], case["strided_params"])
         _assert_within_reference_error(got, in_dtype, want, beyond_the_table)
     for x, y, g in zip(features, got[0], got[2]):
         assert y.dtype == x.dtype and y.shape == x.shape
@@ -172,7 +170,7 @@ def check_random_step(case, backend, device="cpu"):
 def _flat_tensors(run):
     """Every tensor of a ``_run`` result, in order (None where a gradient is None)."""
     outputs, diagnostics, grads = run
-    named = [diagnostics[k] for k in ("agreement", "support", "conflict", "instance_gate")]
+    named = [diagnostics[k] for k in DIAGNOSTIC_TENSORS]
     return [*outputs, *named, *diagnostics["dimension_gates"], *grads]
 
 
@@ -246,14 +244,14 @@ def check_random_in_place(case, backend, device="cpu"):
                 assert torch.equal(x, b), "a refused call wrote a feature"
             return
         returned, diagnostics = module.calibrate_(features, masks, present, return_diagnostics=True)
-    oracle = copy.deepcopy(module).double()
-    oracle.backend = "reference"
     with torch.no_grad():
+        oracle = reference_copy(module, torch.float64)
         want, want_diagnostics = oracle([b.double() for b in before], masks, present, return_diagnostics=True)
     assert all(r is x for r, x in zip(returned, features, strict=True))
     for i, (x, w) in enumerate(zip(features, want)):
         assert_close(x, w, x.dtype, f"features[{i}] after calibrate_")
-    for key, got in diagnostics.items():  # a tensor, or a list of them (dimension_gates)
-        pairs = zip(got, want_diagnostics[key], strict=True) if isinstance(got, list) else [(got, want_diagnostics[key])]
-        for j, (a, e) in enumerate(pairs):
-            assert_close(a, e, a.dtype, f"{key}[{j}]")
+    pairs = [(key, diagnostics[key], want_diagnostics[key]) for key in DIAGNOSTIC_TENSORS]
+    dims = zip(diagnostics["dimension_gates"], want_diagnostics["dimension_gates"], strict=True)
+    pairs += [(f"dimension_gates[{m}]", a, e) for m, (a, e) in enumerate(dims)]
+    for name, a, e in pairs:
+        assert_close(a, e, a.dtype, name)

@@ -6,7 +6,7 @@ import torch
 
 from conftest import assert_compiled_matches_eager, make_module
 from mmcal_kernels import backends
-from mmcal_kernels.compare import random_case
+from mmcal_kernels.compare import random_case, reference_copy
 
 pytestmark = pytest.mark.compile
 
@@ -134,14 +134,11 @@ def test_one_tensor_in_several_slots_trains_under_fullgraph(backend):
     ("autograd.Function.apply: duplicate tensor input"; graph breaks without
     it). Compiled, every gradient equals the eager reference's, a tensor used
     twice getting the sum of both uses."""
-    import copy
-
     torch._dynamo.reset()
     dims, layouts = [4, 4, 3], ["sequence", "sequence", "spatial"]
     module = make_module(dims, layouts, seed=52, dtype=torch.float32, backend=backend)
     module.gate_hidden[1] = module.gate_hidden[0]  # one Linear in two modalities' slots
-    reference = copy.deepcopy(module)  # keeps the tie
-    reference.backend = "reference"
+    reference = reference_copy(module)  # keeps the tie
     features, masks, present = random_case(dims, layouts, batch=3, positions=[6, 6, (2, 3)], dtype=torch.float32, seed=53)
     shared_mask = torch.rand(3, 6, generator=torch.Generator().manual_seed(54)) > 0.3
     x = features[0].detach().requires_grad_()
