@@ -84,6 +84,9 @@ MUTANTS = [
            "const T clamped = std::max(n, eps);\n          np[b * M + m] = n;", "const T clamped = n;\n          np[b * M + m] = n;"),
     Mutant("cpu: radial term kept below eps", "cpu", CPU,
            "const T radial = n >= eps ? dot(um, dum, d) : T(0);", "const T radial = dot(um, dum, d);"),
+    Mutant("cpu: normalisation's backward as autograd's formula (rounds at d = 1)", "cpu", CPU,
+           "dhm[j] = (dum[j] - um[j] * radial) / clamped;",
+           "dhm[j] = dum[j] / clamped - um[j] * clamped * (radial * clamped) / (clamped * clamped * clamped);"),
     Mutant("cpu: backward divides by norm + eps", "cpu", CPU,
            "const T clamped = std::max(n, eps);\n          T* dhm", "const T clamped = n + eps;\n          T* dhm"),
     # Step 3: relu'(0) = 0, the weights of the other modalities, k = max(1, ...).
