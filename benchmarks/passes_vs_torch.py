@@ -6,7 +6,7 @@ is faster. Where bytes from DRAM set the time (the benchmark's rotating
 inputs), both sides meet at the copy bandwidth; this table shows what each
 side costs beyond that, per row and per call.
 
-    python benchmarks/passes_vs_torch.py [--threads 1] [--workloads mosei-aligned cremad-resnet18]
+    python benchmarks/passes_vs_torch.py [--threads 1] [--workloads mosei-aligned cremad-resnet18] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def _per_sample(t, x, layout):
     return t.unsqueeze(1) if layout == "sequence" else t.reshape(t.shape + (1,) * (x.dim() - 2))
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def torch_passes(layouts, ct):
     """The four passes as a user would write them in eager torch ops."""
 
@@ -40,7 +43,7 @@ def torch_passes(layouts, ct):
 
     def gate_grads(dys, xs):
         dims = lambda x, lay: 1 if lay == "sequence" else tuple(range(2, x.dim()))  # noqa: E731
-        return [(dy * x).sum(dims(x, lay)) for dy, x, lay in zip(dys, xs, layouts)]
+        return [(dy.to(ct) * x.to(ct)).sum(dims(x, lay)) for dy, x, lay in zip(dys, xs, layouts)]  # in ct, as the spec's
 
     def input_grads(xs, dys, gates, masks, dss):
         out = []
@@ -48,7 +51,7 @@ def torch_passes(layouts, ct):
             term = _per_sample(ds / spec.position_counts(x, lay, m, ct), x, lay)
             if m is not None:
                 term = torch.where(m.unsqueeze(-1), term, 0.0)
-            out.append(torch.addcmul(term, dy, _per_sample(g, x, lay)))
+            out.append(torch.addcmul(term, dy, _per_sample(g, x, lay)).to(x.dtype))  # dX in the features' dtype
         return out
 
     return summaries, modulate, gate_grads, input_grads
@@ -82,16 +85,18 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=["mosei-aligned", "mosei-unaligned", "cremad-resnet18"],
                         choices=sorted(WORKLOADS))  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the features' dtype (ct is float32)")
     parser.add_argument("--calls", type=int, default=50, help="calls a timed round")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds; the median counts")
     parser.add_argument("--out", default=None, help="also append the report to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dtype = ct = torch.float32
+    dtype, ct = DTYPES[args.dtype], torch.float32
+    tol = 1e-4 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps  # one rounding to the dtype apart at most
     lines = [
         f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
         f"kernels {torch.ops.mmcal.cpu_capability()}",
-        "float32, inputs in cache; median of rounds, microseconds a call of all modalities; torch / kernel",
+        f"{args.dtype} features, float32 compute, inputs in cache; median of rounds, microseconds a call of all modalities; torch / kernel",
         f"{'workload':18s} {'pass':12s} {'kernel':>9s} {'torch':>9s} {'ratio':>6s}",
     ]
     print("\n".join(lines), flush=True)
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
             got = [t.double() for t in fns["kernel"](*args_of[pass_name])]
             want = [t.double() for t in fns["torch"](*args_of[pass_name])]
             for a, b in zip(got, want):  # the same arithmetic on both sides, or the ratio means nothing
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol)
             us = {side: median_us(lambda f=f: f(*args_of[pass_name]), args.calls, args.rounds) for side, f in fns.items()}
             line = f"{name:18s} {pass_name:12s} {us['kernel']:9.1f} {us['torch']:9.1f} {us['torch'] / us['kernel']:6.2f}"
             lines.append(line)

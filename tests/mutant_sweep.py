@@ -62,6 +62,7 @@ class Mutant:
 CPU = "csrc/cpu/gate_network.cpp"
 SUMS = "csrc/cpu/reductions.h"
 MAPS = "csrc/cpu/elementwise.h"
+VEC = "csrc/cpu/vec_block.h"
 CUDA = "csrc/cuda/gate_network.cu"
 TRITON = "mmcal_kernels/backends/triton/gate_network.py"
 CUDA_SUMS = "csrc/cuda/reductions.cu"
@@ -128,13 +129,13 @@ MUTANTS = [
     Mutant("cpu passes: the mean's count includes padding", "cpu-passes", SUMS,
            "count += valid(a.mask, a.mask_sB, a.mask_sP, b, p) ? 1 : 0;", "count += 1;"),
     Mutant("cpu passes: an NCHW row's sum drops its last position", "cpu-passes", SUMS,
-           "for (int64_t p = full; p < P; ++p) total +=", "for (int64_t p = full; p < P - 1; ++p) total +="),
+           "load_terms_part(xr, gr, full, P - full, v);", "load_terms_part(xr, gr, full, P - full - 1, v);"),
     Mutant("cpu passes: a padded position gets the ds term", "cpu-passes", MAPS,
            "if (valid(a.mask, a.mask_sB, a.mask_sP, b, p))\n              map_channels_last_rows", "if (true)\n              map_channels_last_rows"),
-    Mutant("cpu passes: a channels-last row's scalar tail skipped", "cpu-passes", MAPS,
-           "for (int64_t j = span.full; j < n; ++j) one(j);", "for (int64_t j = span.full; j < n - 1; ++j) one(j);"),
+    Mutant("cpu passes: a row's last partial block skipped", "cpu-passes", MAPS,
+           "for (int64_t j = span.full; j < n; j += W) {", "for (int64_t j = span.full; j + W <= n; j += W) {"),
     Mutant("cpu passes: a run of NCHW channels ends on the first channel's gate", "cpu-passes", MAPS,
-           "const int64_t last = d1 - 1;", "const int64_t last = d0;"),
+           "V::loadu(src + i, n - i) * V(gate_of(d1 - 1));", "V::loadu(src + i, n - i) * V(gate_of(d0));"),
     Mutant("cpu passes: a vector crossing two channels takes the second's gate for all lanes", "cpu-passes", MAPS,
            "const V g1 = V::blendv(V(gate_of(d + 1)), g, first);", "const V g1(gate_of(d + 1));"),
     # The same branches in the CUDA kernels (emulated) and the Triton ones (interpreted).
@@ -206,23 +207,27 @@ MUTANTS = [
     # Added in the thirteenth session with the fixes they guard.
     Mutant("cpu passes: the channels-last sum back to two levels", "cpu-passes", SUMS,
            "if (++parts_in_mid < kBlockRows) return;", "if (++parts_in_mid < 1) return;"),
-    # Added in the fifteenth session: a row's last partial vector (float, double) in one masked load and store.
+    # Added in the fifteenth session: a row's last partial vector (float, double) in one masked load and store;
+    # the seventeenth made it a partial block for the half types too.
     Mutant("cpu passes: a row's partial vector stores one lane short", "cpu-passes", MAPS,
-           "v.store(out + j, count);", "v.store(out + j, count - 1);"),
+           "B::store_part(out + j, count, v);", "B::store_part(out + j, count - 1, v);"),
     Mutant("cpu passes: a streamed row's rest taken as one partial vector (AVX2: 8 lanes, a line is 16)",
-           "cpu-passes", MAPS, "for (int64_t j = span.full; j < n; j += V::size())", "for (int64_t j = span.full; j < n; j += n)"),
+           "cpu-passes", MAPS, "for (int64_t j = span.full; j < n; j += W) {", "for (int64_t j = span.full; j < n; j += n) {"),
     Mutant("cpu passes: the ds term left out of a row's partial vector", "cpu-passes", MAPS,
-           "if constexpr (kDs) v = v + part_of(ds, ds_row, j, count);", ""),
+           "if constexpr (kDs)\n      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + part_of(",
+           "if constexpr (false)\n      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + part_of("),
     Mutant("cpu passes: a channels-last row's partial vector reads gate and ds from the row's start", "cpu-passes",
-           MAPS, "return kPerLane ? V::loadu(t + j, count) : row;", "return kPerLane ? V::loadu(t, count) : row;"),
+           MAPS, "V::loadu(t + j, count) : V(Acc(0))", "V::loadu(t, count) : V(Acc(0))"),
     Mutant("cpu passes: a channels-last sum drops the row's partial vector", "cpu-passes", SUMS,
-           "V v = V::loadu(xr + full, n - full);", "V v(Acc(0));"),
+           "load_terms_part(xr, gr, full, n - full, v);", "for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));"),
     Mutant("cpu passes: a short row's register sum drops its partial vector", "cpu-passes", SUMS,
-           "V v = V::loadu(xr + (NV - 1) * L, last);", "V v(T(0));"),
+           "load_terms_part(xr, gr, (NB - 1) * W, last, v);", "for (int i = 0; i < K; ++i) v[i] = V(Acc(0));"),
     Mutant("cpu passes: a short row's register sum back to two levels", "cpu-passes", SUMS,
            "if (++parts_in_mid == kBlockRows) {", "if (++parts_in_mid == 1) {"),
     Mutant("cpu passes: the partial vector of the gate gradient reads no dY", "cpu-passes", SUMS,
-           "if (gr) v = v * V::loadu(gr + full, n - full);", ""),
+           "    B::load_part(dy + i, count, g);\n    for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];", "    (void)g;"),
+    Mutant("cpu passes: a half type's partial block loads only its first float vector's lanes", "cpu-passes", VEC,
+           "Vectorized<H>::loadu(p, count)", "Vectorized<H>::loadu(p, std::min<int64_t>(count, Vectorized<float>::size()))"),
     Mutant("triton passes: a tile's running sums never join the total early", "triton-passes", TRITON_SUMS,
            "% PART_TILES == PART_TILES - 1:", "% PART_TILES == PART_TILES:"),
     Mutant("cuda: relu(NaN) taken as 0 in the support", "cuda-emulated", CUDA,

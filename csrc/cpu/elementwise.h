@@ -38,9 +38,10 @@ inline void store_block(const MapArgs& a, T* out, const Vectorized<typename Bloc
 // the null pointer, whose masked-off lanes fault and are suppressed by a
 // microcode assist on every row (AMD EPYC: modulate of MOSEI's 74-wide audio
 // 4-6x slower than torch's own broadcast multiply). No load is emitted for a
-// term a variant lacks. A row's last partial vector is one masked load and
+// term a variant lacks. A row's last partial block is one masked load and
 // store (at::vec's loadu/store with a count), not element by element: the
-// 10-element tail of a 74-wide row cost as much as its 4 full vectors.
+// 10-element tail of a 74-wide row cost as much as its 4 full vectors. Half
+// types too: one 16-bit load of up to kWidth elements, converted to floats.
 // Inlined into each caller's loop over rows, where the two row bodies stood before they were one.
 template <typename T, bool kSrc, bool kDs, bool kPerLane>
 inline __attribute__((always_inline)) void map_row(const MapArgs& a, const T* src, T* out, int64_t n, const typename Block<T>::Acc* gate,
@@ -53,8 +54,9 @@ inline __attribute__((always_inline)) void map_row(const MapArgs& a, const T* sr
   // The term's value at element j, one scalar, a whole vector, or the `count` lanes of a partial one.
   const auto one_of = [](const Acc* t, int64_t j) { return kPerLane ? t[j] : t[0]; };
   const auto vector_of = [](const Acc* t, const V& row, int64_t j) { return kPerLane ? V::loadu(t + j) : row; };
+  // (A half block's second vector may hold none of them: then nothing is read past the row.)
   const auto part_of = [](const Acc* t, const V& row, int64_t j, int64_t count) {
-    return kPerLane ? V::loadu(t + j, count) : row;
+    return kPerLane ? (count > 0 ? V::loadu(t + j, count) : V(Acc(0))) : row;
   };
   const auto one = [&](int64_t j) {
     Acc v = Acc(0);
@@ -76,17 +78,20 @@ inline __attribute__((always_inline)) void map_row(const MapArgs& a, const T* sr
       for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + vector_of(ds, ds_row, j + k * V::size());
     store_block(a, out + j, v);
   }
-  if constexpr (B::kVecs == 1) {  // float, double: the rest in vectors, the last one partial
-    // (more than one when streaming: the rest is then what follows the last whole line)
-    for (int64_t j = span.full; j < n; j += V::size()) {
-      const int64_t count = std::min<int64_t>(V::size(), n - j);
-      V v(Acc(0));
-      if constexpr (kSrc) v = V::loadu(src + j, count) * part_of(gate, gate_row, j, count);
-      if constexpr (kDs) v = v + part_of(ds, ds_row, j, count);
-      v.store(out + j, count);
+  // The rest in blocks, the last one partial (more than one block when
+  // streaming: the rest is then what follows the last whole line).
+  for (int64_t j = span.full; j < n; j += W) {
+    const int64_t count = std::min<int64_t>(W, n - j);
+    V v[B::kVecs];
+    if constexpr (kSrc) {
+      B::load_part(src + j, count, v);
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * part_of(gate, gate_row, j + k * V::size(), lanes_of<V>(count, k));
+    } else {
+      for (int k = 0; k < B::kVecs; ++k) v[k] = V(Acc(0));
     }
-  } else {
-    for (int64_t j = span.full; j < n; ++j) one(j);
+    if constexpr (kDs)
+      for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] + part_of(ds, ds_row, j + k * V::size(), lanes_of<V>(count, k));
+    B::store_part(out + j, count, v);
   }
 }
 
@@ -180,12 +185,11 @@ void map_channels_first_run(const MapArgs& a, int64_t b, int64_t d0, int64_t d1)
     }
   }
   // The run's last partial vector: fewer than `lanes` elements, all of the last channel (P >= lanes).
-  const int64_t last = d1 - 1;
-  for (; i < n; ++i) {
-    Acc v = Acc(0);
-    if constexpr (kSrc) v = static_cast<Acc>(src[i]) * gate[last];
-    if constexpr (kDs) v += ds[last];
-    out[i] = static_cast<T>(v);
+  if (i < n) {
+    V v(Acc(0));
+    if constexpr (kSrc) v = V::loadu(src + i, n - i) * V(gate_of(d1 - 1));
+    if constexpr (kDs) v = v + V(ds_of(d1 - 1));
+    v.store(out + i, n - i);
   }
 }
 

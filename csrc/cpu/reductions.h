@@ -64,63 +64,84 @@ inline void load_terms(const T* x, const T* dy, int64_t i, Vectorized<typename B
   }
 }
 
-// Rows of a few vectors (float, double): reduce_channels_last's three
-// accumulators kept in registers across the rows, where its row-sized arrays
-// load and store every vector of every row (MOSEI's 35- and 74-wide summaries
-// ran at about 0.6x torch's mean, one thread). The same sums in the same
-// order; the last vector is partial (1 to V::size() lanes).
-template <typename T, int NV, bool kDy>
+// The first `count` (1 to kWidth) terms at x + i; the block's other lanes are zero.
+template <typename T>
+inline void load_terms_part(const T* x, const T* dy, int64_t i, int64_t count, Vectorized<typename Block<T>::Acc>* v) {
+  using B = Block<T>;
+  B::load_part(x + i, count, v);
+  if (dy) {
+    Vectorized<typename B::Acc> g[B::kVecs];
+    B::load_part(dy + i, count, g);
+    for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];
+  }
+}
+
+// Rows of a few blocks: reduce_channels_last's three accumulators kept in
+// registers across the rows, where its row-sized arrays load and store every
+// vector of every row (MOSEI's 35- and 74-wide summaries ran at about 0.6x
+// torch's mean, one thread). The same sums in the same order; the last block
+// is partial (1 to kWidth elements). A half type's block is two float vectors.
+template <typename T, int NB, bool kDy>
 void reduce_channels_last_in_registers(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
-  using V = Vectorized<T>;
-  constexpr int64_t L = V::size();
+  using B = Block<T>;
+  using Acc = typename B::Acc;
+  using V = Vectorized<Acc>;
+  constexpr int K = B::kVecs, NV = NB * K;
+  constexpr int64_t W = B::kWidth;
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
-  const int64_t last = (d1 - d0) - (NV - 1) * L;
+  const int64_t n = d1 - d0, last = n - (NB - 1) * W;
   // Every loop over k is unrolled by pragma: left to itself GCC kept these
   // arrays on the stack, and each row's adds waited on store-to-load forwards.
   V part[NV], mid[NV], acc[NV];
 #pragma GCC unroll 8
-  for (int k = 0; k < NV; ++k) part[k] = mid[k] = acc[k] = V(T(0));
+  for (int k = 0; k < NV; ++k) part[k] = mid[k] = acc[k] = V(Acc(0));
   int64_t rows_in_part = 0, parts_in_mid = 0;
   for (int64_t p = 0; p < a.vx.P; ++p) {
     if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
     if (rows_in_part == kBlockRows) {
 #pragma GCC unroll 8
-      for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k], part[k] = V(T(0));
+      for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k], part[k] = V(Acc(0));
       rows_in_part = 0;
       if (++parts_in_mid == kBlockRows) {
 #pragma GCC unroll 8
-        for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(T(0));
+        for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(Acc(0));
         parts_in_mid = 0;
       }
     }
     ++rows_in_part;
     const T* xr = x + a.vx.offset(b, p, d0);
     const T* gr = kDy ? dy + a.vdy.offset(b, p, d0) : nullptr;
+    // One flat loop over the whole blocks' vectors, each added as it is loaded.
 #pragma GCC unroll 8
-    for (int k = 0; k < NV - 1; ++k) {
-      V v = V::loadu(xr + k * L);
-      if constexpr (kDy) v = v * V::loadu(gr + k * L);
+    for (int k = 0; k < NV - K; ++k) {
+      V v = B::load_vector(xr, k);
+      if constexpr (kDy) v = v * B::load_vector(gr, k);
       part[k] = part[k] + v;
     }
-    V v = V::loadu(xr + (NV - 1) * L, last);
-    if constexpr (kDy) v = v * V::loadu(gr + (NV - 1) * L, last);
-    part[NV - 1] = part[NV - 1] + v;
+    V v[K];
+    load_terms_part(xr, gr, (NB - 1) * W, last, v);
+    part[NV - K] = part[NV - K] + v[0];
+    if constexpr (K == 2) part[NV - 1] = part[NV - 1] + v[1];
   }
-  const V div(divisor<T>(a, b));
-  T* out = static_cast<T*>(a.out) + b * a.vx.D + d0;
+  const V div(divisor<Acc>(a, b));
+  Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
 #pragma GCC unroll 8
-  for (int k = 0; k < NV; ++k) ((acc[k] + (mid[k] + part[k])) / div).store(out + k * L, k == NV - 1 ? last : L);
+  for (int k = 0; k < NV; ++k)  // vector k holds elements [k L, k L + L) of the row; a store of 0 lanes writes none
+    // (The whole blocks' count is a constant: with every count computed, GCC kept `part` on the stack.)
+    ((acc[k] + (mid[k] + part[k])) / div).store(out + k * V::size(), k < NV - K ? V::size() : lanes_of<V>(last, k - (NV - K)));
 }
 
-// As many vectors as the registers hold three times over with room to spare.
+// As many blocks as the registers hold three times over with room to spare:
+// 8 vectors of the accumulation type where they are 64 bytes, else 4.
 template <typename T>
-inline constexpr int kRegisterRowVectors = sizeof(Vectorized<T>) >= 64 ? 8 : 4;
+inline constexpr int kRegisterRowBlocks =
+    (sizeof(Vectorized<typename Block<T>::Acc>) >= 64 ? 8 : 4) / Block<T>::kVecs;
 
 template <typename T, bool kDy, int... I>
-bool reduce_in_registers(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1, int64_t vectors,
+bool reduce_in_registers(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1, int64_t blocks,
                          std::integer_sequence<int, I...>) {
-  return ((vectors == I + 1 ? (reduce_channels_last_in_registers<T, I + 1, kDy>(a, b, d0, d1), true) : false) || ...);
+  return ((blocks == I + 1 ? (reduce_channels_last_in_registers<T, I + 1, kDy>(a, b, d0, d1), true) : false) || ...);
 }
 
 // Channels contiguous: stream whole rows of x (and dy) into a per-task
@@ -131,13 +152,11 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   using Acc = typename B::Acc;
   using V = Vectorized<Acc>;
   constexpr int64_t W = B::kWidth;
-  if constexpr (B::kVecs == 1) {
-    const int64_t vectors = (d1 - d0 + V::size() - 1) / V::size();
-    constexpr auto counts = std::make_integer_sequence<int, kRegisterRowVectors<T>>{};
-    if (vectors <= kRegisterRowVectors<T>)
-      return void(a.dy ? reduce_in_registers<T, true>(a, b, d0, d1, vectors, counts)
-                       : reduce_in_registers<T, false>(a, b, d0, d1, vectors, counts));
-  }
+  const int64_t blocks = (d1 - d0 + W - 1) / W;
+  constexpr auto counts = std::make_integer_sequence<int, kRegisterRowBlocks<T>>{};
+  if (blocks <= kRegisterRowBlocks<T>)
+    return void(a.dy ? reduce_in_registers<T, true>(a, b, d0, d1, blocks, counts)
+                     : reduce_in_registers<T, false>(a, b, d0, d1, blocks, counts));
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t n = d1 - d0, full = n - n % W;
@@ -146,9 +165,9 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   // the rounding error grows with about 2 kBlockRows + P / kBlockRows^2 terms
   // rather than P. (With two levels, P / kBlockRows: 3.9e-5 relative for the
   // mean of 2^20 equal float32 terms, 3.7e-6 with three.)
-  // Rounded up to whole vectors: a row's last partial vector (float, double)
-  // adds into the padding, which is never read out.
-  const int64_t padded = (n + V::size() - 1) / V::size() * V::size();
+  // Rounded up to whole blocks: a row's last partial block adds into the
+  // padding, which is never read out.
+  const int64_t padded = (n + W - 1) / W * W;
   std::vector<Acc> acc(static_cast<size_t>(padded), Acc(0)), mid(acc), part(acc);
   int64_t rows_in_part = 0, parts_in_mid = 0;
   const auto flush_part = [&] {
@@ -172,18 +191,12 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
         (V::loadu(slot) + v[k]).store(slot);
       }
     }
-    if constexpr (B::kVecs == 1) {  // one partial vector: lanes past n load as zero
-      if (full < n) {
-        V v = V::loadu(xr + full, n - full);
-        if (gr) v = v * V::loadu(gr + full, n - full);
-        Acc* slot = part.data() + full;
-        (V::loadu(slot) + v).store(slot);
-      }
-    } else {
-      for (int64_t j = full; j < n; ++j) {
-        Acc v = static_cast<Acc>(xr[j]);
-        if (gr) v *= static_cast<Acc>(gr[j]);
-        part[j] += v;
+    if (full < n) {  // one partial block: lanes past n load as zero
+      V v[B::kVecs];
+      load_terms_part(xr, gr, full, n - full, v);
+      for (int k = 0; k < B::kVecs; ++k) {
+        Acc* slot = part.data() + full + k * V::size();
+        (V::loadu(slot) + v[k]).store(slot);
       }
     }
   }
@@ -252,9 +265,13 @@ void reduce_channels_first(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d
       for (int k = 0; k < K; ++k) mid = mid + (even[k] + odd[k]);
       if (++blocks_in_mid == kBlockRows) acc = acc + mid, mid = V(Acc(0)), blocks_in_mid = 0;
     }
-    Acc total = tree_sum(acc + mid);
-    for (int64_t p = full; p < P; ++p) total += static_cast<Acc>(xr[p]) * (gr ? static_cast<Acc>(gr[p]) : Acc(1));
-    static_cast<Acc*>(a.out)[b * a.vx.D + d] = total / div;
+    V rest(Acc(0));  // the row's last partial block, lanes past P zero
+    if (full < P) {
+      V v[K];
+      load_terms_part(xr, gr, full, P - full, v);
+      for (int k = 0; k < K; ++k) rest = rest + v[k];
+    }
+    static_cast<Acc*>(a.out)[b * a.vx.D + d] = tree_sum((acc + mid) + rest) / div;
   }
 }
 

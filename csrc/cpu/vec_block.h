@@ -15,6 +15,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <tuple>
 #include <type_traits>
 
 #include "../common/scalar_math.h"
@@ -37,8 +38,13 @@ struct Block {
   static constexpr int kVecs = 1;
   static constexpr int64_t kWidth = Vectorized<T>::size();
   static void load(const T* p, Vectorized<Acc>* v) { v[0] = Vectorized<Acc>::loadu(p); }
+  // The k-th vector of Acc from p: one vector's lanes of elements.
+  static Vectorized<Acc> load_vector(const T* p, int64_t k) { return Vectorized<Acc>::loadu(p + k * Vectorized<Acc>::size()); }
   static Vectorized<T> pack(const Vectorized<Acc>* v) { return v[0]; }
   static void store(T* p, const Vectorized<Acc>* v) { pack(v).store(p); }
+  // The first `count` (1 to kWidth) elements; the lanes past them load as zero and are not stored.
+  static void load_part(const T* p, int64_t count, Vectorized<Acc>* v) { v[0] = Vectorized<Acc>::loadu(p, count); }
+  static void store_part(T* p, int64_t count, const Vectorized<Acc>* v) { v[0].store(p, count); }
 };
 
 template <typename H>
@@ -47,9 +53,25 @@ struct HalfBlock {
   static constexpr int kVecs = 2;
   static constexpr int64_t kWidth = 2 * Vectorized<float>::size();
   static void load(const H* p, Vectorized<float>* v) { at::vec::load_to_float<H>(p, v[0], v[1]); }
+  static Vectorized<float> load_vector(const H* p, int64_t k) {
+    Vectorized<float> v;
+    at::vec::load_to_float<H>(p + k * Vectorized<float>::size(), v);
+    return v;
+  }
   static Vectorized<H> pack(const Vectorized<float>* v) { return at::vec::convert_from_float<H>(v[0], v[1]); }
   static void store(H* p, const Vectorized<float>* v) { pack(v).store(p); }
+  static void load_part(const H* p, int64_t count, Vectorized<float>* v) {
+    std::tie(v[0], v[1]) = at::vec::convert_to_float<H>(Vectorized<H>::loadu(p, count));
+  }
+  static void store_part(H* p, int64_t count, const Vectorized<float>* v) { pack(v).store(p, count); }
 };
+
+// How many of a block's lanes fall in vector k (0 to V::size()), when the block holds `count` elements.
+template <typename V>
+constexpr int64_t lanes_of(int64_t count, int k) {
+  const int64_t lanes = count - k * V::size();
+  return lanes < 0 ? 0 : lanes > V::size() ? V::size() : lanes;
+}
 template <>
 struct Block<c10::Half> : HalfBlock<c10::Half> {};
 template <>

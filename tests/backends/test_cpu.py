@@ -379,7 +379,8 @@ REDUCTION_TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-1
 def test_channels_first_reductions_match_float64(positions, channels, batch, dtype, seed):
     """The NCHW reductions (summary and gate gradient) at every row length
     around the vector widths (8 to 32 lanes: whole blocks, an odd block left
-    to one chain, a scalar tail), against float64 sums of the same values."""
+    to one chain, a last partial block), against float64 sums of the same
+    values."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, positions, generator=gen).to(dtype)
     dy = torch.randn(batch, channels, positions, generator=gen).to(dtype)
@@ -447,10 +448,11 @@ def _sequence_case(gen, batch, positions, channels, dtype):
        seed=st.integers(0, 2**31 - 1))  # fmt: skip
 def test_channels_last_reductions_match_float64(channels, positions, batch, masked, dtype, seed):
     """The sequence reductions at every row width around the vector widths
-    (8 to 32 lanes: whole blocks and a last partial vector, read with a
-    masked load for float and double), masked and not, against float64 sums
-    of the same values. Up to 150 channels: rows of up to 8 vectors sum in
-    registers (4 on AVX2 and the portable table), wider ones in arrays."""
+    (8 to 32 lanes: whole blocks and a last partial block, read with one
+    masked load; a half type's block is two float vectors), masked and not,
+    against float64 sums of the same values. Up to 150 channels: rows of up
+    to 8 float or double vectors sum in registers (4 on AVX2 and the portable
+    table), wider ones in arrays."""
     gen = torch.Generator().manual_seed(seed)
     x, dy, mask = _sequence_case(gen, batch, positions, channels, dtype)
     mask = mask if masked else None
@@ -473,9 +475,10 @@ def test_channels_last_maps_match_float64(channels, positions, batch, masked, dt
     """The sequence maps at every row width around the vector widths, with
     each set of terms the kernels are compiled for (dY and ds, dY alone, ds
     alone; the modulation), masked rows taking no ds term, against float64
-    values of the same inputs. Every row's last partial vector is one masked
-    load and store for float and double: lanes past the row must not be
-    written (the next row's first elements) nor read into the result."""
+    values of the same inputs. Every row's last partial block is one masked
+    load and store (of 16-bit elements for the half types): lanes past the
+    row must not be written (the next row's first elements) nor read into
+    the result."""
     gen = torch.Generator().manual_seed(seed)
     x, dy, mask = _sequence_case(gen, batch, positions, channels, dtype)
     mask = mask if masked else None
