@@ -19,7 +19,7 @@ is not supported and says so.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -65,6 +65,22 @@ def _ops_below_autograd(example: Tensor):
     if torch.compiler.is_compiling() or is_fake(example):
         return contextlib.nullcontext()
     return torch._C._AutoDispatchBelowAutograd()
+
+
+def stage_ops_below_autograd(*tensors: Optional[Tensor]):
+    """A stage op of the functional API (``summary_pool``, ``gate_modulate``,
+    ``calibration_gates``) whose inputs need no gradient, or called with grad
+    mode off, runs below the Autograd key as the fused node's ops do: the
+    Python autograd kernel that torch.library registered for it costs about
+    6 us a call on a CPU, where a small modulation costs 4. Where an input
+    needs a gradient, or under a functorch transform, the op keeps its
+    autograd. (Dual tensors of forward-mode AD never get here: the backend
+    refuses them first.)"""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return contextlib.nullcontext()
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return contextlib.nullcontext()
+    return _ops_below_autograd(next(t for t in tensors if t is not None))
 
 
 def _summaries_and_gates(passes, features, masks, flat_params, layouts, present):

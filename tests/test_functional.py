@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import make_module
+from mmcal_kernels import autograd as mmcal_autograd
 from mmcal_kernels import backends, functional, reference
 from mmcal_kernels.compare import assert_close, random_case
 
@@ -36,6 +37,51 @@ def test_stages_compose_to_calibrate(backend):
     for a, b in zip(staged, fused):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
     torch.testing.assert_close(diag["agreement"], fused_diag["agreement"], rtol=1e-13, atol=0)
+
+
+KERNEL_CPU_BACKENDS = [b.name for b in backends.available() if b.usable and b.name != "reference" and "cpu" in b.device_types]
+
+
+@pytest.mark.parametrize("backend", KERNEL_CPU_BACKENDS)
+def test_stage_ops_leave_autograd_only_where_no_input_needs_a_gradient(backend, monkeypatch):
+    """Each stage op runs below the Autograd key (skipping the Python autograd
+    kernel torch.library registered) where no input needs a gradient or grad
+    mode is off, and keeps its autograd where one does: there its output has a
+    grad_fn and the gradients are those of the reference."""
+    entered = []  # (torch.library's own autograd kernel also enters _AutoDispatchBelowAutograd: count ours)
+    below = mmcal_autograd._ops_below_autograd
+    monkeypatch.setattr(mmcal_autograd, "_ops_below_autograd", lambda example: entered.append(1) or below(example))
+    module, features, masks, present = _case()
+    params = module.gate_params()  # the module's parameters need gradients
+    x, layout, mask = features[0], LAYOUTS[0], masks[0]
+
+    def calls(fn):
+        entered.clear()
+        out = fn()
+        return len(entered), out
+
+    n, s = calls(lambda: functional.summary_pool(x, layout, mask, backend=backend))
+    assert n == 1 and s.grad_fn is None
+    summaries = [reference.summary(f, lay, m, torch.float64) for f, lay, m in zip(features, LAYOUTS, masks)]
+    gate = summaries[0].sigmoid()
+    n, y = calls(lambda: functional.gate_modulate(x, gate, layout, backend=backend))
+    assert n == 1 and y.grad_fn is None
+    with torch.no_grad():
+        n, (gates, _) = calls(lambda: functional.calibration_gates(summaries, params, present, backend=backend))
+    assert n == 1 and gates[0].grad_fn is None
+
+    # An input that needs a gradient keeps the op's autograd, and the gradient is right.
+    leaf = x.detach().requires_grad_()
+    n, s = calls(lambda: functional.summary_pool(leaf, layout, mask, backend=backend))
+    assert n == 0 and s.grad_fn is not None
+    (got,) = torch.autograd.grad(s.sum(), leaf)
+    (want,) = torch.autograd.grad(reference.summary(leaf, layout, mask, torch.float64).sum(), leaf)
+    assert_close(got, want, torch.float64, "summary_pool's gradient")
+    gate_leaf = gate.detach().requires_grad_()
+    n, y = calls(lambda: functional.gate_modulate(x, gate_leaf, layout, backend=backend))
+    assert n == 0 and y.grad_fn is not None
+    n, (gates, _) = calls(lambda: functional.calibration_gates(summaries, params, present, backend=backend))
+    assert n == 0 and gates[0].grad_fn is not None
 
 
 def test_summary_pool_is_the_masked_mean():

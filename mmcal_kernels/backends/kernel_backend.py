@@ -58,17 +58,23 @@ class KernelBackend:
         return self._input_grads(list(xs), list(dys), list(gates), list(masks), list(ds), layout_codes(layouts))
 
     # ---- the backend registry's stage functions ---------------------------
+    # Each runs its op below the Autograd key where no input needs a gradient
+    # (autograd.stage_ops_below_autograd says why).
     def summary_one(self, x, layout, mask, ct):
-        return self.summaries([x], [mask], [layout], ct)[0]
+        with autograd.stage_ops_below_autograd(x):
+            return self.summaries([x], [mask], [layout], ct)[0]
 
     def modulate_one(self, x, gate, layout):
         ct = torch.promote_types(torch.promote_types(torch.float32, x.dtype), gate.dtype)
-        return self.modulate([x], [gate.to(ct)], [layout])[0]
+        with autograd.stage_ops_below_autograd(x, gate):
+            return self.modulate([x], [gate.to(ct)], [layout])[0]
 
     def gates_stage(self, summaries, params, present):
         """``reference.gates_from_summaries``' signature, computed by the gate-network op
         (differentiable through its registered autograd)."""
-        gates, diagnostics, _ = self.gates(list(summaries), [t for p in params for t in p], present)
+        flat = [t for p in params for t in p]
+        with autograd.stage_ops_below_autograd(*summaries, *flat):
+            gates, diagnostics, _ = self.gates(list(summaries), flat, present)
         return list(gates), autograd.diagnostics_dict(diagnostics)
 
     def calibrate(self, features, params, layouts, masks, present):
