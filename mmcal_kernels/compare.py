@@ -106,8 +106,12 @@ def random_case(
     return features, masks, present
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, name: str = "tensor") -> None:
-    """``|actual - expected| <= atol * max(1, max|expected|) + rtol * |expected|`` elementwise, NaNs equal."""
+def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, name: str = "tensor", *, slack: float = 0.0) -> None:
+    """``|actual - expected| <= atol * max(1, max|expected|) + rtol * |expected| + slack`` elementwise, NaNs equal.
+
+    ``slack`` (0 unless given) is an absolute allowance on top of the table,
+    for a caller that has measured one (the reference's own error on a sum
+    that cancels)."""
     rtol, atol = TOLERANCES[dtype]
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
@@ -126,13 +130,13 @@ def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, name: str
     a, e = torch.where(finite, a, 0), torch.where(finite, e, 0)
     scale = max(1.0, e.abs().max().item())
     diff = (a - e).abs()
-    allowed = atol * scale + rtol * e.abs()
+    allowed = atol * scale + rtol * e.abs() + slack
     bad = diff > allowed
     if bad.any():
         worst = tuple(int(i) for i in torch.unravel_index((diff - allowed).argmax(), diff.shape))
         raise AssertionError(
             f"{name} ({dtype}): {int(bad.sum())} of {diff.numel()} elements differ beyond rtol={rtol}, "
-            f"atol={atol} x scale {scale:.3g}; worst at {worst}: got {a[worst].item():.10g}, "
+            f"atol={atol} x scale {scale:.3g}{f' + slack {slack:.3g}' if slack else ''}; worst at {worst}: got {a[worst].item():.10g}, "
             f"expected {e[worst].item():.10g} (abs diff {diff[worst].item():.3g}); "
             f"max abs diff {diff.max().item():.3g}, max rel diff {(diff / e.abs().clamp_min(1e-300)).max().item():.3g}"
         )

@@ -63,6 +63,12 @@ DTYPES = {  # ct, parameter dtype
 }
 
 
+def allowed(expected, dtype):
+    """The elementwise bound of TOLERANCES[dtype] on a difference from ``expected`` (float64)."""
+    rtol, atol = TOLERANCES[dtype]
+    return atol * max(1.0, expected.abs().max().item()) + rtol * expected.abs()
+
+
 def assert_close(actual, expected, dtype, name):
     """Fails saying where and by how much, against TOLERANCES[dtype]."""
     rtol, atol = TOLERANCES[dtype]
@@ -73,7 +79,7 @@ def assert_close(actual, expected, dtype, name):
     assert a.isfinite().all() and e.isfinite().all(), f"{name}: non-finite values (got {a}, expected {e})"
     scale = max(1.0, e.abs().max().item())
     diff = (a - e).abs()
-    excess = diff - (atol * scale + rtol * e.abs())
+    excess = diff - allowed(e, dtype)
     if (excess > 0).any():
         worst = tuple(int(i) for i in torch.unravel_index(excess.argmax(), diff.shape))
         raise AssertionError(
@@ -131,12 +137,13 @@ def gates_op(summaries, flat, present):
     return list(gates), diagnostics_dict(diagnostics), list(saved)
 
 
-def oracle(summaries, params, present, grad_gates):
-    """float64 forward (with intermediates) and autograd backward of the reference on the same values."""
-    s64 = [s.detach().double().requires_grad_() for s in summaries]
-    p64 = [GateParams(*(t.detach().double().requires_grad_() for t in p)) for p in params]
+def oracle(summaries, params, present, grad_gates, dtype=torch.float64):
+    """Forward (with intermediates) and autograd backward of the reference on
+    the same values, in ``dtype`` (float64: the oracle)."""
+    s64 = [s.detach().to(dtype).requires_grad_() for s in summaries]
+    p64 = [GateParams(*(t.detach().to(dtype).requires_grad_() for t in p)) for p in params]
     gates, diag, inter = reference.gates_with_intermediates(s64, p64, present)
-    torch.autograd.backward(gates, [g.double() for g in grad_gates])
+    torch.autograd.backward(gates, [g.to(dtype) for g in grad_gates])
     zero_if_none = lambda t: t.grad if t.grad is not None else torch.zeros_like(t)  # noqa: E731
     return gates, diag, inter, [zero_if_none(s) for s in s64], [zero_if_none(t) for p in p64 for t in p]
 
@@ -231,9 +238,7 @@ def test_projection_at_the_norm_clamp_matches_float64_oracle(shape, norm, presen
 
 def _budget_used(actual, expected):
     """The largest fraction of the float32 tolerance an element uses (assert_close's rule)."""
-    rtol, atol = TOLERANCES[torch.float32]
-    scale = max(1.0, expected.abs().max().item())
-    return ((actual.double() - expected).abs() / (atol * scale + rtol * expected.abs())).max().item()
+    return ((actual.double() - expected).abs() / allowed(expected, torch.float32)).max().item()
 
 
 def test_d1_with_a_clamped_norm_rounds_no_worse_than_the_float32_reference():
@@ -254,12 +259,8 @@ def test_d1_with_a_clamped_norm_rounds_no_worse_than_the_float32_reference():
                 case = make_case((dims, 1, 3), 4, "none-given", torch.float32, torch.float32, seed=seed, norm=norm)
                 _, _, _, grad_s, grad_p = run_op(*case)
                 _, _, _, want_s, want_p = oracle(*case)
-                summaries, params, present, grad_gates = case
-                s32 = [s.clone().requires_grad_() for s in summaries]
-                p32 = [GateParams(*(t.clone().requires_grad_() for t in p)) for p in params]
-                torch.autograd.backward(reference.gates_with_intermediates(s32, p32, present)[0], grad_gates)
-                ref = [s.grad for s in s32] + [t.grad for p in p32 for t in p]
-                for got, want, theirs in zip(grad_s + grad_p, want_s + want_p, ref):
+                _, _, _, ref_s, ref_p = oracle(*case, dtype=torch.float32)
+                for got, want, theirs in zip(grad_s + grad_p, want_s + want_p, ref_s + ref_p, strict=True):
                     op, r = _budget_used(got, want), _budget_used(theirs, want)
                     used_op, used_ref = used_op + op, used_ref + r
                     beyond_op, beyond_ref = beyond_op + (op > 1), beyond_ref + (r > 1)
