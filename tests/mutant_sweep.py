@@ -118,14 +118,11 @@ MUTANTS = [
            "if (given.scalar_type() == ct && (weight_for_blas || given.is_contiguous())) {",
            "if (given.scalar_type() == ct) {"),
     # The CPU passes over X (steps 1 and 7, and their backward): masks, counts, row tails.
-    Mutant("cpu passes: a padded position summed by the strided path", "cpu-passes", SUMS,
+    # The strided path and the wide channels-last rows share one row loop (for_rows_in_three_levels).
+    Mutant("cpu passes: a padded position summed by the strided and wide channels-last paths", "cpu-passes", SUMS,
            "      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;  // a selection", "      // a selection"),
-    Mutant("cpu passes: a padded position summed by the channels-last path", "cpu-passes", SUMS,
-           "    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;\n    if (rows_in_part == kBlockRows) flush_part();",
-           "    if (rows_in_part == kBlockRows) flush_part();"),
     Mutant("cpu passes: a padded position summed by a short row's register sum", "cpu-passes", SUMS,
-           "    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;\n    if (rows_in_part == kBlockRows) {",
-           "    if (rows_in_part == kBlockRows) {"),
+           "      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;\n      const T* xr", "      const T* xr"),
     Mutant("cpu passes: the mean's count includes padding", "cpu-passes", SUMS,
            "count += valid(a.mask, a.mask_sB, a.mask_sP, b, p) ? 1 : 0;", "count += 1;"),
     Mutant("cpu passes: an NCHW row's sum drops its last position", "cpu-passes", SUMS,
@@ -205,8 +202,8 @@ MUTANTS = [
     Mutant("autograd: an unused gate's layers get zeros, not None", "autograd", AUTOGRAD,
            "grad_params[8 * m + 2 : 8 * m + 8] = [None] * 6", "pass"),
     # Added in the thirteenth session with the fixes they guard.
-    Mutant("cpu passes: the channels-last sum back to two levels", "cpu-passes", SUMS,
-           "if (++parts_in_mid < kBlockRows) return;", "if (++parts_in_mid < 1) return;"),
+    Mutant("cpu passes: the strided and wide channels-last sums back to two levels", "cpu-passes", SUMS,
+           "if (++parts_in_mid == kBlockRows) mid_to_acc()", "if (++parts_in_mid == 1) mid_to_acc()"),
     # Added in the fifteenth session: a row's last partial vector (float, double) in one masked load and store;
     # the seventeenth made it a partial block for the half types too.
     Mutant("cpu passes: a row's partial vector stores one lane short", "cpu-passes", MAPS,
@@ -224,6 +221,10 @@ MUTANTS = [
            "load_terms_part(xr, gr, (NB - 1) * W, last, v);", "for (int i = 0; i < K; ++i) v[i] = V(Acc(0));"),
     Mutant("cpu passes: a short row's register sum back to two levels", "cpu-passes", SUMS,
            "if (++parts_in_mid == kBlockRows) {", "if (++parts_in_mid == 1) {"),
+    # Added in the eighteenth session, when each part's sums became local to the part.
+    Mutant("cpu passes: a short row's register sum drops its last part", "cpu-passes", SUMS,
+           "#pragma GCC unroll 8\n    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];\n    if (p == a.vx.P) break;",
+           "    if (p == a.vx.P) break;\n#pragma GCC unroll 8\n    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];"),
     Mutant("cpu passes: the partial vector of the gate gradient reads no dY", "cpu-passes", SUMS,
            "    B::load_part(dy + i, count, g);\n    for (int k = 0; k < B::kVecs; ++k) v[k] = v[k] * g[k];", "    (void)g;"),
     Mutant("cpu passes: a half type's partial block loads only its first float vector's lanes", "cpu-passes", VEC,

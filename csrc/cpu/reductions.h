@@ -17,6 +17,33 @@ namespace CPU_CAPABILITY {
 
 constexpr int64_t kBlockRows = 256;  // terms per partial sum
 
+// The row order and the three-level sum of the reductions over positions:
+// row(p) adds position p of sample b into `part`, for the valid positions in
+// ascending order (padded ones are selected away, never read); part_to_mid()
+// adds `part` into `mid` and clears it after every kBlockRows rows, and
+// mid_to_acc() adds `mid` into `acc` after every kBlockRows parts; the caller
+// returns acc + (mid + part). The rounding error then grows with about
+// 2 kBlockRows + P / kBlockRows^2 terms rather than P. (With two levels,
+// P / kBlockRows: 3.9e-5 relative for the mean of 2^20 equal float32 terms,
+// 3.7e-6 with three.) A full part is flushed even when only padded
+// positions follow it: that changes no sum. The register sums below take
+// the same order, written out.
+template <typename Row, typename PartToMid, typename MidToAcc>
+inline void for_rows_in_three_levels(const ReduceArgs& a, int64_t b, Row row, PartToMid part_to_mid,
+                                     MidToAcc mid_to_acc) {
+  int64_t p = 0, parts_in_mid = 0;
+  for (;;) {
+    for (int64_t rows = 0; p < a.vx.P && rows < kBlockRows; ++p) {
+      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;  // a selection: padded values are never read
+      row(p);
+      ++rows;
+    }
+    if (p == a.vx.P) return;
+    part_to_mid();
+    if (++parts_in_mid == kBlockRows) mid_to_acc(), parts_in_mid = 0;
+  }
+}
+
 template <typename Acc>
 Acc divisor(const ReduceArgs& a, int64_t b) {
   if (!a.divide) return Acc(1);
@@ -33,21 +60,17 @@ void reduce_generic(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1) {
   Acc* out = static_cast<Acc*>(a.out);
   const Acc div = divisor<Acc>(a, b);
   for (int64_t d = d0; d < d1; ++d) {
-    // Blocked like the fast paths, one level deeper: they also spread the
-    // terms over vector lanes, this scalar loop has none. The rounding error
-    // grows with 2 kBlockRows + P / kBlockRows^2 terms rather than P.
+    // Three levels like the fast paths: they also spread the terms over
+    // vector lanes, this scalar loop has none.
     Acc acc = 0, mid = 0, part = 0;
-    int64_t in_part = 0, in_mid = 0;
-    for (int64_t p = 0; p < a.vx.P; ++p) {
-      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;  // a selection: padded values are never read
-      if (in_part == kBlockRows) {
-        mid += part, part = 0, in_part = 0;
-        if (++in_mid == kBlockRows) acc += mid, mid = 0, in_mid = 0;
-      }
-      Acc v = static_cast<Acc>(x[a.vx.offset(b, p, d)]);
-      if (dy) v *= static_cast<Acc>(dy[a.vdy.offset(b, p, d)]);
-      part += v, ++in_part;
-    }
+    for_rows_in_three_levels(
+        a, b,
+        [&](int64_t p) {
+          Acc v = static_cast<Acc>(x[a.vx.offset(b, p, d)]);
+          if (dy) v *= static_cast<Acc>(dy[a.vdy.offset(b, p, d)]);
+          part += v;
+        },
+        [&] { mid += part, part = 0; }, [&] { acc += mid, mid = 0; });
     out[b * a.vx.D + d] = (acc + (mid + part)) / div;
   }
 }
@@ -93,43 +116,52 @@ void reduce_channels_last_in_registers(const ReduceArgs& a, int64_t b, int64_t d
   const int64_t n = d1 - d0, last = n - (NB - 1) * W;
   // Every loop over k is unrolled by pragma: left to itself GCC kept these
   // arrays on the stack, and each row's adds waited on store-to-load forwards.
-  V part[NV], mid[NV], acc[NV];
+  V mid[NV], acc[NV];
 #pragma GCC unroll 8
-  for (int k = 0; k < NV; ++k) part[k] = mid[k] = acc[k] = V(Acc(0));
-  int64_t rows_in_part = 0, parts_in_mid = 0;
-  for (int64_t p = 0; p < a.vx.P; ++p) {
-    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
-    if (rows_in_part == kBlockRows) {
+  for (int k = 0; k < NV; ++k) mid[k] = acc[k] = V(Acc(0));
+  // for_rows_in_three_levels written out, with `part` local to one part and
+  // added into `mid` when the part ends: then the row loop keeps all three
+  // in registers (read back from the assembly). With `part` kept across the
+  // parts and a flush test in the row loop, GCC gave `part` a home on the
+  // stack and stored every vector of it every row; through the helper's
+  // lambdas it also loaded it back before every add.
+  int64_t p = 0, parts_in_mid = 0;
+  for (;;) {
+    V part[NV];
 #pragma GCC unroll 8
-      for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k], part[k] = V(Acc(0));
-      rows_in_part = 0;
-      if (++parts_in_mid == kBlockRows) {
+    for (int k = 0; k < NV; ++k) part[k] = V(Acc(0));
+    for (int64_t rows = 0; p < a.vx.P && rows < kBlockRows; ++p) {
+      if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
+      const T* xr = x + a.vx.offset(b, p, d0);
+      const T* gr = kDy ? dy + a.vdy.offset(b, p, d0) : nullptr;
+      // One flat loop over the whole blocks' vectors, each added as it is loaded.
 #pragma GCC unroll 8
-        for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(Acc(0));
-        parts_in_mid = 0;
+      for (int k = 0; k < NV - K; ++k) {
+        V v = B::load_vector(xr, k);
+        if constexpr (kDy) v = v * B::load_vector(gr, k);
+        part[k] = part[k] + v;
       }
+      V v[K];
+      load_terms_part(xr, gr, (NB - 1) * W, last, v);
+      part[NV - K] = part[NV - K] + v[0];
+      if constexpr (K == 2) part[NV - 1] = part[NV - 1] + v[1];
+      ++rows;
     }
-    ++rows_in_part;
-    const T* xr = x + a.vx.offset(b, p, d0);
-    const T* gr = kDy ? dy + a.vdy.offset(b, p, d0) : nullptr;
-    // One flat loop over the whole blocks' vectors, each added as it is loaded.
 #pragma GCC unroll 8
-    for (int k = 0; k < NV - K; ++k) {
-      V v = B::load_vector(xr, k);
-      if constexpr (kDy) v = v * B::load_vector(gr, k);
-      part[k] = part[k] + v;
+    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];
+    if (p == a.vx.P) break;
+    if (++parts_in_mid == kBlockRows) {
+#pragma GCC unroll 8
+      for (int k = 0; k < NV; ++k) acc[k] = acc[k] + mid[k], mid[k] = V(Acc(0));
+      parts_in_mid = 0;
     }
-    V v[K];
-    load_terms_part(xr, gr, (NB - 1) * W, last, v);
-    part[NV - K] = part[NV - K] + v[0];
-    if constexpr (K == 2) part[NV - 1] = part[NV - 1] + v[1];
   }
   const V div(divisor<Acc>(a, b));
   Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
 #pragma GCC unroll 8
   for (int k = 0; k < NV; ++k)  // vector k holds elements [k L, k L + L) of the row; a store of 0 lanes writes none
-    // (The whole blocks' count is a constant: with every count computed, GCC kept `part` on the stack.)
-    ((acc[k] + (mid[k] + part[k])) / div).store(out + k * V::size(), k < NV - K ? V::size() : lanes_of<V>(last, k - (NV - K)));
+    // (The whole blocks' count is a constant: with every count computed, GCC kept the sums on the stack.)
+    ((acc[k] + mid[k]) / div).store(out + k * V::size(), k < NV - K ? V::size() : lanes_of<V>(last, k - (NV - K)));
 }
 
 // As many blocks as the registers hold three times over with room to spare:
@@ -160,27 +192,18 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   const T* x = static_cast<const T*>(a.x);
   const T* dy = static_cast<const T*>(a.dy);
   const int64_t n = d1 - d0, full = n - n % W;
-  // Three-level sum, as reduce_generic's: rows add into `part`, which joins
-  // `mid` every kBlockRows rows, which joins `acc` every kBlockRows parts, so
-  // the rounding error grows with about 2 kBlockRows + P / kBlockRows^2 terms
-  // rather than P. (With two levels, P / kBlockRows: 3.9e-5 relative for the
-  // mean of 2^20 equal float32 terms, 3.7e-6 with three.)
-  // Rounded up to whole blocks: a row's last partial block adds into the
+  // The three levels of for_rows_in_three_levels as row-sized arrays,
+  // rounded up to whole blocks: a row's last partial block adds into the
   // padding, which is never read out.
   const int64_t padded = (n + W - 1) / W * W;
   std::vector<Acc> acc(static_cast<size_t>(padded), Acc(0)), mid(acc), part(acc);
-  int64_t rows_in_part = 0, parts_in_mid = 0;
-  const auto flush_part = [&] {
+  const auto part_to_mid = [&] {
     for (int64_t j = 0; j < n; ++j) mid[j] += part[j], part[j] = Acc(0);
-    rows_in_part = 0;
-    if (++parts_in_mid < kBlockRows) return;
-    for (int64_t j = 0; j < n; ++j) acc[j] += mid[j], mid[j] = Acc(0);
-    parts_in_mid = 0;
   };
-  for (int64_t p = 0; p < a.vx.P; ++p) {
-    if (!valid(a.mask, a.mask_sB, a.mask_sP, b, p)) continue;
-    if (rows_in_part == kBlockRows) flush_part();
-    ++rows_in_part;
+  const auto mid_to_acc = [&] {
+    for (int64_t j = 0; j < n; ++j) acc[j] += mid[j], mid[j] = Acc(0);
+  };
+  for_rows_in_three_levels(a, b, [&](int64_t p) {
     const T* xr = x + a.vx.offset(b, p, d0);
     const T* gr = dy ? dy + a.vdy.offset(b, p, d0) : nullptr;
     for (int64_t j = 0; j < full; j += W) {
@@ -199,7 +222,7 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
         (V::loadu(slot) + v[k]).store(slot);
       }
     }
-  }
+  }, part_to_mid, mid_to_acc);
   const Acc div = divisor<Acc>(a, b);
   Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
   for (int64_t j = 0; j < n; ++j) out[j] = (acc[j] + (mid[j] + part[j])) / div;

@@ -502,6 +502,47 @@ def test_channels_last_maps_match_float64(channels, positions, batch, masked, dt
     check(ops.input_grads([x], [None], [None], [mask], [ds], [0])[0], ds64)
 
 
+def _masks_across_parts(batch, positions, gen):
+    """One row per pattern: random; a full first part of 256 valid positions
+    and only padding after it; padding up to the last position; valid runs
+    that stop and start around each part boundary."""
+    mask = torch.rand(batch, positions, generator=gen) < 0.5
+    mask[1] = False
+    mask[1, : min(256, positions)] = True
+    mask[2] = False
+    mask[2, -1] = True
+    p = torch.arange(positions)
+    mask[3] = (p % 256 < 250) | (p % 256 > 253)
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("channels,how", [(16, "rows"), (74, "rows"), (136, "rows"), (5, "transposed")])
+@pytest.mark.parametrize("positions", [255, 256, 257, 513, 769])
+def test_masked_reductions_across_part_boundaries(positions, channels, how, dtype):
+    """Masked rows longer than one part of 256 sums: the positions counted in
+    a part are the valid ones, a part that ends in padding is flushed all
+    the same, and the last part (full or not) reaches the result. Rows of 16
+    and 74 channels sum in registers (74 bfloat16: three blocks on AVX-512),
+    136 float32 channels in arrays, a transposed sequence takes the any-stride
+    path. Against float64 sums of the same values."""
+    gen = torch.Generator().manual_seed(positions * 1000 + channels)
+    batch = 4
+    if how == "rows":
+        x, dy = (torch.randn(batch, positions, channels, generator=gen).to(dtype) for _ in range(2))
+    else:
+        x, dy = (torch.randn(batch, channels, positions, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))
+    mask = _masks_across_parts(batch, positions, gen)
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    rtol, atol = REDUCTION_TOLERANCES[ct]
+    summary = torch.ops.mmcal.summaries([x], [mask], [0], ct)[0]
+    grad = torch.ops.mmcal.gate_grads([dy], [x], [0], ct)[0]
+    x64 = torch.where(mask[:, :, None], x.double(), 0.0)
+    count = mask.sum(1, keepdim=True).clamp_min(1).double()
+    torch.testing.assert_close(summary.double(), x64.sum(1) / count, rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.double(), (dy.double() * x.double()).sum(1), rtol=rtol, atol=atol * positions)
+
+
 @pytest.mark.parametrize("layout", ["sequence", "wide-sequence", "spatial", "transposed-sequence", "strided-spatial"])
 def test_reductions_keep_precision_over_long_sums(layout):
     """Every reduction path sums in blocks (three levels of 256): the mean of
