@@ -221,7 +221,14 @@ MUTANTS = [
            "load_terms_part(xr, gr, (NB - 1) * W, last, v);", "for (int i = 0; i < K; ++i) v[i] = V(Acc(0));"),
     Mutant("cpu passes: a short row's register sum back to two levels", "cpu-passes", SUMS,
            "if (++parts_in_mid == kBlockRows) {", "if (++parts_in_mid == 1) {"),
-    # Added in the eighteenth session, when each part's sums became local to the part.
+    # Added in the eighteenth session: the ds term's division by the count moved into a host loop;
+    # the register sums' parts.
+    Mutant("cpu passes: the ds term's count includes padding", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+           "count += row[p * mask_sP] != 0;", "count += 1;"),
+    Mutant("cpu passes: the ds term's count reads the mask as contiguous", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+           "count += row[p * mask_sP] != 0;", "count += row[p] != 0;"),
+    Mutant("cpu passes: the ds term reads ds as contiguous", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+           "in[b * sB + d * sD] / div", "in[b * D + d] / div"),
     Mutant("cpu passes: a short row's register sum drops its last part", "cpu-passes", SUMS,
            "#pragma GCC unroll 8\n    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];\n    if (p == a.vx.P) break;",
            "    if (p == a.vx.P) break;\n#pragma GCC unroll 8\n    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];"),

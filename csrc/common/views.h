@@ -4,7 +4,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/full.h>
 
 #include <algorithm>
 #include <optional>
@@ -51,18 +50,6 @@ inline View3 view3(const at::Tensor& x, int64_t layout) {
     }
   }
   return {x.size(0), positions(x, layout), x.size(1), x.stride(0), sP, x.stride(1)};
-}
-
-// SPEC.md step 1's divisor of each row, max(1, valid positions), as [B, 1] in
-// ct: the True entries of a masked sequence's row, else P. The summary kernels
-// divide by it; the CPU input_grads op divides its ds term by it here, on the
-// host, once per row ([B, D] work; the CUDA map kernel counts each row itself,
-// so that the backward launches nothing more). Same ops, in the same dtype, as
-// spec.position_counts.
-inline at::Tensor position_counts(const at::Tensor& x, int64_t layout, const std::optional<at::Tensor>& mask,
-                                  at::ScalarType ct) {
-  if (layout == kSequence && mask.has_value()) return mask->sum(1, /*keepdim=*/true).to(ct).clamp_min(1);
-  return at::full({x.size(0), 1}, std::max<int64_t>(1, positions(x, layout)), x.options().dtype(ct));
 }
 
 }  // namespace mmcal

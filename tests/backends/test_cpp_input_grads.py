@@ -59,6 +59,21 @@ def test_masked_rows_with_different_counts(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_strided_mask_and_ds(device):
+    """The count read through the mask's strides (every other column of a
+    wider mask), ds through its own (a transposed [D, B])."""
+    x, mask, ds = _masked_case(device, torch.float64)
+    wide = torch.zeros(4, 12, dtype=torch.bool, device=device)
+    wide[:, ::2] = mask
+    wide[:, 1::2] = ~mask  # read as valid, the columns between would change every count
+    strided_mask, strided_ds = wide[:, ::2], ds.t().contiguous().t()
+    assert not strided_mask.is_contiguous() and not strided_ds.is_contiguous()
+    (got,) = torch.ops.mmcal.input_grads([x], [None], [None], [strided_mask], [strided_ds], [0])
+    want = _expected(x.cpu(), None, None, mask.cpu(), ds.cpu(), "sequence")
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_both_terms_with_a_mask(device):
     x, mask, ds = _masked_case(device, torch.float64)
     gen = torch.Generator().manual_seed(6)
