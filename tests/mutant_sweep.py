@@ -63,6 +63,7 @@ CPU = "csrc/cpu/gate_network.cpp"
 SUMS = "csrc/cpu/reductions.h"
 MAPS = "csrc/cpu/elementwise.h"
 VEC = "csrc/cpu/vec_block.h"
+CPU_HOST = "csrc/cpu/ops_cpu.cpp"
 CUDA = "csrc/cuda/gate_network.cu"
 TRITON = "mmcal_kernels/backends/triton/gate_network.py"
 CUDA_SUMS = "csrc/cuda/reductions.cu"
@@ -221,13 +222,13 @@ MUTANTS = [
            "load_terms_part(xr, gr, (NB - 1) * W, last, v);", "for (int i = 0; i < K; ++i) v[i] = V(Acc(0));"),
     Mutant("cpu passes: a short row's register sum back to two levels", "cpu-passes", SUMS,
            "if (++parts_in_mid == kBlockRows) {", "if (++parts_in_mid == 1) {"),
-    # Added in the eighteenth session: the ds term's division by the count moved into a host loop;
-    # the register sums' parts.
-    Mutant("cpu passes: the ds term's count includes padding", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+    # Added in the eighteenth session: the ds term's division by the count, now a loop in the host code;
+    # a register sum's parts.
+    Mutant("cpu passes: the ds term's count includes padding", "cpu-passes", CPU_HOST,
            "count += row[p * mask_sP] != 0;", "count += 1;"),
-    Mutant("cpu passes: the ds term's count reads the mask as contiguous", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+    Mutant("cpu passes: the ds term's count reads the mask as contiguous", "cpu-passes", CPU_HOST,
            "count += row[p * mask_sP] != 0;", "count += row[p] != 0;"),
-    Mutant("cpu passes: the ds term reads ds as contiguous", "cpu-passes", "csrc/cpu/ops_cpu.cpp",
+    Mutant("cpu passes: the ds term reads ds as contiguous", "cpu-passes", CPU_HOST,
            "in[b * sB + d * sD] / div", "in[b * D + d] / div"),
     Mutant("cpu passes: a short row's register sum drops its last part", "cpu-passes", SUMS,
            "#pragma GCC unroll 8\n    for (int k = 0; k < NV; ++k) mid[k] = mid[k] + part[k];\n    if (p == a.vx.P) break;",
