@@ -203,7 +203,7 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
   const auto mid_to_acc = [&] {
     for (int64_t j = 0; j < n; ++j) acc[j] += mid[j], mid[j] = Acc(0);
   };
-  for_rows_in_three_levels(a, b, [&](int64_t p) {
+  const auto add_row = [&](int64_t p) {
     const T* xr = x + a.vx.offset(b, p, d0);
     const T* gr = dy ? dy + a.vdy.offset(b, p, d0) : nullptr;
     for (int64_t j = 0; j < full; j += W) {
@@ -222,7 +222,8 @@ void reduce_channels_last(const ReduceArgs& a, int64_t b, int64_t d0, int64_t d1
         (V::loadu(slot) + v[k]).store(slot);
       }
     }
-  }, part_to_mid, mid_to_acc);
+  };
+  for_rows_in_three_levels(a, b, add_row, part_to_mid, mid_to_acc);
   const Acc div = divisor<Acc>(a, b);
   Acc* out = static_cast<Acc*>(a.out) + b * a.vx.D + d0;
   for (int64_t j = 0; j < n; ++j) out[j] = (acc[j] + (mid[j] + part[j])) / div;
