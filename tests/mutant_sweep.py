@@ -225,9 +225,9 @@ MUTANTS = [
     # Added in the eighteenth session: the ds term's division by the count, now a loop in the host code;
     # a register sum's parts.
     Mutant("cpu passes: the ds term's count includes padding", "cpu-passes", CPU_HOST,
-           "count += row[p * mask_sP] != 0;", "count += 1;"),
+           "count += mask_valid(mask, mask_sB, mask_sP, b, p);", "count += 1;"),
     Mutant("cpu passes: the ds term's count reads the mask as contiguous", "cpu-passes", CPU_HOST,
-           "count += row[p * mask_sP] != 0;", "count += row[p] != 0;"),
+           "count += mask_valid(mask, mask_sB, mask_sP, b, p);", "count += mask_valid(mask, mask_sB, 1, b, p);"),
     Mutant("cpu passes: the ds term reads ds as contiguous", "cpu-passes", CPU_HOST,
            "in[b * sB + d * sD] / div", "in[b * D + d] / div"),
     Mutant("cpu passes: a short row's register sum drops its last part", "cpu-passes", SUMS,

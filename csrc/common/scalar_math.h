@@ -15,6 +15,15 @@ MMCAL_HD Acc mean_divisor(int64_t count) {
   return static_cast<Acc>(count < 1 ? 1 : count);
 }
 
+// Position p of sample b of a bool mask [B, P] (strides sB, sP) is valid:
+// its byte read as a byte, any nonzero byte True, as torch takes it (a uint8
+// tensor viewed as bool may hold 2), where reading it as C++ bool is
+// undefined. No mask: every position is valid. The one rule of the CPU and
+// CUDA kernels and the CPU host code.
+MMCAL_HD bool mask_valid(const bool* mask, int64_t sB, int64_t sP, int64_t b, int64_t p) {
+  return mask == nullptr || reinterpret_cast<const unsigned char*>(mask)[b * sB + p * sP] != 0;
+}
+
 // One rounding: Y = (X.to(ct) * g).to(X.dtype). Acc is ct.
 template <typename Acc>
 MMCAL_HD Acc modulate_value(Acc x, Acc gate) {

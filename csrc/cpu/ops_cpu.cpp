@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/scalar_math.h"
 #include "parallel.h"
 #include "kernel_table.h"
 #include "stream_choice.h"
@@ -210,12 +211,11 @@ void divide_by_counts(const Tensor& ds, int64_t positions, const bool* mask, int
   scalar_t* o = out.data_ptr<scalar_t>();
   for (int64_t b = 0; b < B; ++b) {
     int64_t count = positions;
-    if (mask != nullptr) {  // any nonzero byte is True, as the kernels read it
-      const auto* row = reinterpret_cast<const unsigned char*>(mask) + b * mask_sB;
+    if (mask != nullptr) {
       count = 0;
-      for (int64_t p = 0; p < positions; ++p) count += row[p * mask_sP] != 0;
+      for (int64_t p = 0; p < positions; ++p) count += mask_valid(mask, mask_sB, mask_sP, b, p);
     }
-    const scalar_t div = static_cast<scalar_t>(std::max<int64_t>(1, count));
+    const scalar_t div = mean_divisor<scalar_t>(count);
     for (int64_t d = 0; d < D; ++d) o[b * D + d] = in[b * sB + d * sD] / div;
   }
 }

@@ -81,11 +81,9 @@ struct Block<c10::BFloat16> : HalfBlock<c10::BFloat16> {};
 template <typename T, typename Acc>
 constexpr bool kVectorised = std::is_same_v<typename Block<T>::Acc, Acc>;
 
-// A bool tensor's byte read as a byte: any nonzero byte is True, as torch
-// takes it (a uint8 tensor viewed as bool may hold 2), where reading it as
-// C++ bool is undefined and summed the raw byte into the count.
+// scalar_math.h's mask_valid, by the name the CPU kernels use.
 inline bool valid(const bool* mask, int64_t msb, int64_t msp, int64_t b, int64_t p) {
-  return mask == nullptr || reinterpret_cast<const unsigned char*>(mask)[b * msb + p * msp] != 0;
+  return mask_valid(mask, msb, msp, b, p);
 }
 
 }  // namespace CPU_CAPABILITY

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "../common/scalar_math.h"
 #include "launch.cuh"
 
 namespace mmcal {
@@ -51,9 +52,9 @@ __device__ __forceinline__ void load_run(const T* p, bool aligned, int n, Acc* o
   }
 }
 
+// scalar_math.h's mask_valid, by the name the CUDA kernels use.
 __device__ __forceinline__ bool is_valid(const bool* mask, int64_t sB, int64_t sP, int64_t b, int64_t p) {
-  // Read as a byte: any nonzero byte is True, as torch takes a bool tensor.
-  return mask == nullptr || reinterpret_cast<const unsigned char*>(mask)[b * sB + p * sP] != 0;
+  return mask_valid(mask, sB, sP, b, p);
 }
 
 // Which modality a flat block index falls in, from the per-modality prefix of block counts.
