@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmcal_kernels import CalibratedFusion, PreFusionCalibration
+from random_data_comparison import compare
 
 DIMS = (300, 5, 20)
 LENGTHS = (20, 37, 50)
@@ -72,7 +73,7 @@ def random_batch(batch, gen):
     return streams, masks, target
 
 
-def train(model, steps, seed, batch=16, calibrated=False):
+def train(model, steps, seed, batch=16):
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
@@ -100,18 +101,7 @@ def main():
         MulTFusion(), PreFusionCalibration(DIMS, shared_dim=32), forward_masks=True
     )  # same fusion weights as `plain`: only the calibration differs
     print(wrapped.calibration)
-    print("Both start at the same loss: the calibration's last gate layers start at zero, so it is the identity\n"
-          "until they learn. On random data a later difference is the noise of two optimisation paths, not\n"
-          "evidence either way; the real-data experiment is docs/robustness.md.")
-    finals = {}
-    for name, model in (("without calibration", plain), ("with calibration", wrapped)):
-        losses = train(model, args.steps, args.seed)
-        shown = ", ".join(f"{x:.4f}" for x in losses[:: max(1, len(losses) // 6)])
-        tail = sum(losses[-10:]) / len(losses[-10:])
-        print(f"{name:>20}: loss {shown} ... mean of the last 10 steps {tail:.4f}")
-        finals[name] = tail
-    diff = finals["with calibration"] - finals["without calibration"]
-    print(f"difference of the last-10 means (with - without): {diff:+.4f} after {args.steps} steps on random data")
+    compare(plain, wrapped, train, args.steps, args.seed)
 
 
 if __name__ == "__main__":

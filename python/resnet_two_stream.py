@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmcal_kernels import CalibratedFusion, PreFusionCalibration
+from random_data_comparison import compare
 
 CHANNELS = 32
 CLASSES = 6
@@ -100,18 +101,7 @@ def main():
     calibrated.audio.load_state_dict(plain.audio.state_dict())
     calibrated.visual.load_state_dict(plain.visual.state_dict())
     calibrated.fusion.fusion.load_state_dict(plain.fusion.state_dict())
-    print("Both start at the same loss: the calibration's last gate layers start at zero, so it is the identity\n"
-          "until they learn. On random data a later difference is the noise of two optimisation paths, not\n"
-          "evidence either way; the real-data experiment is docs/robustness.md.")
-    finals = {}
-    for name, model in (("without calibration", plain), ("with calibration", calibrated)):
-        losses = train(model, args.steps, args.seed)
-        shown = ", ".join(f"{x:.4f}" for x in losses[:: max(1, len(losses) // 6)])
-        tail = sum(losses[-10:]) / len(losses[-10:])
-        print(f"{name:>20}: loss {shown} ... mean of the last 10 steps {tail:.4f}")
-        finals[name] = tail
-    diff = finals["with calibration"] - finals["without calibration"]
-    print(f"difference of the last-10 means (with - without): {diff:+.4f} after {args.steps} steps on random data")
+    compare(plain, calibrated, train, args.steps, args.seed)
 
 
 if __name__ == "__main__":
