@@ -41,7 +41,8 @@ def summary_pool(
     checks.check_mask(mask, x, layout, "mask")
     ct = compute_dtype or torch.promote_types(torch.float32, x.dtype)
     checks.check_compute_dtype(ct, x)
-    return impl.summary(x, layout, mask, ct)
+    with autocast_off(x.device.type):
+        return impl.summary(x, layout, mask, ct)
 
 
 def calibration_gates(
@@ -61,7 +62,8 @@ def calibration_gates(
     params = checks.check_param_list(params, [s.shape[1] for s in summaries], first.device)
     checks.check_present(present, first.shape[0], len(summaries), first.device)
     impl = backends.resolve(backend, first.device.type, inputs=(summaries, params))
-    return impl.gates(summaries, params, present)
+    with autocast_off(first.device.type):  # docs/spec.md, "Numerics": steps 2-6 in ct, as calibrate runs them
+        return impl.gates(summaries, params, present)
 
 
 def gate_modulate(x: Tensor, gate: Tensor, layout: str = "sequence", *, backend: str = "auto") -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .gates_backward import gates_backward as _gates_backward
 from .reference import gates_with_intermediates
-from .spec import DIAGNOSTIC_TENSORS, GateParams, GatesIntermediates
+from .spec import DIAGNOSTIC_TENSORS, GateParams, GatesIntermediates, autocast_off
 
 _PER_MODALITY = ("summaries", "norm", "cues", "pre", "hidden", "instance_gate", "dimension_gate")
 
@@ -41,12 +41,14 @@ def diagnostics_list(diag: dict) -> list[Tensor]:
 def backward_from(inter: GatesIntermediates, params: Sequence[Tensor], present, grad_gates):
     """``gates_backward`` from the reference's intermediates: (grad_summaries, flat
     parameter gradients, each in its parameter's dtype)."""
-    grad_summaries, grads = _gates_backward(inter, grouped(params), present, list(grad_gates))
+    with autocast_off(inter.u.device.type):  # in ct, as the ops' contract says, even called inside autocast
+        grad_summaries, grads = _gates_backward(inter, grouped(params), present, list(grad_gates))
     return grad_summaries, [g.to(p.dtype) for g, p in zip((g for gp in grads for g in gp), params)]
 
 
 def gates(summaries: Sequence[Tensor], params: Sequence[Tensor], present: Optional[Tensor]):
-    out, diag, inter = gates_with_intermediates(summaries, grouped(params), present)
+    with autocast_off(summaries[0].device.type):  # in ct, as the ops' contract says, even called inside autocast
+        out, diag, inter = gates_with_intermediates(summaries, grouped(params), present)
     diagnostics = diagnostics_list(diag)
     saved = [t for name in _PER_MODALITY for t in getattr(inter, name)]
     return out, diagnostics, saved + [inter.u, inter.w, inter.k, inter.agreement, inter.context]

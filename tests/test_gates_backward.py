@@ -98,3 +98,30 @@ def test_shared_dim_one_cancels_exactly(backend):
     for name, g in zip(names, grads[len(features):]):
         if name.startswith("proj."):
             assert torch.count_nonzero(g) == 0, f"{name}: {g.abs().max().item():.3g}, expected exactly 0 at d = 1"
+
+
+def test_torch_formulas_compute_in_ct_inside_an_autocast_region():
+    """gates_torch is the gate network of a backend without gate kernels (the
+    CUDA backend past its slot count, Triton's float64 below triton 3.9): a
+    call inside an autocast region still computes in ct (docs/spec.md,
+    "Numerics"), as the C++ ops do, forward and backward."""
+    from mmcal_kernels import gates_torch
+
+    dims = [5, 3, 4]
+    module = make_module(dims, shared_dim=4, hidden_dim=6, seed=5, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(6)
+    summaries = [torch.randn(3, d, generator=gen) for d in dims]
+    grad_gates = [torch.randn(3, d, generator=gen) for d in dims]
+    flat = [t.detach() for p in module.gate_params() for t in p]
+    present = torch.tensor([[True, False, True], [True, True, True], [False, True, True]])
+
+    def run():
+        gates, diagnostics, saved = gates_torch.gates(summaries, flat, present)
+        return gates, diagnostics, *gates_torch.gates_backward(grad_gates, summaries, flat, present, diagnostics, saved)
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run()
+    for what, a, b in zip(("gates", "diagnostics", "grad_summaries", "grad_params"), auto, plain):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and torch.equal(x, y), f"{what}[{i}]: {x.dtype}, {(x.double() - y.double()).abs().max()}"

@@ -22,6 +22,7 @@
 #include <ATen/ops/exp.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -310,7 +311,14 @@ Lists gates_impl(const Sizes& z, TensorList summaries, const std::vector<Tensor>
   return {gate, diagnostics, saved};
 }
 
+// Steps 2-6 run in ct whatever autocast says (docs/spec.md, "Numerics"). The
+// op has no autocast kernel of its own, so a call inside an autocast region (a
+// raw call, or a backward run inside one) keeps autocast on below it, where
+// at::mm would take its operands to bfloat16. Each op turns it off for itself.
+using AutocastOff = c10::impl::ExcludeDispatchKeyGuard;
+
 Lists gates(TensorList summaries, TensorList params, const std::optional<Tensor>& present) {
+  const AutocastOff no_autocast(c10::autocast_dispatch_keyset);
   const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU", "mmcal::gates");
   const std::vector<Tensor> p = cast_params(params, z.ct);
   const Presence pres(present);
@@ -529,6 +537,7 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
 
 Pair gates_backward(TensorList grad_gates, TensorList summaries, TensorList params,
                     const std::optional<Tensor>& present, TensorList diagnostics, TensorList saved) {
+  const AutocastOff no_autocast(c10::autocast_dispatch_keyset);
   const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, "CPU", "mmcal::gates_backward");
   const BackwardArgs a = check_backward_args(z, grad_gates, summaries, diagnostics, saved);
   const std::vector<Tensor>&g = a.grad_gates, &diag = a.diagnostics, &sv = a.saved;

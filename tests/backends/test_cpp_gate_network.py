@@ -547,3 +547,18 @@ def test_deterministic():
         for a, b in zip(first, again):
             for x, y in zip(a, b):
                 assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f32-bf16-params"])
+def test_ops_compute_in_ct_inside_an_autocast_region(dtype):
+    """docs/spec.md, "Numerics": steps 2-6 in ct whatever autocast says. The
+    ops have no autocast kernel, so a raw call (or a backward run) inside an
+    autocast region keeps autocast on below them; without the ops' own guard,
+    gates_backward's at::mm took bfloat16 operands there (errors near 1e-3)."""
+    case = make_case(((5, 6, 3), 8, 8), 4, "some-missing", *DTYPES[dtype], seed=23)
+    plain = run_op(*case)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run_op(*case)
+    for what, a, b in zip(("gates", "diagnostics", "saved", "grad_summaries", "grad_params"), auto, plain):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and torch.equal(x, y), f"{what}[{i}]: {(x.double() - y.double()).abs().max()}"

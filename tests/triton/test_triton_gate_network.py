@@ -283,3 +283,23 @@ def test_launch_counts_and_determinism(monkeypatch):
     gates, _, _ = torch.ops.mmcal.triton_gates(leaves[:2], leaves[2:], pres)
     torch.autograd.grad(gates, leaves, [torch.zeros_like(g) for g in gates])
     assert len(launched) <= 2, launched
+
+
+def test_torch_fallback_computes_in_ct_inside_an_autocast_region():
+    """Past MAX_SLOTS modalities the ops compute with the reference's formulas
+    (torch ops), which autocast would run in a lower dtype: docs/spec.md,
+    "Numerics", wants ct whatever autocast says, as the kernels compute."""
+    summaries, flat, pres = _make(3, [3, 4, 2, 5, 3], 5, [7, 3, 7, 7, 4], F32, F32, "some", seed=11)
+    grads = [torch.randn_like(s) for s in summaries]
+    ops = torch.ops.mmcal
+
+    def run():
+        gates, diagnostics, saved = ops.triton_gates(summaries, flat, pres)
+        return gates, diagnostics, *ops.triton_gates_backward(grads, summaries, flat, pres, diagnostics, saved)
+
+    plain = run()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        auto = run()
+    for what, a, b in zip(("gates", "diagnostics", "grad_summaries", "grad_params"), auto, plain):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert x.dtype == y.dtype and torch.equal(x, y), f"{what}[{i}]: {x.dtype}, {(x.double() - y.double()).abs().max()}"

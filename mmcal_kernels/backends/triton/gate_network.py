@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ... import gates_torch, op_checks, reference
-from ...spec import GateParams
+from ...spec import GateParams, autocast_off
 from . import configs
 from .rounding import to_stored
 from .slots import MAX_SLOTS, cdiv, mask_bytes
@@ -538,7 +538,8 @@ def _slot_width(d: int, dim: int, r: int) -> int:
 def _torch_forward(summaries, params, present):
     """More modalities than one launch holds, or float64 below triton 3.9: the reference's formulas."""
     num = len(summaries)
-    gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    with autocast_off(summaries[0].device.type):  # in ct, as the ops' contract says, even called inside autocast
+        gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
     diagnostics = gates_torch.diagnostics_list(diag)
     norm = torch.cat(inter.norm, 1) if num else None
     saved = [inter.u, norm, inter.context] + list(inter.pre)
@@ -597,7 +598,8 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
 
 
 def _torch_backward(grad_gates, summaries, params, present):
-    _, _, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    with autocast_off(summaries[0].device.type):  # backward_from turns it off for its own products
+        _, _, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
     return gates_torch.backward_from(inter, params, present, grad_gates)
 
 
