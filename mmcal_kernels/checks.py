@@ -23,6 +23,7 @@ from .spec import LAYOUTS, GateParams, channels, layout_name
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COMPUTE_DTYPES = (torch.float32, torch.float64)
+PARAM_DTYPES = FEATURE_DTYPES  # any of them, cast once to the compute dtype (float8 cannot promote)
 PER_MODALITY = len(GateParams._fields)  # parameters per modality in the ops' flat lists
 
 
@@ -130,6 +131,17 @@ def check_features(
     return features, layouts, masks
 
 
+def _as_list(values, name: str, expected: str) -> list:
+    """``values`` (any iterable but a tensor) as a list, or a TypeError naming
+    ``name``, where ``list()`` would say only "object is not iterable"."""
+    if not isinstance(values, Tensor):
+        try:
+            return list(values)
+        except TypeError:
+            pass
+    raise TypeError(f"{name}: expected {expected}, got {type(values).__name__}")
+
+
 def check_params(params: Sequence[GateParams], device: torch.device, name: str = "params") -> list[GateParams]:
     checked = []
     for m, p in enumerate(params):
@@ -142,8 +154,8 @@ def check_params(params: Sequence[GateParams], device: torch.device, name: str =
         for field, t in zip(GateParams._fields, p):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}[{m}].{field}: expected a tensor, got {type(t).__name__}")
-            if not t.is_floating_point():
-                raise TypeError(f"{name}[{m}].{field}: expected a floating-point tensor, got {t.dtype}")
+            if t.dtype not in PARAM_DTYPES:
+                raise TypeError(f"{name}[{m}].{field}: expected one of {_dtype_names(PARAM_DTYPES)}, got {t.dtype}")
             if t.device != device:
                 raise ValueError(f"{name}[{m}].{field}: on {t.device}, but the features are on {device}")
     return params
@@ -151,11 +163,14 @@ def check_params(params: Sequence[GateParams], device: torch.device, name: str =
 
 def check_param_list(params, dims: Sequence[int], device: torch.device, name: str = "params") -> list[GateParams]:
     """One GateParams per modality, every shape docs/spec.md gives, one shared ``d``."""
-    params = list(params)
+    params = _as_list(params, name, "one GateParams per modality")
     if len(params) != len(dims):
         raise ValueError(f"{name}: expected one GateParams per modality ({len(dims)}), got {len(params)}")
     params = check_params(params, device, name)
     for m, (p, dm) in enumerate(zip(params, dims)):
+        for field in ("proj_weight", "hidden_weight"):  # their first sizes are d and r, read below
+            if getattr(p, field).dim() != 2:
+                raise ValueError(f"{name}[{m}].{field}: expected a 2-D weight, got shape {tuple(getattr(p, field).shape)}")
         d = p.proj_weight.shape[0]
         if m and d != params[0].proj_weight.shape[0]:
             raise ValueError(f"{name}[{m}].proj_weight: shared dim d = {d} differs from {name}[0]'s "
@@ -175,7 +190,7 @@ def check_param_list(params, dims: Sequence[int], device: torch.device, name: st
 
 def check_summaries(summaries, name: str = "summaries") -> list[Tensor]:
     """Steps 2-6's input: at least 2 ``[B, D_m]`` tensors in one compute dtype, one batch, one device."""
-    summaries = list(summaries)
+    summaries = _as_list(summaries, name, "a list of [B, D_m] tensors, one per modality")
     if len(summaries) < 2:
         raise ValueError(f"{name}: calibration compares modalities, so it needs at least 2; got {len(summaries)}")
     first = summaries[0]

@@ -106,9 +106,9 @@ class PreFusionCalibration(nn.Module):
         """Every parameter to its initial distribution (docs/spec.md, "Parameters"):
         the projections and hidden layers as ``nn.Linear`` does, the last gate
         layers zeros."""
-        for layers in self._modules.values():
-            for layer in layers:
-                layer.reset_parameters()
+        for layer in (*self.proj, *self.gate_hidden):
+            layer.reset_parameters()
+        self.reset_gates()  # zeros whatever class a gate layer is now (one swapped in may be a plain Linear)
 
     def gate_params(self) -> list[GateParams]:
         """The parameters of each modality in the order the functional API takes."""

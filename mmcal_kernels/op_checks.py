@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .checks import COMPUTE_DTYPES, PER_MODALITY
+from .checks import COMPUTE_DTYPES, PARAM_DTYPES, PER_MODALITY
 from .spec import GateParams, layout_name
 
 
@@ -84,8 +84,8 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
         where = f"params[{i}] ({GateParams._fields[i % PER_MODALITY]} of modality {i // PER_MODALITY})"
         if not isinstance(p, Tensor):
             raise TypeError(f"{where}: expected a tensor, got {type(p).__name__}")
-        if not p.is_floating_point():
-            raise TypeError(f"{where}: expected a floating-point tensor, got {p.dtype}")
+        if p.dtype not in PARAM_DTYPES:  # as the C++ op: float8 is floating point but cannot promote
+            raise TypeError(f"{where}: expected a floating-point dtype (float16, bfloat16, float32, float64), got {p.dtype}")
         if p.device != first.device:
             raise ValueError(f"{where}: on {p.device}, but summaries[0] is on {first.device}")
     d = params[0].shape[0] if params[0].dim() == 2 else -1

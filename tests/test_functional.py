@@ -132,6 +132,63 @@ def test_stage_op_bad_input_names_the_argument():
         functional.calibrate(features, params, layouts=LAYOUTS)
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'fast'"):
         functional.calibrate(features, module.gate_params(), layouts=LAYOUTS, backend="fast")
+    # Named, not Python's "'NoneType' object is not iterable" or an IndexError.
+    with pytest.raises(TypeError, match=r"^params: expected one GateParams per modality, got NoneType"):
+        functional.calibrate(features, None, layouts=LAYOUTS)
+    with pytest.raises(TypeError, match=r"^summaries: expected a list of \[B, D_m\] tensors"):
+        functional.calibration_gates(None, params)
+    for field in ("proj_weight", "hidden_weight"):
+        params = module.gate_params()
+        params[2] = params[2]._replace(**{field: torch.tensor(1.0, dtype=torch.float64)})
+        with pytest.raises(ValueError, match=rf"^params\[2\]\.{field}: expected a 2-D weight, got shape \(\)"):
+            functional.calibrate(features, params, layouts=LAYOUTS)
+    # float8 is floating point, but promotes with nothing: refused as the C++ op refuses it.
+    params = module.gate_params()
+    params[0] = params[0]._replace(proj_bias=params[0].proj_bias.to(torch.float8_e5m2))
+    with pytest.raises(TypeError, match=r"^params\[0\]\.proj_bias: expected one of float16, bfloat16, float32, float64, got torch.float8_e5m2"):
+        functional.calibrate(features, params, layouts=LAYOUTS)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_stages_run_with_autocast_off(backend):
+    """docs/spec.md, "Numerics": steps 1-6 in ct whatever autocast says, for
+    the stage functions as for calibrate. The reference's products would run
+    in bfloat16 under CPU autocast (errors near 1e-2). A kernel backend's
+    backward also runs in ct when called inside the autocast region; the
+    reference's backward is torch's autograd, which autocast reaches there
+    (torch advises against a backward under autocast), so it is called
+    outside, as torch advises."""
+    module = make_module(DIMS, LAYOUTS, seed=33, dtype=torch.float32)
+    features, masks, present = random_case(DIMS, LAYOUTS, positions=POSITIONS, dtype=torch.float32, seed=34)
+    params = module.gate_params()
+
+    def forward():
+        leaves = [x.detach().requires_grad_() for x in features]
+        summaries = [functional.summary_pool(x, lay, v, backend=backend) for x, lay, v in zip(leaves, LAYOUTS, masks)]
+        gates, diag = functional.calibration_gates(summaries, params, present, backend=backend)
+        loss = sum((g * torch.linspace(-1, 1, g.shape[1])).sum() for g in gates)
+        return gates, diag, loss, [*leaves, *module.parameters()]
+
+    def backward(loss, inputs):
+        return torch.autograd.grad(loss, inputs)
+
+    gates, diag, loss, inputs = forward()
+    plain = gates, diag, backward(loss, inputs)
+    kernels = backends.resolve(backend, "cpu").name != "reference"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gates, diag, loss, inputs = forward()
+        if kernels:
+            auto = gates, diag, backward(loss, inputs)
+    if not kernels:
+        auto = gates, diag, backward(loss, inputs)
+    for i, (a, e) in enumerate(zip(auto[0], plain[0])):
+        assert a.dtype == torch.float32, f"gates[{i}]: {a.dtype}"
+        torch.testing.assert_close(a, e, rtol=0, atol=0, msg=f"gates[{i}]")
+    for key in ("agreement", "support", "conflict", "instance_gate"):
+        assert auto[1][key].dtype == torch.float32, key
+        torch.testing.assert_close(auto[1][key], plain[1][key], rtol=0, atol=0, msg=key)
+    for i, (a, e) in enumerate(zip(auto[2], plain[2])):
+        torch.testing.assert_close(a, e, rtol=0, atol=0, msg=f"gradient {i}")
 
 
 def test_suspicious_masks_warn_once(monkeypatch):

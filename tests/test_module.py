@@ -86,6 +86,11 @@ def test_deferred_initialisation_keeps_the_zero_gate_layers():
     module.reset_parameters()
     assert all(torch.equal(x, y) for x, y in zip(features, module(features, masks, present)))
     assert all(p.abs().max() > 0 for n, p in module.named_parameters() if n.startswith(("proj", "gate_hidden")))
+    # A plain Linear swapped in as a gate layer (or unpickled as one) is zeroed too, not drawn at random.
+    module.gate_dim[1] = torch.nn.Linear(4, dims[1])
+    module.gate_instance[0] = torch.nn.Linear(4, 1)
+    module.reset_parameters()
+    assert all(torch.equal(x, y) for x, y in zip(features, module(features, masks, present)))
 
 
 def test_jit_trace_runs_the_reference_under_auto_and_a_kernel_backend_refuses():
