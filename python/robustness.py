@@ -63,11 +63,15 @@ def conditions():
 
 def corrupted_sets(split, stats, names, seed=1234):
     """The corrupted copies of ``split``, one per condition, with fixed randomness
-    (every model of a seed sees the very same corrupted samples)."""
+    (every model of a seed sees the very same corrupted samples). A condition's
+    draw is seeded by its place among ALL conditions, not among ``names``, so a
+    run of a few conditions (the ablation's ``--conditions``) corrupts the very
+    samples the full run corrupted, and its models are compared pairwise."""
     conds, out = conditions(), {}
-    for i, name in enumerate(names):
+    place = {name: i for i, name in enumerate(conds)}
+    for name in names:
         kind, target, severity, count = conds[name]
-        gen = torch.Generator().manual_seed(seed + i)
+        gen = torch.Generator().manual_seed(seed + place[name])
         k, s = corrupt.plan(len(split), kind, target, severity, count, gen)
         out[name] = corrupt.apply(corrupt.batch_of(split, slice(None)), k, s, split, stats, gen)
     return out

@@ -145,6 +145,23 @@ def test_training_plan_corrupts_at_most_two_modalities():
     assert ((sev > 0) == (kind > 0)).all() and sev.max() == 5
 
 
+def test_a_run_of_some_conditions_corrupts_the_samples_the_full_run_does(small):
+    """The ablation runs a subset of the conditions (--conditions) and is
+    compared seed by seed with the full run: each condition's draw must not
+    depend on which other conditions the run has."""
+    import robustness
+
+    names = list(robustness.conditions())
+    subset = ["clean", "noise/random/5", "conflict/two-random", "removal/random"]
+    full = robustness.corrupted_sets(small.test, small.stats, names)
+    part = robustness.corrupted_sets(small.test, small.stats, subset)
+    for name in subset:
+        assert part[name].keys() == full[name].keys()
+        for field, a in part[name].items():
+            b = full[name][field]
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f"{name}: {field}"
+
+
 def test_quick_run_end_to_end(small, cache, tmp_path):
     env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)],
