@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
+from mmcal_kernels.bench.timing import input_set_count
 from mmcal_kernels.bench.workloads import WORKLOADS
 from mmcal_kernels.info import cpu_name
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     w = WORKLOADS[args.workload]
     (contender,) = [c for c in contenders(device, compile_reference=False) if c.label == args.backend]
     module = make_module(w, device, args.backend)
-    sets = input_sets(w, torch.float32, device, count=4)
+    sets = input_sets(w, torch.float32, device, count=input_set_count(device, w.feature_bytes(torch.float32)))
     fwd_bwd = pass_callables(w, contender, module)["fwd+bwd"]
     for i in range(args.steps):
         fwd_bwd(sets[i % len(sets)])

@@ -14,6 +14,7 @@ import torch
 
 from mmcal_kernels.bench.compiled import CompileWatch, fresh
 from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
+from mmcal_kernels.bench.timing import input_set_count
 from mmcal_kernels.bench.floors import PASSES, floor_bytes
 from mmcal_kernels.bench.workloads import workload
 
@@ -31,7 +32,7 @@ def prepared():
         key = (name, dname, label)
         if key not in cache:
             w = workload(name, DTYPES[dname])
-            sets = input_sets(w, DTYPES[dname], DEVICE, count=3)
+            sets = input_sets(w, DTYPES[dname], DEVICE, count=input_set_count(torch.device(DEVICE), w.feature_bytes(DTYPES[dname])))
             c = CONTENDERS[label]
             module = make_module(w, DEVICE, c.backend)
             watch = None

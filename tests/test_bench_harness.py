@@ -454,3 +454,18 @@ def test_wall_timer_counts_host_and_sync_time(monkeypatch):
     got = timing.time_wall(call, sync, calls=10, rounds=4, warmup=2)
     assert got.samples == 4
     assert abs(got.median_ms - 1.5) < 1e-9 and abs(got.p20_ms - 1.5) < 1e-9
+
+
+def test_input_sets_outgrow_the_last_level_cache_on_a_cpu():
+    """Rotated sets must not fit the cache together (four of MOSI's float32
+    sets fit a 32 MiB L3, and its summary then ran 1.3x faster)."""
+    from mmcal_kernels.bench.timing import input_set_count, last_level_cache_bytes
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mib = 2**20
+    assert last_level_cache_bytes() > 0
+    assert input_set_count(cpu, int(2.5 * mib), cache_bytes=32 * mib) == 26  # 26 x 2.5 MiB >= 64 MiB
+    assert input_set_count(cpu, 5 * mib, cache_bytes=32 * mib) * 5 * mib >= 64 * mib
+    assert input_set_count(cpu, 256 * mib, cache_bytes=32 * mib) == 2
+    assert input_set_count(cpu, 1000, cache_bytes=32 * mib) == 64
+    assert input_set_count(cuda, 5 * mib) == 4 and input_set_count(cuda, 100 * mib) == 2  # the timer flushes L2

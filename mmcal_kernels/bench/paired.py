@@ -35,7 +35,7 @@ from .compiled import CompileWatch, fresh, strict_recompiles
 from .contenders import COMPILED, EAGER, contenders, input_sets, make_module, pass_callables
 from .floors import PASSES
 from .runner import DTYPES, allocator_label, machine_meta, package_info
-from .timing import median_p20_p80
+from .timing import input_set_count, median_p20_p80
 from .workloads import NAMES, workload
 
 REAL_WORKLOADS = tuple(n for n in NAMES if not n.startswith("stress"))
@@ -145,7 +145,7 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
     w = workload(name, dtype)
     if args.quick:
         w = w.scaled(batch=4, max_positions=16)
-    sets = input_sets(w, dtype, device, count=4 if w.feature_bytes(dtype) < 64 * 2**20 else 2)  # as the runner
+    sets = input_sets(w, dtype, device, count=input_set_count(device, w.feature_bytes(dtype)))  # as the runner
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fresh()  # compiled contenders of this workload start from nothing; none is reset while another is held
     held = []
@@ -186,6 +186,7 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
             records.append({
                 "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": c.label,
                 "compiled": c.compiled, "allocator": allocator_label(device), "calls_per_block": numbers[c.label],
+                "input_sets": len(sets),
                 "first_call_s": before[c.label][3],
                 "median_ms": summary["median"] * 1e3, "p20_ms": summary["p20"] * 1e3, "p80_ms": summary["p80"] * 1e3,
                 "round_ms": [t * 1e3 for t in times[c.label]],

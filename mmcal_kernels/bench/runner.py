@@ -43,7 +43,7 @@ from .compiled import CompileFallback, CompileWatch, fresh, strict_recompiles
 from .contenders import contenders, input_sets, make_module, pass_callables
 from .counting import count_ops, cuda_launches
 from .floors import PASSES, floor_bytes
-from .timing import copy_bandwidth, minor_page_faults, time_call
+from .timing import copy_bandwidth, input_set_count, minor_page_faults, time_call
 from .workloads import LARGE_BYTES, NAMES, workload
 
 DTYPES = {"float32": (torch.float32, torch.float32), "bf16-mixed": (torch.bfloat16, torch.float32)}
@@ -191,7 +191,7 @@ def measure(args, device: torch.device, progress_for) -> tuple[list[dict], dict]
                     continue
                 dtype, param_dtype = DTYPES[dname]
                 x_bytes, v_bytes = w.feature_bytes(dtype), w.mask_bytes()
-                sets = input_sets(w, dtype, device, count=4 if x_bytes < 64 * 2**20 else 2)
+                sets = input_sets(w, dtype, device, count=input_set_count(device, x_bytes))
                 for c in phase_contenders:
                     _measure_contender(args, device, w, dname, c, sets, common, progress, deadline, meta,
                                        bandwidth, x_bytes, v_bytes, cost)  # fmt: skip
@@ -226,6 +226,7 @@ def _measure_contender(args, device, w, dname, c, sets, common, progress, deadli
             **common, "compiled": c.compiled, "compile_mode": c.mode,
             "batch": w.batch, "dims": list(w.dims),
             "positions": [list(p) if isinstance(p, tuple) else p for p in w.positions], "feature_bytes": x_bytes,
+            "input_sets": len(sets),
         }  # fmt: skip
         try:
             record.update(_time_row(args, device, c, calls, pass_name, sets, watch, what))

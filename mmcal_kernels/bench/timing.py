@@ -3,18 +3,57 @@
 CPU: ``torch.utils.benchmark.Timer`` (it sets threads and synchronises as
 PyTorch's own benchmarks do). CUDA: ``triton.testing.do_bench`` when triton is
 importable (it flushes L2 between calls), else CUDA events. Every timed callable
-rotates through several input sets so small working sets do not stay in cache.
+rotates through several input sets so small working sets do not stay in cache:
+on a CPU as many as make twice the last-level cache (``input_set_count``).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+
+
+FALLBACK_LLC_BYTES = 32 * 2**20  # where the size cannot be read: the project machine's L3
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache of cpu0 (Linux sysfs; else glibc's sysconf; else 32 MiB)."""
+    sizes = []
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(root):
+            if entry.startswith("index"):
+                with open(os.path.join(root, entry, "size")) as f:
+                    text = f.read().strip()
+                scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+                sizes.append(int(text.rstrip("KMG")) * scale)
+    except (OSError, ValueError):
+        sizes = []
+    if not sizes:
+        try:
+            sizes = [os.sysconf("SC_LEVEL3_CACHE_SIZE"), os.sysconf("SC_LEVEL2_CACHE_SIZE")]
+        except (ValueError, OSError, AttributeError):
+            sizes = []
+    return max([s for s in sizes if s > 0], default=FALLBACK_LLC_BYTES)
+
+
+def input_set_count(device: torch.device, feature_bytes: int, cache_bytes: Optional[int] = None) -> int:
+    """How many input sets a timed callable rotates through. On a CPU, enough
+    that their features alone are twice the last-level cache, so no call finds
+    its inputs still cached from the round before (4 sets of MOSI's or
+    MOSEI-aligned's float32 features fit a 32 MiB L3: that flattered them).
+    At least 2, at most 64 (tiny --quick shapes). On a GPU the timer flushes
+    L2 between calls itself: 4 sets below 64 MiB, else 2, as before."""
+    if device.type != "cpu":
+        return 4 if feature_bytes < 64 * 2**20 else 2
+    cache = cache_bytes if cache_bytes is not None else last_level_cache_bytes()
+    return max(2, min(64, -(-2 * cache // max(1, feature_bytes))))
 
 
 @dataclass
