@@ -19,6 +19,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from mmcal_kernels import PreFusionCalibration  # noqa: E402
 from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_, reference_copy
 
+# On a lent GPU a stage's time limit can kill pytest before it prints its
+# summary or writes its junit XML (a test failed there once with no trace
+# left). With MMCAL_FAILURE_LOG set (benchmarks/gpu/check.sh sets it), each
+# failure is appended to that file as it happens.
+_FAILURE_LOG = os.environ.get("MMCAL_FAILURE_LOG")
+
+
+def pytest_runtest_logreport(report):
+    if _FAILURE_LOG and report.failed:
+        with open(_FAILURE_LOG, "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
 
 def make_module(dims, layouts="sequence", *, shared_dim=4, hidden_dim=5, seed=0, dtype=torch.float64, backend="reference"):
     """A module with every parameter random, in ``dtype``."""

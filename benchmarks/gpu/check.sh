@@ -128,6 +128,9 @@ fi
 # bad access would poison the CUDA context of every test after it), then the
 # rest, most telling first; the .cu spill checks (nvcc only, no GPU) last.
 # SIGINT at a limit: pytest stops as on Ctrl-C and still writes the junit XML of what ran.
+# Each failure also goes to failures.log as it happens (tests/conftest.py):
+# a pytest cut at its limit may leave neither its summary nor its XML.
+export MMCAL_FAILURE_LOG="$OUT/failures.log"
 GATE_TESTS_S=$(( TESTS_S / 3 ))
 echo "pytest tests/backends/test_cuda_gate_network.py (junit: $OUT/tests-gates.xml, limit $GATE_TESTS_S s)"
 timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest tests/backends/test_cuda_gate_network.py -m "not slow" -q -rfEs \

@@ -303,3 +303,19 @@ def test_torch_fallback_computes_in_ct_inside_an_autocast_region():
     for what, a, b in zip(("gates", "diagnostics", "grad_summaries", "grad_params"), auto, plain):
         for i, (x, y) in enumerate(zip(a, b)):
             assert x.dtype == y.dtype and torch.equal(x, y), f"{what}[{i}]: {x.dtype}, {(x.double() - y.double()).abs().max()}"
+
+
+@pytest.mark.parametrize("d, hidden", [(5, [7, 600]), (1100, [7, 7])], ids=["r-600", "d-1100"])
+def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
+    """A hidden width past 512 needs 1024-wide tiles, whose forward asked an
+    H200 for more shared memory than it has (OutOfResources); such shapes,
+    and d past 1024, take the reference's formulas both ways: no kernel, the
+    reference's values."""
+    launched = []
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
+    summaries, flat, pres = _make(3, [4, 3], d, hidden, F32, F32, "some", seed=12)
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+    assert launched == [], f"{len(launched)} kernel launches"
+    assert gate_network._torch_formulas(2, F32, d, hidden)
+    assert not gate_network._torch_formulas(2, F32, 512, [512]) and not gate_network._torch_formulas(2, F32, 1024, [64])

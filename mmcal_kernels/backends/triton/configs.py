@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import is_fake
 
 # (architectures, configuration). The reductions stream [BLOCK_P, BLOCK_D]
 # tiles down the positions; the maps write one tile a program. Wider channel
@@ -89,9 +90,29 @@ def forced(tuner, config: triton.Config):
         _FORCED.pop(id(tuner), None)
 
 
+def _on_tensors_device(args: list):
+    """The tensors' GPU as the current device, where it is not already. Triton
+    launches on the current device and its stream, and neither triton_op nor
+    wrap_triton sets it in eager mode: a call on cuda:1 while cuda:0 is
+    current would run on GPU 0 with GPU 1's pointers (the CUDA backend's
+    CUDAGuard does this for its ops). A no-op on one GPU, under fake tensors
+    and under the interpreter; compiled code has Inductor's own guard."""
+    t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if t is None or t.device.type != "cuda" or torch.compiler.is_compiling() or is_fake(t):
+        return contextlib.nullcontext()
+    if t.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
+
+
 def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, tune: bool = True) -> None:
     """One launch of ``tuner`` (a ``triton.autotune`` object) through ``wrap_triton``;
     ``tune=False`` launches ``fixed_config`` without autotuning."""
+    with _on_tensors_device(args):
+        _launch(tuner, grid, args, constexprs, tune)
+
+
+def _launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, tune: bool) -> None:
     from torch.library import wrap_triton
 
     config: Optional[triton.Config] = _FORCED.get(id(tuner))

@@ -63,6 +63,12 @@ def _release(version: str) -> tuple[int, int]:
 # a float64 call takes the torch formulas both ways, with the same results
 # and more launches.
 FP64_KERNELS = _release(triton.__version__) >= (3, 9)
+# The widest tiles measured to fit (H200, triton 3.6, float32, forward and
+# backward): BLOCK_R 512 (d = r = 512) and BLOCK_DD 1024 (d = 1024, r = 64).
+# A hidden width past 512 took 1024-wide tiles, and the forward asked for
+# 261 KB of shared memory (OutOfResources, 227 KB on an H200); wider shapes
+# take the torch formulas, as more modalities than the slots do.
+MAX_BLOCK_R, MAX_BLOCK_DD = 512, 1024
 
 # One configuration each: BLOCK_B/BLOCK_K are fixed by the host (it sizes the
 # grid and the workspace with them) and the tile widths follow d and r; there
@@ -535,6 +541,16 @@ def _slot_width(d: int, dim: int, r: int) -> int:
     return d * dim + d + r * (2 * d + 2) + 2 * r + 1 + dim * r + dim
 
 
+def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int]) -> bool:
+    """Whether a call computes with the reference's formulas instead of the
+    kernels: more modalities than one launch holds, float64 below triton 3.9,
+    or tiles wider than fit (MAX_BLOCK_R, MAX_BLOCK_DD). The forward and the
+    backward decide alike: the backward reads what its forward saved."""
+    shrink = 2 if ct == torch.float64 else 1  # twice the bytes a tile (an unmeasured guess: triton 3.9 only)
+    too_wide = _pow2(max(hidden, default=1)) > MAX_BLOCK_R // shrink or _pow2(d) > MAX_BLOCK_DD // shrink
+    return num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS) or too_wide
+
+
 def _torch_forward(summaries, params, present):
     """More modalities than one launch holds, or float64 below triton 3.9: the reference's formulas."""
     num = len(summaries)
@@ -569,7 +585,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
-    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
+    if _torch_formulas(num, ct, d, hidden):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -618,7 +634,7 @@ def gates_backward(
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
-    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
+    if _torch_formulas(num, ct, d, hidden):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]
