@@ -4,7 +4,11 @@ that the difference is Python, argument checks and autograd: the floor an
 eager GPU step cannot go below on a host of this speed. A bare autograd node
 with the same differentiable inputs shows what any node pays.
 
-    python benchmarks/host_overhead.py [--backend cpu] [--threads 1]
+    python benchmarks/host_overhead.py [--backend cpu] [--device cpu] [--threads 1]
+
+On a GPU (``--device cuda --backend cuda``) the calls of a timed run are
+launched back to back and synchronised once at its end: at these sizes the
+GPU keeps up, so the time a call is the host's.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from mmcal_kernels.bench.timing import wall_samples
 from mmcal_kernels.info import cpu_name
 
 
-def best_mean_us(fn, calls, repeats):
-    """The best of ``repeats`` means over ``calls`` calls, in microseconds (CPU work: nothing to sync)."""
-    return min(wall_samples(fn, lambda: None, calls=calls, rounds=repeats, warmup=min(calls, 30))) * 1e6
+def best_mean_us(fn, calls, repeats, sync=lambda: None):
+    """The best of ``repeats`` means over ``calls`` calls, in microseconds (one ``sync`` a run)."""
+    return min(wall_samples(fn, sync, calls=calls, rounds=repeats, warmup=min(calls, 30))) * 1e6
 
 
 class _BareNode(torch.autograd.Function):
@@ -43,18 +47,21 @@ class _BareNode(torch.autograd.Function):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the inputs' and the module's device)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=300, help="calls a timed run")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs; the best one's mean counts")
     args = parser.parse_args()
-    best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats, sync=sync)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = (4, 3, 2)
-    module = PreFusionCalibration(dims, shared_dim=4, backend=args.backend)
+    module = PreFusionCalibration(dims, shared_dim=4, backend=args.backend).to(device)
     for p in module.parameters():
         torch.nn.init.normal_(p)  # not the zero init, so every gradient is computed
-    xs = [torch.randn(2, 3, dim, requires_grad=True) for dim in dims]
+    xs = [torch.randn(2, 3, dim, device=device, requires_grad=True) for dim in dims]
     params = list(module.parameters())
 
     def forward():
@@ -75,7 +82,8 @@ def main():
         for t in (*params, *xs):
             t.grad = None
 
-    print(f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {args.threads} thread(s); "
+    gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {args.threads} thread(s); "
           f"backend {args.backend!r}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
     rows = {"module forward": best_us(forward), "module forward, no_grad": best_us(forward_no_grad),
             "module calibrate_": best_us(in_place), "module forward+backward": best_us(step)}  # fmt: skip
