@@ -552,7 +552,7 @@ def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int]) -> boo
 
 
 def _torch_forward(summaries, params, present):
-    """More modalities than one launch holds, or float64 below triton 3.9: the reference's formulas."""
+    """The reference's formulas, where _torch_formulas says the kernels cannot take the call."""
     num = len(summaries)
     with autocast_off(summaries[0].device.type):  # in ct, as the ops' contract says, even called inside autocast
         gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
