@@ -38,6 +38,15 @@ def diagnostics_list(diag: dict) -> list[Tensor]:
     return [diag[k] for k in DIAGNOSTIC_TENSORS] + list(diag["dimension_gates"])
 
 
+def forward_in_ct(summaries: Sequence[Tensor], params: Sequence[Tensor], present: Optional[Tensor]):
+    """The reference's ``gates_with_intermediates`` on flat ``params``, with
+    autocast off: in ct, as the ops' contract says, even called inside an
+    autocast region. Every torch-formula stand-in for the kernels goes
+    through it (here, and the Triton fallback)."""
+    with autocast_off(summaries[0].device.type):
+        return gates_with_intermediates(summaries, grouped(params), present)
+
+
 def backward_from(inter: GatesIntermediates, params: Sequence[Tensor], present, grad_gates):
     """``gates_backward`` from the reference's intermediates: (grad_summaries, flat
     parameter gradients, each in its parameter's dtype)."""
@@ -47,8 +56,7 @@ def backward_from(inter: GatesIntermediates, params: Sequence[Tensor], present, 
 
 
 def gates(summaries: Sequence[Tensor], params: Sequence[Tensor], present: Optional[Tensor]):
-    with autocast_off(summaries[0].device.type):  # in ct, as the ops' contract says, even called inside autocast
-        out, diag, inter = gates_with_intermediates(summaries, grouped(params), present)
+    out, diag, inter = forward_in_ct(summaries, params, present)
     diagnostics = diagnostics_list(diag)
     saved = [t for name in _PER_MODALITY for t in getattr(inter, name)]
     return out, diagnostics, saved + [inter.u, inter.w, inter.k, inter.agreement, inter.context]

@@ -34,8 +34,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from ... import gates_torch, op_checks, reference
-from ...spec import GateParams, autocast_off
+from ... import gates_torch, op_checks
+from ...spec import GateParams
 from . import configs
 from .rounding import to_stored
 from .slots import MAX_SLOTS, cdiv, mask_bytes
@@ -554,8 +554,7 @@ def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int]) -> boo
 def _torch_forward(summaries, params, present):
     """The reference's formulas, where _torch_formulas says the kernels cannot take the call."""
     num = len(summaries)
-    with autocast_off(summaries[0].device.type):  # in ct, as the ops' contract says, even called inside autocast
-        gates, diag, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    gates, diag, inter = gates_torch.forward_in_ct(summaries, params, present)
     diagnostics = gates_torch.diagnostics_list(diag)
     norm = torch.cat(inter.norm, 1) if num else None
     saved = [inter.u, norm, inter.context] + list(inter.pre)
@@ -614,8 +613,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
 
 
 def _torch_backward(grad_gates, summaries, params, present):
-    with autocast_off(summaries[0].device.type):  # backward_from turns it off for its own products
-        _, _, inter = reference.gates_with_intermediates(summaries, gates_torch.grouped(params), present)
+    _, _, inter = gates_torch.forward_in_ct(summaries, params, present)
     return gates_torch.backward_from(inter, params, present, grad_gates)
 
 
