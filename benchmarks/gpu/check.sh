@@ -5,6 +5,9 @@
 #   bash benchmarks/gpu/check.sh               # on the GPU, under 480 s on 16 cores
 #   bash benchmarks/gpu/check.sh --dry-run     # on a CPU machine: every stage, GPU parts skipped
 #                                              # (or MMCAL_GPU_DRY_RUN=1)
+#   MMCAL_GPU_PLAN=benchmarks/gpu/next-run.env bash benchmarks/gpu/check.sh
+#                                              # a follow-up run: the plan file (bash) sets which
+#                                              # tests, workloads and contenders, and the limits
 #
 # Stages, each with a hard time limit, each writing under $OUT as it goes:
 #   1. env      nvidia-smi, versions                                   -> check.log
@@ -16,6 +19,8 @@
 #               whatever they report, the benchmark runs
 #   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
 #               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
+#   3c. host    the eager step's host time at tiny sizes, beside each op alone
+#               (benchmarks/host_overhead.py)                           -> host-overhead.txt
 #   4. bench    mosei-aligned (issue 12's target) first, then stress and the other real
 #               workloads, fp32 and bf16-mixed, forward and fwd+bwd; eager
 #               reference/cuda/triton first, then the compiled reference and kernel
@@ -24,7 +29,8 @@
 #               CUDA launches of each row's forward and backward (torch.profiler);
 #               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
 #   5. summary  tests and rows at a glance, per-stage times            -> check.log
-# At most 9 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml gate-warps.json <gpu>-filtered.json/.png
+# At most 12 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml failures.log
+# gate-warps.json host-overhead.txt <gpu>-filtered.json/.png
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -34,10 +40,24 @@ DRY=${MMCAL_GPU_DRY_RUN:-0}
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
+# Defaults: the full run. A plan file may set any of these (and the limits below).
+GATE_TESTS=(tests/backends/test_cuda_gate_network.py)
+TESTS=(tests/triton/test_triton_gate_network.py tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py
+       tests/backends/test_cuda_random_steps.py
+       tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
+WORKLOADS=(mosei-aligned stress-256MiB cremad-resnet18 ave-resnet18 mosei-unaligned mosi-unaligned)
+DTYPES=(float32 bf16-mixed)
+BACKENDS=()  # empty: every contender
+if [[ -n "${MMCAL_GPU_PLAN:-}" ]]; then
+  # shellcheck source=/dev/null
+  source "$MMCAL_GPU_PLAN" || { echo "FATAL: cannot read the plan $MMCAL_GPU_PLAN"; exit 1; }
+fi
 TOTAL=${MMCAL_GPU_TOTAL_S:-470}     # the whole script; the benchmark gets what is left
 BUILD_S=${MMCAL_GPU_BUILD_S:-170}
 TESTS_S=${MMCAL_GPU_TESTS_S:-150}
 TEST_TIMEOUT_S=${MMCAL_GPU_TEST_TIMEOUT_S:-45}
+WARPS_S=${MMCAL_GPU_WARPS_S:-45}   # 0: skip the stage
+HOST_S=${MMCAL_GPU_HOST_S:-40}     # 0: skip the stage
 SUMMARY_RESERVE_S=25
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
 exec > >(tee -a "$OUT/check.log") 2>&1
@@ -46,7 +66,7 @@ declare -A STAGE_S
 now() { echo $(( $(date +%s) - T0 )); }
 stage() { STAGE_NAME=$1; STAGE_T=$(date +%s); echo; echo "=== [$(now) s] $1 (limit $2 s)"; }
 done_stage() { STAGE_S[$STAGE_NAME]=$(( $(date +%s) - STAGE_T )); echo "=== $STAGE_NAME took ${STAGE_S[$STAGE_NAME]} s"; }
-echo "mmcal_kernels GPU check, $(date -u +%FT%TZ), dry run: $DRY, OUT=$OUT"
+echo "mmcal_kernels GPU check, $(date -u +%FT%TZ), dry run: $DRY, OUT=$OUT, plan: ${MMCAL_GPU_PLAN:-the full run}"
 
 # ---- 1. env -----------------------------------------------------------------
 stage env 20
@@ -132,13 +152,10 @@ fi
 # a pytest cut at its limit may leave neither its summary nor its XML.
 export MMCAL_FAILURE_LOG="$OUT/failures.log"
 GATE_TESTS_S=$(( TESTS_S / 3 ))
-echo "pytest tests/backends/test_cuda_gate_network.py (junit: $OUT/tests-gates.xml, limit $GATE_TESTS_S s)"
-timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest tests/backends/test_cuda_gate_network.py -m "not slow" -q -rfEs \
+echo "pytest ${GATE_TESTS[*]} (junit: $OUT/tests-gates.xml, limit $GATE_TESTS_S s)"
+timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" -m "not slow" -q -rfEs \
   -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests-gates.xml" >"$OUT/tests-gates.log" 2>&1
 echo "exit status $?"; tail -n 8 "$OUT/tests-gates.log"
-TESTS=(tests/triton/test_triton_gate_network.py tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py
-       tests/backends/test_cuda_random_steps.py
-       tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
 REST_S=$(( TESTS_S - $(date +%s) + STAGE_T ))
 (( REST_S < 30 )) && REST_S=30
 echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml, limit $REST_S s)"
@@ -151,23 +168,38 @@ echo "tests exit status $TESTS_RC (the benchmark runs regardless)"
 done_stage
 
 # ---- 3b. the gate kernels' time and block size (GPU only) ---------------------
-stage warps 45
-timeout -k 10 45 "$PY" benchmarks/gpu/gate_warps.py --out "$OUT"
-echo "gate_warps exit status $?"
+stage warps "$WARPS_S"
+if (( WARPS_S > 0 )); then
+  timeout -k 10 "$WARPS_S" "$PY" benchmarks/gpu/gate_warps.py --out "$OUT"
+  echo "gate_warps exit status $?"
+fi
+done_stage
+
+# ---- 3c. the eager step's host time ------------------------------------------
+stage host "$HOST_S"
+if (( HOST_S > 0 )); then
+  if [[ $DRY == 1 ]]; then
+    HOST_ARGS=(--device cpu --backend cpu --calls 30 --repeats 2)
+  else
+    HOST_ARGS=(--device cuda --backend cuda)
+  fi
+  timeout -k 10 "$HOST_S" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1 | tee "$OUT/host-overhead.txt"
+  echo "host_overhead exit status ${PIPESTATUS[0]}"
+fi
 done_stage
 
 # ---- 4. bench -----------------------------------------------------------------
 BENCH_S=$(( TOTAL - $(now) - SUMMARY_RESERVE_S ))
 (( BENCH_S < 60 )) && BENCH_S=60
 stage bench "$BENCH_S"
-WORKLOADS=(mosei-aligned stress-256MiB cremad-resnet18 ave-resnet18 mosei-unaligned mosi-unaligned)
 if [[ $DRY == 1 ]]; then
   BENCH_ARGS=(--device cpu --quick --allocator-rerun never)
 else
   BENCH_ARGS=(--device cuda)
 fi
+(( ${#BACKENDS[@]} > 0 )) && BENCH_ARGS+=(--backends "${BACKENDS[@]}")
 timeout -k 15 "$BENCH_S" "$PY" benchmarks/run.py "${BENCH_ARGS[@]}" --workloads "${WORKLOADS[@]}" \
-  --dtypes float32 bf16-mixed --passes forward fwd+bwd --keep-going --time-budget $(( BENCH_S - 45 )) --out "$OUT"
+  --dtypes "${DTYPES[@]}" --passes forward fwd+bwd --keep-going --time-budget $(( BENCH_S - 45 )) --out "$OUT"
 BENCH_RC=$?
 echo "benchmark exit status $BENCH_RC"
 done_stage
@@ -220,7 +252,7 @@ for r in ok:
 EOF
 done_stage
 echo
-echo "=== stage times (s): $(for k in env build tests warps bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
+echo "=== stage times (s): $(for k in env build tests warps host bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
 echo "files under $OUT:"; ls -la "$OUT"
 sleep 1  # let tee finish check.log
 exit 0
