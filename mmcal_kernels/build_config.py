@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
 import warnings
 from typing import Mapping, NamedTuple, Optional
 
@@ -109,6 +110,33 @@ def compile_flags(has_openmp: bool, debug: bool = False, asan: bool = False, san
     return cxx, link
 
 
+def shared_cxx_runtime_flags(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Link flags that keep the C++ runtime a shared library, where the compiler
+    would link its static ``libstdc++.a`` into the extension (Linux).
+
+    A compiler with no ``libstdc++.so`` of its own (the GPU machine's
+    ``CXX=/opt/gcc/bin/g++``: a dangling link beside ``libstdc++.a``) silently
+    copies the runtime into ``_C``. Torch uses the system's shared one, and the
+    two copies' locale tables differ: ``_C`` then crashed (SIGSEGV) formatting
+    an error message with a number in it (docs/gpu.md, run 6). Naming the
+    shared runtime after the objects makes the linker take it from the system's
+    library path, as torch's own libraries do."""
+    env = os.environ if environ is None else environ
+    if platform.system() != "Linux":
+        return []
+    compiler = env.get("CXX") or "c++"  # torch.utils.cpp_extension's choice on Linux
+    try:
+        found = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               timeout=60).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []  # no such compiler: the build itself says so
+    if os.path.isabs(found) and os.path.exists(found):
+        return []
+    warnings.warn(f"mmcal_kernels: {compiler} has no shared libstdc++ (it would copy libstdc++.a into the "
+                  "extension beside torch's libstdc++.so.6); linking the system's libstdc++.so.6", stacklevel=2)  # fmt: skip
+    return ["-Wl,--push-state,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--pop-state"]
+
+
 def cuda_arch_flags(arch_list: str) -> list[str]:
     """``-gencode`` flags for an arch list like ``"8.0;9.0+PTX"`` (``;``, ``,`` or
     spaces between entries; ``9.0a``-style suffixes kept). Explicit flags, not
@@ -177,6 +205,7 @@ def build_plan(tables: str = "all", environ: Optional[Mapping[str, str]] = None)
     env = os.environ if environ is None else environ
     cxx, link = compile_flags(torch._C.has_openmp, debug=env_flag("MMCAL_DEBUG", env),
                               asan=env_flag("MMCAL_ASAN", env), sanitize=env_flag("MMCAL_SANITIZE", env))  # fmt: skip
+    link += shared_cxx_runtime_flags(env)
     want_cuda = env_switch("MMCAL_CUDA", env)
     why_no_cuda = _why_no_cuda_toolkit(torch.version.cuda, cpp_extension.CUDA_HOME)
     if want_cuda and why_no_cuda:

@@ -197,3 +197,36 @@ def test_build_info_is_written_only_after_the_build(outcome, tmp_path):
         build().run()
         for where in (package, wheel_dir / "mmcal_kernels"):
             assert "TORCH_VERSION = '2.99.0'" in (where / "_build_info.py").read_text()
+
+
+def _fake_compiler(tmp_path, prints):
+    """A compiler whose -print-file-name=libstdc++.so answer is ``prints``."""
+    path = tmp_path / "fake-g++"
+    path.write_text(f"#!/bin/sh\necho '{prints}'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="libstdc++ linking is checked on Linux")
+def test_a_compiler_without_a_shared_libstdcxx_gets_the_system_one(clean_env, monkeypatch, tmp_path):
+    """The GPU machine's /opt/gcc has only libstdc++.a: linked statically into
+    _C, the runtime's second copy crashed formatting an error message."""
+    static_only = _fake_compiler(tmp_path, "libstdc++.so")  # gcc's answer when it finds no such file
+    monkeypatch.setenv("CXX", static_only)
+    with pytest.warns(UserWarning, match="has no shared libstdc"):
+        flags = build_config.shared_cxx_runtime_flags()
+    assert flags == ["-Wl,--push-state,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--pop-state"]
+    with pytest.warns(UserWarning, match="has no shared libstdc"):
+        plan = build_config.build_plan()
+    assert all(lib.link[-3:] == tuple(flags) for lib in plan)
+    dangling = tmp_path / "libstdc++.so"
+    dangling.symlink_to(tmp_path / "missing.so.6")
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, str(dangling)))
+    with pytest.warns(UserWarning, match="has no shared libstdc"):
+        assert build_config.shared_cxx_runtime_flags() == flags
+    shared = tmp_path / "libstdc++-real.so"
+    shared.write_bytes(b"")
+    monkeypatch.setenv("CXX", _fake_compiler(tmp_path, str(shared)))
+    assert build_config.shared_cxx_runtime_flags() == []
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert build_config.shared_cxx_runtime_flags() == []

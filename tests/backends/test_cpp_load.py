@@ -103,3 +103,27 @@ def test_a_truncated_kernel_table_is_passed_over(tmp_path, cut_to):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
     assert result.returncode == 0, f"rc {result.returncode}: {result.stderr[-2000:]}"
     assert f"TABLE {narrower}" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ELF shared objects")
+def test_the_built_libraries_use_the_shared_cxx_runtime():
+    """Each built library names libstdc++.so.6 as needed and carries no copy of
+    the runtime: a copy beside torch's (a compiler with only libstdc++.a, the
+    GPU machine's /opt/gcc) crashed in _C's error messages (docs/gpu.md, run 6)."""
+    import shutil
+
+    import mmcal_kernels
+
+    readelf, nm = shutil.which("readelf"), shutil.which("nm")
+    if readelf is None or nm is None:
+        pytest.skip("no readelf/nm (binutils)")
+    package = os.path.dirname(mmcal_kernels.__file__)
+    libraries = glob.glob(os.path.join(package, "_C*.so")) + glob.glob(os.path.join(package, "mmcal_cpu_*.so"))
+    if not libraries:
+        pytest.skip("no prebuilt library (a pure-Python or JIT install)")
+    for path in libraries:
+        needed = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
+        assert "[libstdc++.so.6]" in needed, f"{os.path.basename(path)} does not link libstdc++.so.6:\n{needed}"
+        defined = subprocess.run([nm, "-DC", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+        copies = [line for line in defined.splitlines() if " std::__codecvt_utf8_base" in line or "std::ostream::_M_insert" in line]
+        assert not copies, f"{os.path.basename(path)} carries its own libstdc++: {copies[:3]}"
