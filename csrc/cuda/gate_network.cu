@@ -30,8 +30,8 @@ namespace cuda {
 namespace {
 
 constexpr int kWarpSize = 32;
-// The per-sample kernels run with GateBatch::warps warps a block (8, the
-// default, or 16: kGateWarpChoices). A block is one sample, so MOSEI's
+// The per-sample kernels run with GateBatch::warps warps a block (16, the
+// default, or 8: kGateWarpChoices). A block is one sample, so MOSEI's
 // B = 32 fills 32 SMs; its products are latency-bound, and more warps
 // keep more loads in flight. Both sizes compile without spills (sm_80,
 // sm_90); 32 warps would spill on sm_80. Per-parameter sums: kParamThreads.
