@@ -56,7 +56,7 @@ def with_odd_bytes(flags, seed=0):
         return None
     gen = torch.Generator().manual_seed(seed)
     values = torch.randint(1, 256, flags.shape, generator=gen, dtype=torch.uint8)
-    return (flags.to(torch.uint8) * values).view(torch.bool).to(flags.device)
+    return (flags.to(torch.uint8) * values.to(flags.device)).view(torch.bool)  # drawn on the CPU, any device's flags
 
 
 def random_grads(outputs, seed=123):
