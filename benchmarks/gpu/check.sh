@@ -13,14 +13,15 @@
 #   1. env      nvidia-smi, versions                                   -> check.log
 #   2. build    find CUDA_HOME, build _C in place for THIS GPU's arch  -> build.log
 #               stops here (exit 1, log tail shown) if the build fails or _C has no CUDA kernels
-#   3. tests    the CUDA gate-network kernels (own process)             -> tests-gates.log, tests-gates.xml
+#   3. tests    the CUDA gate-network kernels (own process)             -> tests.log
 #               the CUDA backend, the .cu compile checks, tests/triton on the GPU (full opcheck,
-#               torch.compile), per-test timeout                        -> tests.log, tests.xml (junit)
+#               torch.compile), per-test timeout                        -> tests.log (appended), tests.xml
+#               (both processes' junit), failures.log (each failure as it happens)
 #               whatever they report, the benchmark runs
 #   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
 #               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
 #   3c. host    the eager step's host time at tiny sizes, beside each op alone
-#               (benchmarks/host_overhead.py)                           -> host-overhead.txt
+#               (benchmarks/host_overhead.py)                           -> check.log
 #   4. bench    mosei-aligned (issue 12's target) first, then stress and the other real
 #               workloads, fp32 and bf16-mixed, forward and fwd+bwd; eager
 #               reference/cuda/triton first, then the compiled reference and kernel
@@ -29,8 +30,8 @@
 #               CUDA launches of each row's forward and backward (torch.profiler);
 #               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
 #   5. summary  tests and rows at a glance, per-stage times            -> check.log
-# At most 12 files under $OUT: check.log build.log tests-gates.log/.xml tests.log/.xml failures.log
-# gate-warps.json host-overhead.txt <gpu>-filtered.json/.png
+# At most 8 files under $OUT, the most a lent machine sends back: check.log build.log tests.log
+# tests.xml failures.log gate-warps.json <gpu>-filtered.json/.png
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -152,19 +153,34 @@ fi
 # a pytest cut at its limit may leave neither its summary nor its XML.
 export MMCAL_FAILURE_LOG="$OUT/failures.log"
 GATE_TESTS_S=$(( TESTS_S / 3 ))
-echo "pytest ${GATE_TESTS[*]} (junit: $OUT/tests-gates.xml, limit $GATE_TESTS_S s)"
+JUNIT=$(mktemp -d)  # the two processes' XML, merged into $OUT/tests.xml at the stage's end
+echo "pytest ${GATE_TESTS[*]} (limit $GATE_TESTS_S s)"
 timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" -m "not slow" -q -rfEs \
-  -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests-gates.xml" >"$OUT/tests-gates.log" 2>&1
-echo "exit status $?"; tail -n 8 "$OUT/tests-gates.log"
+  -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$JUNIT/gates.xml" >"$OUT/tests.log" 2>&1
+echo "exit status $?"; tail -n 8 "$OUT/tests.log"
 REST_S=$(( TESTS_S - $(date +%s) + STAGE_T ))
 (( REST_S < 30 )) && REST_S=30
-echo "pytest ${TESTS[*]} (junit: $OUT/tests.xml, limit $REST_S s)"
+echo "pytest ${TESTS[*]} (limit $REST_S s)"
 timeout -s INT -k 15 "$REST_S" "$PY" -m pytest "${TESTS[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
-  "${TIMEOUT_ARGS[@]}" --junitxml="$OUT/tests.xml" >"$OUT/tests.log" 2>&1
+  "${TIMEOUT_ARGS[@]}" --junitxml="$JUNIT/rest.xml" >>"$OUT/tests.log" 2>&1
 TESTS_RC=$?
 tail -n 15 "$OUT/tests.log"
 [[ $TESTS_RC == 124 || $TESTS_RC == 137 || $TESTS_RC == 2 ]] && echo "tests: interrupted or cut at the stage limit ($TESTS_S s)"
 echo "tests exit status $TESTS_RC (the benchmark runs regardless)"
+timeout 20 "$PY" - "$JUNIT" "$OUT/tests.xml" <<'EOF'
+import glob, os, sys
+import xml.etree.ElementTree as ET
+merged = ET.Element("testsuites")
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.xml"))):  # gates.xml, rest.xml
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        print(f"{os.path.basename(path)}: unreadable junit XML ({e})")
+        continue
+    merged.extend([root] if root.tag == "testsuite" else list(root))
+ET.ElementTree(merged).write(sys.argv[2])
+EOF
+rm -rf "$JUNIT"
 done_stage
 
 # ---- 3b. the gate kernels' time and block size (GPU only) ---------------------
@@ -183,7 +199,7 @@ if (( HOST_S > 0 )); then
   else
     HOST_ARGS=(--device cuda --backend cuda)
   fi
-  timeout -k 10 "$HOST_S" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1 | tee "$OUT/host-overhead.txt"
+  timeout -k 10 "$HOST_S" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
   echo "host_overhead exit status ${PIPESTATUS[0]}"
 fi
 done_stage
@@ -212,9 +228,8 @@ import xml.etree.ElementTree as ET
 out = sys.argv[1]
 try:
     suites = []
-    for name in ("tests-gates.xml", "tests.xml"):
-        root = ET.parse(os.path.join(out, name)).getroot()
-        suites += [root] if root.tag == "testsuite" else list(root)
+    root = ET.parse(os.path.join(out, "tests.xml")).getroot()
+    suites += [root] if root.tag == "testsuite" else list(root)
     n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
     print(f"tests: {n['tests']} run, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped")
     for s in suites:
