@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import subprocess
 import warnings
 from typing import Mapping, NamedTuple, Optional
@@ -125,10 +126,10 @@ def shared_cxx_runtime_flags(environ: Optional[Mapping[str, str]] = None) -> lis
     if platform.system() != "Linux":
         return []
     compiler = env.get("CXX") or "c++"  # torch.utils.cpp_extension's choice on Linux
-    try:
-        found = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
-                               timeout=60).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+    try:  # split: CXX may carry a launcher ("ccache g++")
+        found = subprocess.run([*shlex.split(compiler), "-print-file-name=libstdc++.so"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()  # fmt: skip
+    except (OSError, ValueError, subprocess.SubprocessError):
         return []  # no such compiler: the build itself says so
     if os.path.isabs(found) and os.path.exists(found):
         return []

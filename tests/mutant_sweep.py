@@ -45,6 +45,7 @@ TARGETS = {
     "autograd": (["tests/test_autograd.py", "tests/backends/test_cpp_gate_network.py"], {}),
     "export": (["tests/test_compile.py"], {}),
     "loading": (["tests/backends/test_cpp_load.py"], {}),
+    "build-recipe": (["tests/backends/test_cpp_build_recipe.py"], {}),
     "module": (["tests/test_module.py", "tests/test_functional.py", "tests/test_autograd.py"], {}),
     "compare": (["tests/test_dtypes.py"], {}),
 }
@@ -79,6 +80,7 @@ AUTOGRAD = "mmcal_kernels/autograd.py"
 BACKENDS = "mmcal_kernels/backends/__init__.py"
 CHECKS = "mmcal_kernels/checks.py"
 CPP_OPS = "mmcal_kernels/backends/cpp/ops.py"
+BUILD_CONFIG = "mmcal_kernels/build_config.py"
 
 MUTANTS = [
     # Step 2, the norm clamp u = h / max(||h||, eps), forward and backward.
@@ -286,6 +288,11 @@ MUTANTS = [
            "            empty &= present[:, i]\n", "            pass\n"),
     Mutant("checks: padding at the start of ANY padded row warns", "module", CHECKS,
            "bool((starts_padded | ~padded).all())", "bool((starts_padded | ~padded).any())"),
+    # Added in the twentieth session: the C++ runtime a build links (the H200 machine's /opt/gcc).
+    Mutant("build: a dangling libstdc++.so taken for a shared runtime", "build-recipe", BUILD_CONFIG,
+           "    if os.path.isabs(found) and os.path.exists(found):", "    if os.path.isabs(found):"),
+    Mutant("build: a launcher in CXX run as the compiler's name", "build-recipe", BUILD_CONFIG,
+           "[*shlex.split(compiler), \"-print-file-name=libstdc++.so\"]", "[compiler, \"-print-file-name=libstdc++.so\"]"),
 ]  # fmt: skip
 # Left out, since they change nothing the tests could see (the first two tried):
 # - du_n += dctx_m / k_n instead of / k_m: a missing modality's dctx is 0 (its

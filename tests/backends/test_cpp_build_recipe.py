@@ -200,8 +200,8 @@ def test_build_info_is_written_only_after_the_build(outcome, tmp_path):
 
 
 def _fake_compiler(tmp_path, prints):
-    """A compiler whose -print-file-name=libstdc++.so answer is ``prints``."""
-    path = tmp_path / "fake-g++"
+    """A compiler whose -print-file-name=libstdc++.so answer is ``prints`` (a new file each call)."""
+    path = tmp_path / f"fake-g++-{len(list(tmp_path.glob('fake-g++-*')))}"
     path.write_text(f"#!/bin/sh\necho '{prints}'\n")
     path.chmod(0o755)
     return str(path)
@@ -228,5 +228,8 @@ def test_a_compiler_without_a_shared_libstdcxx_gets_the_system_one(clean_env, mo
     shared.write_bytes(b"")
     monkeypatch.setenv("CXX", _fake_compiler(tmp_path, str(shared)))
     assert build_config.shared_cxx_runtime_flags() == []
+    monkeypatch.setenv("CXX", f"env {static_only}")  # a launcher before the compiler
+    with pytest.warns(UserWarning, match="has no shared libstdc"):
+        assert build_config.shared_cxx_runtime_flags() == flags
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     assert build_config.shared_cxx_runtime_flags() == []
