@@ -157,7 +157,8 @@ JUNIT=$(mktemp -d)  # the two processes' XML, merged into $OUT/tests.xml at the 
 echo "pytest ${GATE_TESTS[*]} (limit $GATE_TESTS_S s)"
 timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" -m "not slow" -q -rfEs \
   -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$JUNIT/gates.xml" >"$OUT/tests.log" 2>&1
-echo "exit status $?"; tail -n 8 "$OUT/tests.log"
+GATE_RC=$?
+echo "exit status $GATE_RC"; tail -n 8 "$OUT/tests.log"
 REST_S=$(( TESTS_S - $(date +%s) + STAGE_T ))
 (( REST_S < 30 )) && REST_S=30
 echo "pytest ${TESTS[*]} (limit $REST_S s)"
@@ -167,17 +168,24 @@ TESTS_RC=$?
 tail -n 15 "$OUT/tests.log"
 [[ $TESTS_RC == 124 || $TESTS_RC == 137 || $TESTS_RC == 2 ]] && echo "tests: interrupted or cut at the stage limit ($TESTS_S s)"
 echo "tests exit status $TESTS_RC (the benchmark runs regardless)"
-timeout 20 "$PY" - "$JUNIT" "$OUT/tests.xml" <<'EOF'
-import glob, os, sys
+# A process that wrote no XML (it crashed, or was killed past -k) becomes an
+# error in tests.xml, so the summary never reads a crash as a pass.
+timeout 20 "$PY" - "$JUNIT" "$OUT/tests.xml" "gates=$GATE_RC" "rest=$TESTS_RC" <<'EOF'
+import os, sys
 import xml.etree.ElementTree as ET
 merged = ET.Element("testsuites")
-for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.xml"))):  # gates.xml, rest.xml
+for arg in sys.argv[3:]:
+    name, status = arg.split("=")
     try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        print(f"{os.path.basename(path)}: unreadable junit XML ({e})")
+        root = ET.parse(os.path.join(sys.argv[1], name + ".xml")).getroot()
+        merged.extend([root] if root.tag == "testsuite" else list(root))
         continue
-    merged.extend([root] if root.tag == "testsuite" else list(root))
+    except (OSError, ET.ParseError) as e:
+        why = f"pytest process '{name}' left no readable junit XML (exit status {status}: crashed or killed?): {e}"
+    print(why)
+    suite = ET.SubElement(merged, "testsuite", name=name, tests="1", errors="1", failures="0", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="check.sh", name=f"{name} process")
+    ET.SubElement(case, "error", message=why)
 ET.ElementTree(merged).write(sys.argv[2])
 EOF
 rm -rf "$JUNIT"

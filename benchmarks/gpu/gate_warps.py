@@ -3,8 +3,8 @@
     python benchmarks/gpu/gate_warps.py [--workload mosei-aligned] [--out DIR]
 
 On MOSEI-aligned's sizes (B = 32, float32, every parameter random), for each
-of the per-sample gate kernels' block sizes (``MMCAL_CUDA_GATE_WARPS``: 8, the
-default, and 16), times with CUDA events (triton's ``do_bench``, which can
+of the per-sample gate kernels' block sizes (``MMCAL_CUDA_GATE_WARPS``: 16, the
+default, and 8), times with CUDA events (triton's ``do_bench``, which can
 hide host time: see ``time_wall``) and with a wall clock around back-to-back
 calls (``time_wall``: host time included):
 
