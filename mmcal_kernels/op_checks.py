@@ -85,7 +85,7 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
         if not isinstance(p, Tensor):
             raise TypeError(f"{where}: expected a tensor, got {type(p).__name__}")
         if p.dtype not in PARAM_DTYPES:  # as the C++ op: float8 is floating point but cannot promote
-            raise TypeError(f"{where}: expected a floating-point dtype (float16, bfloat16, float32, float64), got {p.dtype}")
+            raise TypeError(f"{where}: expected a floating-point dtype ({checks._dtype_names(PARAM_DTYPES)}), got {p.dtype}")
         if p.device != first.device:
             raise ValueError(f"{where}: on {p.device}, but summaries[0] is on {first.device}")
     d = params[0].shape[0] if params[0].dim() == 2 else -1

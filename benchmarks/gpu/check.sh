@@ -208,7 +208,7 @@ if (( HOST_S > 0 )); then
     HOST_ARGS=(--device cuda --backend cuda)
   fi
   timeout -k 10 "$HOST_S" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
-  echo "host_overhead exit status ${PIPESTATUS[0]}"
+  echo "host_overhead exit status $?"
 fi
 done_stage
 
