@@ -33,7 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's mmcal_kernels, when not installed
 
 from avdigits import corrupt  # noqa: E402
-from avdigits.data import MODALITIES, build  # noqa: E402
+from avdigits.data import FORMAT_VERSION, MODALITIES, build  # noqa: E402
 from avdigits.models import BACKBONES  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -302,7 +302,7 @@ def select(args, cfg, started):
     if os.path.exists(path):  # add to an earlier search (same config), replacing what was rerun
         with open(path) as f:
             old = json.load(f)
-        if old["config"] == cfg:
+        if old["config"] == cfg and old.get("data_format") == FORMAT_VERSION:
             done = {(r["backbone"], r["lr"], r["variant"]) for r in rows}
             rows = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done] + rows
             curves = [c for c in old["curves"] if (c["backbone"], c["hparams"]["lr"], c["variant"]) not in done] + curves
@@ -314,7 +314,8 @@ def select(args, cfg, started):
                 score.setdefault(r["lr"], []).append((r["val_clean"] + r["val_corrupted"]) / 2)
         score = {lr: sum(v) / len(v) for lr, v in score.items()}
         chosen[b] = {"lr": max(score, key=score.get), "score": score}
-    out = {"rows": rows, "chosen": chosen, "config": cfg, "seed": SELECT_SEED, "curves": curves}
+    out = {"rows": rows, "chosen": chosen, "config": cfg, "data_format": FORMAT_VERSION, "seed": SELECT_SEED,
+           "machine": machine(args.workers), "wall_seconds": time.time() - started, "curves": curves}  # fmt: skip
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     for r in rows:

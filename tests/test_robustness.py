@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,24 @@ def test_splits_share_no_source_item(small):
     for item in ("image_item", "audio_item", "digits_item"):
         sets = [set(getattr(s, item).tolist()) for s in small.splits().values()]
         assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2]), item
+
+
+def test_test_items_are_the_same_for_every_seed():
+    """The search runs on seed 100 and reports on seeds 0-4: none of its
+    training or validation items may be a test item of any seed."""
+    labels = np.resize(np.arange(10), 503)  # odd class sizes
+    parts = {seed: data._split_items(labels, np.random.default_rng(seed), source=1) for seed in (0, 1, 100)}
+    for c in range(10):
+        test = set(parts[0][2][c].tolist())
+        assert len(test) == 10, "a fifth of the class's 50 or 51 items are test items"
+        for seed, (train, val, held) in parts.items():
+            assert set(held[c].tolist()) == test, f"seed {seed} has other test items"
+            seen = set(train[c].tolist()) | set(val[c].tolist())
+            assert not (seen & test), f"seed {seed} trains or validates on a test item"
+            assert seen | test == set(np.flatnonzero(labels == c).tolist())
+        assert set(parts[0][1][c].tolist()) != set(parts[100][1][c].tolist()), "validation items do not vary by seed"
+    other_source = data._split_items(labels, np.random.default_rng(0), source=2)
+    assert any(set(other_source[2][c].tolist()) != set(parts[0][2][c].tolist()) for c in range(10))
 
 
 def test_cache_is_reused(small, cache, monkeypatch):

@@ -9,7 +9,8 @@
 
 A sample draws, for its label, one item of each source with that label. The
 items of each source are split train/val/test first, so no test image, clip or
-8x8 digit is seen in training.
+8x8 digit is seen in training. The test items are the same for every seed, so
+neither is one seen in another seed's training or validation split.
 
 Clips (wav) and built splits (``.pt``) are cached under
 ``$MMCAL_AVDIGITS_CACHE`` or ``~/.cache/mmcal_kernels/avdigits``
@@ -39,7 +40,7 @@ MODALITIES = ("image", "audio", "digits")
 SAMPLE_RATE = 22050
 N_FFT, HOP, N_MELS, MAX_FRAMES = 1024, 441, 40, 80  # 20 ms hop, at most 1.6 s
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the test items are fixed across seeds (HOLDOUT_SEED)
 
 
 def cache_dir() -> str:
@@ -194,14 +195,25 @@ class AVDigits:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
-def _split_items(labels: np.ndarray, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Per split, per class: the item indices (a disjoint partition of each class's items)."""
+# The test items are drawn from this seed, not from the build's: every seed has
+# the same test items, so no seed's training or validation split (the
+# hyperparameter search's included) holds a test item of another seed.
+HOLDOUT_SEED = 20261127
+
+
+def _split_items(labels: np.ndarray, rng: np.random.Generator, source: int) -> list[list[np.ndarray]]:
+    """Per split, per class: the item indices (a disjoint partition of each class's items).
+
+    The test part is fixed per ``source`` (``HOLDOUT_SEED``); ``rng`` splits the
+    rest into train and validation."""
+    held_out = np.random.default_rng([HOLDOUT_SEED, source])
     out = [[None] * 10 for _ in SPLIT_FRACTIONS]
     for c in range(10):
-        items = rng.permutation(np.flatnonzero(labels == c))
+        items = held_out.permutation(np.flatnonzero(labels == c))
         a = int(round(SPLIT_FRACTIONS[0] * len(items)))
         b = a + int(round(SPLIT_FRACTIONS[1] * len(items)))
-        for s, part in enumerate((items[:a], items[a:b], items[b:])):
+        rest = rng.permutation(items[:b])
+        for s, part in enumerate((rest[:a], rest[a:], np.sort(items[b:]))):
             out[s][c] = part
     return out
 
@@ -273,8 +285,9 @@ def _normalise(raw: dict, stats: dict | None) -> tuple[Split, dict]:
 def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_class: int = 100) -> AVDigits:
     """Build (or load from the cache) the three splits.
 
-    ``seed`` fixes the split of each source's items and the pairing; a cached
-    build with the same arguments is loaded instead of rebuilt.
+    ``seed`` fixes the train/validation split of each source's items and the
+    pairing; the test items are the same for every seed (``HOLDOUT_SEED``). A
+    cached build with the same arguments is loaded instead of rebuilt.
     """
     missing = missing_dependencies()
     if missing:
@@ -288,7 +301,8 @@ def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_cla
     sources = image_sources()
     clips, clip_labels = load_clips(clips_per_class)
     rng = np.random.default_rng(seed)
-    per_source = {m: _split_items(lab, rng) for m, lab in zip(MODALITIES, (sources[0][1], clip_labels, sources[1][1]))}
+    per_source = {m: _split_items(lab, rng, i)
+                  for i, (m, lab) in enumerate(zip(MODALITIES, (sources[0][1], clip_labels, sources[1][1])))}
     splits, stats = [], None
     for s, n in enumerate((n_train, n_val, n_test)):
         pools = {m: per_source[m][s] for m in MODALITIES}
