@@ -38,7 +38,7 @@ from avdigits.models import BACKBONES  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 # Chosen by --select on the validation split (see docs/robustness.md); the same for both variants.
-HPARAMS = {"sequence": {"lr": 3e-3}, "conv": {"lr": 3e-2}}
+HPARAMS = {"sequence": {"lr": 1e-2}, "conv": {"lr": 3e-2}}
 COMMON = {"epochs": 4, "batch": 64, "weight_decay": 1e-4, "n_train": 2400, "n_val": 600, "n_test": 800,
           "clips_per_class": 100}  # fmt: skip
 QUICK = {"epochs": 2, "batch": 32, "weight_decay": 1e-4, "n_train": 96, "n_val": 40, "n_test": 60,
@@ -233,6 +233,9 @@ def main(argv=None):
     ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3], help="--select: learning rates to try")
     ap.add_argument("--variants", nargs="*", default=["baseline", "calibrated"],
                     choices=["baseline", "calibrated", "constant-gate"], help="constant-gate: the ablation")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; --quick: 2)")
+    ap.add_argument("--lr-from", default=None, metavar="SELECT_JSON",
+                    help="take the learning rates a --select chose (its config must match this run's) instead of the built-in ones")
     ap.add_argument("--conditions", nargs="*", default=None, help="evaluate only these test conditions (default all)")
     ap.add_argument("--tag", default="", help="suffix of the output files; write --tag=-ablation (with '=': it starts with a dash)")
     ap.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
@@ -242,6 +245,19 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*reference backend.*")
     torch.set_num_threads(1)  # on a busy 2-core machine one thread per process is several times faster
     cfg = dict(QUICK if args.quick else COMMON)
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    hparams = {b: dict(hp) for b, hp in HPARAMS.items()}
+    if args.lr_from:
+        with open(args.lr_from) as f:
+            search = json.load(f)
+        if search["config"] != cfg or search.get("data_format") != FORMAT_VERSION:
+            ap.error(f"--lr-from: {args.lr_from} searched another configuration ({search['config']}, "
+                     f"data format {search.get('data_format')}) than this run's ({cfg}, data format {FORMAT_VERSION})")
+        for b in args.backbones:
+            if b not in search["chosen"]:
+                ap.error(f"--lr-from: {args.lr_from} chose no learning rate for backbone {b!r}")
+            hparams[b]["lr"] = search["chosen"][b]["lr"]
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
     if args.select:
@@ -252,13 +268,13 @@ def main(argv=None):
     for seed in seeds:
         data, val_sets = _prepare(seed, cfg)
         SHARED[seed] = (data, corrupted_sets(data.test, data.stats, names), val_sets)
-    tasks = [(b, c, s, {**cfg, **HPARAMS[b]}, cfg.get("steps"), "test")
+    tasks = [(b, c, s, {**cfg, **hparams[b]}, cfg.get("steps"), "test")
              for s in seeds for b in args.backbones for c in args.variants]  # fmt: skip
     path = os.path.join(args.out, f"robustness{suffix}.json")
 
     def write(runs):
         result = {
-            "config": {**cfg, "hparams": HPARAMS, "seeds": seeds, "snr_db": corrupt.SNR_DB,
+            "config": {**cfg, "hparams": hparams, "seeds": seeds, "snr_db": corrupt.SNR_DB,
                        "variants": args.variants, "conditions": {k: list(conditions()[k]) for k in names}},
             "machine": machine(args.workers),
             "wall_seconds": time.time() - started,
@@ -298,7 +314,7 @@ def select(args, cfg, started):
     rows = [{"backbone": r["backbone"], "lr": r["hparams"]["lr"], "variant": r["variant"],
              "val_clean": r["test"]["clean"]["acc"], "val_corrupted": r["test"]["mixture"]["acc"]} for r in runs]  # fmt: skip
     curves = [{k: r[k] for k in ("backbone", "variant", "hparams", "curves")} for r in runs]
-    path = os.path.join(args.out, "select.json")
+    path = os.path.join(args.out, f"select{args.tag}.json")
     if os.path.exists(path):  # add to an earlier search (same config), replacing what was rerun
         with open(path) as f:
             old = json.load(f)

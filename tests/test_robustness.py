@@ -198,3 +198,30 @@ def test_quick_run_end_to_end(small, cache, tmp_path):
             assert len(r["test"]["noise/audio/5"]["instance_gate"]) == 3
     for name in ("accuracy", "accuracy_by_modality", "gates", "training"):
         assert (tmp_path / f"{name}-quick.png").stat().st_size > 10_000
+
+
+def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_path):
+    """--select --tag writes its own file; --lr-from takes its chosen learning
+    rates, and refuses a search of another configuration (here: epochs)."""
+    env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
+    script = [sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)]
+
+    def run(*args):
+        return subprocess.run(script + list(args), env=env, capture_output=True, text=True, timeout=600)
+
+    proc = run("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.01", "0.02", "--tag=-one")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    search = json.loads((tmp_path / "select-one.json").read_text())
+    assert not (tmp_path / "select.json").exists()
+    chosen = search["chosen"]["conv"]["lr"]
+    assert chosen in (0.01, 0.02) and search["config"]["epochs"] == 1
+
+    refused = run("--epochs", "2", "--lr-from", str(tmp_path / "select-one.json"), "--backbones", "conv")
+    assert refused.returncode == 2 and "--lr-from" in refused.stderr and "another configuration" in refused.stderr
+
+    proc = run("--epochs", "1", "--lr-from", str(tmp_path / "select-one.json"), "--backbones", "conv",
+               "--variants", "baseline", "--conditions", "clean", "--no-figures", "--tag=-one")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "robustness-quick-one.json").read_text())
+    assert result["config"]["hparams"]["conv"]["lr"] == chosen
+    assert [r["hparams"]["lr"] for r in result["runs"]] == [chosen]
