@@ -230,7 +230,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0-4; --quick: 0)")
     ap.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--select", action="store_true", help="hyperparameter search on the validation split only")
-    ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3], help="--select: learning rates to try")
+    ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                    help="--select: learning rates to try (default: the grid of docs/robustness.md)")
     ap.add_argument("--variants", nargs="*", default=["baseline", "calibrated"],
                     choices=["baseline", "calibrated", "constant-gate"], help="constant-gate: the ablation")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; --quick: 2)")
@@ -246,7 +247,11 @@ def main(argv=None):
     torch.set_num_threads(1)  # on a busy 2-core machine one thread per process is several times faster
     cfg = dict(QUICK if args.quick else COMMON)
     if args.epochs is not None:
+        if args.epochs < 1:
+            ap.error(f"--epochs: expected at least 1, got {args.epochs}")
         cfg["epochs"] = args.epochs
+    if args.lr_from and args.select:
+        ap.error("--lr-from: a --select chooses its own learning rates; give one or the other")
     hparams = {b: dict(hp) for b, hp in HPARAMS.items()}
     if args.lr_from:
         with open(args.lr_from) as f:
@@ -260,10 +265,16 @@ def main(argv=None):
             hparams[b]["lr"] = search["chosen"][b]["lr"]
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
-    if args.select:
-        return select(args, cfg, started)
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(range(5)))
     suffix = ("-quick" if args.quick else "") + args.tag
+    if args.select:
+        path = os.path.join(args.out, f"select{suffix}.json")
+        old = _earlier_search(path)
+        if old is not None and (old["config"] != cfg or old.get("data_format") != FORMAT_VERSION):
+            ap.error(f"--select: {path} holds a search of another configuration ({old['config']}, data format "
+                     f"{old.get('data_format')}); this one ({cfg}, data format {FORMAT_VERSION}) would replace it. "
+                     "Pass --tag, --out, or move that file away")  # fmt: skip
+        return select(args, cfg, started, path, old)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(range(5)))
     names = args.conditions or list(conditions())
     for seed in seeds:
         data, val_sets = _prepare(seed, cfg)
@@ -274,7 +285,7 @@ def main(argv=None):
 
     def write(runs):
         result = {
-            "config": {**cfg, "hparams": hparams, "seeds": seeds, "snr_db": corrupt.SNR_DB,
+            "config": {**cfg, "hparams": hparams, "data_format": FORMAT_VERSION, "seeds": seeds, "snr_db": corrupt.SNR_DB,
                        "variants": args.variants, "conditions": {k: list(conditions()[k]) for k in names}},
             "machine": machine(args.workers),
             "wall_seconds": time.time() - started,
@@ -301,7 +312,14 @@ def main(argv=None):
 SELECT_SEED = 100  # not a reporting seed
 
 
-def select(args, cfg, started):
+def _earlier_search(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def select(args, cfg, started, path, old):
     """Validation-only search: each candidate learning rate trains both variants
     of each backbone on seed 100; the score is the mean validation accuracy
     (clean, and under the training corruption mixture) of the two variants
@@ -314,14 +332,12 @@ def select(args, cfg, started):
     rows = [{"backbone": r["backbone"], "lr": r["hparams"]["lr"], "variant": r["variant"],
              "val_clean": r["test"]["clean"]["acc"], "val_corrupted": r["test"]["mixture"]["acc"]} for r in runs]  # fmt: skip
     curves = [{k: r[k] for k in ("backbone", "variant", "hparams", "curves")} for r in runs]
-    path = os.path.join(args.out, f"select{args.tag}.json")
-    if os.path.exists(path):  # add to an earlier search (same config), replacing what was rerun
-        with open(path) as f:
-            old = json.load(f)
-        if old["config"] == cfg and old.get("data_format") == FORMAT_VERSION:
-            done = {(r["backbone"], r["lr"], r["variant"]) for r in rows}
-            rows = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done] + rows
-            curves = [c for c in old["curves"] if (c["backbone"], c["hparams"]["lr"], c["variant"]) not in done] + curves
+    wall = time.time() - started
+    if old is not None:  # add to an earlier search of this configuration (main() checked), replacing what was rerun
+        done = {(r["backbone"], r["lr"], r["variant"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done] + rows
+        curves = [c for c in old["curves"] if (c["backbone"], c["hparams"]["lr"], c["variant"]) not in done] + curves
+        wall += old.get("wall_seconds", 0.0)  # the whole search's time, over its calls
     chosen = {}
     for b in sorted({r["backbone"] for r in rows}):
         score = {}
@@ -331,7 +347,7 @@ def select(args, cfg, started):
         score = {lr: sum(v) / len(v) for lr, v in score.items()}
         chosen[b] = {"lr": max(score, key=score.get), "score": score}
     out = {"rows": rows, "chosen": chosen, "config": cfg, "data_format": FORMAT_VERSION, "seed": SELECT_SEED,
-           "machine": machine(args.workers), "wall_seconds": time.time() - started, "curves": curves}  # fmt: skip
+           "machine": machine(args.workers), "wall_seconds": wall, "curves": curves}  # fmt: skip
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     for r in rows:

@@ -80,6 +80,10 @@ def test_test_items_are_the_same_for_every_seed():
             assert set(held[c].tolist()) == test, f"seed {seed} has other test items"
             seen = set(train[c].tolist()) | set(val[c].tolist())
             assert not (seen & test), f"seed {seed} trains or validates on a test item"
+            assert not (set(train[c].tolist()) & set(val[c].tolist())), f"seed {seed} validates on a training item"
+            n = int((labels == c).sum())
+            a = round(data.SPLIT_FRACTIONS[0] * n)
+            assert (len(train[c]), len(val[c])) == (a, round(data.SPLIT_FRACTIONS[1] * n)), "60/20/20 sizes"
             assert seen | test == set(np.flatnonzero(labels == c).tolist())
         assert set(parts[0][1][c].tolist()) != set(parts[100][1][c].tolist()), "validation items do not vary by seed"
     other_source = data._split_items(labels, np.random.default_rng(0), source=2)
@@ -202,7 +206,8 @@ def test_quick_run_end_to_end(small, cache, tmp_path):
 
 def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_path):
     """--select --tag writes its own file; --lr-from takes its chosen learning
-    rates, and refuses a search of another configuration (here: epochs)."""
+    rates, and refuses a search of another configuration (epochs, data format);
+    --select refuses to replace a search of another configuration."""
     env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
     script = [sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)]
 
@@ -211,17 +216,29 @@ def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_pa
 
     proc = run("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.01", "0.02", "--tag=-one")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    search = json.loads((tmp_path / "select-one.json").read_text())
-    assert not (tmp_path / "select.json").exists()
+    search = json.loads((tmp_path / "select-quick-one.json").read_text())
+    assert not (tmp_path / "select.json").exists() and not (tmp_path / "select-quick.json").exists()
     chosen = search["chosen"]["conv"]["lr"]
     assert chosen in (0.01, 0.02) and search["config"]["epochs"] == 1
 
-    refused = run("--epochs", "2", "--lr-from", str(tmp_path / "select-one.json"), "--backbones", "conv")
+    found = str(tmp_path / "select-quick-one.json")
+    refused = run("--epochs", "2", "--lr-from", found, "--backbones", "conv")
     assert refused.returncode == 2 and "--lr-from" in refused.stderr and "another configuration" in refused.stderr
+    older = tmp_path / "older-format.json"
+    older.write_text(json.dumps({**search, "data_format": data.FORMAT_VERSION - 1}))
+    refused = run("--epochs", "1", "--lr-from", str(older), "--backbones", "conv")
+    assert refused.returncode == 2 and "another configuration" in refused.stderr
+    refused = run("--epochs", "1", "--lr-from", found)  # both backbones; the search tried conv only
+    assert refused.returncode == 2 and "chose no learning rate for backbone 'sequence'" in refused.stderr
+    refused = run("--select", "--epochs", "1", "--lr-from", found)
+    assert refused.returncode == 2 and "give one or the other" in refused.stderr
+    refused = run("--select", "--epochs", "2", "--backbones", "conv", "--lrs", "0.01", "--tag=-one")
+    assert refused.returncode == 2 and "would replace it" in refused.stderr
+    assert json.loads((tmp_path / "select-quick-one.json").read_text()) == search
 
-    proc = run("--epochs", "1", "--lr-from", str(tmp_path / "select-one.json"), "--backbones", "conv",
+    proc = run("--epochs", "1", "--lr-from", found, "--backbones", "conv",
                "--variants", "baseline", "--conditions", "clean", "--no-figures", "--tag=-one")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "robustness-quick-one.json").read_text())
-    assert result["config"]["hparams"]["conv"]["lr"] == chosen
+    assert result["config"]["hparams"]["conv"]["lr"] == chosen and result["config"]["data_format"] == data.FORMAT_VERSION
     assert [r["hparams"]["lr"] for r in result["runs"]] == [chosen]

@@ -292,7 +292,7 @@ def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_cla
     missing = missing_dependencies()
     if missing:
         raise RuntimeError("avdigits needs: " + ", ".join(missing))
-    key = json.dumps([FORMAT_VERSION, n_train, n_val, n_test, seed, clips_per_class, N_FFT, HOP, N_MELS])
+    key = json.dumps([FORMAT_VERSION, HOLDOUT_SEED, n_train, n_val, n_test, seed, clips_per_class, N_FFT, HOP, N_MELS])
     path = os.path.join(cache_dir(), f"build-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
     if os.path.exists(path):
         saved = torch.load(path, weights_only=False)
