@@ -227,17 +227,17 @@ def run_all(tasks, workers, desc, total_epochs, on_result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed, tiny data, a few steps (CI smoke run)")
-    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0-4; --quick: 0)")
-    ap.add_argument("--backbones", nargs="*", default=list(BACKBONES), choices=list(BACKBONES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0-4; --quick: 0)")
+    ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--select", action="store_true", help="hyperparameter search on the validation split only")
-    ap.add_argument("--lrs", type=float, nargs="*", default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
-                    help="--select: learning rates to try (default: the grid of docs/robustness.md)")
-    ap.add_argument("--variants", nargs="*", default=["baseline", "calibrated"],
-                    choices=["baseline", "calibrated", "constant-gate"], help="constant-gate: the ablation")
+    ap.add_argument("--lrs", type=float, nargs="+", default=None,
+                    help="--select: learning rates to try (default: 1e-3 3e-3 1e-2 3e-2 1e-1, the grid of docs/robustness.md)")
+    ap.add_argument("--variants", nargs="+", default=None, choices=["baseline", "calibrated", "constant-gate"],
+                    help="default: baseline calibrated; constant-gate: the ablation")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; --quick: 2)")
     ap.add_argument("--lr-from", default=None, metavar="SELECT_JSON",
                     help="take the learning rates a --select chose (its config must match this run's) instead of the built-in ones")
-    ap.add_argument("--conditions", nargs="*", default=None, help="evaluate only these test conditions (default all)")
+    ap.add_argument("--conditions", nargs="+", default=None, help="evaluate only these test conditions (default all)")
     ap.add_argument("--tag", default="", help="suffix of the output files; write --tag=-ablation (with '=': it starts with a dash)")
     ap.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     ap.add_argument("--out", default=RESULTS, help="output folder (default python/results)")
@@ -250,8 +250,18 @@ def main(argv=None):
         if args.epochs < 1:
             ap.error(f"--epochs: expected at least 1, got {args.epochs}")
         cfg["epochs"] = args.epochs
-    if args.lr_from and args.select:
-        ap.error("--lr-from: a --select chooses its own learning rates; give one or the other")
+    if args.select:
+        # A search trains baseline and calibrated on seed 100 and reads no test
+        # condition: these options would be ignored, so refuse them.
+        for option, value in (("--lr-from", args.lr_from), ("--seeds", args.seeds), ("--variants", args.variants),
+                              ("--conditions", args.conditions)):  # fmt: skip
+            if value is not None:
+                ap.error(f"{option}: a --select does not take it (it chooses its own learning rates, on seed "
+                         f"{SELECT_SEED}, for both variants, on the validation split); give one or the other")
+        args.lrs = args.lrs or [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    elif args.lrs is not None:
+        ap.error("--lrs: only a --select tries learning rates; a run takes them from HPARAMS or --lr-from")
+    args.variants = args.variants or ["baseline", "calibrated"]
     hparams = {b: dict(hp) for b, hp in HPARAMS.items()}
     if args.lr_from:
         with open(args.lr_from) as f:
@@ -276,17 +286,24 @@ def main(argv=None):
         return select(args, cfg, started, path, old)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(range(5)))
     names = args.conditions or list(conditions())
+    path = os.path.join(args.out, f"robustness{suffix}.json")
+    config = run_config(cfg, hparams, seeds, args.variants, names)
+    if os.path.exists(path):
+        with open(path) as f:
+            old_config = json.load(f)["config"]
+        if old_config != config:
+            changed = sorted(k for k in set(old_config) | set(config) if old_config.get(k) != config.get(k))
+            ap.error(f"{path} holds a run of another configuration (it differs in {', '.join(changed)}); this run "
+                     "would replace it. Pass --tag, --out, or move that file away")  # fmt: skip
     for seed in seeds:
         data, val_sets = _prepare(seed, cfg)
         SHARED[seed] = (data, corrupted_sets(data.test, data.stats, names), val_sets)
     tasks = [(b, c, s, {**cfg, **hparams[b]}, cfg.get("steps"), "test")
              for s in seeds for b in args.backbones for c in args.variants]  # fmt: skip
-    path = os.path.join(args.out, f"robustness{suffix}.json")
 
     def write(runs):
         result = {
-            "config": {**cfg, "hparams": hparams, "data_format": FORMAT_VERSION, "seeds": seeds, "snr_db": corrupt.SNR_DB,
-                       "variants": args.variants, "conditions": {k: list(conditions()[k]) for k in names}},
+            "config": config,
             "machine": machine(args.workers),
             "wall_seconds": time.time() - started,
             "complete": len(runs) == len(tasks),
@@ -307,6 +324,14 @@ def main(argv=None):
             print(f"wrote {p}")
         print(report.table(result))
     return result
+
+
+def run_config(cfg, hparams, seeds, variants, names):
+    """A run's ``config`` as its JSON stores it (lists, not tuples), so that a
+    rerun's compares equal to the file's."""
+    return json.loads(json.dumps({
+        **cfg, "hparams": hparams, "data_format": FORMAT_VERSION, "seeds": seeds, "snr_db": corrupt.SNR_DB,
+        "variants": variants, "conditions": {k: list(conditions()[k]) for k in names}}))  # fmt: skip
 
 
 SELECT_SEED = 100  # not a reporting seed
@@ -335,9 +360,11 @@ def select(args, cfg, started, path, old):
     wall = time.time() - started
     if old is not None:  # add to an earlier search of this configuration (main() checked), replacing what was rerun
         done = {(r["backbone"], r["lr"], r["variant"]) for r in rows}
-        rows = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done] + rows
+        kept = [r for r in old["rows"] if (r["backbone"], r["lr"], r["variant"]) not in done]
+        if kept:  # the time of the calls whose rows the file holds (a replaced row's time included)
+            wall += old.get("wall_seconds", 0.0)
+        rows = kept + rows
         curves = [c for c in old["curves"] if (c["backbone"], c["hparams"]["lr"], c["variant"]) not in done] + curves
-        wall += old.get("wall_seconds", 0.0)  # the whole search's time, over its calls
     chosen = {}
     for b in sorted({r["backbone"] for r in rows}):
         score = {}

@@ -90,6 +90,16 @@ def test_test_items_are_the_same_for_every_seed():
     assert any(set(other_source[2][c].tolist()) != set(parts[0][2][c].tolist()) for c in range(10))
 
 
+def test_the_cache_key_holds_the_hold_out_and_the_format(cache, monkeypatch):
+    path = data.build_cache_path(**SMALL)
+    assert data.build_cache_path(**SMALL) == path
+    monkeypatch.setattr(data, "HOLDOUT_SEED", data.HOLDOUT_SEED + 1)
+    assert data.build_cache_path(**SMALL) != path
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "FORMAT_VERSION", data.FORMAT_VERSION + 1)
+    assert data.build_cache_path(**SMALL) != path
+
+
 def test_cache_is_reused(small, cache, monkeypatch):
     clips = sorted(os.listdir(cache / "clips"))
     assert len(clips) == 10 * SMALL["clips_per_class"]
@@ -204,41 +214,64 @@ def test_quick_run_end_to_end(small, cache, tmp_path):
         assert (tmp_path / f"{name}-quick.png").stat().st_size > 10_000
 
 
-def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_path):
-    """--select --tag writes its own file; --lr-from takes its chosen learning
-    rates, and refuses a search of another configuration (epochs, data format);
-    --select refuses to replace a search of another configuration."""
+def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_path, capsys):
+    """--select --tag writes its own file and merges a rerun of its own
+    configuration; --lr-from takes its chosen learning rates. Refused, each
+    before any work: a search or run that would replace a file of another
+    configuration (epochs, data format), --lr-from of another configuration or
+    without a backbone's rate, and options the mode would ignore."""
     env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
-    script = [sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)]
+    common = ["--quick", "--out", str(tmp_path)]
 
     def run(*args):
-        return subprocess.run(script + list(args), env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), *common, *args],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
 
-    proc = run("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.01", "0.02", "--tag=-one")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    search = json.loads((tmp_path / "select-quick-one.json").read_text())
+    def refused(*args, says):
+        import robustness
+
+        with pytest.raises(SystemExit) as exit_:
+            robustness.main([*common, *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err, err[-2000:]
+
+    search_file = tmp_path / "select-quick-one.json"
+    run("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.01", "0.02", "--tag=-one")
+    first = json.loads(search_file.read_text())
     assert not (tmp_path / "select.json").exists() and not (tmp_path / "select-quick.json").exists()
-    chosen = search["chosen"]["conv"]["lr"]
-    assert chosen in (0.01, 0.02) and search["config"]["epochs"] == 1
+    assert first["config"]["epochs"] == 1 and len(first["rows"]) == 4
 
-    found = str(tmp_path / "select-quick-one.json")
-    refused = run("--epochs", "2", "--lr-from", found, "--backbones", "conv")
-    assert refused.returncode == 2 and "--lr-from" in refused.stderr and "another configuration" in refused.stderr
-    older = tmp_path / "older-format.json"
-    older.write_text(json.dumps({**search, "data_format": data.FORMAT_VERSION - 1}))
-    refused = run("--epochs", "1", "--lr-from", str(older), "--backbones", "conv")
-    assert refused.returncode == 2 and "another configuration" in refused.stderr
-    refused = run("--epochs", "1", "--lr-from", found)  # both backbones; the search tried conv only
-    assert refused.returncode == 2 and "chose no learning rate for backbone 'sequence'" in refused.stderr
-    refused = run("--select", "--epochs", "1", "--lr-from", found)
-    assert refused.returncode == 2 and "give one or the other" in refused.stderr
-    refused = run("--select", "--epochs", "2", "--backbones", "conv", "--lrs", "0.01", "--tag=-one")
-    assert refused.returncode == 2 and "would replace it" in refused.stderr
-    assert json.loads((tmp_path / "select-quick-one.json").read_text()) == search
+    found = str(search_file)
+    refused("--epochs", "2", "--lr-from", found, "--backbones", "conv", says="another configuration")
+    older = tmp_path / "select-quick-older.json"
+    older.write_text(json.dumps({**first, "data_format": data.FORMAT_VERSION - 1}))
+    refused("--epochs", "1", "--lr-from", str(older), "--backbones", "conv", says="another configuration")
+    refused("--epochs", "1", "--lr-from", found, says="chose no learning rate for backbone 'sequence'")
+    refused("--select", "--epochs", "1", "--lr-from", found, says="give one or the other")
+    refused("--select", "--epochs", "2", "--backbones", "conv", "--lrs", "0.01", "--tag=-one", says="would replace it")
+    refused("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.01", "--tag=-older", says="would replace it")
+    for option in (["--seeds", "3"], ["--variants", "constant-gate"], ["--conditions", "clean"]):
+        refused("--select", "--epochs", "1", "--tag=-other", *option, says=f"{option[0]}: a --select does not take it")
+    refused("--lrs", "0.01", says="only a --select tries learning rates")
+    refused("--epochs", "0", says="expected at least 1")
+    assert json.loads(search_file.read_text()) == first and not (tmp_path / "select-quick-other.json").exists()
 
-    proc = run("--epochs", "1", "--lr-from", found, "--backbones", "conv",
-               "--variants", "baseline", "--conditions", "clean", "--no-figures", "--tag=-one")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    search_file.write_text(json.dumps({**first, "wall_seconds": 1000.0}))  # a time no call here takes
+    run("--select", "--epochs", "1", "--backbones", "conv", "--lrs", "0.02", "0.03", "--tag=-one")  # a rerun: merged
+    merged = json.loads(search_file.read_text())
+    assert sorted((r["lr"], r["variant"]) for r in merged["rows"]) == sorted(
+        (lr, v) for lr in (0.01, 0.02, 0.03) for v in ("baseline", "calibrated"))
+    assert [r for r in merged["rows"] if r["lr"] == 0.01] == [r for r in first["rows"] if r["lr"] == 0.01]
+    assert 1000.0 < merged["wall_seconds"] < 1600.0, "the kept rows' time is part of the search's"
+    chosen = merged["chosen"]["conv"]["lr"]
+    assert len(merged["chosen"]["conv"]["score"]) == 3
+
+    run("--epochs", "1", "--lr-from", found, "--backbones", "conv", "--variants", "baseline",
+        "--conditions", "clean", "--no-figures", "--tag=-one")  # fmt: skip
     result = json.loads((tmp_path / "robustness-quick-one.json").read_text())
     assert result["config"]["hparams"]["conv"]["lr"] == chosen and result["config"]["data_format"] == data.FORMAT_VERSION
     assert [r["hparams"]["lr"] for r in result["runs"]] == [chosen]
+    refused("--epochs", "2", "--backbones", "conv", "--variants", "baseline", "--conditions", "clean", "--tag=-one",
+            says="differs in epochs")  # fmt: skip
+    assert json.loads((tmp_path / "robustness-quick-one.json").read_text()) == result

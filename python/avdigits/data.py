@@ -282,6 +282,14 @@ def _normalise(raw: dict, stats: dict | None) -> tuple[Split, dict]:
     return Split(**out), stats
 
 
+def build_cache_path(n_train: int, n_val: int, n_test: int, seed: int, clips_per_class: int) -> str:
+    """Where ``build`` caches these splits: keyed by everything that decides
+    them, the hold-out and the data format included, so no change loads a
+    stale build."""
+    key = json.dumps([FORMAT_VERSION, HOLDOUT_SEED, n_train, n_val, n_test, seed, clips_per_class, N_FFT, HOP, N_MELS])
+    return os.path.join(cache_dir(), f"build-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
+
+
 def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_class: int = 100) -> AVDigits:
     """Build (or load from the cache) the three splits.
 
@@ -292,8 +300,7 @@ def build(n_train: int, n_val: int, n_test: int, seed: int = 0, *, clips_per_cla
     missing = missing_dependencies()
     if missing:
         raise RuntimeError("avdigits needs: " + ", ".join(missing))
-    key = json.dumps([FORMAT_VERSION, HOLDOUT_SEED, n_train, n_val, n_test, seed, clips_per_class, N_FFT, HOP, N_MELS])
-    path = os.path.join(cache_dir(), f"build-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt")
+    path = build_cache_path(n_train, n_val, n_test, seed, clips_per_class)
     if os.path.exists(path):
         saved = torch.load(path, weights_only=False)
         return AVDigits(*(Split(**saved[s]) for s in ("train", "val", "test")), saved["stats"])
