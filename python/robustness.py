@@ -41,6 +41,7 @@ RESULTS = os.path.join(HERE, "results")
 HPARAMS = {"sequence": {"lr": 1e-2}, "conv": {"lr": 3e-2}}
 COMMON = {"epochs": 4, "batch": 64, "weight_decay": 1e-4, "n_train": 2400, "n_val": 600, "n_test": 800,
           "clips_per_class": 100}  # fmt: skip
+LR_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # --select's default: the grid of docs/robustness.md
 QUICK = {"epochs": 2, "batch": 32, "weight_decay": 1e-4, "n_train": 96, "n_val": 40, "n_test": 60,
          "clips_per_class": 6, "steps": 3}  # fmt: skip
 
@@ -231,7 +232,7 @@ def main(argv=None):
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     ap.add_argument("--select", action="store_true", help="hyperparameter search on the validation split only")
     ap.add_argument("--lrs", type=float, nargs="+", default=None,
-                    help="--select: learning rates to try (default: 1e-3 3e-3 1e-2 3e-2 1e-1, the grid of docs/robustness.md)")
+                    help=f"--select: learning rates to try (default: {' '.join(map(str, LR_GRID))}, the grid of docs/robustness.md)")
     ap.add_argument("--variants", nargs="+", default=None, choices=["baseline", "calibrated", "constant-gate"],
                     help="default: baseline calibrated; constant-gate: the ablation")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; --quick: 2)")
@@ -258,7 +259,7 @@ def main(argv=None):
             if value is not None:
                 ap.error(f"{option}: a --select does not take it (it chooses its own learning rates, on seed "
                          f"{SELECT_SEED}, for both variants, on the validation split); give one or the other")
-        args.lrs = args.lrs or [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+        args.lrs = args.lrs or LR_GRID
     elif args.lrs is not None:
         ap.error("--lrs: only a --select tries learning rates; a run takes them from HPARAMS or --lr-from")
     args.variants = args.variants or ["baseline", "calibrated"]
@@ -266,7 +267,7 @@ def main(argv=None):
     if args.lr_from:
         with open(args.lr_from) as f:
             search = json.load(f)
-        if search["config"] != cfg or search.get("data_format") != FORMAT_VERSION:
+        if _searched_another(search, cfg):
             ap.error(f"--lr-from: {args.lr_from} searched another configuration ({search['config']}, "
                      f"data format {search.get('data_format')}) than this run's ({cfg}, data format {FORMAT_VERSION})")
         for b in args.backbones:
@@ -278,8 +279,8 @@ def main(argv=None):
     suffix = ("-quick" if args.quick else "") + args.tag
     if args.select:
         path = os.path.join(args.out, f"select{suffix}.json")
-        old = _earlier_search(path)
-        if old is not None and (old["config"] != cfg or old.get("data_format") != FORMAT_VERSION):
+        old = _read_if_present(path)
+        if old is not None and _searched_another(old, cfg):
             ap.error(f"--select: {path} holds a search of another configuration ({old['config']}, data format "
                      f"{old.get('data_format')}); this one ({cfg}, data format {FORMAT_VERSION}) would replace it. "
                      "Pass --tag, --out, or move that file away")  # fmt: skip
@@ -288,13 +289,11 @@ def main(argv=None):
     names = args.conditions or list(conditions())
     path = os.path.join(args.out, f"robustness{suffix}.json")
     config = run_config(cfg, hparams, seeds, args.variants, names)
-    if os.path.exists(path):
-        with open(path) as f:
-            old_config = json.load(f)["config"]
-        if old_config != config:
-            changed = sorted(k for k in set(old_config) | set(config) if old_config.get(k) != config.get(k))
-            ap.error(f"{path} holds a run of another configuration (it differs in {', '.join(changed)}); this run "
-                     "would replace it. Pass --tag, --out, or move that file away")  # fmt: skip
+    old = _read_if_present(path)
+    if old is not None and old["config"] != config:
+        changed = sorted(k for k in set(old["config"]) | set(config) if old["config"].get(k) != config.get(k))
+        ap.error(f"{path} holds a run of another configuration (it differs in {', '.join(changed)}); this run "
+                 "would replace it. Pass --tag, --out, or move that file away")  # fmt: skip
     for seed in seeds:
         data, val_sets = _prepare(seed, cfg)
         SHARED[seed] = (data, corrupted_sets(data.test, data.stats, names), val_sets)
@@ -337,11 +336,17 @@ def run_config(cfg, hparams, seeds, variants, names):
 SELECT_SEED = 100  # not a reporting seed
 
 
-def _earlier_search(path):
+def _read_if_present(path):
+    """The JSON at ``path``, or None where there is no such file."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def _searched_another(search, cfg) -> bool:
+    """Whether a --select file searched another configuration or data format than ``cfg``."""
+    return search["config"] != cfg or search.get("data_format") != FORMAT_VERSION
 
 
 def select(args, cfg, started, path, old):

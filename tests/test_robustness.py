@@ -195,11 +195,17 @@ def test_a_run_of_some_conditions_corrupts_the_samples_the_full_run_does(small):
             assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f"{name}: {field}"
 
 
-def test_quick_run_end_to_end(small, cache, tmp_path):
+def run_quick(cache, out, *args):
+    """python/robustness.py --quick --out ``out`` ``args`` in a child process (it
+    forks workers), on the test's data cache; fails the test unless it exits 0."""
     env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), "--quick", "--out", str(out),
+                           *args], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_quick_run_end_to_end(small, cache, tmp_path):
+    run_quick(cache, tmp_path)
     result = json.loads((tmp_path / "robustness-quick.json").read_text())
     assert result["complete"] and len(result["runs"]) == 4
     assert {(r["backbone"], r["variant"]) for r in result["runs"]} == {
@@ -220,19 +226,15 @@ def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_pa
     before any work: a search or run that would replace a file of another
     configuration (epochs, data format), --lr-from of another configuration or
     without a backbone's rate, and options the mode would ignore."""
-    env = dict(os.environ, MMCAL_AVDIGITS_CACHE=str(cache), PYTHONPATH=ROOT)
-    common = ["--quick", "--out", str(tmp_path)]
 
     def run(*args):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "robustness.py"), *common, *args],
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_quick(cache, tmp_path, *args)
 
     def refused(*args, says):
         import robustness
 
         with pytest.raises(SystemExit) as exit_:
-            robustness.main([*common, *args])
+            robustness.main(["--quick", "--out", str(tmp_path), *args])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and says in err, err[-2000:]
 

@@ -235,9 +235,8 @@ import glob, json, os, sys
 import xml.etree.ElementTree as ET
 out = sys.argv[1]
 try:
-    suites = []
     root = ET.parse(os.path.join(out, "tests.xml")).getroot()
-    suites += [root] if root.tag == "testsuite" else list(root)
+    suites = [root] if root.tag == "testsuite" else list(root)
     n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
     print(f"tests: {n['tests']} run, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped")
     for s in suites:
