@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import report
+from . import bounds, report
 from .compiled import CompileWatch, fresh, strict_recompiles
 from .contenders import COMPILED, EAGER, contenders, input_sets, make_module, pass_callables
 from .floors import PASSES
@@ -108,6 +108,9 @@ def parse_args(argv):
                    help="the contender the ratios are of (default: the first kernel backend)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block-ms", type=float, default=40.0, help="the time of one contender's block of calls in a round")
+    p.add_argument("--bounds", action="store_true",
+                   help="also time, in the same rounds, a read of the pass's byte floor and the gate network's "
+                        "products on the critical path, and give every contender's time over their sum (bounds.py)")
     p.add_argument("--quick", action="store_true", help="smoke run: small shapes, 3 rounds, short blocks")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"))
@@ -175,12 +178,17 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
                 before[c.label] = (watch.snapshot() if watch else None, step, step[0], first_call_s)
                 calls[c.label] = call
                 numbers[c.label] = calls_per_block(call, args.block_ms / 1e3, sync)
+            parts = bound_parts(args, w, device, pass_name)
+            for label, fn in parts.items():
+                fn()  # first call: allocation and BLAS set-up stay out of the rounds
+                calls[label], numbers[label] = fn, calls_per_block(fn, args.block_ms / 1e3, sync)
             times = time_rounds(calls, numbers, args.rounds, sync)
             for c, watch, _ in held:
                 snap, step, steps_then, _ = before[c.label]
                 if watch:
                     watch.check(snap, step[0] - steps_then, f"{what} {c.label}")
-        ratios = paired_ratios(times, subject)
+        ratios = paired_ratios({c.label: times[c.label] for c, _, _ in held}, subject)
+        over_bound = bounds.bound_ratios(times) if parts else {}
         for c, _, _ in held:
             summary = _quantile_summary(times[c.label])
             records.append({
@@ -192,12 +200,35 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
                 "round_ms": [t * 1e3 for t in times[c.label]],
                 "subject": subject,
                 "ratio_vs_subject": ratios.get(c.label),  # time(this) / time(subject) per round; None for the subject
+                "ratio_vs_bound": over_bound.get(c.label),  # time(this) / (floor read + products) per round
             })  # fmt: skip
-        print(format_pass(records[-len(held):]), flush=True)
+        rows = records[-len(held):]
+        for label in parts:
+            summary = _quantile_summary(times[label])
+            records.append({
+                "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": label, "bound_part": True,
+                "allocator": allocator_label(device), "calls_per_block": numbers[label],
+                "median_ms": summary["median"] * 1e3, "p20_ms": summary["p20"] * 1e3, "p80_ms": summary["p80"] * 1e3,
+                "round_ms": [t * 1e3 for t in times[label]],
+                "bound_ms": {k: v * 1e3 for k, v in over_bound[bounds.BOUND].items()},
+            })  # fmt: skip
+        print(format_pass(rows, records[len(records) - len(parts):]), flush=True)
     return records
 
 
-def format_pass(rows: list[dict]) -> str:
+def bound_parts(args, w, device, pass_name: str) -> dict:
+    """The two timed parts of ``bounds.py``'s bound, where asked and defined."""
+    if not args.bounds or pass_name not in bounds.PASSES:
+        return {}
+    dtype, param_dtype = DTYPES[args.dtype]
+    ct = torch.promote_types(torch.promote_types(torch.float32, dtype), param_dtype)
+    return {
+        bounds.FLOOR: bounds.floor_read_call(w, dtype, device, pass_name),
+        bounds.PRODUCTS: bounds.products_call(w, ct, device, pass_name),
+    }
+
+
+def format_pass(rows: list[dict], parts: Sequence[dict] = ()) -> str:
     first = rows[0]
     rounds = len(first["round_ms"])
     lines = [f"{first['workload']} {first['dtype']} {first['pass']} ({first['allocator']}, {rounds} rounds)"]
@@ -207,13 +238,20 @@ def format_pass(rows: list[dict]) -> str:
                 if ratio else "  (subject)")  # fmt: skip
         spread = f"(p20-p80 {r['p20_ms']:.3f}-{r['p80_ms']:.3f})"
         lines.append(f"  {r['backend']:<20} median {r['median_ms']:8.3f} ms {spread}{tail}")
+    for part in parts:
+        spread = f"(p20-p80 {part['p20_ms']:.3f}-{part['p80_ms']:.3f})"
+        lines.append(f"  {part['backend']:<20} median {part['median_ms']:8.3f} ms {spread}  (bound part)")
+    if parts:
+        bound = parts[0]["bound_ms"]
+        over = ", ".join(f"{r['backend']} {r['ratio_vs_bound']['median']:.2f}x" for r in rows)
+        lines.append(f"  bound (floor read + products) median {bound['median']:.3f} ms; time over it: {over}")
     return "\n".join(lines)
 
 
 def run_meta(args, device) -> dict:
     return {
         **machine_meta(device), **package_info(), "allocator": allocator_label(device),
-        "rounds": args.rounds, "block_ms": args.block_ms, "quick": args.quick,
+        "rounds": args.rounds, "block_ms": args.block_ms, "quick": args.quick, "bounds": args.bounds,
         "compile_backend": args.compile_inner or "inductor",
         "method": "contenders held together; each round one block of calls each, order rotated per round; "
                   "ratio = time(contender) / time(subject) within a round, median (p20-p80) over rounds",
