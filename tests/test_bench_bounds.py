@@ -91,3 +91,8 @@ def test_quick_paired_run_with_bounds_times_the_parts_in_the_same_rounds(tmp_pat
     assert all(r["ratio_vs_bound"] is None for r in frozen.values())
     out = capsys.readouterr().out
     assert "bound (floor read + products)" in out and "(bound part)" in out
+
+
+def test_bounds_on_a_gpu_are_refused_before_anything_runs():
+    with pytest.raises(SystemExit, match="--bounds: defined on the CPU only"):
+        paired.main(["--quick", "--bounds", "--device", "cuda", "--workloads", "mosi-unaligned"])

@@ -25,7 +25,8 @@ The bound is their sum, per round: the floor and the products cannot overlap
 in a step, because each pass's stage waits on the one before (the gate network
 needs every summary; the modulation, every gate; the ``dX`` pass, ``ds``).
 It assumes BLAS at the rate torch's own reaches at these shapes: a faster
-small-matrix library would lower it.
+small-matrix library would lower it. CPU only: on a GPU each product is a
+launch that costs more than its arithmetic, and a fused kernel pays neither.
 """
 
 from __future__ import annotations

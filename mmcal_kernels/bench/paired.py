@@ -261,6 +261,11 @@ def run_meta(args, device) -> dict:
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.bounds and device.type != "cpu":
+        # Each product would be a launch of a few microseconds where its arithmetic takes less: the
+        # sum would bound launches, not what a fused kernel must spend, and overstate the bound.
+        raise SystemExit(f"--bounds: defined on the CPU only (bounds.py), not on {device.type}: on a GPU each "
+                         "product is a launch, and the launches, not the products, would set the bound")  # fmt: skip
     chosen, subject = chosen_contenders(args, device)
     meta = run_meta(args, device)
     meta["subject"] = subject
