@@ -116,8 +116,10 @@ def evaluate(model, batch, size=400):
     return out
 
 
-def train_run(backbone, variant, seed, data, hp, evals, val_sets, pbar=None, steps=None):
-    """Train one model; returns its record (curves, test results, gate weights)."""
+def train_run(backbone, variant, seed, data, hp, evals, val_sets, pbar=None, steps=None, on_epoch=None):
+    """Train one model; returns its record (curves, test results, gate weights).
+    ``on_epoch(model, epoch)``, if given, runs after each epoch's validation
+    (python/gate_probe.py records what the gate network sees there)."""
     torch.manual_seed(seed)
     model = BACKBONES[backbone](variant)
     gated = variant != "baseline"
@@ -148,6 +150,8 @@ def train_run(backbone, variant, seed, data, hp, evals, val_sets, pbar=None, ste
         if gated:
             curves["instance_gate_val"].append(mixed["instance_gate"])
             curves["instance_gate_std"].append(mixed["instance_gate_std"])
+        if on_epoch is not None:
+            on_epoch(model, len(curves["loss"]))
         if pbar is not None:
             pbar.update(1)
     train_s = time.perf_counter() - start

@@ -277,3 +277,44 @@ def test_a_search_feeds_a_run_of_its_own_configuration_only(small, cache, tmp_pa
     refused("--epochs", "2", "--backbones", "conv", "--variants", "baseline", "--conditions", "clean", "--tag=-one",
             says="differs in epochs")  # fmt: skip
     assert json.loads((tmp_path / "robustness-quick-one.json").read_text()) == result
+
+
+def test_gate_probe_reads_the_logit_behind_the_modules_own_gates_on_validation_items(small):
+    """python/gate_probe.py recomputes each instance logit a with the reference
+    from the trained streams: its gate 2 sigmoid(a) must be the gate the module
+    itself applied (its kernel backend's diagnostics), and its sets are
+    validation items, each corrupting one modality only."""
+    import gate_probe
+    import robustness
+    from avdigits.models import ConvModel
+
+    from mmcal_kernels.compare import randomize_
+
+    torch.manual_seed(0)
+    model = ConvModel("calibrated")
+    randomize_(model.calib, std=0.5)  # live gates: at initialisation every gate is 1 and a is 0
+    sets = gate_probe.probe_sets(small.val, small.stats)
+    assert list(sets) == ["clean"] + [f"{m} at -18 dB" for m in data.MODALITIES]
+    clean = sets["clean"]
+    for m, name in enumerate(data.MODALITIES):
+        noisy = sets[f"{name} at -18 dB"]
+        assert len(noisy["label"]) == len(small.val.label)
+        for k, other in enumerate(data.MODALITIES):
+            changed = not torch.equal(noisy[other], clean[other])
+            assert changed == (k == m), (name, other)
+    model.eval()
+    with torch.no_grad():
+        _, diag = model(clean, diagnostics=True)
+    out = gate_probe.probe(model, clean, size=7)  # several chunks
+    for m, name in enumerate(data.MODALITIES):
+        got = out[name]
+        assert got["gate"] == pytest.approx(diag["instance_gate"][:, m].mean().item(), rel=1e-4)
+        assert got["logit_p10"] <= got["logit_mean"] <= got["logit_p90"] and got["logit_p10"] < got["logit_p90"]
+        assert 0 < got["slope"] <= 0.5 and 0 < got["gate"] < 2
+        assert got["support"] == pytest.approx(diag["support"][:, m].mean().item(), rel=1e-4)
+    calls = []
+    cfg = {**robustness.QUICK, "epochs": 2}
+    val_sets = {"clean": clean, "mixture": clean}
+    robustness.train_run("conv", "calibrated", 0, small, {**cfg, **robustness.HPARAMS["conv"]}, {}, val_sets,
+                         steps=1, on_epoch=lambda model, epoch: calls.append(epoch))  # fmt: skip
+    assert calls == [1, 2]
