@@ -1,5 +1,6 @@
-"""The bound beside the paired contenders (mmcal_kernels/bench/bounds.py):
-what its two parts do, their arithmetic, and a quick paired run with it."""
+"""The estimate of the least time beside the paired contenders
+(mmcal_kernels/bench/bounds.py): what its two parts do, their arithmetic, and
+a quick paired run with it."""
 
 import json
 
@@ -8,52 +9,75 @@ import torch
 
 from mmcal_kernels import backends
 from mmcal_kernels.bench import bounds, paired
-from mmcal_kernels.bench.contenders import make_module
 from mmcal_kernels.bench.floors import floor_bytes
-from mmcal_kernels.bench.workloads import workload
+from mmcal_kernels.bench.workloads import Workload, workload
+
+HAS_CPU = any(b.name == "cpu" and b.usable for b in backends.available())
 
 
 @pytest.mark.parametrize("pass_name", bounds.PASSES)
-def test_floor_read_reads_the_floor_of_features_and_masks_once_a_call_from_buffers_past_the_cache(pass_name):
-    w = workload("mosei-aligned", torch.float32).scaled(batch=4, max_positions=16)
+def test_floor_read_reads_the_floor_in_a_steps_order_from_buffers_past_the_cache(pass_name):
+    w = workload("mosi-unaligned", torch.float32).scaled(batch=4, max_positions=16)  # masked: |V| > 0
+    x, v = w.feature_bytes(torch.float32), w.mask_bytes()
+    assert v > 0
     call = bounds.floor_read_call(w, torch.float32, "cpu", pass_name, cache_bytes=1 << 20)
-    expected = floor_bytes(pass_name, w.feature_bytes(torch.float32), w.mask_bytes(), 0, 0)
-    assert expected > 0
-    for buffer in call.buffers:
-        assert abs(buffer.numel() * buffer.element_size() - expected) < 4
-    assert len(call.buffers) * expected >= 2 * (1 << 20)  # the rotation spans twice the given cache
-    sums = {float(call()) for _ in call.buffers}  # each call reads the next buffer
-    assert len(sums) == len(call.buffers)
+    expected_plan = ["X", "V", "X", "Y"] + (["dY", "X", "dY", "dX", "V"] if pass_name == "fwd+bwd" else [])
+    assert call.plan == expected_plan
+    for slot in call.slots:
+        sizes = {n: t.numel() * t.element_size() for n, t in slot.items()}
+        assert abs(sizes["V"] - v) < 4 and all(abs(sizes[n] - x) < 4 for n in sizes if n != "V")
+        read = sum(sizes[n] for n in call.plan)
+        assert abs(read - floor_bytes(pass_name, x, v, 0, 0)) < 4 * len(call.plan)
+    # X is read again from the same buffer (what a step could find in cache), not a fresh one
+    assert len({id(slot["X"]) for slot in call.slots}) == len(call.slots)
+    slot_bytes = sum(t.numel() * t.element_size() for t in call.slots[0].values())
+    assert len(call.slots) * slot_bytes >= 2 * (1 << 20)  # the rotation spans twice the given cache
+    whole = [[float(slot[n].sum()) for n in call.plan] for slot in call.slots]
+    seen = []
+    for _ in call.slots:  # each call reads the next slot: every element of every buffer of its plan
+        sums = [float(t) for t in call()]
+        assert sums in whole
+        seen.append(whole.index(sums))
+    assert sorted(seen) == list(range(len(call.slots)))
 
 
-def test_products_are_the_critical_path_of_the_gate_network_at_the_modules_shapes():
-    w = workload("mosei-aligned", torch.float32)
-    module = make_module(w, "cpu", "reference")
-    weights = {tuple(p.shape) for name, p in module.named_parameters()
-               if name.endswith("weight") and not name.startswith("gate_instance")}  # fmt: skip
-    forward = bounds.product_shapes(w, "forward")
-    both = bounds.product_shapes(w, "fwd+bwd")
-    assert len(forward) == 3 * len(w.dims) and len(both) == 6 * len(w.dims)
-    assert set(forward) < set(both)
-    for rows, inner, cols, transposed in both:
-        assert rows == w.batch
-        # a forward layer reads W^T (W is [cols, inner]); a data gradient reads W ([inner, cols])
-        assert ((cols, inner) if transposed else (inner, cols)) in weights
-    # the weight gradients' products (inner dimension B) are not on the critical path
-    assert all(inner != w.batch for _, inner, _, _ in both)
-    call = bounds.products_call(w.scaled(batch=3), torch.float64, "cpu", "fwd+bwd")
-    call()
+def test_floor_read_skips_the_masks_of_an_unmasked_workload():
+    w = workload("cremad-resnet18", torch.float32).scaled(batch=2, max_positions=2)
+    assert w.mask_bytes() == 0
+    call = bounds.floor_read_call(w, torch.float32, "cpu", "fwd+bwd", cache_bytes=1 << 16)
+    assert call.plan == ["X", "X", "Y", "dY", "X", "dY", "dX"]
 
 
-def test_a_bound_is_defined_for_the_modules_steps_only():
+def test_products_are_the_links_no_schedule_can_overlap_for_the_narrowest_modality():
+    w = Workload("odd", 3, (5, 2, 7), ("sequence",) * 3, (4, 4, 4), "test")
+    d, r = 8, 6  # shared and hidden width differ: a swapped pair shows
+    forward = [(3, 2, 8, True), (3, 18, 6, True), (3, 6, 2, True)]
+    backward = [(3, 2, 6, False), (3, 6, 18, False), (3, 8, 2, False)]
+    assert bounds.product_shapes(w, "forward", d, r) == forward
+    assert bounds.product_shapes(w, "fwd+bwd", d, r) == forward + backward
+    for pass_name, shapes in (("forward", forward), ("fwd+bwd", forward + backward)):
+        call = bounds.products_call(w, torch.float64, "cpu", pass_name, d, r)
+        assert len(call.work) == len(shapes)
+        for (a, b, out), (rows, inner, cols, transposed) in zip(call.work, shapes):
+            assert a.shape == (rows, inner) and b.shape == (inner, cols) and out.shape == (rows, cols)
+            assert a.dtype == b.dtype == out.dtype == torch.float64
+            assert b.is_contiguous() != transposed  # a forward layer reads W^T, a data gradient W
+            out.zero_()
+        call()
+        for a, b, out in call.work:
+            torch.testing.assert_close(out, a @ b)  # every product ran, into its output
+
+
+def test_an_estimate_is_defined_for_the_modules_steps_only():
     w = workload("mosi-unaligned", torch.float32)
     for make in (lambda: bounds.floor_read_call(w, torch.float32, "cpu", "summary"),
-                 lambda: bounds.product_shapes(w, "fwd+bwd frozen")):  # fmt: skip
+                 lambda: bounds.product_shapes(w, "fwd+bwd frozen"),
+                 lambda: bounds.needed_ratios({}, "gates", "reference", "reference+compile")):  # fmt: skip
         with pytest.raises(ValueError, match="pass_name"):
             make()
 
 
-def test_bound_is_the_sum_of_the_parts_in_each_round_and_a_contender_is_over_it_round_by_round():
+def test_estimate_is_the_sum_of_the_parts_in_each_round_and_a_contender_is_over_it_round_by_round():
     times = {"reference": [6.0, 8.0, 30.0], "cpu": [3.0, 4.0, 9.0], bounds.FLOOR: [1.0, 2.0, 2.0],
              bounds.PRODUCTS: [1.0, 0.0, 1.0]}  # fmt: skip
     out = bounds.bound_ratios(times)
@@ -65,32 +89,72 @@ def test_bound_is_the_sum_of_the_parts_in_each_round_and_a_contender_is_over_it_
         bounds.bound_ratios({"cpu": [1.0], bounds.FLOOR: [1.0]})
 
 
-@pytest.mark.skipif(not any(b.name == "cpu" and b.usable for b in backends.available()), reason="no cpu backend")
-def test_quick_paired_run_with_bounds_times_the_parts_in_the_same_rounds(tmp_path, capsys):
+def test_needed_is_the_tighter_target_over_the_estimate_and_its_verdict_reads_p20_and_p80():
+    parts = {bounds.FLOOR: [1.0, 1.0, 1.0, 1.0, 1.0], bounds.PRODUCTS: [0.0] * 5}
+    # forward+backward: the tighter of eager / 3 and compiled / 2, round by round
+    times = {**parts, "e": [9.0, 3.0, 9.0, 9.0, 9.0], "c": [4.0, 4.0, 1.0, 4.0, 4.0]}
+    needed = bounds.needed_ratios(times, "fwd+bwd", "e", "c")
+    assert needed["median"] == 2.0  # rounds: 2, 1, 0.5, 2, 2
+    forward = bounds.needed_ratios(times, "forward", "e", "c")
+    assert forward["median"] == 2.0 and forward["p20"] == pytest.approx(1.7)  # compiled / 2 alone: 2, 2, 0.5, 2, 2
+    verdicts = {}
+    for label, series in (("low", [1.5] * 5), ("high", [2.4] * 5), ("mixed", [1.0, 1.2, 1.8, 2.2, 3.0])):
+        verdicts[label] = bounds.needed_ratios({**parts, "e": [9.0] * 5, "c": series}, "forward", "e", "c")["verdict"]
+    assert verdicts == {"low": "out of reach", "high": "not ruled out", "mixed": "undecided"}
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="no cpu backend")
+def test_bound_parts_compute_in_the_compute_dtype(monkeypatch):
+    args = paired.parse_args(["--bounds", "--dtype", "bf16-mixed"])  # bfloat16 features, float32 parameters
+    w = workload("mosi-unaligned", torch.bfloat16).scaled(batch=2, max_positions=4)
+    parts = paired.bound_parts(args, w, torch.device("cpu"), "fwd+bwd")
+    assert set(parts) == {bounds.FLOOR, bounds.PRODUCTS}
+    assert all(t.dtype == torch.float32 for a, b, out in parts[bounds.PRODUCTS].work for t in (a, b, out))
+    assert paired.bound_parts(args, w, torch.device("cpu"), "fwd+bwd frozen") == {}
+    assert paired.bound_parts(paired.parse_args([]), w, torch.device("cpu"), "fwd+bwd") == {}
+
+
+@pytest.mark.skipif(not HAS_CPU, reason="no cpu backend")
+def test_quick_paired_run_with_bounds_times_the_parts_in_the_same_rounds(tmp_path, capsys, monkeypatch):
+    rounds_of = []
+    real_time_rounds = paired.time_rounds
+
+    def recording_time_rounds(calls, numbers, rounds, *a, **k):
+        rounds_of.append(sorted(calls))
+        return real_time_rounds(calls, numbers, rounds, *a, **k)
+
+    monkeypatch.setattr(paired, "time_rounds", recording_time_rounds)
     argv = ["--quick", "--workloads", "mosi-unaligned", "--passes", "forward", "fwd+bwd", "fwd+bwd frozen",
             "--bounds", "--compile-inner", "eager", "--out", str(tmp_path)]  # fmt: skip
     assert paired.main(argv) == 0
+    contenders = ["cpu", "reference", "reference+compile"]
+    # the parts are timed in the very rounds of the contenders, not in rounds of their own
+    assert rounds_of == [sorted(contenders + [bounds.FLOOR, bounds.PRODUCTS])] * 2 + [contenders]
     (path,) = tmp_path.glob("*-paired-quick.json")
     data = json.loads(path.read_text())
     assert data["meta"]["bounds"] is True
     records = data["records"]
     for p in ("forward", "fwd+bwd"):
         rows = {r["backend"]: r for r in records if r["pass"] == p}
-        assert set(rows) == {"reference", "reference+compile", "cpu", bounds.FLOOR, bounds.PRODUCTS}
+        assert set(rows) == set(contenders) | {bounds.FLOOR, bounds.PRODUCTS}
         floor, products = rows[bounds.FLOOR], rows[bounds.PRODUCTS]
         assert floor["bound_part"] and products["bound_part"] and "ratio_vs_subject" not in floor
         per_round_bound = [f + q for f, q in zip(floor["round_ms"], products["round_ms"])]
         assert floor["bound_ms"]["median"] == pytest.approx(sorted(per_round_bound)[1])
-        for label in ("reference", "reference+compile", "cpu"):
+        for label in contenders:
             over = sorted(t / b for t, b in zip(rows[label]["round_ms"], per_round_bound))
             assert rows[label]["ratio_vs_bound"]["median"] == pytest.approx(over[1])
+        eager, compiled = rows["reference"]["round_ms"], rows["reference+compile"]["round_ms"]
+        target = [min(e / 3, c / 2) if p == "fwd+bwd" else c / 2 for e, c in zip(eager, compiled)]
+        needed = sorted(t / b for t, b in zip(target, per_round_bound))
+        assert floor["needed"]["median"] == pytest.approx(needed[1]) and floor["needed"]["verdict"]
         # the parts are not contenders: the subject's ratios name none of them
         assert rows["reference"]["ratio_vs_subject"] is not None
     frozen = {r["backend"]: r for r in records if r["pass"] == "fwd+bwd frozen"}
-    assert set(frozen) == {"reference", "reference+compile", "cpu"}  # no bound defined there
+    assert set(frozen) == set(contenders)  # no estimate defined there
     assert all(r["ratio_vs_bound"] is None for r in frozen.values())
     out = capsys.readouterr().out
-    assert "bound (floor read + products)" in out and "(bound part)" in out
+    assert "estimate (floor read + products)" in out and "(bound part)" in out and "the targets need" in out
 
 
 def test_bounds_on_a_gpu_are_refused_before_anything_runs():
