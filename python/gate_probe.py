@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 
 import torch
@@ -143,6 +144,7 @@ def main(argv=None):
         if run["config"]["epochs"] == args.epochs and run["config"]["hparams"][args.backbone] == hp:
             committed = {r["seed"]: r for r in run["runs"] if r["backbone"] == args.backbone and r["variant"] == "calibrated"}
     tasks = [(args.backbone, seed, cfg, hp) for seed in args.seeds]
+    started = time.time()
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(args.workers) as pool:
@@ -154,7 +156,8 @@ def main(argv=None):
     path = os.path.join(args.out, f"gate-probe{args.tag}.json")
     with open(path, "w") as f:
         json.dump({"backbone": args.backbone, "config": cfg, "hparams": hp, "severity_db": corrupt.SNR_DB[SEVERITY],
-                   "machine": robustness.machine(args.workers), "results": results}, f, indent=1)  # fmt: skip
+                   "machine": robustness.machine(args.workers), "wall_seconds": time.time() - started,
+                   "results": results}, f, indent=1)  # fmt: skip
     print(f"wrote {path}")
     return results
 

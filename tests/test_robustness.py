@@ -310,7 +310,8 @@ def test_gate_probe_reads_the_logit_behind_the_modules_own_gates_on_validation_i
         got = out[name]
         assert got["gate"] == pytest.approx(diag["instance_gate"][:, m].mean().item(), rel=1e-4)
         assert got["logit_p10"] <= got["logit_mean"] <= got["logit_p90"] and got["logit_p10"] < got["logit_p90"]
-        assert 0 < got["slope"] <= 0.5 and 0 < got["gate"] < 2
+        g = diag["instance_gate"][:, m]
+        assert got["slope"] == pytest.approx((g * (2 - g) / 2).mean().item(), rel=1e-4)  # d(2 sigmoid(a))/da
         assert got["support"] == pytest.approx(diag["support"][:, m].mean().item(), rel=1e-4)
     calls = []
     cfg = {**robustness.QUICK, "epochs": 2}
@@ -318,3 +319,26 @@ def test_gate_probe_reads_the_logit_behind_the_modules_own_gates_on_validation_i
     robustness.train_run("conv", "calibrated", 0, small, {**cfg, **robustness.HPARAMS["conv"]}, {}, val_sets,
                          steps=1, on_epoch=lambda model, epoch: calls.append(epoch))  # fmt: skip
     assert calls == [1, 2]
+
+
+def test_gate_probe_run_trains_as_the_run_does_and_probes_validation_items_only(small, monkeypatch):
+    import gate_probe
+    import robustness
+
+    monkeypatch.setattr(robustness, "_prepare", lambda seed, cfg: (small, {"clean": corrupt.batch_of(small.val, slice(None)),
+                                                                           "mixture": robustness.val_mixture(small.val, small.stats)}))
+    probed = []
+    real_probe = gate_probe.probe
+
+    def recording_probe(model, batch, size=300):
+        probed.append(batch["label"])
+        return real_probe(model, batch, size)
+
+    monkeypatch.setattr(gate_probe, "probe", recording_probe)
+    cfg = {**robustness.QUICK, "epochs": 2}
+    cfg.pop("steps")
+    result = gate_probe.run_seed(("conv", 0, cfg, robustness.HPARAMS["conv"]))
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert len(probed) == 2 * 4  # four sets an epoch
+    assert all(torch.equal(labels, small.val.label) for labels in probed)
+    assert result["curves"]["loss"] and gate_probe.same_as_run(result, {"curves": result["curves"]})

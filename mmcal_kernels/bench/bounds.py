@@ -3,35 +3,33 @@ machine, timed in the same rounds as the contenders (``paired.py --bounds``),
 so that a target ratio can be checked against what is possible and not only
 against what was built.
 
-Two parts, each a timed callable beside the contenders:
+Steps 2-7 of docs/spec.md work sample by sample (only the weight gradients
+sum over the batch), so the cheapest schedule tiles by sample: summarise a
+tile of samples, compute its gates, modulate it while it is still in cache,
+and overlap the gate network of one tile with the passes over the next. The
+estimate charges what even that schedule cannot avoid:
 
-- ``floor read``: the pass's byte floor (floors.py; features and masks, not
-  the parameters, which are the same tensors every call and may stay in
-  cache), read with ``sum`` in the order a step touches it: the forward
-  reads X (summary), X again and Y (the modulation; its write read instead),
-  forward+backward then dY and X (the ``dg`` pass), dY and dX (the ``dX``
-  pass). Each buffer rotates through twice the last-level cache as the
-  contenders' inputs do, so the first touch of X and dY comes from memory as
-  in a step, and a second touch finds in cache whatever a step could find
-  there. A copy would not do as the floor: it also reads every line it
-  writes, where streaming stores (the kernels' large outputs) do not, and a
-  step beat a copy of its floor (AVE's forward, 0.99x).
-- ``products``: the gate network's matrix products that no schedule can
-  overlap with a pass, at the workload's shapes, through ``torch.mm`` (the
-  BLAS every backend here uses). The agreement needs every modality's
-  projection, so the last one summarised must be projected after all the
-  summary passes; the first modality modulated needs its two gate layers
-  after that; backward, the first modality whose ``dg`` is done still needs
-  ``dz Wd`` and ``dpre Wh``, and the first ``dX`` pass needs one ``dh W``.
-  Every other product could run beside the passes (other modalities' layers,
-  the weight gradients). This takes, for each of those links, the modality
-  with the fewest channels.
+- ``floor read``: the bytes that must cross from memory, read with ``sum``:
+  X once (the modulation re-reads its tile from cache) and Y forward; then
+  dY once (the ``dX`` pass re-reads its tile), X again (it reaches the
+  backward from wherever the forward left it: cache if it fits there) and
+  dX. The inputs X, dY and the masks rotate through twice the last-level
+  cache as the contenders' inputs do; Y and dX are one buffer each, reused
+  call after call as the contenders' outputs are under the reusing
+  allocator. A copy would not do as the floor: it also reads every line it
+  writes, where streaming stores do not (a step beat a copy of its floor).
+- ``products``: the gate network's matrix products of ONE sample, for the
+  narrowest modality: the link that no overlap hides (the first tile's
+  projection, its two gate layers; backward ``dz Wd``, ``dpre Wh`` and
+  ``dh W``). Every other product could run beside a pass.
 
 The estimate is their sum, per round. It is a lower bound under three
 assumptions: a write costs at least a read of the same bytes from the same
-level of memory; ``sum`` reads at the fastest rate any pass could; BLAS at
-the rate torch's own reaches at these shapes (a faster small-matrix library
-would lower it). CPU only: on a GPU each product is a launch that costs more
+level of memory; a re-read of a tile in cache costs nothing; ``sum`` reads
+as fast as any pass could. It leaves out everything else a step does (the
+gate network's own loops, the other products, allocation, Python, autograd),
+so it is low: a target above it is not ruled out, which does not show it can
+be built. CPU only: on a GPU each product would be a launch costing more
 than its arithmetic, which a fused kernel does not pay.
 """
 
@@ -49,11 +47,13 @@ PRODUCTS = "products"
 BOUND = "bound"
 # The passes an estimate is defined for: the module's steps, features needing gradients.
 PASSES = ("forward", "fwd+bwd")
-# The buffers each pass touches, in a step's order; "V" is the masks (summary and dX pass).
+# What must cross from memory in each pass, in a step's order: "V" is the
+# masks (the summary and the dX pass read them); Y and dX are written.
 TOUCHES = {
-    "forward": ("X", "V", "X", "Y"),
-    "fwd+bwd": ("X", "V", "X", "Y", "dY", "X", "dY", "dX", "V"),
+    "forward": ("X", "V", "Y"),
+    "fwd+bwd": ("X", "V", "Y", "dY", "X", "dX", "V"),
 }
+ROTATING = ("X", "V", "dY")  # inputs, cold at a step's start; outputs are reused buffers
 
 
 def _check_pass(pass_name: str) -> None:
@@ -63,15 +63,20 @@ def _check_pass(pass_name: str) -> None:
 
 def floor_read_call(w: Workload, dtype: torch.dtype, device, pass_name: str,
                     cache_bytes: int | None = None) -> Callable[[], object]:  # fmt: skip
-    """One call reads the next slot's buffers in ``TOUCHES[pass_name]`` order."""
+    """One call reads the next slot's inputs and the shared outputs in ``TOUCHES[pass_name]`` order."""
     _check_pass(pass_name)
     sizes = {"X": w.feature_bytes(dtype), "V": w.mask_bytes()}
     sizes.update(Y=sizes["X"], dY=sizes["X"], dX=sizes["X"])
     names = [n for n in dict.fromkeys(TOUCHES[pass_name]) if sizes[n] > 0]
-    slot_bytes = sum(sizes[n] for n in names)
-    count = input_set_count(torch.device(device), slot_bytes, cache_bytes)
     gen = torch.Generator().manual_seed(0)
-    slots = [{n: torch.rand(max(1, sizes[n] // 4), generator=gen).to(device) for n in names} for _ in range(count)]
+
+    def buffer(name):
+        return torch.rand(max(1, sizes[name] // 4), generator=gen).to(device)
+
+    rotating = [n for n in names if n in ROTATING]
+    count = input_set_count(torch.device(device), sum(sizes[n] for n in rotating), cache_bytes)
+    shared = {n: buffer(n) for n in names if n not in ROTATING}
+    slots = [{**{n: buffer(n) for n in rotating}, **shared} for _ in range(count)]
     plan = [n for n in TOUCHES[pass_name] if n in names]
     step = [0]
 
@@ -85,13 +90,13 @@ def floor_read_call(w: Workload, dtype: torch.dtype, device, pass_name: str,
 
 
 def product_shapes(w: Workload, pass_name: str, shared_dim: int = 128, hidden_dim: int | None = None):
-    """(rows, inner, cols, transposed) of each product no schedule can overlap
-    with a pass; ``transposed``: the weight is read as ``W.t()`` (the forward's layers)."""
+    """(rows, inner, cols, transposed) of each product of one sample that no
+    overlap hides; ``transposed``: the weight is read as ``W.t()`` (the forward's layers)."""
     _check_pass(pass_name)
-    d, r, B, D = shared_dim, hidden_dim or shared_dim, w.batch, min(w.dims)
-    shapes = [(B, D, d, True), (B, 2 * d + 2, r, True), (B, r, D, True)]
+    d, r, D = shared_dim, hidden_dim or shared_dim, min(w.dims)
+    shapes = [(1, D, d, True), (1, 2 * d + 2, r, True), (1, r, D, True)]
     if pass_name == "fwd+bwd":
-        shapes += [(B, D, r, False), (B, r, 2 * d + 2, False), (B, d, D, False)]
+        shapes += [(1, D, r, False), (1, r, 2 * d + 2, False), (1, d, D, False)]
     return shapes
 
 

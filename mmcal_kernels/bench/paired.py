@@ -271,9 +271,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.bounds and device.type != "cpu":
         # Each product would be a launch of a few microseconds where its arithmetic takes less: the
-        # sum would bound launches, not what a fused kernel must spend, and overstate the bound.
+        # sum would measure launches, not what a fused kernel must spend, and overstate the estimate.
         raise SystemExit(f"--bounds: defined on the CPU only (bounds.py), not on {device.type}: on a GPU each "
-                         "product is a launch, and the launches, not the products, would set the bound")  # fmt: skip
+                         "product is a launch, and the launches, not the products, would set the estimate")  # fmt: skip
     chosen, subject = chosen_contenders(args, device)
     meta = run_meta(args, device)
     meta["subject"] = subject
