@@ -13,20 +13,28 @@ estimate charges what even that schedule cannot avoid:
   X once (the modulation re-reads its tile from cache) and Y forward; then
   dY once (the ``dX`` pass re-reads its tile), X again (it reaches the
   backward from wherever the forward left it: cache if it fits there) and
-  dX. The inputs X, dY and the masks rotate through twice the last-level
-  cache as the contenders' inputs do; Y and dX are one buffer each, reused
-  call after call as the contenders' outputs are under the reusing
-  allocator. A copy would not do as the floor: it also reads every line it
-  writes, where streaming stores do not (a step beat a copy of its floor).
+  dX. X, dY and the masks are the contenders' own input sets, taken in their
+  rotation (twice the last-level cache); Y and dX are one buffer each,
+  reused call after call as the contenders' outputs are under the reusing
+  allocator.
+- ``floor kernels``: the same bytes moved by the ``cpu`` backend's own
+  passes (where it is built): the modulation reads X and writes Y;
+  forward+backward adds a modulation of dY into dX and a summary of X. A
+  review found ``sum`` slower than the modulation over the same bytes in
+  some processes (AVE's forward: the modulation alone took 0.63-0.98x the
+  estimate then), so each round's floor is the faster of the two.
+  A copy would not do as a floor: it also reads every line it writes, where
+  streaming stores do not (a step beat a copy of its floor).
 - ``products``: the gate network's matrix products of ONE sample, for the
   narrowest modality: the link that no overlap hides (the first tile's
   projection, its two gate layers; backward ``dz Wd``, ``dpre Wh`` and
   ``dh W``). Every other product could run beside a pass.
 
-The estimate is their sum, per round. It is a lower bound under three
-assumptions: a write costs at least a read of the same bytes from the same
-level of memory; a re-read of a tile in cache costs nothing; ``sum`` reads
-as fast as any pass could. It leaves out everything else a step does (the
+The estimate is, per round, the faster floor plus the products. It is a
+lower bound under three assumptions: a write costs at least a read of the
+same bytes from the same level of memory; a re-read of a tile in cache costs
+nothing; the faster of the two floors moves its bytes as fast as any pass
+could. It leaves out everything else a step does (the
 gate network's own loops, the other products, allocation, Python, autograd),
 so it is low: a target above it is not ruled out, which does not show it can
 be built. CPU only: on a GPU each product would be a launch costing more
@@ -39,10 +47,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from .timing import input_set_count, median_p20_p80
+from .timing import median_p20_p80
 from .workloads import Workload
 
 FLOOR = "floor read"
+FLOOR_KERNELS = "floor kernels"
+FLOORS = (FLOOR, FLOOR_KERNELS)
 PRODUCTS = "products"
 BOUND = "bound"
 # The passes an estimate is defined for: the module's steps, features needing gradients.
@@ -53,7 +63,6 @@ TOUCHES = {
     "forward": ("X", "V", "Y"),
     "fwd+bwd": ("X", "V", "Y", "dY", "X", "dX", "V"),
 }
-ROTATING = ("X", "V", "dY")  # inputs, cold at a step's start; outputs are reused buffers
 
 
 def _check_pass(pass_name: str) -> None:
@@ -61,31 +70,61 @@ def _check_pass(pass_name: str) -> None:
         raise ValueError(f"pass_name: an estimate is defined for {PASSES}, got {pass_name!r}")
 
 
-def floor_read_call(w: Workload, dtype: torch.dtype, device, pass_name: str,
-                    cache_bytes: int | None = None) -> Callable[[], object]:  # fmt: skip
-    """One call reads the next slot's inputs and the shared outputs in ``TOUCHES[pass_name]`` order."""
+def _touched(input_set, name):
+    """The contenders' tensors of ``name`` in one input set (X, dY, V: one per modality, masks that exist)."""
+    if name == "X":
+        return list(input_set.features)
+    if name == "dY":
+        return list(input_set.grad_outputs)
+    return [m for m in input_set.masks if m is not None]
+
+
+def floor_read_call(sets: Sequence, pass_name: str) -> Callable[[], list]:
+    """One call reads the next input set's X, dY and masks, and the shared
+    outputs Y and dX, in ``TOUCHES[pass_name]`` order (``sets``: the
+    contenders' ``InputSet``s, rotating)."""
     _check_pass(pass_name)
-    sizes = {"X": w.feature_bytes(dtype), "V": w.mask_bytes()}
-    sizes.update(Y=sizes["X"], dY=sizes["X"], dX=sizes["X"])
-    names = [n for n in dict.fromkeys(TOUCHES[pass_name]) if sizes[n] > 0]
+    x = sets[0].features[0]
+    out_bytes = sum(t.numel() * t.element_size() for t in sets[0].features)
     gen = torch.Generator().manual_seed(0)
+    outputs = {n: torch.rand(max(1, out_bytes // 4), generator=gen).to(x.device) for n in ("Y", "dX")}
+    plan = [n for n in TOUCHES[pass_name] if n != "V" or any(m is not None for m in sets[0].masks)]
+    step = [0]
 
-    def buffer(name):
-        return torch.rand(max(1, sizes[name] // 4), generator=gen).to(device)
+    def read(input_set, name):
+        return [outputs[name]] if name in outputs else _touched(input_set, name)
 
-    rotating = [n for n in names if n in ROTATING]
-    count = input_set_count(torch.device(device), sum(sizes[n] for n in rotating), cache_bytes)
-    shared = {n: buffer(n) for n in names if n not in ROTATING}
-    slots = [{**{n: buffer(n) for n in rotating}, **shared} for _ in range(count)]
-    plan = [n for n in TOUCHES[pass_name] if n in names]
+    def call():
+        step[0] += 1
+        input_set = sets[step[0] % len(sets)]
+        return [t.sum() for name in plan for t in read(input_set, name)]
+
+    call.plan, call.read = plan, read  # for the tests: what one call reads, in order
+    return call
+
+
+def floor_kernels_call(sets: Sequence, layouts: Sequence[str], pass_name: str) -> Callable[[], list]:
+    """One call moves the floor's bytes with the cpu backend's passes: X read
+    and Y written (the modulation); forward+backward also dY read and dX
+    written (a modulation of dY) and X read (the summaries)."""
+    from ..autograd import _ops_below_autograd  # the passes without their Python autograd wrapper
+    from ..spec import layout_codes
+
+    _check_pass(pass_name)
+    codes = layout_codes(layouts)
+    ct = sets[0].gates[0].dtype
     step = [0]
 
     def call():
         step[0] += 1
-        slot = slots[step[0] % len(slots)]
-        return [slot[n].sum() for n in plan]
+        s = sets[step[0] % len(sets)]
+        with torch.no_grad(), _ops_below_autograd(s.features[0]):
+            out = torch.ops.mmcal.modulate(s.features, s.gates, codes)
+            if pass_name == "fwd+bwd":
+                out = out + torch.ops.mmcal.modulate(s.grad_outputs, s.gates, codes)
+                out = out + torch.ops.mmcal.summaries(s.features, s.masks, codes, ct)
+        return out
 
-    call.slots, call.plan = slots, plan  # for the tests: what one call reads, in order
     return call
 
 
@@ -124,16 +163,22 @@ def _summary(values: Sequence[float]) -> dict:
     return dict(zip(("median", "p20", "p80"), median_p20_p80(values)))
 
 
-def bound_ratios(times: dict[str, Sequence[float]]) -> dict[str, dict]:
-    """Per round, the estimate (floor read + products) and each contender's
-    time over it; median, p20, p80 over rounds."""
+def _bounds(times: dict[str, Sequence[float]]) -> list[float]:
+    """Per round: the faster of the floors timed, plus the products."""
     missing = [label for label in (FLOOR, PRODUCTS) if label not in times]
     if missing:
         raise ValueError(f"times: no {missing} among {sorted(times)}")
-    bound = [f + p for f, p in zip(times[FLOOR], times[PRODUCTS])]
+    floors = [times[label] for label in FLOORS if label in times]
+    return [min(f) + p for f, p in zip(zip(*floors), times[PRODUCTS])]
+
+
+def bound_ratios(times: dict[str, Sequence[float]]) -> dict[str, dict]:
+    """Per round, the estimate (the faster floor + products) and each
+    contender's time over it; median, p20, p80 over rounds."""
+    bound = _bounds(times)
     out = {BOUND: _summary(bound)}
     for label, series in times.items():
-        if label not in (FLOOR, PRODUCTS):
+        if label not in (*FLOORS, PRODUCTS):
             out[label] = _summary([t / b for t, b in zip(series, bound)])
     return out
 
@@ -141,12 +186,12 @@ def bound_ratios(times: dict[str, Sequence[float]]) -> dict[str, dict]:
 def needed_ratios(times: dict[str, Sequence[float]], pass_name: str, eager: str, compiled: str) -> dict:
     """Per round, the time over the estimate that would meet issue 12's
     targets for ``pass_name``: min(eager / 3, compiled / 2) forward+backward,
-    compiled / 2 forward. Below 1 from p20 to p80: out of reach for any
-    implementation (under the estimate's assumptions); at least 1 there: not
-    ruled out by the estimate (which says nothing of whether it can be
-    built); else undecided."""
+    compiled / 2 forward (``eager`` may be absent there). Below 1 from p20 to
+    p80: out of reach for any implementation (under the estimate's
+    assumptions); at least 1 there: not ruled out by the estimate (which says
+    nothing of whether it can be built); else undecided."""
     _check_pass(pass_name)
-    bound = [f + p for f, p in zip(times[FLOOR], times[PRODUCTS])]
+    bound = _bounds(times)
     if pass_name == "fwd+bwd":
         target = [min(e / 3, c / 2) for e, c in zip(times[eager], times[compiled])]
     else:
