@@ -26,17 +26,18 @@ estimate charges what even that schedule cannot avoid:
   A copy would not do as a floor: it also reads every line it writes, where
   streaming stores do not (a step beat a copy of its floor).
 - ``products``: the gate network's matrix products of ONE sample, for the
-  narrowest modality: the link that no overlap hides (the first tile's
-  projection, its two gate layers; backward ``dz Wd``, ``dpre Wh`` and
-  ``dh W``). Every other product could run beside a pass.
+  narrowest modality (a projection, the two gate layers; backward ``dz Wd``,
+  ``dpre Wh`` and ``dh W``): a stand-in for the serial link between a
+  tile's passes. Every other product could run beside a pass, and with two
+  tiles in flight even these could (a review's point); they are a few
+  percent of the estimate at most.
 
 The estimate is, per round, the faster floor plus the products. It is a
 lower bound under three assumptions: a write costs at least a read of the
 same bytes from the same level of memory; a re-read of a tile in cache costs
 nothing; the faster of the two floors moves its bytes as fast as any pass
-could. It leaves out everything else a step does (the
-gate network's own loops, the other products, allocation, Python, autograd),
-so it is low: a target above it is not ruled out, which does not show it can
+could. It leaves out everything else a step does (the gate network's own
+loops, the other products, allocation, Python, autograd), so it is low: a target above it is not ruled out, which does not show it can
 be built. CPU only: on a GPU each product would be a launch costing more
 than its arithmetic, which a fused kernel does not pay.
 """
