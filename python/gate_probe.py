@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -136,17 +137,12 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*reference backend.*")
     cfg = {**robustness.COMMON, "epochs": args.epochs}
     hp = robustness.HPARAMS[args.backbone]
-    committed_path = os.path.join(robustness.RESULTS, f"robustness{args.tag}.json")
+    run = robustness._read_if_present(os.path.join(robustness.RESULTS, f"robustness{args.tag}.json"))
     committed = {}
-    if os.path.exists(committed_path):
-        with open(committed_path) as f:
-            run = json.load(f)
-        if run["config"]["epochs"] == args.epochs and run["config"]["hparams"][args.backbone] == hp:
-            committed = {r["seed"]: r for r in run["runs"] if r["backbone"] == args.backbone and r["variant"] == "calibrated"}
+    if run is not None and run["config"]["epochs"] == args.epochs and run["config"]["hparams"][args.backbone] == hp:
+        committed = {r["seed"]: r for r in run["runs"] if r["backbone"] == args.backbone and r["variant"] == "calibrated"}
     tasks = [(args.backbone, seed, cfg, hp) for seed in args.seeds]
     started = time.time()
-    import multiprocessing as mp
-
     with mp.get_context("fork").Pool(args.workers) as pool:
         results = pool.map(run_seed, tasks)
     for r in results:

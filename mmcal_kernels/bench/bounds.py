@@ -19,7 +19,7 @@ estimate charges what even that schedule cannot avoid:
   allocator.
 - ``floor kernels``: the same bytes moved by the ``cpu`` backend's own
   passes (where it is built): the modulation reads X and writes Y;
-  forward+backward adds a modulation of dY into dX and a summary of X. A
+  forward+backward adds a modulation of dY into dX and a summary of all of X. A
   review found ``sum`` slower than the modulation over the same bytes in
   some processes (AVE's forward: the modulation alone took 0.63-0.98x the
   estimate then), so each round's floor is the faster of the two.
@@ -37,8 +37,8 @@ lower bound under three assumptions: a write costs at least a read of the
 same bytes from the same level of memory; a re-read of a tile in cache costs
 nothing; the faster of the two floors moves its bytes as fast as any pass
 could. It leaves out everything else a step does (the gate network's own
-loops, the other products, allocation, Python, autograd), so it is low: a target above it is not ruled out, which does not show it can
-be built. CPU only: on a GPU each product would be a launch costing more
+loops, the other products, allocation, Python, autograd), so it is low: a
+target above it is not ruled out, which does not show it can be built. CPU only: on a GPU each product would be a launch costing more
 than its arithmetic, which a fused kernel does not pay.
 """
 
@@ -48,7 +48,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .timing import median_p20_p80
+from .timing import quantile_summary
 from .workloads import Workload
 
 FLOOR = "floor read"
@@ -164,10 +164,6 @@ def products_call(w: Workload, compute_dtype: torch.dtype, device, pass_name: st
     return call
 
 
-def _summary(values: Sequence[float]) -> dict:
-    return dict(zip(("median", "p20", "p80"), median_p20_p80(values)))
-
-
 def _bounds(times: dict[str, Sequence[float]]) -> list[float]:
     """Per round: the faster of the floors timed, plus the products."""
     missing = [label for label in (FLOOR, PRODUCTS) if label not in times]
@@ -181,10 +177,10 @@ def bound_ratios(times: dict[str, Sequence[float]]) -> dict[str, dict]:
     """Per round, the estimate (the faster floor + products) and each
     contender's time over it; median, p20, p80 over rounds."""
     bound = _bounds(times)
-    out = {BOUND: _summary(bound)}
+    out = {BOUND: quantile_summary(bound)}
     for label, series in times.items():
         if label not in (*FLOORS, PRODUCTS):
-            out[label] = _summary([t / b for t, b in zip(series, bound)])
+            out[label] = quantile_summary([t / b for t, b in zip(series, bound)])
     return out
 
 
@@ -201,6 +197,6 @@ def needed_ratios(times: dict[str, Sequence[float]], pass_name: str, eager: str,
         target = [min(e / 3, c / 2) for e, c in zip(times[eager], times[compiled])]
     else:
         target = [c / 2 for c in times[compiled]]
-    out = _summary([t / b for t, b in zip(target, bound)])
+    out = quantile_summary([t / b for t, b in zip(target, bound)])
     out["verdict"] = "out of reach" if out["p80"] < 1 else "not ruled out" if out["p20"] >= 1 else "undecided"
     return out

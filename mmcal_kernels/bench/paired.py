@@ -36,7 +36,7 @@ from .compiled import CompileWatch, fresh, strict_recompiles
 from .contenders import COMPILED, EAGER, contenders, input_sets, make_module, pass_callables
 from .floors import PASSES
 from .runner import DTYPES, allocator_label, machine_meta, package_info
-from .timing import input_set_count, median_p20_p80
+from .timing import input_set_count, quantile_summary
 from .workloads import NAMES, workload
 
 REAL_WORKLOADS = tuple(n for n in NAMES if not n.startswith("stress"))
@@ -69,10 +69,6 @@ def time_rounds(calls: dict[str, Callable[[], object]], numbers: dict[str, int],
     return times
 
 
-def _quantile_summary(values: Sequence[float]) -> dict:
-    return dict(zip(("median", "p20", "p80"), median_p20_p80(values)))
-
-
 def paired_ratios(times: dict[str, list[float]], subject: str) -> dict[str, dict]:
     """For every other contender X: ``time(X) / time(subject)`` in each round
     (above 1: the subject is faster), summarised over rounds."""
@@ -80,7 +76,7 @@ def paired_ratios(times: dict[str, list[float]], subject: str) -> dict[str, dict
         raise ValueError(f"subject: {subject!r} is not among the timed contenders {sorted(times)}")
     base = times[subject]
     return {
-        label: _quantile_summary([t / s for t, s in zip(series, base)])
+        label: quantile_summary([t / s for t, s in zip(series, base)])
         for label, series in times.items()
         if label != subject
     }
@@ -193,7 +189,7 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
         ratios = paired_ratios({c.label: times[c.label] for c, _, _ in held}, subject)
         over_bound = bounds.bound_ratios(times) if parts else {}
         for c, _, _ in held:
-            summary = _quantile_summary(times[c.label])
+            summary = quantile_summary(times[c.label])
             records.append({
                 "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": c.label,
                 "compiled": c.compiled, "allocator": allocator_label(device), "calls_per_block": numbers[c.label],
@@ -208,9 +204,10 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
         rows = records[-len(held):]
         references = {COMPILED} | ({EAGER} if pass_name == "fwd+bwd" else set())  # the forward's target: compiled / 2
         needed = bounds.needed_ratios(times, pass_name, EAGER, COMPILED) if parts and references <= set(times) else None
+        part_rows = []
         for label in parts:
-            summary = _quantile_summary(times[label])
-            records.append({
+            summary = quantile_summary(times[label])
+            part_rows.append({
                 "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": label, "bound_part": True,
                 "allocator": allocator_label(device), "calls_per_block": numbers[label],
                 "median_ms": summary["median"] * 1e3, "p20_ms": summary["p20"] * 1e3, "p80_ms": summary["p80"] * 1e3,
@@ -218,7 +215,8 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
                 "bound_ms": {k: v * 1e3 for k, v in over_bound[bounds.BOUND].items()},
                 "needed": needed,  # issue 12's targets over the estimate, where both references ran
             })  # fmt: skip
-        print(format_pass(rows, records[len(records) - len(parts):]), flush=True)
+        records += part_rows
+        print(format_pass(rows, part_rows), flush=True)
     return records
 
 
@@ -231,7 +229,7 @@ def bound_parts(args, w, device, pass_name: str, sets) -> dict:
     _, param_dtype = DTYPES[args.dtype]
     ct = torch.promote_types(torch.promote_types(torch.float32, sets[0].features[0].dtype), param_dtype)
     parts = {bounds.FLOOR: bounds.floor_read_call(sets, pass_name)}
-    if any(b.name == "cpu" and b.usable for b in backends.available()):
+    if backends.get("cpu").usable:
         parts[bounds.FLOOR_KERNELS] = bounds.floor_kernels_call(sets, w.layouts, pass_name)
     parts[bounds.PRODUCTS] = bounds.products_call(w, ct, device, pass_name)
     return parts

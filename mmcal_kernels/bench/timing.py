@@ -73,6 +73,11 @@ def median_p20_p80(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), q[1], q[7]
 
 
+def quantile_summary(values: Sequence[float]) -> dict:
+    """``median_p20_p80`` as the JSON records store it: {"median", "p20", "p80"}."""
+    return dict(zip(("median", "p20", "p80"), median_p20_p80(values)))
+
+
 def _quantiles(times_s: Sequence[float]) -> Timing:
     return Timing(*median_p20_p80([t * 1e3 for t in times_s]), len(times_s))
 
