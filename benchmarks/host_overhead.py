@@ -6,6 +6,10 @@ with the same differentiable inputs shows what any node pays.
 
     python benchmarks/host_overhead.py [--backend cpu] [--device cpu] [--threads 1]
 
+Each op row times the chosen backend's own op (``mmcal::gates`` for "cpu" and
+"cuda", ``mmcal::triton_gates`` for "triton"): on a GPU an eager Triton op's
+host side includes Triton's Python launcher, which compiled code replaces.
+
 On a GPU (``--device cuda --backend cuda``) the calls of a timed run are
 launched back to back and synchronised once at its end: at these sizes the
 GPU keeps up, so the time a call is the host's.
@@ -42,6 +46,18 @@ class _BareNode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         return (None, *ctx.saved_tensors)
+
+
+class BackendOps:
+    """``torch.ops.mmcal``'s ops of ``backend`` by their common names: the
+    Triton backend registers its own (``mmcal::triton_gates``), with the same
+    schemas as the C++ ones."""
+
+    def __init__(self, backend: str):
+        self.prefix = "triton_" if backend == "triton" else ""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.ops.mmcal, self.prefix + name)
 
 
 def main():
@@ -82,12 +98,12 @@ def main():
         for t in (*params, *xs):
             t.grad = None
 
+    ops = BackendOps(args.backend)
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {args.threads} thread(s); "
-          f"backend {args.backend!r}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
+          f"backend {args.backend!r}, ops mmcal::{ops.prefix}*; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
     rows = {"module forward": best_us(forward), "module forward, no_grad": best_us(forward_no_grad),
             "module calibrate_": best_us(in_place), "module forward+backward": best_us(step)}  # fmt: skip
-    ops = torch.ops.mmcal
     layouts = [0] * len(dims)
     with torch.no_grad():
         x = [t.detach() for t in xs]

@@ -387,10 +387,12 @@ def test_launch_classification():
     span = lambda us: SimpleNamespace(elapsed_us=lambda: us)  # noqa: E731
     ev = lambda name, dt=DT.CPU, us=0.0: SimpleNamespace(name=name, device_type=dt, time_range=span(us))  # noqa: E731
     events = [ev("_reduce_kernel", DT.CUDA, 3.5), ev("_map_kernel", DT.CUDA, 2.0), ev("Memcpy HtoD", DT.CUDA, 9.0),
+              ev("_reduce_kernel", DT.CUDA, 1.5),
               ev("cudaLaunchKernel", us=4.0), ev("cuLaunchKernelEx"), ev("cudaGraphLaunch"), ev("aten::mul")]  # fmt: skip
     got = counting.classify_events(events)
-    assert got["kernels"] == 2 and got["launch_calls"] == 2 and got["graph_launches"] == 1
-    assert got["kernel_us"] == 5.5  # kernels only: no copy, no host call
+    assert got["launch_calls"] == 2 and got["graph_launches"] == 1
+    assert got["kernels"] == 3 and got["kernel_us"] == 7.0  # kernels only: no copy, no host call
+    assert got["name_us"] == {"_reduce_kernel": 5.0, "_map_kernel": 2.0}  # each name's busy time
 
 
 # ---- a bounded run keeps what it measured ------------------------------------------------------------

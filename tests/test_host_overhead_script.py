@@ -16,6 +16,18 @@ def test_host_overhead_script_reports_the_step_and_each_op():
             "op input_grads", "bare node fwd+bwd, grad()", "step minus its six ops", "CPU: ")  # fmt: skip
     for row in rows:
         assert row in result.stdout, result.stdout
+    assert "ops mmcal::*" in result.stdout, result.stdout
+
+
+def test_host_overhead_script_times_the_triton_backends_own_ops():
+    # Under the interpreter (CPU tensors); the times are the interpreter's,
+    # what counts is that the Triton ops run, not the C++ ones.
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_overhead.py"), "--backend", "triton",
+                             "--calls", "1", "--repeats", "1"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend 'triton'" in result.stdout and "op gates_backward" in result.stdout, result.stdout
+    assert "ops mmcal::triton_*" in result.stdout, result.stdout
 
 
 def test_inference_paths_script_times_both_paths():

@@ -21,7 +21,7 @@
 #   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
 #               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
 #   3c. host    the eager step's host time at tiny sizes, beside each op alone
-#               (benchmarks/host_overhead.py)                           -> check.log
+#               (benchmarks/host_overhead.py), for each of HOST_BACKENDS -> check.log
 #   4. bench    mosei-aligned (issue 12's target) first, then stress and the other real
 #               workloads, fp32 and bf16-mixed, forward and fwd+bwd; eager
 #               reference/cuda/triton first, then the compiled reference and kernel
@@ -43,12 +43,14 @@ PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || PY=python
 # Defaults: the full run. A plan file may set any of these (and the limits below).
 GATE_TESTS=(tests/backends/test_cuda_gate_network.py)
+GATE_ARGS=()  # more pytest arguments for that first process, e.g. (-k "name or name")
 TESTS=(tests/triton/test_triton_gate_network.py tests/triton/test_triton_op_counts.py tests/backends/test_cuda.py
        tests/backends/test_cuda_random_steps.py
        tests/backends/test_cpp_input_grads.py tests/triton tests/backends/test_cuda_compile.py)
 WORKLOADS=(mosei-aligned stress-256MiB cremad-resnet18 ave-resnet18 mosei-unaligned mosi-unaligned)
 DTYPES=(float32 bf16-mixed)
 BACKENDS=()  # empty: every contender
+HOST_BACKENDS=(cuda)  # whose eager step and ops the host stage times
 if [[ -n "${MMCAL_GPU_PLAN:-}" ]]; then
   # shellcheck source=/dev/null
   source "$MMCAL_GPU_PLAN" || { echo "FATAL: cannot read the plan $MMCAL_GPU_PLAN"; exit 1; }
@@ -154,8 +156,8 @@ fi
 export MMCAL_FAILURE_LOG="$OUT/failures.log"
 GATE_TESTS_S=$(( TESTS_S / 3 ))
 JUNIT=$(mktemp -d)  # the two processes' XML, merged into $OUT/tests.xml at the stage's end
-echo "pytest ${GATE_TESTS[*]} (limit $GATE_TESTS_S s)"
-timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" -m "not slow" -q -rfEs \
+echo "pytest ${GATE_TESTS[*]} ${GATE_ARGS[*]} (limit $GATE_TESTS_S s)"
+timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" "${GATE_ARGS[@]}" -m "not slow" -q -rfEs \
   -p no:cacheprovider "${TIMEOUT_ARGS[@]}" --junitxml="$JUNIT/gates.xml" >"$OUT/tests.log" 2>&1
 GATE_RC=$?
 echo "exit status $GATE_RC"; tail -n 8 "$OUT/tests.log"
@@ -202,13 +204,18 @@ done_stage
 # ---- 3c. the eager step's host time ------------------------------------------
 stage host "$HOST_S"
 if (( HOST_S > 0 )); then
-  if [[ $DRY == 1 ]]; then
-    HOST_ARGS=(--device cpu --backend cpu --calls 30 --repeats 2)
-  else
-    HOST_ARGS=(--device cuda --backend cuda)
-  fi
-  timeout -k 10 "$HOST_S" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
-  echo "host_overhead exit status $?"
+  # Each backend its share of the stage (a cold Triton backend compiles its
+  # tiny-size kernels inside its share).
+  (( ${#HOST_BACKENDS[@]} > 0 )) || HOST_BACKENDS=(cuda)
+  for HOST_BACKEND in "${HOST_BACKENDS[@]}"; do
+    if [[ $DRY == 1 ]]; then
+      HOST_ARGS=(--device cpu --backend cpu --calls 30 --repeats 2)
+    else
+      HOST_ARGS=(--device cuda --backend "$HOST_BACKEND")
+    fi
+    timeout -k 10 $(( HOST_S / ${#HOST_BACKENDS[@]} )) "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
+    echo "host_overhead ${HOST_ARGS[*]} exit status $?"
+  done
 fi
 done_stage
 

@@ -60,8 +60,9 @@ def classify_events(events) -> dict:
     """Kernel count from profiler events: GPU-side kernels (no memcpy/memset),
     their summed durations (``kernel_us``: the GPU's busy time, to set
     against a step's wall time, whose rest is the host's), host launch calls,
-    and CUDA-graph launches."""
-    kernels, names = 0, Counter()
+    and CUDA-graph launches. ``name_us`` splits the busy time by kernel name,
+    so a slow step names its slow kernel."""
+    kernels, names, name_us = 0, Counter(), Counter()
     launches = graphs = 0
     kernel_us = 0.0
     for e in events:
@@ -71,13 +72,16 @@ def classify_events(events) -> dict:
                 kernels += 1
                 names[e.name] += 1
                 span = getattr(e, "time_range", None)
-                kernel_us += span.elapsed_us() if span is not None else 0.0
+                us = span.elapsed_us() if span is not None else 0.0
+                kernel_us += us
+                name_us[e.name] += us
         elif e.name in LAUNCH_APIS:
             launches += 1
         elif e.name == "cudaGraphLaunch":
             graphs += 1
     return {"kernels": kernels, "kernel_us": round(kernel_us, 1), "launch_calls": launches, "graph_launches": graphs,
-            "names": dict(names.most_common(12))}  # fmt: skip
+            "names": dict(names.most_common(12)),
+            "name_us": {name: round(us, 1) for name, us in name_us.most_common(12)}}  # fmt: skip
 
 
 def cuda_launches(step: Callable[[], object]) -> dict:
