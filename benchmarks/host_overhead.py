@@ -10,6 +10,12 @@ Each op row times the chosen backend's own op (``mmcal::gates`` for "cpu" and
 "cuda", ``mmcal::triton_gates`` for "triton"): on a GPU an eager Triton op's
 host side includes Triton's Python launcher, which compiled code replaces.
 
+``--stub-launches`` (with ``--backend triton`` under ``TRITON_INTERPRET=1``,
+on a CPU machine) replaces every Triton launch with nothing: what is left is
+the Triton ops' own Python (checks, allocation, arguments) and torch's
+custom-op dispatch, measurable without a GPU. Its outputs are garbage; its
+times are the host's.
+
 On a GPU (``--device cuda --backend cuda``) the calls of a timed run are
 launched back to back and synchronised once at its end: at these sizes the
 GPU keeps up, so the time a call is the host's.
@@ -67,7 +73,15 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calls", type=int, default=300, help="calls a timed run")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs; the best one's mean counts")
+    parser.add_argument("--stub-launches", action="store_true",
+                        help="triton only: launch nothing, to time the ops' Python without a GPU")
     args = parser.parse_args()
+    if args.stub_launches:
+        if args.backend != "triton":
+            parser.error("--stub-launches: only with --backend triton")
+        from mmcal_kernels.backends.triton import configs
+
+        configs._launch = lambda *launch_args, **launch_kwargs: None
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats, sync=sync)
@@ -101,7 +115,7 @@ def main():
     ops = BackendOps(args.backend)
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {args.threads} thread(s); "
-          f"backend {args.backend!r}, ops mmcal::{ops.prefix}*; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
+          f"backend {args.backend!r}, ops mmcal::{ops.prefix}*{', launches stubbed' if args.stub_launches else ''}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
     rows = {"module forward": best_us(forward), "module forward, no_grad": best_us(forward_no_grad),
             "module calibrate_": best_us(in_place), "module forward+backward": best_us(step)}  # fmt: skip
     layouts = [0] * len(dims)

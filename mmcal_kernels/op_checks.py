@@ -80,14 +80,15 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
     num = len(summaries)
     if len(params) != PER_MODALITY * num:
         raise ValueError(f"params: expected {PER_MODALITY} tensors per modality ({PER_MODALITY * num}), got {len(params)}")
+    device = first.device
     for i, p in enumerate(params):
-        where = f"params[{i}] ({GateParams._fields[i % PER_MODALITY]} of modality {i // PER_MODALITY})"
         if not isinstance(p, Tensor):
-            raise TypeError(f"{where}: expected a tensor, got {type(p).__name__}")
+            raise TypeError(f"{_param_name(i)}: expected a tensor, got {type(p).__name__}")
         if p.dtype not in PARAM_DTYPES:  # as the C++ op: float8 is floating point but cannot promote
-            raise TypeError(f"{where}: expected a floating-point dtype ({checks._dtype_names(PARAM_DTYPES)}), got {p.dtype}")
-        if p.device != first.device:
-            raise ValueError(f"{where}: on {p.device}, but summaries[0] is on {first.device}")
+            raise TypeError(f"{_param_name(i)}: expected a floating-point dtype ({checks._dtype_names(PARAM_DTYPES)}), "
+                            f"got {p.dtype}")  # fmt: skip
+        if p.device != device:
+            raise ValueError(f"{_param_name(i)}: on {p.device}, but summaries[0] is on {device}")
     d = params[0].shape[0] if params[0].dim() == 2 else -1
     for m in range(num):
         pw, pb, hw, hb, iw, ib, dw, db = params[PER_MODALITY * m : PER_MODALITY * (m + 1)]
@@ -104,6 +105,11 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
             raise ValueError(f"present: on {present.device}, but summaries[0] is on {first.device}")
         if tuple(present.shape) != (first.shape[0], num):
             raise ValueError(f"present: expected [B, M] = [{first.shape[0]}, {num}], got {list(present.shape)}")
+
+
+def _param_name(i: int) -> str:
+    # Built only for an error: an eager call checks 8 parameters a modality.
+    return f"params[{i}] ({GateParams._fields[i % PER_MODALITY]} of modality {i // PER_MODALITY})"
 
 
 def gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved) -> None:

@@ -30,6 +30,17 @@ def test_host_overhead_script_times_the_triton_backends_own_ops():
     assert "ops mmcal::triton_*" in result.stdout, result.stdout
 
 
+def test_host_overhead_script_stubs_the_triton_launches_only_for_triton():
+    script = os.path.join(ROOT, "benchmarks", "host_overhead.py")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, script, "--backend", "triton", "--stub-launches", "--calls", "1",
+                             "--repeats", "1"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launches stubbed" in result.stdout and "op gates_backward" in result.stdout, result.stdout
+    refused = subprocess.run([sys.executable, script, "--stub-launches"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "only with --backend triton" in refused.stderr, refused.stderr[-2000:]
+
+
 def test_inference_paths_script_times_both_paths():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference_paths.py"), "--rounds", "2",
                              "--calls", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip

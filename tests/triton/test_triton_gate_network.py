@@ -319,3 +319,11 @@ def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
     assert launched == [], f"{len(launched)} kernel launches"
     assert gate_network._torch_formulas(2, F32, d, hidden)
     assert not gate_network._torch_formulas(2, F32, 512, [512]) and not gate_network._torch_formulas(2, F32, 1024, [64])
+
+
+def test_block_widths_are_triton_powers_of_two():
+    """The host computes the tiles' widths with a bit shift (triton 3.9's
+    next_power_of_2 is a slow constexpr_function on the host); tl.dot needs 16."""
+    import triton
+
+    assert [gate_network._pow2(n) for n in range(0, 5000)] == [max(16, triton.next_power_of_2(n)) for n in range(0, 5000)]

@@ -239,3 +239,18 @@ def test_one_slice_keeps_precision_over_long_sums():
     for name, got, exact in (("mean", mean, term), ("gate gradient", dg, term * term * positions)):
         rel = ((got.cpu().double() - exact).abs() / exact).max().item()
         assert rel < 1e-5, f"relative error {rel:.3g} of a {name} over 2^17 positions in one slice"
+
+
+def test_slicing_rule_of_int_sizes_is_the_symbolic_rule():
+    """Eager calls take builtins for the slicing rule; traced calls take
+    torch.sym_max/sym_min. Both give the same slice counts."""
+
+    def symbolic(batch, positions, channels):
+        per_tile = torch.sym_max(1, batch * reductions.cdiv(channels, 128))
+        return torch.sym_max(1, torch.sym_min(reductions.cdiv(positions, reductions.MIN_SLICE),
+                                              reductions.cdiv(reductions.TARGET_PROGRAMS, per_tile)))  # fmt: skip
+
+    for batch in (0, 1, 3, 32, 1000):
+        for positions in (0, 1, 50, 4096, 1 << 20):
+            for channels in (1, 74, 128, 129, 4096):
+                assert reductions.slices(batch, positions, channels) == symbolic(batch, positions, channels)

@@ -526,7 +526,9 @@ reduce_partials_kernel = configs.autotuned(_reduce_partials_kernel, REDUCE_CONFI
 
 
 def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(int(n)))  # tl.dot needs every side >= 16
+    # tl.dot needs every side >= 16. Plain Python: triton 3.9's next_power_of_2
+    # is a constexpr_function whose wrapper cost microseconds on the host a call.
+    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 def _sizes(summaries, params) -> tuple[int, list[int], list[int]]:
