@@ -76,12 +76,16 @@ def main():
     parser.add_argument("--stub-launches", action="store_true",
                         help="triton only: launch nothing, to time the ops' Python without a GPU")
     args = parser.parse_args()
+    stubbed = []  # one entry per launch the stub took instead of Triton
     if args.stub_launches:
         if args.backend != "triton":
             parser.error("--stub-launches: only with --backend triton")
         from mmcal_kernels.backends.triton import configs
 
-        configs._launch = lambda *launch_args, **launch_kwargs: None
+        def no_launch(*launch_args, **launch_kwargs):
+            stubbed.append(None)
+
+        configs._launch = no_launch
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats, sync=sync)
@@ -157,6 +161,8 @@ def main():
         print(f"  {name:33s} {us:8.1f} us")
     op_time = sum(us for name, us in rows.items() if name.startswith("op "))
     print(f"  {'step minus its six ops':33s} {rows['module forward+backward'] - op_time:8.1f} us (Python, checks, autograd)")
+    if args.stub_launches:
+        print(f"  launches the stub took             {len(stubbed)}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def test_host_overhead_script_stubs_the_triton_launches_only_for_triton():
                              "--repeats", "1"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "launches stubbed" in result.stdout and "op gates_backward" in result.stdout, result.stdout
+    taken = [line for line in result.stdout.splitlines() if "launches the stub took" in line]
+    assert taken and int(taken[0].split()[-1]) > 0, result.stdout  # the stub ran, not Triton
     refused = subprocess.run([sys.executable, script, "--stub-launches"], capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "only with --backend triton" in refused.stderr, refused.stderr[-2000:]
 

@@ -207,13 +207,16 @@ if (( HOST_S > 0 )); then
   # Each backend its share of the stage (a cold Triton backend compiles its
   # tiny-size kernels inside its share).
   (( ${#HOST_BACKENDS[@]} > 0 )) || HOST_BACKENDS=(cuda)
+  [[ $DRY == 1 ]] && HOST_BACKENDS=(cpu)  # no GPU: the CPU backend once
+  HOST_SHARE=$(( HOST_S / ${#HOST_BACKENDS[@]} ))
+  (( HOST_SHARE < 1 )) && HOST_SHARE=1  # timeout 0 would mean no limit
   for HOST_BACKEND in "${HOST_BACKENDS[@]}"; do
     if [[ $DRY == 1 ]]; then
       HOST_ARGS=(--device cpu --backend cpu --calls 30 --repeats 2)
     else
       HOST_ARGS=(--device cuda --backend "$HOST_BACKEND")
     fi
-    timeout -k 10 $(( HOST_S / ${#HOST_BACKENDS[@]} )) "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
+    timeout -k 10 "$HOST_SHARE" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
     echo "host_overhead ${HOST_ARGS[*]} exit status $?"
   done
 fi
