@@ -23,11 +23,28 @@ start=$(date +%s)
 "$PY" -m pip install -q --no-build-isolation -e .  # builds mmcal_kernels._C (C++; CUDA where torch has it)
 echo "install and extension build took $(( $(date +%s) - start )) s"
 
-# 1. The unit suite, then the pytest-benchmark suite once through as a smoke
+# Two pytest processes, side by side (one after the other took 20 minutes on a
+# slower 2-core machine of this kind; MMCAL_TESTS_IN_TURN=1 runs them in turn):
+# 1. the unit suite, then the pytest-benchmark suite once through as a smoke
 #    test. tests/triton skips here: it needs the interpreter on before triton
-#    is imported, which this process's torch.compile tests do first.
+#    is imported, which this process's torch.compile tests do first;
+# 2. the Triton kernels themselves, on CPU tensors, in Triton's interpreter:
+#    Python-bound, so one thread; its output is printed when both have ended.
 status=0
-"$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" || status=$?
-# 2. The Triton kernels themselves, on CPU tensors, in Triton's interpreter.
-TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@" || status=$?
+interp_log=$(mktemp)
+run_interpreter() {
+  OMP_NUM_THREADS=1 TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@"
+}
+if [[ "${MMCAL_TESTS_IN_TURN:-0}" == 1 ]]; then
+  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" || status=$?
+  run_interpreter "$@" || status=$?
+else
+  run_interpreter "$@" >"$interp_log" 2>&1 &
+  interp_pid=$!
+  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" || status=$?
+  wait "$interp_pid" || status=$?
+  echo "--- the Triton interpreter's pytest (ran beside the unit suite) ---"
+  cat "$interp_log"
+fi
+rm -f "$interp_log"
 exit $status
