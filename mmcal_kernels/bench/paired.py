@@ -188,15 +188,19 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
                     watch.check(snap, step[0] - steps_then, f"{what} {c.label}")
         ratios = paired_ratios({c.label: times[c.label] for c, _, _ in held}, subject)
         over_bound = bounds.bound_ratios(times) if parts else {}
-        for c, _, _ in held:
-            summary = quantile_summary(times[c.label])
-            records.append({
-                "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": c.label,
-                "compiled": c.compiled, "allocator": allocator_label(device), "calls_per_block": numbers[c.label],
-                "input_sets": len(sets),
-                "first_call_s": before[c.label][3],
+        def timed(label):
+            """The fields of every row of this pass: what was timed, and its rounds."""
+            summary = quantile_summary(times[label])
+            return {
+                "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": label,
+                "allocator": allocator_label(device), "calls_per_block": numbers[label],
                 "median_ms": summary["median"] * 1e3, "p20_ms": summary["p20"] * 1e3, "p80_ms": summary["p80"] * 1e3,
-                "round_ms": [t * 1e3 for t in times[c.label]],
+                "round_ms": [t * 1e3 for t in times[label]],
+            }  # fmt: skip
+
+        for c, _, _ in held:
+            records.append({
+                **timed(c.label), "compiled": c.compiled, "input_sets": len(sets), "first_call_s": before[c.label][3],
                 "subject": subject,
                 "ratio_vs_subject": ratios.get(c.label),  # time(this) / time(subject) per round; None for the subject
                 "ratio_vs_bound": over_bound.get(c.label),  # time(this) / (faster floor + products) per round
@@ -204,17 +208,11 @@ def measure_workload(args, device, name: str, chosen, subject: str) -> list[dict
         rows = records[-len(held):]
         references = {COMPILED} | ({EAGER} if pass_name == "fwd+bwd" else set())  # the forward's target: compiled / 2
         needed = bounds.needed_ratios(times, pass_name, EAGER, COMPILED) if parts and references <= set(times) else None
-        part_rows = []
-        for label in parts:
-            summary = quantile_summary(times[label])
-            part_rows.append({
-                "workload": w.name, "dtype": args.dtype, "pass": pass_name, "backend": label, "bound_part": True,
-                "allocator": allocator_label(device), "calls_per_block": numbers[label],
-                "median_ms": summary["median"] * 1e3, "p20_ms": summary["p20"] * 1e3, "p80_ms": summary["p80"] * 1e3,
-                "round_ms": [t * 1e3 for t in times[label]],
-                "bound_ms": {k: v * 1e3 for k, v in over_bound[bounds.BOUND].items()},
-                "needed": needed,  # issue 12's targets over the estimate, where both references ran
-            })  # fmt: skip
+        part_rows = [{
+            **timed(label), "bound_part": True,
+            "bound_ms": {k: v * 1e3 for k, v in over_bound[bounds.BOUND].items()},
+            "needed": needed,  # issue 12's targets over the estimate, where both references ran
+        } for label in parts]  # fmt: skip
         records += part_rows
         print(format_pass(rows, part_rows), flush=True)
     return records

@@ -114,11 +114,11 @@ reduce_kernel = configs.autotuned(_reduce_kernel, configs.REDUCE_CONFIGS, key=["
 
 def slices(batch, positions, channels):
     """How many slices of the positions each (sample, channel tile) is cut into: a shape rule only."""
-    if all(type(v) is int for v in (batch, positions, channels)):  # eager: builtins, not sym_max's Python
-        per_tile = max(1, batch * cdiv(channels, 128))
-        return max(1, min(cdiv(positions, MIN_SLICE), cdiv(TARGET_PROGRAMS, per_tile)))
-    per_tile = torch.sym_max(1, batch * cdiv(channels, 128))
-    return torch.sym_max(1, torch.sym_min(cdiv(positions, MIN_SLICE), cdiv(TARGET_PROGRAMS, per_tile)))
+    # Eager sizes are ints: the builtins, not torch.sym_max/sym_min's Python; traced sizes may be SymInts.
+    ints = all(type(v) is int for v in (batch, positions, channels))
+    most, least = (max, min) if ints else (torch.sym_max, torch.sym_min)
+    per_tile = most(1, batch * cdiv(channels, 128))
+    return most(1, least(cdiv(positions, MIN_SLICE), cdiv(TARGET_PROGRAMS, per_tile)))
 
 
 def reduce_all(xs, dys, masks, layouts, ct: torch.dtype, num_slices: Optional[int] = None) -> list[Tensor]:
