@@ -2,8 +2,8 @@
 # The oldest supported versions, proven on the CPU machine (README,
 # "Compatibility"): a venv with torch 2.11.0 (PyPI's wheel is the CUDA 13.0
 # build, several GB: not part of .ci/run) and triton 3.6.0, the extension
-# built WITH CUDA (nvcc, no GPU needed), then both test processes exactly as
-# tests/run.sh runs them. Extra arguments go to both pytest runs.
+# built WITH CUDA (nvcc, no GPU needed), then both test processes as
+# tests/run.sh runs them, one after the other. Extra arguments go to both pytest runs.
 #
 # The build and the tests run in a copy of this checkout's files (tracked and
 # untracked-but-not-ignored, as they are on disk) under $MMCAL_COMPAT_SRC, so
@@ -97,7 +97,7 @@ print(f"compat: _C {_cpp.STATUS['how'] or _cpp.STATUS['why_not']}; CUDA kernels:
 sys.exit(not (ok and _cpp.STATUS["how"].startswith("prebuilt") and _cpp.STATUS["cuda_kernels"]))
 EOF
 
-# 4. The two test processes of tests/run.sh.
+# 4. The two test processes of tests/run.sh, in turn (MMCAL_TESTS_IN_TURN=1 there).
 status=0
 "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" 2>&1 | tee "$SRC/pytest-main.log" || status=$?
 TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@" 2>&1 | tee "$SRC/pytest-interpret.log" || status=$?
