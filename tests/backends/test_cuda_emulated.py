@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import KERNEL_DTYPES, make_module, random_grads, run_float64_oracle, with_odd_bytes
@@ -26,7 +26,8 @@ from mmcal_kernels import backends
 from mmcal_kernels.autograd import fused_calibrate
 from mmcal_kernels.backends.cpp.load import STATUS
 from mmcal_kernels.backends.kernel_backend import KernelBackend
-from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case
+from mmcal_kernels.compare import assert_runs_close, forward_backward, random_case, reference_copy
+from random_steps import assert_run_close_or_rounding
 from test_cpp_gate_network import DTYPES, PRESENCE, check_a_nan_summary, check_against_oracle, make_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda_emu"))
@@ -253,12 +254,20 @@ class _EmulatedStep(torch.nn.Module):
         return (outputs, diag) if return_diagnostics else outputs
 
 
-def _check_step(emu, module, features, masks, present):
-    """Steps 1-7 forward and backward through the emulated ops' fused node, against the float64 reference."""
+def _check_step(emu, module, features, masks, present, rounding_allowed=True):
+    """Steps 1-7 forward and backward through the emulated ops' fused node, against
+    the float64 reference: at the table, or with ``rounding_allowed`` (random
+    draws) past it by the reference's own float32 rounding as random_steps.py
+    allows it, for a sum that cancels."""
     grads = random_grads(features)
     got = forward_backward(_EmulatedStep(module, _emulated_backend(emu).fused), features, masks, present, grads)
     want = run_float64_oracle(module, features, masks, present, grads)
-    assert_runs_close(got, want, features[0].dtype, [n for n, _ in module.named_parameters()])
+    names = [n for n, _ in module.named_parameters()]
+    if not rounding_allowed:
+        assert_runs_close(got, want, features[0].dtype, names)
+        return
+    in_dtype = lambda: forward_backward(reference_copy(module), features, masks, present, grads)  # noqa: E731
+    assert_run_close_or_rounding(got, want, features[0].dtype, names, in_dtype)
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -322,6 +331,15 @@ def step_cases(draw):
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(case=step_cases())
+# A draw that once failed CI against the table alone: the bias gradient of
+# modality 3's instance gate is -0.00754, a sum of per-sample terms -1.97,
+# -3.40 and +5.37. The table allows 5.4e-6 there; the float32 reference errs
+# by 3.3e-6 and the emulated kernels by 6.8e-6, 5 and 11 units of float32
+# rounding (2^-24) of the terms' 10.7. docs/testing.md has the argument.
+@example(case=dict(
+    layouts=["sequence", "spatial", "spatial", "spatial"], dims=[257] * 4, positions=[12, (2, 2), (3, 4), (3, 4)],
+    batch=3, shared_dim=6, hidden_dim=3, dtype="float16", masked=False, missing=False, order="forward", seed=38181,
+))  # fmt: skip
 def test_whole_step_on_random_shapes(emu, monkeypatch, case):
     """Steps 1-7 through the emulated ops against the float64 reference on random
     shapes, layouts, masks, presence, dtypes and thread orders."""
@@ -333,7 +351,7 @@ def test_whole_step_on_random_shapes(emu, monkeypatch, case):
         case["dims"], case["layouts"], batch=case["batch"], positions=case["positions"], dtype=feature_dtype,
         masked=case["masked"], missing=case["missing"], seed=case["seed"],
     )  # fmt: skip
-    _check_step(emu, module, features, masks, present)
+    _check_step(emu, module, features, masks, present, rounding_allowed=True)
 
 
 def test_passes_over_more_modalities_than_one_launch_takes(emu, order):
