@@ -4,9 +4,14 @@ it), allocation, and the rest (Python, argument checks, autograd). The
 README's profile split is this script's output.
 
     python benchmarks/profile_step.py [--workload mosei-aligned] [--backend cpu] [--steps 50] [--out FILE]
+    python benchmarks/profile_step.py --device cuda --backend triton --top 15   # a GPU's host side
 
 The profiler adds its own cost to every op, so the step reads slower here
-than in the benchmark; read the split, not the total.
+than in the benchmark; read the split, not the total. On a GPU the split is
+the host's time (the ops' CPU time, launches included) and the wall time
+ends after a synchronisation; ``--top`` lists the events that took the most
+host time of their own, where a launch, a wait or a copy shows by name
+(``cudaLaunchKernel``, ``cuLaunchKernel``, ``cudaStreamSynchronize``).
 """
 
 from __future__ import annotations
@@ -23,19 +28,20 @@ from mmcal_kernels.bench.timing import input_set_count
 from mmcal_kernels.bench.workloads import WORKLOADS
 from mmcal_kernels.info import cpu_name
 
-PASSES = ("mmcal::summaries", "mmcal::modulate", "mmcal::gate_grads", "mmcal::input_grads")
-GATES = ("mmcal::gates", "mmcal::gates_backward")
+PASSES = ("summaries", "modulate", "gate_grads", "input_grads")
+GATES = ("gates", "gates_backward")
 BLAS = ("aten::mm", "aten::addmm")
 ALLOCATION = ("aten::empty", "aten::empty_strided")
 
 
-def split_us(averages, steps: int, wall_us: float) -> dict[str, float]:
+def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str, float]:
     """Microseconds a step in each part. Custom ops count with their children
-    (the CPU time inside them), allocation by its own time, wherever it runs."""
+    (the CPU time inside them), allocation by its own time, wherever it runs.
+    ``prefix``: the backend's op names after ``mmcal::`` (``triton_`` for Triton)."""
     total = {a.key: a.cpu_time_total for a in averages}
     own = {a.key: a.self_cpu_time_total for a in averages}
-    passes = sum(total.get(k, 0.0) for k in PASSES) / steps
-    gates = sum(total.get(k, 0.0) for k in GATES) / steps
+    passes = sum(total.get(f"mmcal::{prefix}{k}", 0.0) for k in PASSES) / steps
+    gates = sum(total.get(f"mmcal::{prefix}{k}", 0.0) for k in GATES) / steps
     return {
         "step (wall, profiled)": wall_us,
         "passes over X (4 ops)": passes,
@@ -46,17 +52,28 @@ def split_us(averages, steps: int, wall_us: float) -> dict[str, float]:
     }
 
 
+def top_rows(averages, steps: int, count: int) -> list[str]:
+    """The ``count`` events with the most host time of their own, per step."""
+    ranked = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:count]
+    return [f"  {a.key[:60]:60s} {a.self_cpu_time_total / steps:9.1f} us self, {a.count / steps:5.1f} calls a step"
+            for a in ranked]  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="mosei-aligned", choices=sorted(WORKLOADS))
     parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the inputs' and the module's device")
+    parser.add_argument("--top", type=int, default=0, help="also list this many events by their own host time")
     parser.add_argument("--steps", type=int, default=50, help="profiled steps (after as many warm-up steps)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     w = WORKLOADS[args.workload]
     (contender,) = [c for c in contenders(device, compile_reference=False) if c.label == args.backend]
     module = make_module(w, device, args.backend)
@@ -64,17 +81,23 @@ def main(argv=None) -> int:
     fwd_bwd = pass_callables(w, contender, module)["fwd+bwd"]
     for i in range(args.steps):
         fwd_bwd(sets[i % len(sets)])
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    sync()
+    with profile(activities=activities) as prof:
         start = time.perf_counter()
         for i in range(args.steps):
             fwd_bwd(sets[i % len(sets)])
+        sync()
         wall_us = (time.perf_counter() - start) / args.steps * 1e6
-    rows = split_us(prof.key_averages(), args.steps, wall_us)
+    averages = prof.key_averages()
+    rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "")
+    gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     lines = [
-        f"CPU: {cpu_name()} ({platform.machine()}); torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
+        f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
         f"kernels {torch.ops.mmcal.cpu_capability()}",
         f"{args.workload} float32 forward+backward, eager {args.backend!r}, {args.steps} steps under torch.profiler",
     ] + [f"  {name:36s} {us / 1000:7.2f} ms" for name, us in rows.items()]
+    if args.top:
+        lines += [f"the {args.top} events with the most host time of their own:", *top_rows(averages, args.steps, args.top)]
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -52,8 +52,8 @@ def test_inference_paths_script_times_both_paths():
 
 
 def test_profile_step_script_splits_the_step():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--steps", "2"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--steps", "2",
+                             "--top", "3"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     times = {}
     for line in result.stdout.splitlines():
@@ -65,6 +65,10 @@ def test_profile_step_script_splits_the_step():
     for part in ("passes over X (4 ops)", "gate network (2 ops)", "of which BLAS products"):
         assert times.get(part, 0) > 0, result.stdout  # the ops were seen by the profiler
     assert times["of which BLAS products"] < times["gate network (2 ops)"], result.stdout
+    top = result.stdout.split("events with the most host time of their own:\n")[1].splitlines()
+    assert len(top) == 3 and all(" us self, " in line for line in top), result.stdout
+    own = [float(line.split(" us self, ")[0].split()[-1]) for line in top]
+    assert own == sorted(own, reverse=True) and own[0] > 0, result.stdout
 
 
 def test_passes_vs_torch_script_times_each_pass_on_both_sides():

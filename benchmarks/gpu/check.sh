@@ -21,6 +21,7 @@
 #   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
 #               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
 #   3c. host    the eager step's host time at tiny sizes, beside each op alone
+#               (and, with HOST_PROFILE_WORKLOAD, the step there under torch.profiler)
 #               (benchmarks/host_overhead.py), for each of HOST_BACKENDS -> check.log
 #   4. bench    mosei-aligned (issue 12's target) first, then stress and the other real
 #               workloads, fp32 and bf16-mixed, forward and fwd+bwd; eager
@@ -51,6 +52,7 @@ WORKLOADS=(mosei-aligned stress-256MiB cremad-resnet18 ave-resnet18 mosei-unalig
 DTYPES=(float32 bf16-mixed)
 BACKENDS=()  # empty: every contender
 HOST_BACKENDS=(cuda)  # whose eager step and ops the host stage times
+HOST_PROFILE_WORKLOAD=""  # a workload: also profile each one's training step there (profile_step.py --top)
 if [[ -n "${MMCAL_GPU_PLAN:-}" ]]; then
   # shellcheck source=/dev/null
   source "$MMCAL_GPU_PLAN" || { echo "FATAL: cannot read the plan $MMCAL_GPU_PLAN"; exit 1; }
@@ -154,7 +156,9 @@ fi
 # Each failure also goes to failures.log as it happens (tests/conftest.py):
 # a pytest cut at its limit may leave neither its summary nor its XML.
 export MMCAL_FAILURE_LOG="$OUT/failures.log"
-GATE_TESTS_S=$(( TESTS_S / 3 ))
+GATE_TESTS_S=${MMCAL_GPU_GATE_TESTS_S:-$(( TESTS_S / 3 ))}  # the first process's part of the stage
+(( GATE_TESTS_S < TESTS_S )) || GATE_TESTS_S=$(( TESTS_S - 30 ))
+(( GATE_TESTS_S > 0 )) || GATE_TESTS_S=1  # timeout 0 would mean no limit
 JUNIT=$(mktemp -d)  # the two processes' XML, merged into $OUT/tests.xml at the stage's end
 echo "pytest ${GATE_TESTS[*]} ${GATE_ARGS[*]} (limit $GATE_TESTS_S s)"
 timeout -s INT -k 15 "$GATE_TESTS_S" "$PY" -m pytest "${GATE_TESTS[@]}" "${GATE_ARGS[@]}" -m "not slow" -q -rfEs \
@@ -208,7 +212,8 @@ if (( HOST_S > 0 )); then
   # tiny-size kernels inside its share).
   (( ${#HOST_BACKENDS[@]} > 0 )) || HOST_BACKENDS=(cuda)
   [[ $DRY == 1 ]] && HOST_BACKENDS=(cpu)  # no GPU: the CPU backend once
-  HOST_SHARE=$(( HOST_S / ${#HOST_BACKENDS[@]} ))
+  HOST_PARTS=$(( ${#HOST_BACKENDS[@]} * (${#HOST_PROFILE_WORKLOAD} > 0 ? 2 : 1) ))
+  HOST_SHARE=$(( HOST_S / HOST_PARTS ))
   (( HOST_SHARE < 1 )) && HOST_SHARE=1  # timeout 0 would mean no limit
   for HOST_BACKEND in "${HOST_BACKENDS[@]}"; do
     if [[ $DRY == 1 ]]; then
@@ -218,6 +223,16 @@ if (( HOST_S > 0 )); then
     fi
     timeout -k 10 "$HOST_SHARE" "$PY" benchmarks/host_overhead.py "${HOST_ARGS[@]}" 2>&1
     echo "host_overhead ${HOST_ARGS[*]} exit status $?"
+    [[ -n "$HOST_PROFILE_WORKLOAD" ]] || continue
+    # The step at a real size: where its host time goes, launches and waits by name.
+    if [[ $DRY == 1 ]]; then
+      PROFILE_ARGS=(--device cpu --backend cpu --steps 2 --top 5)
+    else
+      PROFILE_ARGS=(--device cuda --backend "$HOST_BACKEND" --steps 20 --top 15)
+    fi
+    timeout -k 10 "$HOST_SHARE" "$PY" benchmarks/profile_step.py --workload "$HOST_PROFILE_WORKLOAD" \
+      "${PROFILE_ARGS[@]}" 2>&1 | grep -v '^USDT:'
+    echo "profile_step ${PROFILE_ARGS[*]} exit status ${PIPESTATUS[0]}"
   done
 fi
 done_stage
