@@ -63,8 +63,8 @@ def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str
         "gate network (2 ops)": gates,
         "  of which BLAS products": sum(total.get(k, 0.0) for k in BLAS) / steps,
         "allocation (anywhere)": sum(own.get(k, 0.0) for k in ALLOCATION) / steps,
-        "autograd engine's own time": own.get(ENGINE, 0.0) / steps,
         "the rest: Python, checks, autograd": wall_us - passes - gates,
+        "  of which the autograd engine's own": own.get(ENGINE, 0.0) / steps,
     }
 
 
