@@ -116,12 +116,17 @@ def main():
         for t in (*params, *xs):
             t.grad = None
 
+    def step_grad():  # the benchmark's step: torch.autograd.grad accumulates no .grad
+        outputs = module(xs)
+        torch.autograd.grad(outputs, [*xs, *params], [torch.ones_like(o) for o in outputs])
+
     ops = BackendOps(args.backend)
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {args.threads} thread(s); "
           f"backend {args.backend!r}, ops mmcal::{ops.prefix}*{', launches stubbed' if args.stub_launches else ''}; best of {args.repeats} means over {args.calls} calls")  # fmt: skip
     rows = {"module forward": best_us(forward), "module forward, no_grad": best_us(forward_no_grad),
-            "module calibrate_": best_us(in_place), "module forward+backward": best_us(step)}  # fmt: skip
+            "module calibrate_": best_us(in_place), "module forward+backward": best_us(step),
+            "module forward+backward, grad()": best_us(step_grad)}  # fmt: skip
     layouts = [0] * len(dims)
     with torch.no_grad():
         x = [t.detach() for t in xs]
