@@ -33,7 +33,10 @@ GATES = ("gates", "gates_backward")
 BLAS = ("aten::mm", "aten::addmm")
 ALLOCATION = ("aten::empty", "aten::empty_strided")
 # The harness's backward is torch.autograd.grad; named, its own time (outside
-# every node and op) is the engine's: graph setup, accumulation, release.
+# every node and op) is the engine's: graph setup, accumulation, release. On
+# CPU only: with CUDA inputs the engine runs the nodes on the device's worker
+# thread, and the profiler counts self time per thread, so the named call's
+# own time would hold the whole backward that the calling thread waits for.
 ENGINE = "torch.autograd.grad (named by profile_step)"
 
 
@@ -49,10 +52,11 @@ def name_the_engine_call() -> None:
     torch.autograd.grad = named
 
 
-def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str, float]:
+def split_us(averages, steps: int, wall_us: float, prefix: str = "", engine: bool = True) -> dict[str, float]:
     """Microseconds a step in each part. Custom ops count with their children
     (the CPU time inside them), allocation by its own time, wherever it runs.
-    ``prefix``: the backend's op names after ``mmcal::`` (``triton_`` for Triton)."""
+    ``prefix``: the backend's op names after ``mmcal::`` (``triton_`` for Triton);
+    ``engine``: whether the engine call was named (CPU only)."""
     total = {a.key: a.cpu_time_total for a in averages}
     own = {a.key: a.self_cpu_time_total for a in averages}
     passes = sum(total.get(f"mmcal::{prefix}{k}", 0.0) for k in PASSES) / steps
@@ -64,7 +68,7 @@ def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str
         "  of which BLAS products": sum(total.get(k, 0.0) for k in BLAS) / steps,
         "allocation (anywhere)": sum(own.get(k, 0.0) for k in ALLOCATION) / steps,
         "the rest: Python, checks, autograd": wall_us - passes - gates,
-        "  of which the autograd engine's own": own.get(ENGINE, 0.0) / steps,
+        **({"  of which the autograd engine's own": own.get(ENGINE, 0.0) / steps} if engine else {}),
     }
 
 
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     module = make_module(w, device, args.backend)
     sets = input_sets(w, torch.float32, device, count=input_set_count(device, w.feature_bytes(torch.float32)))
     fwd_bwd = pass_callables(w, contender, module)["fwd+bwd"]
-    name_the_engine_call()
+    if device.type == "cpu":
+        name_the_engine_call()
     for i in range(args.steps):
         fwd_bwd(sets[i % len(sets)])
     sync()
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
         sync()
         wall_us = (time.perf_counter() - start) / args.steps * 1e6
     averages = prof.key_averages()
-    rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "")
+    rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "", device.type == "cpu")
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     lines = [
         f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
