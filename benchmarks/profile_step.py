@@ -52,11 +52,11 @@ def name_the_engine_call() -> None:
     torch.autograd.grad = named
 
 
-def split_us(averages, steps: int, wall_us: float, prefix: str = "", engine: bool = True) -> dict[str, float]:
+def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str, float]:
     """Microseconds a step in each part. Custom ops count with their children
-    (the CPU time inside them), allocation by its own time, wherever it runs.
-    ``prefix``: the backend's op names after ``mmcal::`` (``triton_`` for Triton);
-    ``engine``: whether the engine call was named (CPU only)."""
+    (the CPU time inside them), allocation by its own time, wherever it runs;
+    the engine's own time where the call was named (CPU only).
+    ``prefix``: the backend's op names after ``mmcal::`` (``triton_`` for Triton)."""
     total = {a.key: a.cpu_time_total for a in averages}
     own = {a.key: a.self_cpu_time_total for a in averages}
     passes = sum(total.get(f"mmcal::{prefix}{k}", 0.0) for k in PASSES) / steps
@@ -68,7 +68,7 @@ def split_us(averages, steps: int, wall_us: float, prefix: str = "", engine: boo
         "  of which BLAS products": sum(total.get(k, 0.0) for k in BLAS) / steps,
         "allocation (anywhere)": sum(own.get(k, 0.0) for k in ALLOCATION) / steps,
         "the rest: Python, checks, autograd": wall_us - passes - gates,
-        **({"  of which the autograd engine's own": own.get(ENGINE, 0.0) / steps} if engine else {}),
+        **({"  of which the autograd engine's own": own[ENGINE] / steps} if ENGINE in own else {}),
     }
 
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         sync()
         wall_us = (time.perf_counter() - start) / args.steps * 1e6
     averages = prof.key_averages()
-    rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "", device.type == "cpu")
+    rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "")
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     lines = [
         f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "

@@ -32,16 +32,19 @@ echo "install and extension build took $(( $(date +%s) - start )) s"
 #    Python-bound, so one thread; its output is printed when both have ended.
 status=0
 interp_log=$(mktemp)
+run_unit() {
+  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@"
+}
 run_interpreter() {
   OMP_NUM_THREADS=1 TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@"
 }
 if [[ "${MMCAL_TESTS_IN_TURN:-0}" == 1 ]]; then
-  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" || status=$?
+  run_unit "$@" || status=$?
   run_interpreter "$@" || status=$?
 else
   run_interpreter "$@" >"$interp_log" 2>&1 &
   interp_pid=$!
-  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" || status=$?
+  run_unit "$@" || status=$?
   wait "$interp_pid" || status=$?
   echo "--- the Triton interpreter's pytest (ran beside the unit suite) ---"
   cat "$interp_log"
