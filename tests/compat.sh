@@ -97,10 +97,11 @@ print(f"compat: _C {_cpp.STATUS['how'] or _cpp.STATUS['why_not']}; CUDA kernels:
 sys.exit(not (ok and _cpp.STATUS["how"].startswith("prebuilt") and _cpp.STATUS["cuda_kernels"]))
 EOF
 
-# 4. The two test processes of tests/run.sh, in turn (MMCAL_TESTS_IN_TURN=1 there).
+# 4. The two test processes of tests/run.sh (tests/pytest_runs.sh), in turn.
+source "$REPO/tests/pytest_runs.sh"
 status=0
-"$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@" 2>&1 | tee "$SRC/pytest-main.log" || status=$?
-TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@" 2>&1 | tee "$SRC/pytest-interpret.log" || status=$?
+run_unit "$@" 2>&1 | tee "$SRC/pytest-main.log" || status=$?
+run_interpreter "$@" 2>&1 | tee "$SRC/pytest-interpret.log" || status=$?
 echo
 echo "compat: torch $TORCH_VERSION + triton $TRITON_VERSION, $(( $(date +%s) - start )) s in all; final lines:"
 echo "  main:        $(grep -E '^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s|no tests ran' "$SRC/pytest-main.log" | tail -1)"

@@ -23,21 +23,13 @@ start=$(date +%s)
 "$PY" -m pip install -q --no-build-isolation -e .  # builds mmcal_kernels._C (C++; CUDA where torch has it)
 echo "install and extension build took $(( $(date +%s) - start )) s"
 
-# Two pytest processes, side by side (one after the other took 20 minutes on a
-# slower 2-core machine of this kind; MMCAL_TESTS_IN_TURN=1 runs them in turn):
-# 1. the unit suite, then the pytest-benchmark suite once through as a smoke
-#    test. tests/triton skips here: it needs the interpreter on before triton
-#    is imported, which this process's torch.compile tests do first;
-# 2. the Triton kernels themselves, on CPU tensors, in Triton's interpreter:
-#    Python-bound, so one thread; its output is printed when both have ended.
+# The two pytest processes of tests/pytest_runs.sh, side by side (one after
+# the other took 20 minutes on a slower 2-core machine of this kind;
+# MMCAL_TESTS_IN_TURN=1 runs them in turn); the interpreter's output is printed
+# when both have ended.
+source tests/pytest_runs.sh
 status=0
 interp_log=$(mktemp)
-run_unit() {
-  "$PY" -m pytest tests benchmarks -m "not slow" -q -p no:cacheprovider --benchmark-disable "$@"
-}
-run_interpreter() {
-  OMP_NUM_THREADS=1 TRITON_INTERPRET=1 "$PY" -m pytest tests/triton -m "not slow" -q -p no:cacheprovider "$@"
-}
 if [[ "${MMCAL_TESTS_IN_TURN:-0}" == 1 ]]; then
   run_unit "$@" || status=$?
   run_interpreter "$@" || status=$?
