@@ -155,6 +155,10 @@ MUTANTS = [
            "da_mn = p_n * (tl.where(a_mn > 0, ds_m, 0.0)", "da_mn = p_n * (tl.where(a_mn >= 0, ds_m, 0.0)"),
     Mutant("triton: the first block adds to the empty workspace", "triton", TRITON,
            "tl.where(first != 0, 0.0, prev) + value", "prev + value"),
+    Mutant("triton: a block of fewer than 16 samples multiplies by the slice's first column only", "triton", TRITON,
+           "return tl.sum(a[:, :, None] * b[None, :, :], axis=1)", "return tl.sum(a[:, :1, None] * b[None, :1, :], axis=1)"),
+    Mutant("triton: apply_settings reads the tiles into a local", "triton", TRITON,
+           "    global _TILES\n", ""),
     # The passes over X in CUDA (emulated) and Triton (interpreted): masks and counts.
     Mutant("cuda passes: a padded position summed by the channel tiles", "cuda-emulated", CUDA_SUMS,
            "if (n == 0 || !is_valid(it.mask, it.mask_sB, it.mask_sP, b, p)) continue;", "if (n == 0) continue;"),

@@ -18,8 +18,10 @@
 #               torch.compile), per-test timeout                        -> tests.log (appended), tests.xml
 #               (both processes' junit), failures.log (each failure as it happens)
 #               whatever they report, the benchmark runs
-#   3b. warps   the gate ops and one module step on MOSEI-aligned with the gate kernels'
-#               8 and 16 warps a block: wall time, kernels, their GPU time -> gate-warps.json
+#   3b. blocks  the gate ops and one module step on MOSEI-aligned with each of the gate
+#               kernels' block sizes (cuda: 16 and 8 warps; triton: samples a program
+#               x the contractions' slice), for each of BLOCK_BACKENDS: wall time,
+#               kernels, their GPU time (benchmarks/gpu/gate_blocks.py)  -> gate-blocks.json
 #   3c. host    the eager step's host time at tiny sizes, beside each op alone
 #               (and, with HOST_PROFILE_WORKLOAD, the step there under torch.profiler)
 #               (benchmarks/host_overhead.py), for each of HOST_BACKENDS -> check.log
@@ -32,7 +34,7 @@
 #               JSON rewritten after every row                          -> <gpu>-filtered.json/.png
 #   5. summary  tests and rows at a glance, per-stage times            -> check.log
 # At most 8 files under $OUT, the most a lent machine sends back: check.log build.log tests.log
-# tests.xml failures.log gate-warps.json <gpu>-filtered.json/.png
+# tests.xml failures.log gate-blocks.json <gpu>-filtered.json/.png
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -52,6 +54,8 @@ WORKLOADS=(mosei-aligned stress-256MiB cremad-resnet18 ave-resnet18 mosei-unalig
 DTYPES=(float32 bf16-mixed)
 BACKENDS=()  # empty: every contender
 HOST_BACKENDS=(cuda)  # whose eager step and ops the host stage times
+BLOCK_BACKENDS=(cuda)  # whose gate-kernel block sizes the blocks stage compares
+BLOCK_SETTINGS=()  # the settings it compares (empty: each backend's list in gate_blocks.py)
 HOST_PROFILE_WORKLOAD=""  # a workload: also profile each one's training step there (profile_step.py --top)
 if [[ -n "${MMCAL_GPU_PLAN:-}" ]]; then
   # shellcheck source=/dev/null
@@ -61,7 +65,7 @@ TOTAL=${MMCAL_GPU_TOTAL_S:-470}     # the whole script; the benchmark gets what 
 BUILD_S=${MMCAL_GPU_BUILD_S:-170}
 TESTS_S=${MMCAL_GPU_TESTS_S:-150}
 TEST_TIMEOUT_S=${MMCAL_GPU_TEST_TIMEOUT_S:-45}
-WARPS_S=${MMCAL_GPU_WARPS_S:-45}   # 0: skip the stage
+BLOCKS_S=${MMCAL_GPU_BLOCKS_S:-45}  # 0: skip the stage
 HOST_S=${MMCAL_GPU_HOST_S:-40}     # 0: skip the stage
 SUMMARY_RESERVE_S=25
 export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" MAX_JOBS=${MAX_JOBS:-16}
@@ -197,11 +201,19 @@ EOF
 rm -rf "$JUNIT"
 done_stage
 
-# ---- 3b. the gate kernels' time and block size (GPU only) ---------------------
-stage warps "$WARPS_S"
-if (( WARPS_S > 0 )); then
-  timeout -k 10 "$WARPS_S" "$PY" benchmarks/gpu/gate_warps.py --out "$OUT"
-  echo "gate_warps exit status $?"
+# ---- 3b. the gate kernels' time and block sizes ---------------------------------
+stage blocks "$BLOCKS_S"
+if (( BLOCKS_S > 0 )); then
+  if [[ $DRY == 1 ]]; then  # no GPU: the script's smoke run (Triton's interpreter, tiny sizes)
+    BLOCK_ARGS=(--backends triton --smoke --settings 16x16 4x16)
+    BLOCK_ENV=(TRITON_INTERPRET=1)
+  else
+    BLOCK_ARGS=(--backends "${BLOCK_BACKENDS[@]}")
+    (( ${#BLOCK_SETTINGS[@]} > 0 )) && BLOCK_ARGS+=(--settings "${BLOCK_SETTINGS[@]}")
+    BLOCK_ENV=()
+  fi
+  env "${BLOCK_ENV[@]}" timeout -k 10 "$BLOCKS_S" "$PY" benchmarks/gpu/gate_blocks.py "${BLOCK_ARGS[@]}" --out "$OUT"
+  echo "gate_blocks ${BLOCK_ARGS[*]} exit status $?"
 fi
 done_stage
 
@@ -275,7 +287,7 @@ try:
                 print(f"  FAILED {case.get('classname')}::{case.get('name')}: {(bad.get('message') or '')[:150]}")
 except (OSError, ET.ParseError) as e:
     print("tests: no junit XML (cut before pytest wrote it?):", e)
-paths = sorted(p for p in glob.glob(os.path.join(out, "*.json")) if not p.endswith("gate-warps.json"))
+paths = sorted(p for p in glob.glob(os.path.join(out, "*.json")) if not p.endswith("gate-blocks.json"))
 if not paths:
     sys.exit("bench: no JSON")
 data = json.load(open(paths[0]))
@@ -303,7 +315,7 @@ for r in ok:
 EOF
 done_stage
 echo
-echo "=== stage times (s): $(for k in env build tests warps host bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
+echo "=== stage times (s): $(for k in env build tests blocks host bench summary; do printf '%s %s  ' "$k" "${STAGE_S[$k]:-?}"; done)total $(now)"
 echo "files under $OUT:"; ls -la "$OUT"
 sleep 1  # let tee finish check.log
 exit 0

@@ -81,8 +81,8 @@ def input_sets(w: Workload, dtype: torch.dtype, device, count: int, seed: int = 
     return sets
 
 
-def make_module(w: Workload, device, backend: str, param_dtype=torch.float32) -> PreFusionCalibration:
-    module = PreFusionCalibration(w.dims, shared_dim=128, layouts=list(w.layouts), backend=backend)
+def make_module(w: Workload, device, backend: str, param_dtype=torch.float32, shared_dim: int = 128) -> PreFusionCalibration:
+    module = PreFusionCalibration(w.dims, shared_dim=shared_dim, layouts=list(w.layouts), backend=backend)
     return randomize_(module, std=0.05).to(device=device, dtype=param_dtype)  # live gates, not the identity
 
 

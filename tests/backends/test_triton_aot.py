@@ -107,9 +107,9 @@ def test_compiles_without_spills(variant, arch, cfg, tmp_path):
 GATE_D = GATE_R = 32
 
 
-def _gate_variants(ct: str, pt: str):
-    blocks = dict(NUM=3, HAS_PRESENT=True, BLOCK_B=gate_network.BLOCK_B, BLOCK_DD=gate_network._pow2(GATE_D),
-                  BLOCK_R=gate_network._pow2(GATE_R), BLOCK_K=gate_network.BLOCK_K)  # fmt: skip
+def _gate_variants(ct: str, pt: str, tiles=(gate_network.BLOCK_B, gate_network.BLOCK_K)):
+    blocks = dict(NUM=3, HAS_PRESENT=True, BLOCK_B=tiles[0], BLOCK_DD=gate_network._pow2(GATE_D),
+                  BLOCK_R=gate_network._pow2(GATE_R), BLOCK_K=tiles[1])  # fmt: skip
     fwd_slot = {"s": ct, "ssb": "i32", "ssd": 1, "pw": pt, "pb": pt, "hw": pt, "hb": pt, "iw": pt, "ib": pt, "dw": pt,
                 "db": pt, "pre": ct, "dgo": ct, "go": ct, "D": "i32", "R": "i32"}  # fmt: skip
     fwd_shared = {"pr": "*u8", **{k: ct for k in ("u", "nrm", "ctx", "agr", "sup", "con", "ig")}, "B": "i32", "d": "i32"}
@@ -146,18 +146,24 @@ def _gate_source(fn, slot_types, shared_types, consts):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs)
 
 
-@pytest.mark.parametrize("kernel", ["gates", "gates_backward", "gates_reduce"])
+# MMCAL_TRITON_GATE_BLOCKS: the default (tl.dot), and blocks of 4 samples,
+# whose products broadcast and sum (the other branch of _mm).
+GATE_TILES = {"16x16": (16, 16), "4x16": (4, 16)}
+
+
+@pytest.mark.parametrize("kernel, tiles", [("gates", t) for t in GATE_TILES] + [("gates_backward", t) for t in GATE_TILES]
+                         + [("gates_reduce", "16x16")])  # fmt: skip
 @pytest.mark.parametrize("dtype", list(GATE_DTYPES))
 @pytest.mark.parametrize("arch", configs.ARCHS)
-def test_gate_network_compiles(kernel, dtype, arch, tmp_path):
+def test_gate_network_compiles(kernel, tiles, dtype, arch, tmp_path):
     if kernel in ("gates", "gates_backward") and dtype == "fp64" and not gate_network.FP64_KERNELS:
         pytest.skip(f"triton {triton.__version__} cannot lower the fp64 gate kernels (the ops take the torch formulas there)")
-    tuner, slot_types, shared_types, consts = _gate_variants(*GATE_DTYPES[dtype])[kernel]
+    tuner, slot_types, shared_types, consts = _gate_variants(*GATE_DTYPES[dtype], GATE_TILES[tiles])[kernel]
     (cfg,) = [c for archs, c in tuner.mmcal_table if arch in archs]
     compiled = triton.compile(_gate_source(tuner.fn, slot_types, shared_types, consts),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
     registers, spills, report = _ptxas_report(compiled, arch, tmp_path)
-    print(f"{kernel} {dtype} sm_{arch} d=r={GATE_D}: registers {registers}, spill bytes {spills}, "
+    print(f"{kernel} {tiles} {dtype} sm_{arch} d=r={GATE_D}: registers {registers}, spill bytes {spills}, "
           f"n_spills {getattr(compiled.metadata, 'n_spills', None)}")  # fmt: skip
     assert registers and spills, f"could not read ptxas -v:\n{report}"

@@ -68,3 +68,19 @@ def test_a_broken_triton_where_it_would_run_gives_one_warning(tmp_path, stub):
     assert usable == "False"
     assert why.startswith("loading the Triton kernels failed: importing triton raised"), why
     assert out.stderr.count("backend 'triton' is unavailable") == 1, out.stderr
+
+
+def test_a_bad_tiles_setting_names_the_variable_in_the_one_warning():
+    """MMCAL_TRITON_GATE_BLOCKS is read when the Triton kernels load: a value
+    they cannot take leaves the backend unusable, saying which variable and
+    what it takes, once; the other backends still load."""
+    pytest.importorskip("triton")
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import mmcal_kernels as m; b = m.backends.get('triton'); "
+            "print(b.usable, m.backends.resolve('auto', 'cpu').name); print(b.why_not)")  # fmt: skip
+    env = dict(os.environ, TRITON_INTERPRET="1", MMCAL_TRITON_GATE_BLOCKS="3x16")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split()[0] == "False", out.stdout
+    assert "MMCAL_TRITON_GATE_BLOCKS='3x16': expected SxK with S in (1, 2, 4, 8, 16, 32)" in out.stdout, out.stdout
+    assert out.stderr.count("backend 'triton' is unavailable") == 1, out.stderr

@@ -148,6 +148,70 @@ def test_forward_and_backward_match_the_reference(case):
         assert all((g == 0).all() for g in grads[len(dims) :]), "B = 0: parameter gradients are zero"
 
 
+@pytest.fixture
+def gate_tiles(monkeypatch):
+    """Set MMCAL_TRITON_GATE_BLOCKS for the test (``use("4x16")``); the default again after it."""
+
+    def use(value):
+        monkeypatch.setenv(gate_network.SETTING, value)
+        gate_network.apply_settings()
+
+    yield use
+    monkeypatch.undo()
+    gate_network.apply_settings()
+
+
+# Blocks of fewer than 16 samples multiply by broadcasting (tl.dot needs 16
+# rows), wider slices take fewer, larger steps; 16x16 (the default) is every
+# other test's. The cases: several blocks with a partial one (B = 17) and
+# strided summaries, fp64 at d = 32, the norm clamp; four modalities once.
+TILE_CASES = [(t, c) for t in ("1x16", "4x32", "32x16")
+              for c in ("m2-f32-odd-batch-strided", "m2-f64-f32-params-d32", "m3-f32-zero-norm")]  # fmt: skip
+TILE_CASES += [("8x64", "m2-f32-odd-batch-strided"), ("4x32", "m4-f32-bf16-params-one-present")]
+
+
+@pytest.mark.parametrize("tiles, case", TILE_CASES)
+def test_other_tiles_match_the_reference(gate_tiles, tiles, case):
+    gate_tiles(tiles)
+    assert gate_network.tiles() == tuple(int(n) for n in tiles.split("x"))
+    batch, dims, d, hidden, ct, pdtypes, present, options = CASES[case]
+    summaries, flat, pres = _make(batch, dims, d, hidden, ct, pdtypes, present, **options)
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+
+
+def test_the_tiles_reach_the_launches(gate_tiles, monkeypatch):
+    """The setting is what the kernels are launched with: the samples a program
+    (and so the grid) and the slice, forward and backward."""
+    seen = []
+    real = configs.launch
+
+    def spy(tuner, grid, args, meta, **kwargs):
+        seen.append((meta.get("BLOCK_B"), meta.get("BLOCK_K"), grid(meta)))
+        return real(tuner, grid, args, meta, **kwargs)
+
+    monkeypatch.setattr(configs, "launch", spy)
+    gate_tiles("4x32")
+    summaries, flat, pres = _make(9, [3, 5], 5, [7, 7], F32, F32, "some", seed=13)
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, pres)
+    torch.ops.mmcal.triton_gates_backward([torch.ones_like(g) for g in gates], summaries, flat, pres,
+                                          diagnostics, saved)  # fmt: skip
+    assert seen[0] == (4, 32, (3,)), seen  # cdiv(9, 4) programs
+    assert seen[1][:2] == (4, 32) and seen[1][2] == (3,), seen  # a program a block, as the workspace allows
+
+
+@pytest.mark.parametrize("value", ["16", "3x16", "16x8", "16x16x1", "axb", "0x16"])
+def test_a_bad_tiles_setting_raises_naming_the_variable(gate_tiles, value):
+    with pytest.raises(ValueError, match=r"MMCAL_TRITON_GATE_BLOCKS='.*': expected SxK with S in \(1, 2, 4, 8, 16, 32\)"):
+        gate_tiles(value)
+
+
+def test_an_empty_tiles_setting_is_the_default(gate_tiles):
+    gate_tiles("4x16")
+    gate_tiles(" ")
+    assert gate_network.tiles() == (gate_network.BLOCK_B, gate_network.BLOCK_K) == (16, 16)
+
+
 def test_a_nan_summary_is_nan_where_the_reference_makes_it():
     """relu(NaN) is NaN: a NaN summary makes every support and conflict of its
     sample NaN, as in the reference (tl.maximum's default once gave 0 there)."""

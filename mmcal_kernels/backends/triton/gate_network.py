@@ -26,6 +26,7 @@ inside the ops, so every M stays right.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -41,8 +42,15 @@ from .rounding import to_stored
 from .slots import MAX_SLOTS, cdiv, mask_bytes
 
 NUM_PARAMS = len(GateParams._fields)  # 8 tensors per modality
-BLOCK_B = 16  # samples per program: tl.dot needs >= 16 rows
-BLOCK_K = 16  # the tile of every contraction over D_m or d: narrow, as the fp32 dots run on FMAs that hold a K-slice per thread
+# The default tiles: a program owns BLOCK_B samples (tl.dot needs >= 16 rows),
+# and every contraction over D_m or d runs in BLOCK_K-wide slices (narrow, as
+# the fp32 dots run on FMAs that hold a K-slice per thread).
+# MMCAL_TRITON_GATE_BLOCKS chooses others (``tiles``).
+BLOCK_B = 16
+BLOCK_K = 16
+SETTING = "MMCAL_TRITON_GATE_BLOCKS"
+SAMPLE_CHOICES = (1, 2, 4, 8, 16, 32)
+K_CHOICES = (16, 32, 64)
 BLOCK_C = 256  # workspace columns per program of the reduction
 # The partial gradients take (programs x parameters) elements: the backward
 # runs at most this many programs' rows at once (each program then loops over
@@ -86,7 +94,13 @@ REDUCE_CONFIGS = [((80, 90), triton.Config({}, num_warps=4))]
 def _mm(a, b):
     # "ieee": fp32 without TF32 rounding (the reference is exact fp32); fp64
     # lowers to DMMA on sm_80/sm_90 (checked by tests/test_triton_aot.py).
-    return tl.dot(a, b, input_precision="ieee")
+    # tl.dot needs every side >= 16: a block of fewer samples (the setting)
+    # multiplies by broadcasting and summing, in the same dtype. The shapes
+    # are constexpr, so each compiled kernel holds one of the two.
+    if a.shape[0] >= 16 and a.shape[1] >= 16 and b.shape[1] >= 16:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
 @triton.jit
@@ -525,6 +539,36 @@ reduce_partials_kernel = configs.autotuned(_reduce_partials_kernel, REDUCE_CONFI
 # ---------------------------------------------------------------------------
 
 
+def _parse_tiles(value: str) -> tuple[int, int]:
+    """``"SxK"`` (samples a program, contraction slice) -> (S, K); empty: the default."""
+    if not value.strip():
+        return BLOCK_B, BLOCK_K
+    parts = value.strip().lower().split("x")
+    try:
+        samples, k = (int(p) for p in parts)
+    except ValueError:
+        samples = k = -1
+    if samples not in SAMPLE_CHOICES or k not in K_CHOICES:
+        raise ValueError(f"{SETTING}={value!r}: expected SxK with S in {SAMPLE_CHOICES} (samples a program) "
+                         f"and K in {K_CHOICES} (the contraction's slice), e.g. {BLOCK_B}x{BLOCK_K} (the default)")  # fmt: skip
+    return samples, k
+
+
+def apply_settings() -> None:
+    """Read ``MMCAL_TRITON_GATE_BLOCKS`` again (it is read at import): the
+    tiles of the next calls. A compiled graph keeps the tiles it was traced with."""
+    global _TILES
+    _TILES = _parse_tiles(os.environ.get(SETTING, ""))
+
+
+def tiles() -> tuple[int, int]:
+    """(samples a program, contraction slice) of the gate kernels' next launches."""
+    return _TILES
+
+
+_TILES = _parse_tiles(os.environ.get(SETTING, ""))
+
+
 def _pow2(n: int) -> int:
     # tl.dot needs every side >= 16. Plain Python: triton 3.9's next_power_of_2
     # is a constexpr_function whose wrapper cost microseconds on the host a call.
@@ -607,9 +651,10 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
         args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot]
         pr = mask_bytes(present, u)
         args += [pr, u, norm, context, agreement, support, conflict, inst, batch, d]
-        meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=BLOCK_B, BLOCK_DD=_pow2(d),
-                    BLOCK_R=_pow2(max(hidden)), BLOCK_K=BLOCK_K)  # fmt: skip
-        configs.launch(gates_kernel, lambda meta: (cdiv(batch, BLOCK_B),), args, meta, tune=False)
+        block_b, block_k = _TILES
+        meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=block_b, BLOCK_DD=_pow2(d),
+                    BLOCK_R=_pow2(max(hidden)), BLOCK_K=block_k)  # fmt: skip
+        configs.launch(gates_kernel, lambda meta: (cdiv(batch, block_b),), args, meta, tune=False)
     diagnostics = [agreement, support, conflict, inst] + dim_gates
     return gate_out, diagnostics, [u, norm, context] + pres
 
@@ -651,7 +696,8 @@ def gates_backward(
     widths = [_slot_width(d, dim, r) for dim, r in zip(dims, hidden)]
     bases = [sum(widths[:m]) for m in range(num)]
     width = sum(widths)
-    blocks = cdiv(batch, BLOCK_B)
+    block_b, block_k = _TILES
+    blocks = cdiv(batch, block_b)
     programs = max(0, min(blocks, MAX_PROGRAMS, max(1, WORKSPACE_ELEMS // width)))
     ws = torch.empty((programs, width), dtype=ct, device=device)
     if programs > 0:
@@ -667,8 +713,8 @@ def gates_backward(
         args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot]
         pr = mask_bytes(present, u)
         args += [pr, u, norm, context, agreement, support, conflict, inst, *scratch, ws, batch, d, width, blocks]
-        meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=BLOCK_B, BLOCK_DD=_pow2(d),
-                    BLOCK_R=_pow2(max(hidden)), BLOCK_K=BLOCK_K)  # fmt: skip
+        meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=block_b, BLOCK_DD=_pow2(d),
+                    BLOCK_R=_pow2(max(hidden)), BLOCK_K=block_k)  # fmt: skip
         configs.launch(gates_backward_kernel, lambda meta: (programs,), args, meta, tune=False)
     slots = [[bases[m], dims[m], hidden[m], *grad_params[NUM_PARAMS * m : NUM_PARAMS * (m + 1)]] for m in range(num)]
     args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot] + [ws, programs, width, d]

@@ -1,0 +1,33 @@
+"""benchmarks/gpu/gate_blocks.py: its smoke run (Triton's interpreter, tiny
+sizes) goes through every step of every setting asked for and writes every
+row, so a lent GPU's minutes are not spent finding a broken script."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "gpu", "gate_blocks.py")
+STEPS = ["gates", "gates+backward", "module fwd", "module fwd+bwd"]
+
+
+def test_the_smoke_run_writes_a_row_per_setting_and_step(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env.pop("MMCAL_TRITON_GATE_BLOCKS", None)
+    result = subprocess.run([sys.executable, SCRIPT, "--backends", "triton", "--smoke", "--settings", "16x16", "1x16",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "gate-blocks.json").read_text())
+    assert data["meta"]["smoke"] is True and data["meta"]["variables"] == {"triton": "MMCAL_TRITON_GATE_BLOCKS"}
+    got = [(r["backend"], r["setting"], r["step"]) for r in data["rows"]]
+    assert got == [("triton", s, step) for s in ("16x16", "1x16") for step in STEPS], got
+    assert all(r["wall_ms"] > 0 for r in data["rows"]), data["rows"]
+
+
+def test_a_smoke_run_refuses_what_it_cannot_run(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, SCRIPT, "--backends", "cuda", "--smoke", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == 2 and "triton backend alone" in result.stdout, result.stdout + result.stderr
+    assert not (tmp_path / "gate-blocks.json").exists()
