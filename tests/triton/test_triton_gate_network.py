@@ -385,6 +385,24 @@ def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
     assert not gate_network._torch_formulas(2, F32, 512, [512]) and not gate_network._torch_formulas(2, F32, 1024, [64])
 
 
+def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
+    """A dot stages [width, K] operands in shared memory, so the widest tiles
+    measured to fit (16-wide slices) shrink with K: at 16x32, d = 1024 would
+    ask an H200 for 266 KB (compiled for sm_90), so it takes the torch
+    formulas, while d = 512 still takes the kernels."""
+    assert not gate_network._torch_formulas(2, F32, 1024, [64], 16)
+    assert gate_network._torch_formulas(2, F32, 1024, [64], 32) and gate_network._torch_formulas(2, F32, 64, [512], 32)
+    assert not gate_network._torch_formulas(2, F32, 512, [256], 32) and not gate_network._torch_formulas(2, F32, 256, [128], 64)
+    assert gate_network._torch_formulas(2, F32, 512, [64], 64)
+    launched = []
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
+    gate_tiles("16x64")
+    summaries, flat, pres = _make(3, [4, 3], 512, [7, 7], F32, F32, "some", seed=14)
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+    assert launched == [], f"{len(launched)} kernel launches"
+
+
 def test_block_widths_are_triton_powers_of_two():
     """The host computes the tiles' widths with a bit shift (triton 3.9's
     next_power_of_2 is a slow constexpr_function on the host); tl.dot needs 16."""

@@ -587,12 +587,18 @@ def _slot_width(d: int, dim: int, r: int) -> int:
     return d * dim + d + r * (2 * d + 2) + 2 * r + 1 + dim * r + dim
 
 
-def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int]) -> bool:
+def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], block_k: int = BLOCK_K) -> bool:
     """Whether a call computes with the reference's formulas instead of the
     kernels: more modalities than one launch holds, float64 below triton 3.9,
-    or tiles wider than fit (MAX_BLOCK_R, MAX_BLOCK_DD). The forward and the
-    backward decide alike: the backward reads what its forward saved."""
+    or tiles wider than fit (MAX_BLOCK_R, MAX_BLOCK_DD, measured with 16-wide
+    slices). The forward and the backward decide alike: the backward reads
+    what its forward saved."""
     shrink = 2 if ct == torch.float64 else 1  # twice the bytes a tile (an unmeasured guess: triton 3.9 only)
+    # A dot stages [width, block_k] operands in shared memory: a wider slice
+    # takes the limits down in proportion (compiled for sm_90: 16x32 at d = 512
+    # and 16x64 at d = 256 take 135-139 KB, as 16x16 at d = 1024 takes 133 KB;
+    # 16x32 at d = 1024 would take 266 KB, past an H200's 227).
+    shrink *= block_k // BLOCK_K
     too_wide = _pow2(max(hidden, default=1)) > MAX_BLOCK_R // shrink or _pow2(d) > MAX_BLOCK_DD // shrink
     return num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS) or too_wide
 
@@ -630,7 +636,8 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
-    if _torch_formulas(num, ct, d, hidden):
+    block_b, block_k = _TILES
+    if _torch_formulas(num, ct, d, hidden, block_k):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -651,7 +658,6 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
         args = [a for slot in slots + [slots[0]] * (MAX_SLOTS - num) for a in slot]
         pr = mask_bytes(present, u)
         args += [pr, u, norm, context, agreement, support, conflict, inst, batch, d]
-        block_b, block_k = _TILES
         meta = dict(NUM=num, HAS_PRESENT=present is not None, BLOCK_B=block_b, BLOCK_DD=_pow2(d),
                     BLOCK_R=_pow2(max(hidden)), BLOCK_K=block_k)  # fmt: skip
         configs.launch(gates_kernel, lambda meta: (cdiv(batch, block_b),), args, meta, tune=False)
@@ -679,7 +685,8 @@ def gates_backward(
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
-    if _torch_formulas(num, ct, d, hidden):
+    block_b, block_k = _TILES
+    if _torch_formulas(num, ct, d, hidden, block_k):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]
@@ -696,7 +703,6 @@ def gates_backward(
     widths = [_slot_width(d, dim, r) for dim, r in zip(dims, hidden)]
     bases = [sum(widths[:m]) for m in range(num)]
     width = sum(widths)
-    block_b, block_k = _TILES
     blocks = cdiv(batch, block_b)
     programs = max(0, min(blocks, MAX_PROGRAMS, max(1, WORKSPACE_ELEMS // width)))
     ws = torch.empty((programs, width), dtype=ct, device=device)
