@@ -147,7 +147,8 @@ def _gate_source(fn, slot_types, shared_types, consts):
 
 
 # MMCAL_TRITON_GATE_BLOCKS: the default (tl.dot), and blocks of 4 samples,
-# whose products broadcast and sum (the other branch of _mm).
+# whose products broadcast and sum (the other branch of _mm), in fp32 only
+# (CI's time: the interpreter tests take the branch in fp64 too).
 GATE_TILES = {"16x16": (16, 16), "4x16": (4, 16)}
 
 
@@ -156,6 +157,8 @@ GATE_TILES = {"16x16": (16, 16), "4x16": (4, 16)}
 @pytest.mark.parametrize("dtype", list(GATE_DTYPES))
 @pytest.mark.parametrize("arch", configs.ARCHS)
 def test_gate_network_compiles(kernel, tiles, dtype, arch, tmp_path):
+    if tiles != "16x16" and dtype != "fp32":
+        pytest.skip("the broadcast branch compiles in fp32 here; fp64 runs it under the interpreter")
     if kernel in ("gates", "gates_backward") and dtype == "fp64" and not gate_network.FP64_KERNELS:
         pytest.skip(f"triton {triton.__version__} cannot lower the fp64 gate kernels (the ops take the torch formulas there)")
     tuner, slot_types, shared_types, consts = _gate_variants(*GATE_DTYPES[dtype], GATE_TILES[tiles])[kernel]
