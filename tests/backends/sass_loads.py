@@ -59,7 +59,7 @@ def disassemble(cubin, nvdisasm):
     text = subprocess.run([nvdisasm, "--print-line-info-inline", cubin], capture_output=True, text=True,
                           check=True, timeout=300).stdout  # fmt: skip
     kernels = {}
-    parts = re.split(r"\n//-+ \.text\.(\S+) -+\n", text)
+    parts = re.split(r"\n//-+ \.text\.(\S+)\s+-+\n", text)  # nvcc pads the name with one space, Triton more
     for name, body in zip(parts[1::2], parts[2::2]):
         # An instruction's source comes as consecutive comments, innermost first:
         # "line A inlined at line B", "line B inlined at line C", ..., "line C".
