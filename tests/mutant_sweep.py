@@ -72,6 +72,7 @@ CUDA_MAPS = "csrc/cuda/elementwise.cu"
 TRITON_SUMS = "mmcal_kernels/backends/triton/reductions.py"
 TRITON_MAPS = "mmcal_kernels/backends/triton/elementwise.py"
 TRITON_COUNTS = "mmcal_kernels/backends/triton/counts.py"
+TRITON_SHARED = "mmcal_kernels/backends/triton/shared_memory.py"
 INPLACE = "csrc/inplace.cpp"
 CUDA_COMMON = "csrc/cuda/device_common.cuh"
 CHECKS_H = "csrc/common/checks.h"
@@ -159,6 +160,12 @@ MUTANTS = [
            "return tl.sum(a[:, :, None] * b[None, :, :], axis=1)", "return tl.sum(a[:, :1, None] * b[None, :1, :], axis=1)"),
     Mutant("triton: apply_settings reads the tiles into a local", "triton", TRITON,
            "    global _TILES\n", ""),
+    # The shared-memory guard: an sm_90 GPU estimated as the other layouts
+    # compile (an H200 would lose d = 1024); float64 taken for float32.
+    Mutant("triton: an sm_90 GPU's backward estimated as an untried architecture's", "triton", TRITON_SHARED,
+           "    if arch == 90:\n", "    if arch == -90:\n"),
+    Mutant("triton: a float64 backward estimated as float32's", "triton", TRITON_SHARED,
+           "return BACKWARD[90, element_size].bytes(", "return BACKWARD[90, 4].bytes("),
     # The passes over X in CUDA (emulated) and Triton (interpreted): masks and counts.
     Mutant("cuda passes: a padded position summed by the channel tiles", "cuda-emulated", CUDA_SUMS,
            "if (n == 0 || !is_valid(it.mask, it.mask_sB, it.mask_sP, b, p)) continue;", "if (n == 0) continue;"),

@@ -2,9 +2,9 @@
 ``MMCAL_TRITON_GATE_BLOCKS`` setting, compiled for a GPU this machine need
 not have (Triton's ``GPUTarget``, then ``ptxas -v``, the ptxas Triton uses).
 
-    python benchmarks/gpu/gate_tiles_ptxas.py [--arch 90] [--d 128] [--r 128] [--loops] [16x16 4x16 1x16 ...]
+    python benchmarks/gpu/gate_tiles_ptxas.py [--arch 90] [--d 128] [--r 128] [--dtype fp32] [--loops] [16x16 4x16 1x16 ...]
 
-float32 compute and parameters, three live modalities. It reads the kernels'
+float32 (or ``--dtype fp64``) compute and parameters, three live modalities. It reads the kernels'
 signatures from tests/backends/test_triton_aot.py (the one place that spells
 them out). A compile-time report, no timing: which settings a lent GPU
 should time (docs/kernels.md, "The Triton gate kernels' tiles"). ``--loops``
@@ -64,16 +64,17 @@ def main() -> int:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--r", type=int, default=128)
+    parser.add_argument("--dtype", choices=("fp32", "fp64"), default="fp32", help="compute and parameter dtype")
     parser.add_argument("--loops", action="store_true", help="also each forward loop's instructions by kind")
     parser.add_argument("tiles", nargs="*", default=["16x16", "8x16", "4x16", "2x32", "1x16"])
     args = parser.parse_args()
     version = subprocess.run([aot._ptxas(args.arch), "--version"], capture_output=True, text=True).stdout
     ptxas = version.strip().splitlines()[-1] if version.strip() else "ptxas ?"
-    print(f"triton {triton.__version__}, ptxas {ptxas}, sm_{args.arch}, float32, d = {args.d}, r = {args.r}")
+    print(f"triton {triton.__version__}, ptxas {ptxas}, sm_{args.arch}, {args.dtype}, d = {args.d}, r = {args.r}")
     for tiles in args.tiles:
         block_b, block_k = gate_network._parse_tiles(tiles)
         for kernel in ("gates", "gates_backward"):
-            tuner, slot, shared, consts = aot._gate_variants("*fp32", "*fp32", (block_b, block_k))[kernel]
+            tuner, slot, shared, consts = aot._gate_variants(f"*{args.dtype}", f"*{args.dtype}", (block_b, block_k))[kernel]
             consts = dict(consts, BLOCK_DD=gate_network._pow2(args.d), BLOCK_R=gate_network._pow2(args.r))
             (cfg,) = [c for archs, c in tuner.mmcal_table if args.arch in archs]
             compiled = triton.compile(aot._gate_source(tuner.fn, slot, shared, consts),

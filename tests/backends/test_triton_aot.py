@@ -20,7 +20,7 @@ if os.environ.get("TRITON_INTERPRET", "0") == "1":
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from mmcal_kernels.backends.triton import configs, elementwise, gate_network, reductions  # noqa: E402
+from mmcal_kernels.backends.triton import configs, elementwise, gate_network, reductions, shared_memory  # noqa: E402
 from mmcal_kernels.backends.triton.slots import MAX_SLOTS  # noqa: E402
 
 
@@ -168,5 +168,11 @@ def test_gate_network_compiles(kernel, tiles, dtype, arch, tmp_path):
                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})  # fmt: skip
     registers, spills, report = _ptxas_report(compiled, arch, tmp_path)
     print(f"{kernel} {tiles} {dtype} sm_{arch} d=r={GATE_D}: registers {registers}, spill bytes {spills}, "
-          f"n_spills {getattr(compiled.metadata, 'n_spills', None)}")  # fmt: skip
+          f"n_spills {getattr(compiled.metadata, 'n_spills', None)}, shared {compiled.metadata.shared} B")  # fmt: skip
     assert registers and spills, f"could not read ptxas -v:\n{report}"
+    if kernel != "gates_reduce":
+        # The guard's estimate (shared_memory.estimate) must not fall short of what a compile asks for.
+        element_size = 8 if dtype == "fp64" else 4
+        estimated = dict(zip(("gates", "gates_backward"), shared_memory.estimate(
+            arch, consts["BLOCK_DD"], consts["BLOCK_R"], element_size, GATE_TILES[tiles])))[kernel]  # fmt: skip
+        assert compiled.metadata.shared <= estimated, f"{kernel} asks for {compiled.metadata.shared} B, estimated {estimated}"

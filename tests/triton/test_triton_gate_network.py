@@ -403,6 +403,64 @@ def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
     assert launched == [], f"{len(launched)} kernel launches"
 
 
+# (architecture, bytes of shared memory a block may ask for) of three GPUs, and
+# (d, r) that must and must not take the kernels there at the default tiles.
+GPU_BUDGETS = {
+    "H200": ((90, 232448), [(1024, 512), (128, 512)], [(2048, 64), (64, 1024)]),
+    "A100": ((80, 166912), [(512, 256), (128, 128)], [(1024, 64), (64, 512)]),
+    "RTX 4090": ((89, 101376), [(256, 128), (128, 128)], [(512, 64), (64, 256)]),
+    "sm_100, untried": ((100, 232448), [(512, 512)], [(1024, 64)]),
+}
+
+
+@pytest.mark.parametrize("gpu", list(GPU_BUDGETS))
+def test_the_tiles_must_fit_the_gpus_shared_memory(gpu, monkeypatch):
+    """A launch that asks a block for more shared memory than the GPU gives
+    fails (OutOfResources): an A100 gives 163 KB, and the backward at d = 1024
+    compiles to 258 KB for sm_80 (210 KB for sm_90, which an H200's 227 KB
+    holds). Such calls take the torch formulas on the GPU that lacks the room."""
+    (arch, limit), kernels, formulas = GPU_BUDGETS[gpu]
+    monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: (arch, limit))
+    for d, r in kernels:
+        assert not gate_network._torch_formulas(2, F32, d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the kernels"
+    for d, r in formulas:
+        assert gate_network._torch_formulas(2, F32, d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the torch formulas"
+
+
+def test_a_float64_tile_takes_more_room():
+    """Eight bytes an element, and more than twice the room in the backward:
+    compiled for sm_90, the float64 backward asks for 276 KB at d = 512 (the
+    float32 one fits an H200 up to d = 1024) and 176 KB at r = 256, so on an
+    H200's budget float64 takes the kernels up to d = r = 256."""
+    fits = gate_network.shared_memory.fits
+    cpu = torch.device("cpu")  # no GPU: the H200's budget
+    assert fits(cpu, 1024, 512, 4, (16, 16)) and fits(cpu, 256, 256, 8, (16, 16))
+    assert not fits(cpu, 512, 64, 8, (16, 16)) and not fits(cpu, 64, 512, 8, (16, 16))
+
+
+def test_a_call_too_wide_for_its_gpu_launches_nothing(monkeypatch):
+    """End to end, with an A100's budget: d = 600 (1024-wide tiles) fits an
+    H200 but not an A100, so both ops compute with the torch formulas."""
+    launched = []
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
+    summaries, flat, pres = _make(3, [4, 3], 600, [7, 7], F32, F32, "some", seed=15)
+    assert not gate_network._torch_formulas(2, F32, 600, [7, 7])
+    monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: (80, 166912))
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+    assert launched == [], f"{len(launched)} kernel launches"
+
+
+def test_the_budget_is_the_tensors_gpus():
+    """Without a GPU (the interpreter's CPU tensors) the guard takes the H200's budget."""
+    shared_memory = gate_network.shared_memory
+    assert shared_memory.budget(torch.device("cpu")) == (shared_memory.NO_GPU_ARCH, shared_memory.NO_GPU_LIMIT)
+    if ON_GPU:
+        props = torch.cuda.get_device_properties(0)
+        assert shared_memory.budget(torch.device("cuda", 0)) == (10 * props.major + props.minor,
+                                                                 props.shared_memory_per_block_optin)  # fmt: skip
+
+
 def test_block_widths_are_triton_powers_of_two():
     """The host computes the tiles' widths with a bit shift (triton 3.9's
     next_power_of_2 is a slow constexpr_function on the host); tl.dot needs 16."""

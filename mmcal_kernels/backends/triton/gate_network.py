@@ -37,7 +37,7 @@ from torch.library import triton_op
 
 from ... import gates_torch, op_checks
 from ...spec import GateParams
-from . import configs
+from . import configs, shared_memory
 from .rounding import to_stored
 from .slots import MAX_SLOTS, cdiv, mask_bytes
 
@@ -71,12 +71,6 @@ def _release(version: str) -> tuple[int, int]:
 # a float64 call takes the torch formulas both ways, with the same results
 # and more launches.
 FP64_KERNELS = _release(triton.__version__) >= (3, 9)
-# The widest tiles measured to fit (H200, triton 3.6, float32, forward and
-# backward): BLOCK_R 512 (d = r = 512) and BLOCK_DD 1024 (d = 1024, r = 64).
-# A hidden width past 512 took 1024-wide tiles, and the forward asked for
-# 261 KB of shared memory (OutOfResources, 227 KB on an H200); wider shapes
-# take the torch formulas, as more modalities than the slots do.
-MAX_BLOCK_R, MAX_BLOCK_DD = 512, 1024
 
 # One configuration each: BLOCK_B/BLOCK_K are fixed by the host (it sizes the
 # grid and the workspace with them) and the tile widths follow d and r; there
@@ -587,20 +581,19 @@ def _slot_width(d: int, dim: int, r: int) -> int:
     return d * dim + d + r * (2 * d + 2) + 2 * r + 1 + dim * r + dim
 
 
-def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], block_k: int = BLOCK_K) -> bool:
+def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], block_k: int = BLOCK_K,
+                    device: torch.device = torch.device("cpu"), block_b: int = BLOCK_B) -> bool:  # fmt: skip
     """Whether a call computes with the reference's formulas instead of the
     kernels: more modalities than one launch holds, float64 below triton 3.9,
-    or tiles wider than fit (MAX_BLOCK_R, MAX_BLOCK_DD, measured with 16-wide
-    slices). The forward and the backward decide alike: the backward reads
-    what its forward saved."""
-    shrink = 2 if ct == torch.float64 else 1  # twice the bytes a tile (an unmeasured guess: triton 3.9 only)
-    # A dot stages [width, block_k] operands in shared memory: a wider slice
-    # takes the limits down in proportion (compiled for sm_90: 16x32 at d = 512
-    # and 16x64 at d = 256 take 135-139 KB, as 16x16 at d = 1024 takes 133 KB;
-    # 16x32 at d = 1024 would take 266 KB, past an H200's 227).
-    shrink *= block_k // BLOCK_K
-    too_wide = _pow2(max(hidden, default=1)) > MAX_BLOCK_R // shrink or _pow2(d) > MAX_BLOCK_DD // shrink
-    return num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS) or too_wide
+    or tiles whose blocks would ask ``device``'s GPU for more shared memory
+    than it gives a block (``shared_memory.fits``: on an H200 d up to 1024
+    and r up to 512 take the kernels, on an A100 up to 512 and 256). The
+    forward and the backward decide alike, so one call's two halves run on
+    the same side."""
+    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
+        return True
+    element_size = 8 if ct == torch.float64 else 4
+    return not shared_memory.fits(device, _pow2(d), _pow2(max(hidden, default=1)), element_size, (block_b, block_k))
 
 
 def _torch_forward(summaries, params, present):
@@ -637,7 +630,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
     block_b, block_k = _TILES
-    if _torch_formulas(num, ct, d, hidden, block_k):
+    if _torch_formulas(num, ct, d, hidden, block_k, first.device, block_b):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -686,7 +679,7 @@ def gates_backward(
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
     block_b, block_k = _TILES
-    if _torch_formulas(num, ct, d, hidden, block_k):
+    if _torch_formulas(num, ct, d, hidden, block_k, device, block_b):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]
