@@ -369,6 +369,11 @@ def test_torch_fallback_computes_in_ct_inside_an_autocast_region():
             assert x.dtype == y.dtype and torch.equal(x, y), f"{what}[{i}]: {x.dtype}, {(x.double() - y.double()).abs().max()}"
 
 
+def _formulas(d, hidden, ct=F32, tiles=(16, 16), device="cpu"):
+    """gate_network._torch_formulas for two modalities; a CPU device: the H200's budget unless patched."""
+    return gate_network._torch_formulas(2, ct, d, hidden, tiles, torch.device(device))
+
+
 @pytest.mark.parametrize("d, hidden", [(5, [7, 600]), (1100, [7, 7])], ids=["r-600", "d-1100"])
 def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
     """A hidden width past 512 needs 1024-wide tiles, whose forward asked an
@@ -381,19 +386,20 @@ def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
     _check_forward(summaries, flat, pres)
     _check_backward(summaries, flat, pres)
     assert launched == [], f"{len(launched)} kernel launches"
-    assert gate_network._torch_formulas(2, F32, d, hidden)
-    assert not gate_network._torch_formulas(2, F32, 512, [512]) and not gate_network._torch_formulas(2, F32, 1024, [64])
+    assert _formulas(d, hidden)
+    assert not _formulas(512, [512]) and not _formulas(1024, [64])
 
 
 def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
-    """A dot stages [width, K] operands in shared memory, so the widest tiles
-    measured to fit (16-wide slices) shrink with K: at 16x32, d = 1024 would
-    ask an H200 for 266 KB (compiled for sm_90), so it takes the torch
+    """A dot stages [width, K] operands in shared memory, and a program of 32
+    samples dots 32 rows, so the estimate scales with both: at 16x32, d = 1024
+    would ask an H200 for 260 KB (compiled for sm_90), so it takes the torch
     formulas, while d = 512 still takes the kernels."""
-    assert not gate_network._torch_formulas(2, F32, 1024, [64], 16)
-    assert gate_network._torch_formulas(2, F32, 1024, [64], 32) and gate_network._torch_formulas(2, F32, 64, [512], 32)
-    assert not gate_network._torch_formulas(2, F32, 512, [256], 32) and not gate_network._torch_formulas(2, F32, 256, [128], 64)
-    assert gate_network._torch_formulas(2, F32, 512, [64], 64)
+    assert not _formulas(1024, [64], tiles=(16, 16))
+    assert _formulas(1024, [64], tiles=(16, 32)) and _formulas(64, [512], tiles=(16, 32))
+    assert not _formulas(512, [256], tiles=(16, 32)) and not _formulas(256, [128], tiles=(16, 64))
+    assert _formulas(512, [64], tiles=(16, 64))
+    assert _formulas(1024, [64], tiles=(32, 16)) and not _formulas(512, [64], tiles=(32, 16))
     launched = []
     monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
     gate_tiles("16x64")
@@ -403,7 +409,7 @@ def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
     assert launched == [], f"{len(launched)} kernel launches"
 
 
-# (architecture, bytes of shared memory a block may ask for) of three GPUs, and
+# (architecture, bytes of shared memory a block may ask for) of four GPUs, and
 # (d, r) that must and must not take the kernels there at the default tiles.
 GPU_BUDGETS = {
     "H200": ((90, 232448), [(1024, 512), (128, 512)], [(2048, 64), (64, 1024)]),
@@ -422,9 +428,9 @@ def test_the_tiles_must_fit_the_gpus_shared_memory(gpu, monkeypatch):
     (arch, limit), kernels, formulas = GPU_BUDGETS[gpu]
     monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: (arch, limit))
     for d, r in kernels:
-        assert not gate_network._torch_formulas(2, F32, d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the kernels"
+        assert not _formulas(d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the kernels"
     for d, r in formulas:
-        assert gate_network._torch_formulas(2, F32, d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the torch formulas"
+        assert _formulas(d, [r, 7]), f"{gpu}: d = {d}, r = {r} should take the torch formulas"
 
 
 def test_a_float64_tile_takes_more_room():
@@ -436,19 +442,23 @@ def test_a_float64_tile_takes_more_room():
     cpu = torch.device("cpu")  # no GPU: the H200's budget
     assert fits(cpu, 1024, 512, 4, (16, 16)) and fits(cpu, 256, 256, 8, (16, 16))
     assert not fits(cpu, 512, 64, 8, (16, 16)) and not fits(cpu, 64, 512, 8, (16, 16))
+    # Through the ops' guard (below triton 3.9 every float64 call takes the formulas).
+    assert _formulas(512, [64], ct=F64) and _formulas(64, [512], ct=F64) and not _formulas(1024, [512])
+    assert _formulas(256, [256], ct=F64) != gate_network.FP64_KERNELS
 
 
 def test_a_call_too_wide_for_its_gpu_launches_nothing(monkeypatch):
     """End to end, with an A100's budget: d = 600 (1024-wide tiles) fits an
     H200 but not an A100, so both ops compute with the torch formulas."""
-    launched = []
+    launched, asked = [], []
     monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
     summaries, flat, pres = _make(3, [4, 3], 600, [7, 7], F32, F32, "some", seed=15)
-    assert not gate_network._torch_formulas(2, F32, 600, [7, 7])
-    monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: (80, 166912))
+    assert not _formulas(600, [7, 7])
+    monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: asked.append(device) or (80, 166912))
     _check_forward(summaries, flat, pres)
     _check_backward(summaries, flat, pres)
     assert launched == [], f"{len(launched)} kernel launches"
+    assert asked and set(asked) == {summaries[0].device}, f"the budget of {asked}, the tensors on {summaries[0].device}"
 
 
 def test_the_budget_is_the_tensors_gpus():

@@ -581,8 +581,8 @@ def _slot_width(d: int, dim: int, r: int) -> int:
     return d * dim + d + r * (2 * d + 2) + 2 * r + 1 + dim * r + dim
 
 
-def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], block_k: int = BLOCK_K,
-                    device: torch.device = torch.device("cpu"), block_b: int = BLOCK_B) -> bool:  # fmt: skip
+def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], tiles: tuple[int, int],
+                    device: torch.device) -> bool:  # fmt: skip
     """Whether a call computes with the reference's formulas instead of the
     kernels: more modalities than one launch holds, float64 below triton 3.9,
     or tiles whose blocks would ask ``device``'s GPU for more shared memory
@@ -593,7 +593,7 @@ def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], block_
     if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
         return True
     element_size = 8 if ct == torch.float64 else 4
-    return not shared_memory.fits(device, _pow2(d), _pow2(max(hidden, default=1)), element_size, (block_b, block_k))
+    return not shared_memory.fits(device, _pow2(d), _pow2(max(hidden, default=1)), element_size, tiles)
 
 
 def _torch_forward(summaries, params, present):
@@ -630,7 +630,7 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
     block_b, block_k = _TILES
-    if _torch_formulas(num, ct, d, hidden, block_k, first.device, block_b):
+    if _torch_formulas(num, ct, d, hidden, (block_b, block_k), first.device):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -679,7 +679,7 @@ def gates_backward(
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
     block_b, block_k = _TILES
-    if _torch_formulas(num, ct, d, hidden, block_k, device, block_b):
+    if _torch_formulas(num, ct, d, hidden, (block_b, block_k), device):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
     diagnostics = [t.contiguous() for t in diagnostics]

@@ -11,7 +11,7 @@ The estimates are upper bounds fitted to the compile metadata
 GPU image's triton 3.6 gave the same bytes at the points checked; the
 figures, and the command that measures them, are in
 ``benchmarks/results/triton-gate-shared-memory.txt``). Each kernel's bytes are
-the larger of a term in ``BLOCK_DD`` and one in ``BLOCK_R``. They equal the
+the larger of a term in ``BLOCK_DD`` and one in ``BLOCK_R`` (KB here: 1024 bytes). They equal the
 measured bytes at most points of 256 and more (where the per-block limits of
 real GPUs fall: sm_86/sm_89 99 KB, A100 163 KB, H100/H200 227 KB) and exceed
 them at the others, and ``tests/backends/test_triton_aot.py`` checks them
@@ -22,10 +22,11 @@ block for 210 KB.
 float64 has its own figures (triton 3.9 only compiles those kernels): its
 backward takes more than twice float32's, 276 KB at d = 512, so on an H200
 float64 takes the kernels up to d = 256 and r = 256 (the old rule, half the
-float32 widths, let d = 512 through). Scaled, not measured: a setting
-other than 16x16 takes each term times ``K / 16`` and times ``S / 16`` where
-``S`` is above 16 (a dot stages ``[width, K]`` operands; 16x32 at d = 1024
-measured 266 KB in the forward, twice the 16x16 figure). Below 16 samples the
+float32 widths, let d = 512 through). Scaled, fitted at 16x16 only: a
+setting other than 16x16 takes each term times ``K / 16`` and times ``S / 16``
+where ``S`` is above 16 (a dot stages ``[width, K]`` operands; compiled, 16x32
+at d = 1024 asks for 266240 B in the forward, twice the 16x16 figure; a
+review's compiles of 16x64 and 32x64 in float64 stayed below the estimate). Below 16 samples the
 kernels do not use ``tl.dot`` and take far less (8-11 KB at d = r = 128), so
 the estimate is generous there.
 """
@@ -45,13 +46,18 @@ NO_GPU_ARCH = 90
 
 
 class Term(NamedTuple):
-    """``per_unit * width + fixed`` bytes at 16x16 tiles; the width part scales with other tiles."""
+    """Bytes at 16x16 tiles: the least of ``per_unit * width + fixed`` over the
+    lines, each an upper bound at every measured point. Other tiles scale the
+    whole term (compiled, the fixed part grows with the tiles too)."""
 
-    per_unit: int
-    fixed: int
+    lines: tuple[tuple[int, int], ...]  # (per_unit, fixed)
 
     def bytes(self, width: int, scale: float) -> int:
-        return int(self.per_unit * width * scale + self.fixed)
+        return int(min(per_unit * width + fixed for per_unit, fixed in self.lines) * scale)
+
+
+def term(*lines: tuple[int, int]) -> Term:
+    return Term(tuple(lines))
 
 
 class KernelBytes(NamedTuple):
@@ -70,13 +76,13 @@ class KernelBytes(NamedTuple):
 #   264192 at d = 1024; sm_90 53248, 102400, 184320 and 215040.
 # - backward, float64, sm_80 and sm_90 alike: 98304 and 180224 at r = 128 and
 #   256, 151552 and 282624 at d = 256 and 512: more than twice float32's.
-FORWARD = {4: KernelBytes(dd=Term(128, 2048), r=Term(256, 5120)),
-           8: KernelBytes(dd=Term(256, 4096), r=Term(512, 10240))}  # fmt: skip
+FORWARD = {4: KernelBytes(dd=term((128, 2048)), r=term((256, 5120))),
+           8: KernelBytes(dd=term((256, 4096)), r=term((512, 10240)))}  # fmt: skip
 BACKWARD = {
-    (80, 4): KernelBytes(dd=Term(256, 2048), r=Term(384, 4096)),
-    (90, 4): KernelBytes(dd=Term(208, 2048), r=Term(320, 20480)),
-    (80, 8): KernelBytes(dd=Term(512, 20480), r=Term(640, 16384)),
-    (90, 8): KernelBytes(dd=Term(512, 20480), r=Term(640, 16384)),
+    (80, 4): KernelBytes(dd=term((256, 2048)), r=term((384, 4096))),
+    (90, 4): KernelBytes(dd=term((208, 2048)), r=term((384, 4096), (320, 20480))),
+    (80, 8): KernelBytes(dd=term((512, 20480)), r=term((640, 16384))),
+    (90, 8): KernelBytes(dd=term((512, 20480)), r=term((640, 16384))),
 }
 
 
@@ -101,15 +107,20 @@ def estimate(arch: int, block_dd: int, block_r: int, element_size: int, tiles: t
 @functools.lru_cache(maxsize=None)
 def _budget_of(index: int) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(index)
-    return 10 * props.major + props.minor, props.shared_memory_per_block_optin
+    # ROCm's properties have no opt-in figure (this package targets NVIDIA GPUs).
+    limit = getattr(props, "shared_memory_per_block_optin", None) or getattr(props, "shared_memory_per_block", NO_GPU_LIMIT)
+    return 10 * props.major + props.minor, limit
 
 
 def budget(device: torch.device) -> tuple[int, int]:
     """(architecture, shared bytes a block may ask for) of ``device``'s GPU;
-    the H200's where none is visible (a CPU tensor under the interpreter)."""
+    the H200's where that GPU is not visible (a CPU tensor under the
+    interpreter; a fake ``cuda:N`` traced on a machine with fewer GPUs)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return NO_GPU_ARCH, NO_GPU_LIMIT
     index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        return NO_GPU_ARCH, NO_GPU_LIMIT
     return _budget_of(index)
 
 
