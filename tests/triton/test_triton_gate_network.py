@@ -409,6 +409,19 @@ def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
     assert launched == [], f"{len(launched)} kernel launches"
 
 
+def test_programs_of_32_samples_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
+    """Through the ops: at 32x16 a program dots 32 rows, and d = 600
+    (1024-wide tiles), which fits an H200 at the default, takes the torch
+    formulas both ways; the ops pass the setting's sample count to the guard."""
+    launched = []
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
+    gate_tiles("32x16")
+    summaries, flat, pres = _make(3, [4, 3], 600, [7, 7], F32, F32, "some", seed=16)
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+    assert launched == [], f"{len(launched)} kernel launches"
+
+
 # (architecture, bytes of shared memory a block may ask for) of four GPUs, and
 # (d, r) that must and must not take the kernels there at the default tiles.
 GPU_BUDGETS = {

@@ -6,8 +6,8 @@ launch that asks for more than the GPU's per-block limit fails with Triton's
 torch formulas instead, on the GPU the call runs on.
 
 The estimates are upper bounds fitted to the compile metadata
-(``CompiledKernel.metadata.shared``) of the default tiles, 16x16, float32,
-8 warps, compiled here for sm_80 and sm_90 without a GPU (triton 3.9; the
+(``CompiledKernel.metadata.shared``) of the default tiles, 16x16, float32
+and float64 (compute and parameters), 8 warps, compiled here for sm_80 and sm_90 without a GPU (triton 3.9; the
 GPU image's triton 3.6 gave the same bytes at the points checked; the
 figures, and the command that measures them, are in
 ``benchmarks/results/triton-gate-shared-memory.txt``). Each kernel's bytes are
