@@ -374,18 +374,24 @@ def _formulas(d, hidden, ct=F32, tiles=(16, 16), device="cpu"):
     return gate_network._torch_formulas(2, ct, d, hidden, tiles, torch.device(device))
 
 
+def _check_formulas_taken(monkeypatch, d, hidden, seed):
+    """Both ops at (d, hidden) give the reference's values and launch no kernel."""
+    launched = []
+    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
+    summaries, flat, pres = _make(3, [4, 3], d, hidden, F32, F32, "some", seed=seed)
+    _check_forward(summaries, flat, pres)
+    _check_backward(summaries, flat, pres)
+    assert launched == [], f"{len(launched)} kernel launches"
+    return summaries
+
+
 @pytest.mark.parametrize("d, hidden", [(5, [7, 600]), (1100, [7, 7])], ids=["r-600", "d-1100"])
 def test_tiles_too_wide_take_the_torch_formulas(monkeypatch, d, hidden):
     """A hidden width past 512 needs 1024-wide tiles, whose forward asked an
     H200 for more shared memory than it has (OutOfResources); such shapes,
     and d past 1024, take the reference's formulas both ways: no kernel, the
     reference's values."""
-    launched = []
-    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
-    summaries, flat, pres = _make(3, [4, 3], d, hidden, F32, F32, "some", seed=12)
-    _check_forward(summaries, flat, pres)
-    _check_backward(summaries, flat, pres)
-    assert launched == [], f"{len(launched)} kernel launches"
+    _check_formulas_taken(monkeypatch, d, hidden, seed=12)
     assert _formulas(d, hidden)
     assert not _formulas(512, [512]) and not _formulas(1024, [64])
 
@@ -400,26 +406,16 @@ def test_wider_slices_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
     assert not _formulas(512, [256], tiles=(16, 32)) and not _formulas(256, [128], tiles=(16, 64))
     assert _formulas(512, [64], tiles=(16, 64))
     assert _formulas(1024, [64], tiles=(32, 16)) and not _formulas(512, [64], tiles=(32, 16))
-    launched = []
-    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
     gate_tiles("16x64")
-    summaries, flat, pres = _make(3, [4, 3], 512, [7, 7], F32, F32, "some", seed=14)
-    _check_forward(summaries, flat, pres)
-    _check_backward(summaries, flat, pres)
-    assert launched == [], f"{len(launched)} kernel launches"
+    _check_formulas_taken(monkeypatch, 512, [7, 7], seed=14)
 
 
 def test_programs_of_32_samples_take_the_torch_formulas_sooner(gate_tiles, monkeypatch):
     """Through the ops: at 32x16 a program dots 32 rows, and d = 600
     (1024-wide tiles), which fits an H200 at the default, takes the torch
     formulas both ways; the ops pass the setting's sample count to the guard."""
-    launched = []
-    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
     gate_tiles("32x16")
-    summaries, flat, pres = _make(3, [4, 3], 600, [7, 7], F32, F32, "some", seed=16)
-    _check_forward(summaries, flat, pres)
-    _check_backward(summaries, flat, pres)
-    assert launched == [], f"{len(launched)} kernel launches"
+    _check_formulas_taken(monkeypatch, 600, [7, 7], seed=16)
 
 
 # (architecture, bytes of shared memory a block may ask for) of four GPUs, and
@@ -463,14 +459,10 @@ def test_a_float64_tile_takes_more_room():
 def test_a_call_too_wide_for_its_gpu_launches_nothing(monkeypatch):
     """End to end, with an A100's budget: d = 600 (1024-wide tiles) fits an
     H200 but not an A100, so both ops compute with the torch formulas."""
-    launched, asked = [], []
-    monkeypatch.setattr(configs, "launch", lambda tuner, *a, **k: launched.append(tuner))
-    summaries, flat, pres = _make(3, [4, 3], 600, [7, 7], F32, F32, "some", seed=15)
+    asked = []
     assert not _formulas(600, [7, 7])
     monkeypatch.setattr(gate_network.shared_memory, "budget", lambda device: asked.append(device) or (80, 166912))
-    _check_forward(summaries, flat, pres)
-    _check_backward(summaries, flat, pres)
-    assert launched == [], f"{len(launched)} kernel launches"
+    summaries = _check_formulas_taken(monkeypatch, 600, [7, 7], seed=15)
     assert asked and set(asked) == {summaries[0].device}, f"the budget of {asked}, the tensors on {summaries[0].device}"
 
 
