@@ -6,29 +6,32 @@ launch that asks for more than the GPU's per-block limit fails with Triton's
 torch formulas instead, on the GPU the call runs on.
 
 The estimates are upper bounds fitted to the compile metadata
-(``CompiledKernel.metadata.shared``) of the default tiles, 16x16, float32
-and float64 (compute and parameters), 8 warps, compiled here for sm_80 and sm_90 without a GPU (triton 3.9; the
-GPU image's triton 3.6 gave the same bytes at the points checked; the
-figures, and the command that measures them, are in
-``benchmarks/results/triton-gate-shared-memory.txt``). Each kernel's bytes are
-the larger of a term in ``BLOCK_DD`` and one in ``BLOCK_R`` (KB here: 1024 bytes). They equal the
-measured bytes at most points of 256 and more (where the per-block limits of
-real GPUs fall: sm_86/sm_89 99 KB, A100 163 KB, H100/H200 227 KB) and exceed
-them at the others, and ``tests/backends/test_triton_aot.py`` checks them
-against every gate-kernel compile it makes. sm_80's layouts take more than sm_90's at the largest
+(``CompiledKernel.metadata.shared``) of the default tiles, 16x16, float32 and
+float64 (compute and parameters), 8 warps, compiled here for sm_80 and sm_90
+without a GPU (triton 3.9; the GPU image's triton 3.6 gave the same bytes at
+the points checked; the figures, and the command that measures them, are in
+``benchmarks/results/triton-gate-shared-memory.txt``). Each kernel's bytes
+are the larger of a term in ``BLOCK_DD`` and one in ``BLOCK_R`` (KB here:
+1024 bytes). They equal the measured bytes at most points of 256 and more
+(where the per-block limits of real GPUs fall: sm_86/sm_89 99 KB, A100
+163 KB, H100/H200 227 KB) and exceed them at the others, and
+``tests/backends/test_triton_aot.py`` checks them against every gate-kernel
+compile it makes. sm_80's layouts take more than sm_90's at the largest
 sizes: d = 1024 asks an sm_80 block for 258 KB in the backward, an sm_90
 block for 210 KB.
 
 float64 has its own figures (triton 3.9 only compiles those kernels): its
 backward takes more than twice float32's, 276 KB at d = 512, so on an H200
 float64 takes the kernels up to d = 256 and r = 256 (the old rule, half the
-float32 widths, let d = 512 through). Scaled, fitted at 16x16 only: a
-setting other than 16x16 takes each term times ``K / 16`` and times ``S / 16``
-where ``S`` is above 16 (a dot stages ``[width, K]`` operands; compiled, 16x32
-at d = 1024 asks for 266240 B in the forward, twice the 16x16 figure; a
-review's compiles of 16x64 and 32x64 in float64 stayed below the estimate). Below 16 samples the
-kernels do not use ``tl.dot`` and take far less (8-11 KB at d = r = 128), so
-the estimate is generous there.
+float32 widths, let d = 512 through).
+
+Scaled, fitted at 16x16 only: a setting other than 16x16 takes each term
+times ``K / 16``, and times ``S / 16`` where ``S`` is above 16 (a dot stages
+``[width, K]`` operands; compiled, 16x32 at d = 1024 asks for 266240 B in the
+forward, twice the 16x16 figure; a review's compiles of 16x64 and 32x64 in
+float64 stayed below the estimate). Below 16 samples the kernels do not use
+``tl.dot`` and take far less (8-11 KB at d = r = 128), so the estimate is
+generous there.
 """
 
 from __future__ import annotations
@@ -108,7 +111,9 @@ def estimate(arch: int, block_dd: int, block_r: int, element_size: int, tiles: t
 def _budget_of(index: int) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(index)
     # ROCm's properties have no opt-in figure (this package targets NVIDIA GPUs).
-    limit = getattr(props, "shared_memory_per_block_optin", None) or getattr(props, "shared_memory_per_block", NO_GPU_LIMIT)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    if not limit:
+        limit = getattr(props, "shared_memory_per_block", NO_GPU_LIMIT)
     return 10 * props.major + props.minor, limit
 
 
