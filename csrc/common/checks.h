@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,7 +19,30 @@ namespace mmcal {
 
 using OptionalTensors = c10::List<std::optional<at::Tensor>>;
 
-inline std::string arg(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+// An argument's name in an error message, formatted only when a check fails
+// (TORCH_CHECK streams its message lazily). The checks run on every call, and
+// building their ~100 names a training step as strings cost more than the
+// checks themselves.
+struct ArgName {
+  const char* list;
+  size_t index;
+};
+inline std::ostream& operator<<(std::ostream& os, const ArgName& a) { return os << a.list << '[' << a.index << ']'; }
+inline ArgName arg(const char* list, size_t index) { return {list, index}; }
+
+// Any other composed name, built by `make` when a message needs it.
+template <typename F>
+struct LazyName {
+  F make;
+};
+template <typename F>
+LazyName<F> lazy_name(F make) {
+  return {std::move(make)};
+}
+template <typename F>
+std::ostream& operator<<(std::ostream& os, const LazyName<F>& n) {
+  return os << n.make();
+}
 
 inline bool is_feature_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -48,8 +72,8 @@ inline void check_features(at::TensorList xs, at::IntArrayRef layouts, const cha
   }
 }
 
-inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout,
-                       const std::string& name) {
+template <typename Name>
+void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout, const Name& name) {
   if (!mask.has_value()) return;
   TORCH_CHECK_VALUE(layout == kSequence, name, ": masks apply to 'sequence' inputs only; pass None for a 'spatial' one");
   TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, name, ": expected a bool tensor (True = valid position), got ",
@@ -60,15 +84,16 @@ inline void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& 
                     x.device());
 }
 
-inline void check_compute_dtype(at::ScalarType ct, at::ScalarType feature, const char* name) {
+template <typename Name>
+void check_compute_dtype(at::ScalarType ct, at::ScalarType feature, const Name& name) {
   TORCH_CHECK_TYPE(ct == at::kFloat || ct == at::kDouble, name, ": expected float32 or float64, got ", ct);
   TORCH_CHECK_TYPE(feature != at::kDouble || ct == at::kDouble, name,
                    ": float64 features need a float64 compute dtype, got ", ct);
 }
 
 // A [B, D] per-channel tensor (gate, ds) in the compute dtype.
-inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t layout, at::ScalarType ct,
-                              const std::string& name) {
+template <typename Name>
+void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t layout, at::ScalarType ct, const Name& name) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == channels(x, layout), name,
                     ": expected shape [B, D] = [", x.size(0), ", ", channels(x, layout), "], got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype, one for the call), got ",
@@ -77,7 +102,8 @@ inline void check_per_channel(const at::Tensor& t, const at::Tensor& x, int64_t 
 }
 
 // dY of one modality: the shape and dtype of its X.
-inline void check_grad_like(const at::Tensor& dy, const at::Tensor& x, const std::string& name) {
+template <typename Name>
+void check_grad_like(const at::Tensor& dy, const at::Tensor& x, const Name& name) {
   TORCH_CHECK_VALUE(dy.device() == x.device(), name, ": on ", dy.device(), ", but the features are on ", x.device());
   TORCH_CHECK_VALUE(dy.sizes() == x.sizes(), name, ": expected the shape of its features ", x.sizes(), ", got ",
                     dy.sizes());
@@ -92,7 +118,7 @@ inline void check_modulate_args(at::TensorList xs, at::TensorList gates, at::Int
   // One compute dtype for the call: the kernels launch once for all modalities in it.
   const at::ScalarType ct = gates.empty() ? at::kFloat : gates[0].scalar_type();
   for (size_t i = 0; i < xs.size(); ++i) {
-    check_compute_dtype(ct, xs[i].scalar_type(), arg("gates", i).c_str());
+    check_compute_dtype(ct, xs[i].scalar_type(), arg("gates", i));
     check_per_channel(gates[i], xs[i], layouts[i], ct, arg("gates", i));
   }
 }
@@ -125,7 +151,7 @@ inline std::vector<InputGradTerms> check_input_grads_args(at::TensorList xs, con
                       arg("grad_ys", i), " is given");
     if (!call_ct) call_ct = t.gate.has_value() ? t.gate->scalar_type() : t.ds->scalar_type();
     const at::ScalarType ct = *call_ct;
-    check_compute_dtype(ct, xs[i].scalar_type(), (t.gate.has_value() ? arg("gates", i) : arg("ds", i)).c_str());
+    check_compute_dtype(ct, xs[i].scalar_type(), arg(t.gate.has_value() ? "gates" : "ds", i));
     if (t.dy.has_value()) {
       check_grad_like(*t.dy, xs[i], arg("grad_ys", i));
       check_per_channel(*t.gate, xs[i], layouts[i], ct, arg("gates", i));

@@ -27,18 +27,25 @@ struct Sizes {
   at::ScalarType ct = at::kFloat;
 };
 
-inline std::string param_name(int64_t m, int64_t slot) {
-  return arg("params", static_cast<size_t>(kPerModality * m + slot)) + " (" + kSlotNames[slot] + " of modality " +
-         std::to_string(m) + ")";
+// "params[i] (proj_weight of modality m)", formatted only in a failed check's message.
+struct ParamName {
+  int64_t m, slot;
+};
+inline std::ostream& operator<<(std::ostream& os, const ParamName& p) {
+  return os << arg("params", static_cast<size_t>(kPerModality * p.m + p.slot)) << " (" << kSlotNames[p.slot]
+            << " of modality " << p.m << ")";
 }
+inline ParamName param_name(int64_t m, int64_t slot) { return {m, slot}; }
 
-inline void check_device(const at::Tensor& t, const at::Tensor& first, const std::string& name) {
+template <typename Name>
+void check_device(const at::Tensor& t, const at::Tensor& first, const Name& name) {
   TORCH_CHECK_VALUE(t.device() == first.device(), name, ": on ", t.device(), ", but summaries[0] is on ",
                     first.device());
 }
 
-inline void check_tensor(const at::Tensor& t, const at::Tensor& first, at::IntArrayRef shape, at::ScalarType ct,
-                  const std::string& name) {
+template <typename Name>
+void check_tensor(const at::Tensor& t, const at::Tensor& first, at::IntArrayRef shape, at::ScalarType ct,
+                  const Name& name) {
   check_device(t, first, name);
   TORCH_CHECK_VALUE(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == ct, name, ": expected dtype ", ct, " (the compute dtype, summaries[0]'s), got ",
@@ -67,7 +74,7 @@ inline Sizes check_gate_args(at::TensorList summaries, at::TensorList params, co
   z.B = s0.size(0);
   for (int64_t m = 0; m < z.M; ++m) {
     const at::Tensor& s = summaries[m];
-    const std::string name = arg("summaries", m);
+    const ArgName name = arg("summaries", m);
     check_device(s, s0, name);
     TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == z.B, name, ": expected [B, D_", m, "] with B = ", z.B,
                       ", got shape ", s.sizes());
@@ -79,7 +86,7 @@ inline Sizes check_gate_args(at::TensorList summaries, at::TensorList params, co
                     " tensors per modality (", kPerModality * z.M, " for ", z.M, " modalities), got ",
                     params.size());
   for (int64_t i = 0; i < kPerModality * z.M; ++i) {
-    const std::string name = param_name(i / kPerModality, i % kPerModality);
+    const ParamName name = param_name(i / kPerModality, i % kPerModality);
     check_device(params[i], s0, name);
     TORCH_CHECK_TYPE(is_feature_dtype(params[i].scalar_type()), name, ": expected a floating-point dtype (float16, ",
                      "bfloat16, float32, float64), got ", params[i].scalar_type());
@@ -95,11 +102,12 @@ inline Sizes check_gate_args(at::TensorList summaries, at::TensorList params, co
                       "], got shape ", wh.sizes());
     const int64_t r = wh.size(0), D = z.D[m];
     z.r.push_back(r);
-    const std::vector<std::vector<int64_t>> want = {{z.d, D}, {z.d}, {r, cue}, {r}, {1, r}, {1}, {D, r}, {D}};
+    // Each slot's shape: its sizes and how many (the biases are 1-D).
+    const int64_t want[kPerModality][2] = {{z.d, D}, {z.d}, {r, cue}, {r}, {1, r}, {1}, {D, r}, {D}};
     for (int64_t slot = 0; slot < kPerModality; ++slot) {
-      TORCH_CHECK_VALUE(p[slot].sizes() == at::IntArrayRef(want[slot]), param_name(m, slot), ": expected shape ",
-                        at::IntArrayRef(want[slot]), " (d = ", z.d, ", D_", m, " = ", D, ", r = ", r, "), got ",
-                        p[slot].sizes());
+      const at::IntArrayRef shape(want[slot], slot % 2 == 0 ? 2 : 1);
+      TORCH_CHECK_VALUE(p[slot].sizes() == shape, param_name(m, slot), ": expected shape ", shape, " (d = ", z.d,
+                        ", D_", m, " = ", D, ", r = ", r, "), got ", p[slot].sizes());
     }
   }
   if (present.has_value()) {
@@ -138,20 +146,27 @@ inline BackwardArgs check_backward_args(const Sizes& z, at::TensorList grad_gate
     check_tensor(grad_gates[m], s0, {B, z.D[m]}, z.ct, arg("grad_gates", m));
     g.push_back(grad_gates[m].contiguous());
   }
-  const char* diag_names[] = {"diagnostics[0] (agreement)", "diagnostics[1] (support)", "diagnostics[2] (conflict)",
-                              "diagnostics[3] (instance_gate)"};
-  const std::vector<std::vector<int64_t>> diag_shapes = {{B, M, M}, {B, M}, {B, M}, {B, M}};
+  const char* diag_names[] = {"agreement", "support", "conflict", "instance_gate"};
+  const int64_t diag_shapes[4][3] = {{B, M, M}, {B, M}, {B, M}, {B, M}};
   for (int64_t i = 0; i < 4 + M; ++i) {
-    const std::vector<int64_t> shape = i < 4 ? diag_shapes[i] : std::vector<int64_t>{B, z.D[i - 4]};
-    const std::string name = i < 4 ? std::string(diag_names[i]) : arg("diagnostics", i) + " (dimension gate " + std::to_string(i - 4) + ")";
+    const int64_t gate_shape[2] = {B, i < 4 ? 0 : z.D[i - 4]};
+    const at::IntArrayRef shape = i < 4 ? at::IntArrayRef(diag_shapes[i], i == 0 ? 3 : 2) : at::IntArrayRef(gate_shape);
+    const auto name = lazy_name([&] {
+      return i < 4 ? c10::str(arg("diagnostics", i), " (", diag_names[i], ")")
+                   : c10::str(arg("diagnostics", i), " (dimension gate ", i - 4, ")");
+    });
     check_tensor(diagnostics[i], s0, shape, z.ct, name);
     diag.push_back(diagnostics[i].contiguous());
   }
-  const char* saved_names[] = {"saved[0] (u)", "saved[1] (norm)", "saved[2] (context)"};
-  const std::vector<std::vector<int64_t>> saved_shapes = {{B, M, d}, {B, M}, {B, M, d}};
+  const char* saved_names[] = {"u", "norm", "context"};
+  const int64_t saved_shapes[3][3] = {{B, M, d}, {B, M}, {B, M, d}};
   for (int64_t i = 0; i < 3 + M; ++i) {
-    const std::vector<int64_t> shape = i < 3 ? saved_shapes[i] : std::vector<int64_t>{B, z.r[i - 3]};
-    const std::string name = i < 3 ? std::string(saved_names[i]) : arg("saved", i) + " (pre-activation " + std::to_string(i - 3) + ")";
+    const int64_t pre_shape[2] = {B, i < 3 ? 0 : z.r[i - 3]};
+    const at::IntArrayRef shape = i < 3 ? at::IntArrayRef(saved_shapes[i], i == 1 ? 2 : 3) : at::IntArrayRef(pre_shape);
+    const auto name = lazy_name([&] {
+      return i < 3 ? c10::str(arg("saved", i), " (", saved_names[i], ")")
+                   : c10::str(arg("saved", i), " (pre-activation ", i - 3, ")");
+    });
     check_tensor(saved[i], s0, shape, z.ct, name);
     sv.push_back(saved[i].contiguous());
   }

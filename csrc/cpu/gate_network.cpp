@@ -531,7 +531,9 @@ Pair gates_backward_impl(const Sizes& z, TensorList grad_gates, TensorList summa
   }
 
   // Each gradient in its parameter's dtype (a no-op where that is ct).
-  for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(params[i].scalar_type());
+  // (Tested first: a no-op .to is still a dispatched call, 8 per modality.)
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (grads[i].scalar_type() != params[i].scalar_type()) grads[i] = grads[i].to(params[i].scalar_type());
   return {grad_summaries, grads};
 }
 

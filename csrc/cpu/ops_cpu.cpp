@@ -66,7 +66,8 @@ const bool* mask_ptr(const std::optional<Tensor>& m, int64_t& sB, int64_t& sP) {
 
 std::optional<Tensor> get(const OptionalTensors& list, size_t i) { return list.get(i); }
 
-void check_on_cpu(const Tensor& x, const std::string& name) {
+template <typename Name>
+void check_on_cpu(const Tensor& x, const Name& name) {
   TORCH_CHECK_VALUE(x.device().is_cpu(), name, ": the CPU kernels take CPU tensors, got one on ", x.device());
 }
 

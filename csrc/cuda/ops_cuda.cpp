@@ -32,7 +32,8 @@ DType dtype_of(at::ScalarType t) {
   }
 }
 
-void check_on_cuda(const Tensor& x, const std::string& name) {
+template <typename Name>
+void check_on_cuda(const Tensor& x, const Name& name) {
   TORCH_CHECK_VALUE(x.is_cuda(), name, ": the CUDA kernels take CUDA tensors, got one on ", x.device());
 }
 
