@@ -66,6 +66,18 @@ class BackendOps:
         return getattr(torch.ops.mmcal, self.prefix + name)
 
 
+def tiny_module_and_inputs(backend: str, device: torch.device):
+    """The module and features whose ops compute almost nothing (B = 2, 2-4
+    channels, d = 4), every parameter random, the features needing a gradient."""
+    torch.manual_seed(0)
+    dims = (4, 3, 2)
+    module = PreFusionCalibration(dims, shared_dim=4, backend=backend).to(device)
+    for p in module.parameters():
+        torch.nn.init.normal_(p)  # not the zero init, so every gradient is computed
+    xs = [torch.randn(2, 3, dim, device=device, requires_grad=True) for dim in dims]
+    return module, xs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="cpu")
@@ -90,12 +102,8 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best_us = functools.partial(best_mean_us, calls=args.calls, repeats=args.repeats, sync=sync)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    dims = (4, 3, 2)
-    module = PreFusionCalibration(dims, shared_dim=4, backend=args.backend).to(device)
-    for p in module.parameters():
-        torch.nn.init.normal_(p)  # not the zero init, so every gradient is computed
-    xs = [torch.randn(2, 3, dim, device=device, requires_grad=True) for dim in dims]
+    module, xs = tiny_module_and_inputs(args.backend, device)
+    dims = module.dims
     params = list(module.parameters())
 
     def forward():

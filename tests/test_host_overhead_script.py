@@ -1,5 +1,5 @@
-"""benchmarks/host_overhead.py, inference_paths.py, profile_step.py and passes_vs_torch.py run and report
-every row (a few calls, not a timing)."""
+"""benchmarks/host_overhead.py, host_instructions.py, inference_paths.py, profile_step.py and passes_vs_torch.py
+run and report every row (a few calls, not a timing)."""
 
 import os
 import subprocess
@@ -41,6 +41,48 @@ def test_host_overhead_script_stubs_the_triton_launches_only_for_triton():
     assert taken and int(taken[0].split()[-1]) > 0, result.stdout  # the stub ran, not Triton
     refused = subprocess.run([sys.executable, script, "--stub-launches"], capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "only with --backend triton" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_host_instructions_workers_run_each_kind():
+    # What callgrind runs; the counting itself takes minutes, so it is faked below.
+    script = os.path.join(ROOT, "benchmarks", "host_instructions.py")
+    for kind in ("forward+backward", "forward, no_grad"):
+        result = subprocess.run([sys.executable, script, "--worker", kind, "--calls", "2"], capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+FAKE_VALGRIND = """#!{python}
+import subprocess, sys
+command = [a for a in sys.argv[1:] if not a.startswith("--tool") and not a.startswith("--callgrind")]
+calls = int(command[command.index("--calls") + 1])
+done = subprocess.run(command)
+extra = 1000 if "no_grad" in " ".join(command) else 0  # the forward's count differs from the step's
+print(f"==1== Collected : {{7000000 + (3000 + extra) * calls}}", file=sys.stderr)
+sys.exit(done.returncode)
+"""
+
+
+def test_host_instructions_reports_the_difference_over_the_calls(tmp_path):
+    """A stand-in valgrind whose count is 7 M + 3000 (forward+backward) or 4000 (the no_grad forward)
+    instructions a call: the script must report 0.003 and 0.004 M a call, the fixed part cancelled."""
+    fake = tmp_path / "valgrind"
+    fake.write_text(FAKE_VALGRIND.format(python=sys.executable))
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_instructions.py"), "--calls", "3"],
+                            capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    counted = [line for line in result.stdout.splitlines() if "M instructions" in line]
+    rows = {line.split("  ")[1].strip(): line.split()[-5] for line in counted}
+    assert rows == {"forward+backward": "0.003", "forward, no_grad": "0.004"}, result.stdout
+
+
+def test_host_instructions_names_valgrind_when_it_is_missing(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))  # sys.executable is a full path; valgrind is not found
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "host_instructions.py")],
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode != 0 and "needs valgrind on the PATH" in result.stderr, result.stderr[-2000:]
 
 
 def test_inference_paths_script_times_both_paths():

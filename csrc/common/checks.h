@@ -75,7 +75,8 @@ inline void check_features(at::TensorList xs, at::IntArrayRef layouts, const cha
 template <typename Name>
 void check_mask(const std::optional<at::Tensor>& mask, const at::Tensor& x, int64_t layout, const Name& name) {
   if (!mask.has_value()) return;
-  TORCH_CHECK_VALUE(layout == kSequence, name, ": masks apply to 'sequence' inputs only; pass None for a 'spatial' one");
+  TORCH_CHECK_VALUE(layout == kSequence, name,
+                    ": masks apply to 'sequence' inputs only; pass None for a 'spatial' one");
   TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, name, ": expected a bool tensor (True = valid position), got ",
                    mask->scalar_type());
   TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == x.size(0) && mask->size(1) == x.size(1), name,
