@@ -117,7 +117,9 @@ MUTANTS = [
     Mutant("cpu: instance weight's scale read at the wrong stride", "cpu", CPU,
            "z.r[m], z.r[m], dap + m, M,", "z.r[m], z.r[m], dap + m, 1,"),
     Mutant("cpu: gradients not cast to their parameter's dtype", "cpu", CPU,
-           "for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(params[i].scalar_type());", ""),
+           "  for (size_t i = 0; i < grads.size(); ++i)\n"
+           "    if (grads[i].scalar_type() != params[i].scalar_type()) grads[i] = grads[i].to(params[i].scalar_type());\n",
+           ""),
     Mutant("cpu: the backward op leaves autocast on below it", "cpu", CPU,
            "  const AutocastOff no_autocast(c10::autocast_dispatch_keyset);\n  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, \"CPU\", \"mmcal::gates_backward\");",
            "  const Sizes z = check_gate_args(summaries, params, present, c10::DeviceType::CPU, \"CPU\", \"mmcal::gates_backward\");"),
