@@ -54,8 +54,8 @@ def counted(kind: str, backend: str, calls: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", sys.executable, __file__,
                    "--worker", kind, "--backend", backend, "--calls", str(calls)]  # fmt: skip
-        # A fixed hash seed: with random ones, the same code's count moved by up to 4.5% between runs
-        # (set and dict orders, the garbage collector's timing).
+        # A fixed hash seed removes one source of spread (set and dict orders). Some remains: two runs of one
+        # version counted forward+backward 0.4% apart, the no_grad forward up to 5% (docs/kernels.md).
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(command, capture_output=True, text=True, env=env)
     found = re.search(r"Collected : (\d+)", done.stderr)
