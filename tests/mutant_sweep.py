@@ -162,6 +162,8 @@ MUTANTS = [
            "return tl.sum(a[:, :, None] * b[None, :, :], axis=1)", "return tl.sum(a[:, :1, None] * b[None, :1, :], axis=1)"),
     Mutant("triton: apply_settings reads the tiles into a local", "triton", TRITON,
            "    global _TILES\n", ""),
+    Mutant("triton: the backward takes the setting's fewer than 16 samples", "triton", TRITON,
+           "return max(samples, BACKWARD_MIN_SAMPLES), k", "return samples, k"),
     # The shared-memory guard: an sm_90 GPU estimated as the other layouts
     # compile (an H200 would lose d = 1024); float64 taken for float32.
     Mutant("triton: an sm_90 GPU's backward estimated as an untried architecture's", "triton", TRITON_SHARED,

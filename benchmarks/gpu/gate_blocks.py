@@ -12,7 +12,9 @@ environment (docs/kernels.md, "Environment variables"):
 * ``triton``: ``MMCAL_TRITON_GATE_BLOCKS``, ``SxK``: samples a program and
   the contractions' slice: 16x16 (the default, ``tl.dot``), and blocks of
   fewer samples (broadcast products, more programs: MOSEI's B = 32 runs on 2
-  programs at 16 samples, on 8 at 4).
+  programs at 16 samples, on 8 at 4). Below 16 the setting reaches the
+  forward kernel only: the backward keeps 16 samples a program
+  (``gate_network.BACKWARD_MIN_SAMPLES``).
 
 On MOSEI-aligned's sizes (B = 32, float32, every parameter random), for each
 setting, times with CUDA events (triton's ``do_bench``, which can hide host

@@ -146,14 +146,15 @@ def _gate_source(fn, slot_types, shared_types, consts):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs)
 
 
-# MMCAL_TRITON_GATE_BLOCKS: the default (tl.dot), and blocks of 4 samples,
-# whose products broadcast and sum (the other branch of _mm), in fp32 only
-# (CI's time: the interpreter tests take the branch in fp64 too).
+# MMCAL_TRITON_GATE_BLOCKS: the default (tl.dot), and the forward's blocks of
+# 4 samples, whose products broadcast and sum (the other branch of _mm), in
+# fp32 only (CI's time: the interpreter tests take the branch in fp64 too).
+# The backward never runs below 16 samples (gate_network.BACKWARD_MIN_SAMPLES).
 GATE_TILES = {"16x16": (16, 16), "4x16": (4, 16)}
 
 
-@pytest.mark.parametrize("kernel, tiles", [("gates", t) for t in GATE_TILES] + [("gates_backward", t) for t in GATE_TILES]
-                         + [("gates_reduce", "16x16")])  # fmt: skip
+@pytest.mark.parametrize("kernel, tiles", [("gates", t) for t in GATE_TILES]
+                         + [("gates_backward", "16x16"), ("gates_reduce", "16x16")])  # fmt: skip
 @pytest.mark.parametrize("dtype", list(GATE_DTYPES))
 @pytest.mark.parametrize("arch", configs.ARCHS)
 def test_gate_network_compiles(kernel, tiles, dtype, arch, tmp_path):

@@ -161,9 +161,9 @@ def gate_tiles(monkeypatch):
     gate_network.apply_settings()
 
 
-# Blocks of fewer than 16 samples multiply by broadcasting (tl.dot needs 16
-# rows), wider slices take fewer, larger steps; 16x16 (the default) is every
-# other test's. The cases: several blocks with a partial one (B = 17) and
+# Forward blocks of fewer than 16 samples multiply by broadcasting (tl.dot
+# needs 16 rows; the backward takes 16 there), wider slices take fewer, larger
+# steps; 16x16 (the default) is every other test's. The cases: several blocks with a partial one (B = 17) and
 # strided summaries, fp64 at d = 32, the norm clamp; four modalities once.
 TILE_CASES = [(t, c) for t in ("1x16", "4x32", "32x16")
               for c in ("m2-f32-odd-batch-strided", "m2-f64-f32-params-d32", "m3-f32-zero-norm")]  # fmt: skip
@@ -182,7 +182,9 @@ def test_other_tiles_match_the_reference(gate_tiles, tiles, case):
 
 def test_the_tiles_reach_the_launches(gate_tiles, monkeypatch):
     """The setting is what the kernels are launched with: the samples a program
-    (and so the grid) and the slice, forward and backward."""
+    (and so the grid) and the slice; the backward takes at least 16 samples a
+    program (gate_network.BACKWARD_MIN_SAMPLES: fewer gave wrong parameter
+    gradients on a GPU, a failure the interpreter does not show)."""
     seen = []
     real = configs.launch
 
@@ -197,7 +199,13 @@ def test_the_tiles_reach_the_launches(gate_tiles, monkeypatch):
     torch.ops.mmcal.triton_gates_backward([torch.ones_like(g) for g in gates], summaries, flat, pres,
                                           diagnostics, saved)  # fmt: skip
     assert seen[0] == (4, 32, (3,)), seen  # cdiv(9, 4) programs
-    assert seen[1][:2] == (4, 32) and seen[1][2] == (3,), seen  # a program a block, as the workspace allows
+    assert seen[1] == (16, 32, (1,)), seen  # the backward's 16 samples: cdiv(9, 16) blocks, a program each
+    gate_tiles("32x16")
+    seen.clear()
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, pres)
+    torch.ops.mmcal.triton_gates_backward([torch.ones_like(g) for g in gates], summaries, flat, pres,
+                                          diagnostics, saved)  # fmt: skip
+    assert [s[:2] for s in seen[:2]] == [(32, 16), (32, 16)], seen  # above 16, both take the setting
 
 
 @pytest.mark.parametrize("value", ["16", "3x16", "16x8", "16x16x1", "axb", "0x16"])

@@ -51,6 +51,12 @@ BLOCK_K = 16
 SETTING = "MMCAL_TRITON_GATE_BLOCKS"
 SAMPLE_CHOICES = (1, 2, 4, 8, 16, 32)
 K_CHOICES = (16, 32, 64)
+# The backward never takes fewer than 16 samples a program, whatever the
+# setting: at 1, 4 and 8 samples (broadcast products, _mm's second branch) its
+# parameter gradients came out wrong on an H200 (triton 3.6, GPU run 9: 8x
+# too large at 1 sample, 2x at 4, 1e-3 off at 8), though every test passes
+# under the interpreter; the forward's were right at every setting tried.
+BACKWARD_MIN_SAMPLES = 16
 BLOCK_C = 256  # workspace columns per program of the reduction
 # The partial gradients take (programs x parameters) elements: the backward
 # runs at most this many programs' rows at once (each program then loops over
@@ -88,9 +94,10 @@ REDUCE_CONFIGS = [((80, 90), triton.Config({}, num_warps=4))]
 def _mm(a, b):
     # "ieee": fp32 without TF32 rounding (the reference is exact fp32); fp64
     # lowers to DMMA on sm_80/sm_90 (checked by tests/test_triton_aot.py).
-    # tl.dot needs every side >= 16: a block of fewer samples (the setting)
-    # multiplies by broadcasting and summing, in the same dtype. The shapes
-    # are constexpr, so each compiled kernel holds one of the two.
+    # tl.dot needs every side >= 16: a forward block of fewer samples (the
+    # setting; the backward never has one, BACKWARD_MIN_SAMPLES) multiplies by
+    # broadcasting and summing, in the same dtype. The shapes are constexpr,
+    # so each compiled kernel holds one of the two.
     if a.shape[0] >= 16 and a.shape[1] >= 16 and b.shape[1] >= 16:
         return tl.dot(a, b, input_precision="ieee")
     else:
@@ -556,8 +563,14 @@ def apply_settings() -> None:
 
 
 def tiles() -> tuple[int, int]:
-    """(samples a program, contraction slice) of the gate kernels' next launches."""
+    """(samples a program, contraction slice) of the forward gate kernel's next launches."""
     return _TILES
+
+
+def backward_tiles() -> tuple[int, int]:
+    """The backward kernel's: the setting's, with at least BACKWARD_MIN_SAMPLES samples a program."""
+    samples, k = _TILES
+    return max(samples, BACKWARD_MIN_SAMPLES), k
 
 
 _TILES = _parse_tiles(os.environ.get(SETTING, ""))
@@ -630,7 +643,8 @@ def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tenso
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
     block_b, block_k = _TILES
-    if _torch_formulas(num, ct, d, hidden, (block_b, block_k), first.device):
+    # Decided with the backward's tiles, so that both halves of a call take the same side.
+    if _torch_formulas(num, ct, d, hidden, backward_tiles(), first.device):
         return _torch_forward(summaries, params, present)
     params = _params_ct(params, ct)
 
@@ -678,7 +692,7 @@ def gates_backward(
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
-    block_b, block_k = _TILES
+    block_b, block_k = backward_tiles()
     if _torch_formulas(num, ct, d, hidden, (block_b, block_k), device):
         return _torch_backward(grad_gates, summaries, params, present)
     params = _params_ct(params, ct)
