@@ -30,6 +30,8 @@ from mmcal_kernels.spec import DIAGNOSTIC_TENSORS, GateParams
 from mmcal_kernels.compare import TOLERANCES, assert_close
 from mmcal_kernels.autograd import diagnostics_dict
 from mmcal_kernels.backends.triton import configs, gate_network
+import triton  # noqa: E402  (after triton_env, which sets the interpreter up)
+import triton.language as tl  # noqa: E402
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 PRECISION = [F64, F32, F16, BF16]  # most to least precise
@@ -206,6 +208,40 @@ def test_the_tiles_reach_the_launches(gate_tiles, monkeypatch):
     torch.ops.mmcal.triton_gates_backward([torch.ones_like(g) for g in gates], summaries, flat, pres,
                                           diagnostics, saved)  # fmt: skip
     assert [s[:2] for s in seen[:2]] == [(32, 16), (32, 16)], seen  # above 16, both take the setting
+
+
+@triton.jit
+def _contract_kernel(a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
+                     TRANS_A: tl.constexpr):  # fmt: skip
+    rm, rk, rn = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+    if TRANS_A:  # stored [K, M] and transposed in registers, as the backward's tl.trans(dh)
+        a = tl.trans(tl.load(a_ptr + rk[:, None] * M + rm[None, :]))
+    else:
+        a = tl.load(a_ptr + rm[:, None] * K + rk[None, :])
+    b = tl.load(b_ptr + rk[:, None] * N + rn[None, :])
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], gate_network._mm(a, b))
+
+
+# (M, K, N, TRANS_A): contracted over K. Over the samples (K = S, the
+# transposed operand: the backward's parameter gradients, wrong on an H200
+# at S = 1, 4 and 8 in run 9) and over a slice with S rows (the forward's).
+CONTRACTIONS = [(16, s, 16, True) for s in (1, 4, 8, 16)] + [(s, 16, 16, False) for s in (1, 4, 8, 16)]
+
+
+@pytest.mark.parametrize("m, k, n, trans_a", CONTRACTIONS, ids=lambda v: str(v))
+def test_broadcast_products_match_torch(m, k, n, trans_a):
+    """gate_network._mm alone, in the gate kernels' 8 warps, against float64:
+    below 16 rows it broadcasts and sums, at 16 it is tl.dot. On a GPU this
+    asks whether the primitive itself miscounts (run 9's guess at its wrong
+    backward); under the interpreter it checks the test."""
+    gen = torch.Generator().manual_seed(k + 3 * m)
+    a = torch.randn((k, m) if trans_a else (m, k), generator=gen, dtype=F32)
+    b = torch.randn(k, n, generator=gen, dtype=F32)
+    a, b = a.to(DEVICE), b.to(DEVICE)
+    out = torch.empty(m, n, dtype=F32, device=DEVICE)
+    _contract_kernel[(1,)](a, b, out, m, k, n, trans_a, num_warps=8)
+    want = (a.t() if trans_a else a).double() @ b.double()
+    assert_close(out, want, F32, f"_mm [{m}, {k}] x [{k}, {n}] (transposed operand: {trans_a})")
 
 
 @pytest.mark.parametrize("value", ["16", "3x16", "16x8", "16x16x1", "axb", "0x16"])
