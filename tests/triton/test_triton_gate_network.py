@@ -222,18 +222,15 @@ def _contract_kernel(a_ptr, b_ptr, out_ptr, M: tl.constexpr, K: tl.constexpr, N:
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], gate_network._mm(a, b))
 
 
-# (M, K, N, TRANS_A): contracted over K. Over the samples (K = S, the
-# transposed operand: the backward's parameter gradients, wrong on an H200
-# at S = 1, 4 and 8 in run 9) and over a slice with S rows (the forward's).
-CONTRACTIONS = [(16, s, 16, True) for s in (1, 4, 8, 16)] + [(s, 16, 16, False) for s in (1, 4, 8, 16)]
+# (M, K, N, TRANS_A): contracted over K. The forward's blocks of S < 16
+# samples (the broadcast branch), and 16 rows (tl.dot), the second also with
+# the backward's transposed operand.
+CONTRACTIONS = [(s, 16, 16, False) for s in (1, 4, 8, 16)] + [(16, 16, 16, True)]
 
 
 @pytest.mark.parametrize("m, k, n, trans_a", CONTRACTIONS, ids=lambda v: str(v))
-def test_broadcast_products_match_torch(m, k, n, trans_a):
-    """gate_network._mm alone, in the gate kernels' 8 warps, against float64:
-    below 16 rows it broadcasts and sums, at 16 it is tl.dot. On a GPU this
-    asks whether the primitive itself miscounts (run 9's guess at its wrong
-    backward); under the interpreter it checks the test."""
+def test_products_match_torch(m, k, n, trans_a):
+    """gate_network._mm alone, in the gate kernels' 8 warps, against float64."""
     gen = torch.Generator().manual_seed(k + 3 * m)
     a = torch.randn((k, m) if trans_a else (m, k), generator=gen, dtype=F32)
     b = torch.randn(k, n, generator=gen, dtype=F32)
@@ -242,6 +239,23 @@ def test_broadcast_products_match_torch(m, k, n, trans_a):
     _contract_kernel[(1,)](a, b, out, m, k, n, trans_a, num_warps=8)
     want = (a.t() if trans_a else a).double() @ b.double()
     assert_close(out, want, F32, f"_mm [{m}, {k}] x [{k}, {n}] (transposed operand: {trans_a})")
+
+
+def test_a_broadcast_product_triton_36_would_make_a_tf32_dot_does_not_compile():
+    """[16, 4] x [4, 16]: the shape of the old backward's gradients at 4
+    samples a program, which triton 3.6 rewrites into a TF32 tensor-core dot
+    that counted K's padding twice (run 9). _mm refuses it at compile time."""
+    a = torch.randn(4, 16, dtype=F32, device=DEVICE)
+    b = torch.randn(4, 16, dtype=F32, device=DEVICE)
+    out = torch.empty(16, 16, dtype=F32, device=DEVICE)
+    with pytest.raises(Exception) as caught:
+        _contract_kernel[(1,)](a, b, out, 16, 4, 16, True, num_warps=8)
+    # Compiled, the message is on a chained cause (a CompilationError shows only the call site).
+    chain, error = [], caught.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("both outer sides >= 16" in text for text in chain), chain
 
 
 @pytest.mark.parametrize("value", ["16", "3x16", "16x8", "16x16x1", "axb", "0x16"])

@@ -52,10 +52,12 @@ SETTING = "MMCAL_TRITON_GATE_BLOCKS"
 SAMPLE_CHOICES = (1, 2, 4, 8, 16, 32)
 K_CHOICES = (16, 32, 64)
 # The backward never takes fewer than 16 samples a program, whatever the
-# setting: at 1, 4 and 8 samples (broadcast products, _mm's second branch) its
-# parameter gradients came out wrong on an H200 (triton 3.6, GPU run 9: 8x
-# too large at 1 sample, 2x at 4, 1e-3 off at 8), though every test passes
-# under the interpreter; the forward's were right at every setting tried.
+# setting: at 1, 4 and 8 samples its parameter gradients came out wrong on an
+# H200 (triton 3.6, GPU run 9: 8x too large at 1 sample, 2x at 4, 1e-3 off at
+# 8), though every test passes under the interpreter. Their contractions over
+# the samples ([>= 16, S] x [S, >= 16], _mm's broadcast branch) are what
+# triton 3.6 turns into a TF32 tensor-core dot (_mm's comment); the forward's
+# ([S, K] x [K, n]) stay sums and were right at every setting tried.
 BACKWARD_MIN_SAMPLES = 16
 BLOCK_C = 256  # workspace columns per program of the reduction
 # The partial gradients take (programs x parameters) elements: the backward
@@ -101,6 +103,13 @@ def _mm(a, b):
     if a.shape[0] >= 16 and a.shape[1] >= 16 and b.shape[1] >= 16:
         return tl.dot(a, b, input_precision="ieee")
     else:
+        # Where both outer sides are >= 16, triton 3.6 rewrites this sum into
+        # a TF32 tensor-core dot, which with K below the instruction's counts
+        # K's padding copies (read from its TTGIR; on an H200 the backward's
+        # gradients came out 8x at K = 1, run 9). Only the forward's blocks of
+        # fewer than 16 samples, as the first side, may come here.
+        tl.static_assert(a.shape[0] < 16 or b.shape[1] < 16,
+                         "_mm: a broadcast product with both outer sides >= 16 (triton 3.6 makes it a TF32 dot)")
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
