@@ -164,6 +164,8 @@ MUTANTS = [
            "    global _TILES\n", ""),
     Mutant("triton: the backward takes the setting's fewer than 16 samples", "triton", TRITON,
            "return max(samples, BACKWARD_MIN_SAMPLES), k", "return samples, k"),
+    Mutant("triton: _mm lets through a broadcast product triton 3.6 makes a TF32 dot", "triton", TRITON,
+           "tl.static_assert(a.shape[0] < 16 or b.shape[1] < 16,", "tl.static_assert(True,"),
     # The shared-memory guard: an sm_90 GPU estimated as the other layouts
     # compile (an H200 would lose d = 1024); float64 taken for float32.
     Mutant("triton: an sm_90 GPU's backward estimated as an untried architecture's", "triton", TRITON_SHARED,
