@@ -165,8 +165,9 @@ def gate_tiles(monkeypatch):
 
 # Forward blocks of fewer than 16 samples multiply by broadcasting (tl.dot
 # needs 16 rows; the backward takes 16 there), wider slices take fewer, larger
-# steps; 16x16 (the default) is every other test's. The cases: several blocks with a partial one (B = 17) and
-# strided summaries, fp64 at d = 32, the norm clamp; four modalities once.
+# steps; 16x16 (the default) is every other test's. The cases: several blocks
+# with a partial one (B = 17) and strided summaries, fp64 at d = 32, the norm
+# clamp; four modalities once.
 TILE_CASES = [(t, c) for t in ("1x16", "4x32", "32x16")
               for c in ("m2-f32-odd-batch-strided", "m2-f64-f32-params-d32", "m3-f32-zero-norm")]  # fmt: skip
 TILE_CASES += [("8x64", "m2-f32-odd-batch-strided"), ("4x32", "m4-f32-bf16-params-one-present")]
