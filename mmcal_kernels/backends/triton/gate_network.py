@@ -104,10 +104,10 @@ def _mm(a, b):
         return tl.dot(a, b, input_precision="ieee")
     else:
         # Where both outer sides are >= 16, triton 3.6 rewrites this sum into
-        # a TF32 tensor-core dot, which, where K is below the MMA instruction's
-        # K, also sums K's padding (read from its TTGIR; on an H200 the
-        # backward's gradients came out 8x at K = 1, run 9). Only the forward's
-        # blocks of fewer than 16 samples, as the first side, may come here.
+        # a TF32 tensor-core dot (read from its TTGIR), which, where K is below
+        # the MMA instruction's K, sums K's padding too (inferred: on an H200
+        # the backward's gradients came out 8/K times, run 9). Only the
+        # forward's blocks of fewer than 16 samples, as the first side, come here.
         tl.static_assert(a.shape[0] < 16 or b.shape[1] < 16,
                          "_mm: a broadcast product with both outer sides >= 16 (triton 3.6 makes it a TF32 dot)")
         return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
