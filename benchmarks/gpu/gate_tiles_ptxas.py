@@ -72,11 +72,9 @@ def main() -> int:
     ptxas = version.strip().splitlines()[-1] if version.strip() else "ptxas ?"
     print(f"triton {triton.__version__}, ptxas {ptxas}, sm_{args.arch}, {args.dtype}, d = {args.d}, r = {args.r}")
     for tiles in args.tiles:
-        block_b, block_k = gate_network._parse_tiles(tiles)
-        for kernel in ("gates", "gates_backward"):
-            # The backward runs no fewer than BACKWARD_MIN_SAMPLES samples a program, whatever the setting.
-            samples = block_b if kernel == "gates" else max(block_b, gate_network.BACKWARD_MIN_SAMPLES)
-            tuner, slot, shared, consts = aot._gate_variants(f"*{args.dtype}", f"*{args.dtype}", (samples, block_k))[kernel]
+        forward = gate_network._parse_tiles(tiles)
+        for kernel, launched in (("gates", forward), ("gates_backward", gate_network.backward_tiles(forward))):
+            tuner, slot, shared, consts = aot._gate_variants(f"*{args.dtype}", f"*{args.dtype}", launched)[kernel]
             consts = dict(consts, BLOCK_DD=gate_network._pow2(args.d), BLOCK_R=gate_network._pow2(args.r))
             (cfg,) = [c for archs, c in tuner.mmcal_table if args.arch in archs]
             compiled = triton.compile(aot._gate_source(tuner.fn, slot, shared, consts),

@@ -576,9 +576,10 @@ def tiles() -> tuple[int, int]:
     return _TILES
 
 
-def backward_tiles() -> tuple[int, int]:
-    """The backward kernel's: the setting's, with at least BACKWARD_MIN_SAMPLES samples a program."""
-    samples, k = _TILES
+def backward_tiles(tiles: Optional[tuple[int, int]] = None) -> tuple[int, int]:
+    """The backward kernel's: ``tiles`` (the setting's by default), with at
+    least BACKWARD_MIN_SAMPLES samples a program."""
+    samples, k = _TILES if tiles is None else tiles
     return max(samples, BACKWARD_MIN_SAMPLES), k
 
 
