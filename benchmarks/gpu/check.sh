@@ -20,8 +20,9 @@
 #               whatever they report, the benchmark runs
 #   3b. blocks  the gate ops and one module step on MOSEI-aligned with each of the gate
 #               kernels' block sizes (cuda: 16 and 8 warps; triton: samples a program
-#               x the contractions' slice), for each of BLOCK_BACKENDS: wall time,
-#               kernels, their GPU time (benchmarks/gpu/gate_blocks.py)  -> gate-blocks.json
+#               x the contractions' slice), for each of BLOCK_BACKENDS (at each of
+#               BLOCK_BATCHES): wall time, kernels, their GPU time
+#               (benchmarks/gpu/gate_blocks.py)                         -> gate-blocks.json
 #   3c. host    the eager step's host time at tiny sizes, beside each op alone
 #               (and, with HOST_PROFILE_WORKLOAD, the step there under torch.profiler)
 #               (benchmarks/host_overhead.py), for each of HOST_BACKENDS -> check.log
@@ -56,6 +57,7 @@ BACKENDS=()  # empty: every contender
 HOST_BACKENDS=(cuda)  # whose eager step and ops the host stage times
 BLOCK_BACKENDS=(cuda)  # whose gate-kernel block sizes the blocks stage compares
 BLOCK_SETTINGS=()  # the settings it compares (empty: each backend's list in gate_blocks.py)
+BLOCK_BATCHES=()  # the batch sizes it times them at (empty: the workload's)
 HOST_PROFILE_WORKLOAD=""  # a workload: also profile each one's training step there (profile_step.py --top)
 if [[ -n "${MMCAL_GPU_PLAN:-}" ]]; then
   # shellcheck source=/dev/null
@@ -206,10 +208,12 @@ stage blocks "$BLOCKS_S"
 if (( BLOCKS_S > 0 )); then
   if [[ $DRY == 1 ]]; then  # no GPU: the script's smoke run (Triton's interpreter, tiny sizes)
     BLOCK_ARGS=(--backends triton --smoke --settings 16x16 4x16)
+    (( ${#BLOCK_BATCHES[@]} > 0 )) && BLOCK_ARGS+=(--batches 2 3)  # tiny, as the interpreter needs
     BLOCK_ENV=(TRITON_INTERPRET=1)
   else
     BLOCK_ARGS=(--backends "${BLOCK_BACKENDS[@]}")
     (( ${#BLOCK_SETTINGS[@]} > 0 )) && BLOCK_ARGS+=(--settings "${BLOCK_SETTINGS[@]}")
+    (( ${#BLOCK_BATCHES[@]} > 0 )) && BLOCK_ARGS+=(--batches "${BLOCK_BATCHES[@]}")
     BLOCK_ENV=()
   fi
   env "${BLOCK_ENV[@]}" timeout -k 10 "$BLOCKS_S" "$PY" benchmarks/gpu/gate_blocks.py "${BLOCK_ARGS[@]}" --out "$OUT"

@@ -1,7 +1,7 @@
 """Where a GPU step's time goes, and which block sizes the gate kernels want.
 
     python benchmarks/gpu/gate_blocks.py [--backends cuda triton] [--workload mosei-aligned]
-                                         [--settings S ...] [--out DIR]
+                                         [--settings S ...] [--batches B ...] [--out DIR]
     TRITON_INTERPRET=1 python benchmarks/gpu/gate_blocks.py --backends triton --smoke
 
 The gate kernels' block sizes are a setting of each backend, read from the
@@ -16,8 +16,9 @@ environment (docs/kernels.md, "Environment variables"):
   forward kernel only: the backward keeps 16 samples a program
   (``gate_network.BACKWARD_MIN_SAMPLES``).
 
-On MOSEI-aligned's sizes (B = 32, float32, every parameter random), for each
-setting, times with CUDA events (triton's ``do_bench``, which can hide host
+On MOSEI-aligned's sizes (B = 32, float32, every parameter random; other
+batch sizes with ``--batches``, since the samples a program trade programs
+against weight reads, and that trade moves with B), for each setting, times with CUDA events (triton's ``do_bench``, which can hide host
 time: see ``time_wall``) and with a wall clock around back-to-back calls
 (``time_wall``: host time included):
 
@@ -44,6 +45,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import Optional
 
 import torch
 
@@ -78,13 +80,16 @@ SETTINGS = {
 }  # fmt: skip
 
 
-def steps(name: str, backend: str, device: str, smoke: bool = False) -> dict:
-    """name -> a callable of one step, on fresh random inputs of the workload's
-    sizes (d = r = 128); a smoke run's are tiny (B = 2, 4 positions, at most
-    8 channels, d = r = 16), as the interpreter runs a program at a time."""
+def steps(name: str, backend: str, device: str, smoke: bool = False, batch: Optional[int] = None) -> tuple:
+    """(the inputs' batch size, name -> a callable of one step), on fresh random inputs of the workload's
+    sizes (d = r = 128; ``batch`` samples, default the workload's); a smoke
+    run's are tiny (B = 2 unless given, 4 positions, at most 8 channels,
+    d = r = 16), as the interpreter runs a program at a time."""
     w, d = workload(name, torch.float32), 128
     if smoke:
-        w, d = dataclasses.replace(w.scaled(batch=2, max_positions=4), dims=tuple(min(c, 8) for c in w.dims)), 16
+        w, d = dataclasses.replace(w.scaled(max_positions=4), batch=2, dims=tuple(min(c, 8) for c in w.dims)), 16
+    if batch is not None:
+        w = dataclasses.replace(w, batch=batch)
     summaries, params, present, grad_gates = make(w.batch, w.dims, d, d, seed=1)
     move = lambda t: t.to(device)  # noqa: E731
     summaries, grad_gates, present = list(map(move, summaries)), list(map(move, grad_gates)), present.to(device)
@@ -110,8 +115,10 @@ def steps(name: str, backend: str, device: str, smoke: bool = False) -> dict:
         features = [x.detach().requires_grad_() for x in s.features]
         return torch.autograd.grad(module(features, s.masks, s.present), features + parameters, s.grad_outputs)
 
-    return {"gates": gates, "gates+backward": gates_and_backward, "module fwd": module_forward,
-            "module fwd+bwd": module_step}  # fmt: skip
+    sizes = {summaries[0].shape[0], s.features[0].shape[0], present.shape[0]}
+    assert len(sizes) == 1, f"the gate ops' and the module's inputs disagree on the batch: {sizes}"
+    return sizes.pop(), {"gates": gates, "gates+backward": gates_and_backward, "module fwd": module_forward,
+                         "module fwd+bwd": module_step}  # fmt: skip
 
 
 def main() -> int:
@@ -120,9 +127,13 @@ def main() -> int:
     parser.add_argument("--workload", default="mosei-aligned")
     parser.add_argument("--settings", nargs="+", help="the values to compare, for every backend named "
                         "(default: each backend's list above)")  # fmt: skip
+    parser.add_argument("--batches", nargs="+", type=int, help="batch sizes to time each setting at "
+                        "(default: the workload's)")  # fmt: skip
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--smoke", action="store_true", help="no GPU: CPU tensors, tiny sizes, one call a step (Triton's interpreter)")
     args = parser.parse_args()
+    if args.batches and min(args.batches) < 1:
+        parser.error(f"--batches: every batch size must be at least 1, got {args.batches}")
     gpu = not args.smoke
     if gpu and not torch.cuda.is_available():
         print(f"gate_blocks: no CUDA device; nothing measured ({', '.join(args.backends)})")
@@ -149,39 +160,48 @@ def main() -> int:
 def _measure(args, backend: str, device: str, meta: dict, rows: list) -> None:
     variable, choices, apply, _ = SETTINGS[backend]
     gpu = device == "cuda"
-    calls = steps(args.workload, backend, device, smoke=not gpu)
     before = os.environ.get(variable)
     try:
-        for value in args.settings or choices:
-            os.environ[variable] = value
-            apply()
-            for step, call in calls.items():
-                if gpu:
-                    timing = time_cuda(call)  # warms up first: a cold Triton setting compiles here
-                    wall = time_wall(call, torch.cuda.synchronize)
-                    launches = cuda_launches(call)
-                else:
-                    wall = timing = time_wall(call, lambda: None, calls=1, rounds=1, warmup=0)
-                    launches = {"kernels": None, "kernel_us": None, "names": {}}
-                rows.append({"backend": backend, "setting": value, "step": step, "median_ms": timing.median_ms,
-                             "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms, "wall_ms": wall.median_ms,
-                             "wall_p20_ms": wall.p20_ms, "wall_p80_ms": wall.p80_ms, "kernels": launches["kernels"],
-                             "kernel_us": launches["kernel_us"], "names": launches["names"]})  # fmt: skip
-                if backend == "cuda":
-                    rows[-1]["warps"] = int(value)  # the key runs 5-7 wrote
-                r = rows[-1]
-                kernels = f"{r['kernel_us']:9.1f} us in {r['kernels']} kernels  {r['names']}" if gpu else ""
-                print(f"  {value:>5s}  {step:16s} {r['wall_ms'] * 1e3:9.1f} us wall  "
-                      f"{r['median_ms'] * 1e3:9.1f} us events  {kernels}", flush=True)
-                # Written after every row: a run cut at its limit keeps what it measured.
-                with open(os.path.join(args.out, "gate-blocks.json"), "w") as f:
-                    json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        for batch, value, step, call in _cases(args, backend, device, choices, variable, apply):
+            if gpu:
+                timing = time_cuda(call)  # warms up first: a cold Triton setting compiles here
+                wall = time_wall(call, torch.cuda.synchronize)
+                launches = cuda_launches(call)
+            else:
+                wall = timing = time_wall(call, lambda: None, calls=1, rounds=1, warmup=0)
+                launches = {"kernels": None, "kernel_us": None, "names": {}}
+            rows.append({"backend": backend, "setting": value, "batch": batch, "step": step,
+                         "median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
+                         "wall_ms": wall.median_ms, "wall_p20_ms": wall.p20_ms, "wall_p80_ms": wall.p80_ms,
+                         "kernels": launches["kernels"], "kernel_us": launches["kernel_us"],
+                         "names": launches["names"]})  # fmt: skip
+            if backend == "cuda":
+                rows[-1]["warps"] = int(value)  # the key runs 5-7 wrote
+            r = rows[-1]
+            kernels = f"{r['kernel_us']:9.1f} us in {r['kernels']} kernels  {r['names']}" if gpu else ""
+            print(f"  {value:>5s}  B={batch:<4d} {step:16s} {r['wall_ms'] * 1e3:9.1f} us wall  "
+                  f"{r['median_ms'] * 1e3:9.1f} us events  {kernels}", flush=True)
+            # Written after every row: a run cut at its limit keeps what it measured.
+            with open(os.path.join(args.out, "gate-blocks.json"), "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
     finally:
         if before is None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = before
         apply()
+
+
+def _cases(args, backend, device, choices, variable, apply):
+    """(batch, setting, step, callable) in the order timed: each batch size's
+    inputs are made once, then every setting is applied and its steps run."""
+    for batch in args.batches or [None]:
+        size, calls = steps(args.workload, backend, device, smoke=device != "cuda", batch=batch)
+        for value in args.settings or choices:
+            os.environ[variable] = value
+            apply()
+            for step, call in calls.items():
+                yield size, value, step, call
 
 
 if __name__ == "__main__":
