@@ -203,6 +203,16 @@ class PreFusionCalibration(nn.Module):
                 stacklevel=checks.user_stacklevel(),
             )
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module it is given or finds
+        # inside one; without it, scripting fails deep in the backends' Python
+        # with a TorchScript frontend error that names none of the choices below.
+        raise RuntimeError(
+            "PreFusionCalibration: torch.jit.script cannot compile this module (its backends choose kernels in "
+            "Python and call torch.library custom ops). For a graph to deploy, use torch.export.export (every "
+            "backend) or torch.compile; torch.jit.trace traces the reference backend"
+        )
+
     def extra_repr(self) -> str:
         # repr never raises: a checkpoint trained on a GPU is printed on a CPU machine,
         # a module built on meta before it is materialised.

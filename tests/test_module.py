@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import check_against_oracle, make_module, random_grads
-from mmcal_kernels import PreFusionCalibration, backends
+from mmcal_kernels import CalibratedFusion, PreFusionCalibration, backends
 from mmcal_kernels.compare import assert_close, forward_backward, random_case
 
 # Every backend that computes on CPU tensors here: the tests of layouts, sizes,
@@ -91,6 +91,16 @@ def test_deferred_initialisation_keeps_the_zero_gate_layers():
     module.gate_instance[0] = torch.nn.Linear(4, 1)
     module.reset_parameters()
     assert all(torch.equal(x, y) for x, y in zip(features, module(features, masks, present)))
+
+
+def test_jit_script_is_refused_with_the_alternatives_named():
+    """torch.jit.script once failed inside the backends' Python with a
+    TorchScript frontend error about an f-string; it is refused up front, for
+    the module alone and inside a wrapper, naming what does work."""
+    module = PreFusionCalibration([4, 3], shared_dim=4)
+    for target in (module, CalibratedFusion(torch.nn.Identity(), module)):
+        with pytest.raises(RuntimeError, match=r"torch\.jit\.script cannot compile.*torch\.export\.export"):
+            torch.jit.script(target)
 
 
 def test_jit_trace_runs_the_reference_under_auto_and_a_kernel_backend_refuses():
