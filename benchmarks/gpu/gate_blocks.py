@@ -18,9 +18,10 @@ environment (docs/kernels.md, "Environment variables"):
 
 On MOSEI-aligned's sizes (B = 32, float32, every parameter random; other
 batch sizes with ``--batches``, since the samples a program trade programs
-against weight reads, and that trade moves with B), for each setting, times with CUDA events (triton's ``do_bench``, which can hide host
-time: see ``time_wall``) and with a wall clock around back-to-back calls
-(``time_wall``: host time included):
+against weight reads, and that trade moves with B), for each setting, times
+with CUDA events (triton's ``do_bench``, which can hide host time: see
+``time_wall``) and with a wall clock around back-to-back calls (``time_wall``:
+host time included):
 
 * ``gates``: the backend's gate op alone, and ``gates+backward``: it and its
   backward op;
@@ -81,10 +82,11 @@ SETTINGS = {
 
 
 def steps(name: str, backend: str, device: str, smoke: bool = False, batch: Optional[int] = None) -> tuple:
-    """(the inputs' batch size, name -> a callable of one step), on fresh random inputs of the workload's
-    sizes (d = r = 128; ``batch`` samples, default the workload's); a smoke
-    run's are tiny (B = 2 unless given, 4 positions, at most 8 channels,
-    d = r = 16), as the interpreter runs a program at a time."""
+    """(the inputs' batch size, name -> a callable of one step), on fresh
+    random inputs of the workload's sizes (d = r = 128; ``batch`` samples,
+    default the workload's); a smoke run's are tiny (B = 2 unless given, 4
+    positions, at most 8 channels, d = r = 16), as the interpreter runs a
+    program at a time."""
     w, d = workload(name, torch.float32), 128
     if smoke:
         w, d = dataclasses.replace(w.scaled(max_positions=4), batch=2, dims=tuple(min(c, 8) for c in w.dims)), 16
