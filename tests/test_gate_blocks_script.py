@@ -19,9 +19,8 @@ STEPS = ["gates", "gates+backward", "module fwd", "module fwd+bwd"]
 def _smoke(tmp_path, *args):
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env.pop("MMCAL_TRITON_GATE_BLOCKS", None)
-    result = subprocess.run([sys.executable, SCRIPT, "--backends", "triton", "--smoke", *args, "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
-    return result
+    return subprocess.run([sys.executable, SCRIPT, "--backends", "triton", "--smoke", *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
 
 
 def test_the_smoke_run_writes_a_row_per_setting_and_step(tmp_path):

@@ -89,9 +89,10 @@ def steps(name: str, backend: str, device: str, smoke: bool = False, batch: Opti
     program at a time."""
     w, d = workload(name, torch.float32), 128
     if smoke:
-        w, d = dataclasses.replace(w.scaled(max_positions=4), batch=2, dims=tuple(min(c, 8) for c in w.dims)), 16
-    if batch is not None:
-        w = dataclasses.replace(w, batch=batch)
+        w = dataclasses.replace(w.scaled(batch=batch or 2, max_positions=4), dims=tuple(min(c, 8) for c in w.dims))
+        d = 16
+    elif batch is not None:
+        w = w.scaled(batch=batch)
     summaries, params, present, grad_gates = make(w.batch, w.dims, d, d, seed=1)
     move = lambda t: t.to(device)  # noqa: E731
     summaries, grad_gates, present = list(map(move, summaries)), list(map(move, grad_gates)), present.to(device)
