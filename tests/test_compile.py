@@ -185,3 +185,34 @@ def test_exported_program_trains_like_eager(backend, strict):
     for name, grad in want_params.items():
         assert got_params[name] is not None, f"{name}: no gradient through the exported program"
         torch.testing.assert_close(got_params[name], grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+def test_aot_inductor_package_runs_the_cpu_ops(tmp_path):
+    """Deployment without Python in the loop: the exported module compiled
+    ahead of time by AOTInductor keeps the package's custom ops (as extern
+    calls, not a decomposition) and gives eager's result on new values. Lists
+    of optional tensors and Tensor[] outputs are where AOTInductor's fallback
+    for custom ops has been weakest, so this is checked, not assumed."""
+    module = make_module(DIMS, LAYOUTS, seed=58, dtype=torch.float32, backend="cpu").eval()
+    features, masks, present = _case(6, 59)
+    program = torch.export.export(module, (features, masks, present))
+    ops = {  # autocast regions hold their calls in submodules
+        str(node.target)
+        for sub in program.graph_module.modules()
+        if isinstance(sub, torch.fx.GraphModule)
+        for node in sub.graph.nodes
+        if node.op == "call_function"
+    }
+    assert {"mmcal.summaries.default", "mmcal.gates.default", "mmcal.modulate.default"} <= ops, sorted(ops)
+
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "calibration.pt2"))
+    runner = torch._inductor.aoti_load_package(path)
+    for seed in (59, 60):  # the second: new values, same shapes
+        features, masks, present = _case(6, seed)
+        got = runner(features, masks, present)
+        with torch.no_grad():
+            want = module(features, masks, present)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
