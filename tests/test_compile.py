@@ -1,6 +1,9 @@
 """torch.compile and torch.export of the module. Each compile costs about 20 s
 on 2 cores, so there are few, each checking several things."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -189,11 +192,12 @@ def test_exported_program_trains_like_eager(backend, strict):
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
 def test_aot_inductor_package_runs_the_cpu_ops(tmp_path):
-    """Deployment without Python in the loop: the exported module compiled
-    ahead of time by AOTInductor keeps the package's custom ops (as extern
-    calls, not a decomposition) and gives eager's result on new values. Lists
-    of optional tensors and Tensor[] outputs are where AOTInductor's fallback
-    for custom ops has been weakest, so this is checked, not assumed."""
+    """Ahead-of-time deployment: the exported module compiled by AOTInductor
+    keeps the package's custom ops as calls into the extension (a process that
+    has not imported mmcal_kernels cannot load it) and gives eager's result on
+    new values. Lists of optional tensors and Tensor[] outputs are where
+    AOTInductor's fallback for custom ops has been weakest, so this is
+    checked, not assumed."""
     module = make_module(DIMS, LAYOUTS, seed=58, dtype=torch.float32, backend="cpu").eval()
     features, masks, present = _case(6, 59)
     program = torch.export.export(module, (features, masks, present))
@@ -207,6 +211,10 @@ def test_aot_inductor_package_runs_the_cpu_ops(tmp_path):
     assert {"mmcal.summaries.default", "mmcal.gates.default", "mmcal.modulate.default"} <= ops, sorted(ops)
 
     path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "calibration.pt2"))
+    bare = subprocess.run([sys.executable, "-c", f"import torch; torch._inductor.aoti_load_package({path!r})"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert bare.returncode != 0 and "mmcal::" in bare.stderr, bare.stderr[-2000:]
+
     runner = torch._inductor.aoti_load_package(path)
     for seed in (59, 60):  # the second: new values, same shapes
         features, masks, present = _case(6, seed)
