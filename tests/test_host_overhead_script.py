@@ -1,5 +1,5 @@
-"""benchmarks/host_overhead.py, host_instructions.py, inference_paths.py, profile_step.py and passes_vs_torch.py
-run and report every row (a few calls, not a timing)."""
+"""benchmarks/host_overhead.py, host_instructions.py, inference_paths.py, profile_step.py, passes_vs_torch.py
+and overlap_probe.py run and report every row (a few calls, not a timing)."""
 
 import os
 import subprocess
@@ -125,3 +125,18 @@ def test_passes_vs_torch_script_times_each_pass_on_both_sides():
     for row in rows:
         kernel_us, torch_us, ratio = map(float, row[2:])
         assert kernel_us > 0 and torch_us > 0 and abs(ratio - torch_us / kernel_us) < 0.02 + 0.02 * ratio, row
+
+
+def test_overlap_probe_reports_every_mode():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "overlap_probe.py"), "--seconds", "0.05",
+                             "--mib", "4", "--rounds", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = ("stream alone, 1 thread (GB/s)", "gates alone, 1 thread (us a call)",
+            "stream beside gates, 1 thread each (GB/s)", "gates beside stream, 1 thread each (us a call)", "CPU: ")  # fmt: skip
+    for row in rows:
+        assert row in result.stdout, result.stdout
+    # Every rate measured: a mode that never ran its loop would print 0 or fail.
+    lines = [line for line in result.stdout.splitlines() if "median" in line]
+    medians = [float(line.split("median")[1].split()[0]) for line in lines if "slowed" not in line]
+    assert len(medians) == 6 and all(m > 0 for m in medians), result.stdout
+    assert sum("slowed by the other side" in line for line in lines) == 2, result.stdout
