@@ -24,6 +24,7 @@ machine's drift spreads over all of them; the median over rounds is printed.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import threading
@@ -88,34 +89,31 @@ def main():
           f"load average {os.getloadavg()[0]:.2f} (1 min)")  # fmt: skip
     print(f"stream: copy_ of {args.mib} MiB (read + write); gates: mmcal::gates + gates_backward, "
           f"{args.workload} {WORKLOADS[args.workload]}, float32; {args.seconds} s each, {args.rounds} rounds")  # fmt: skip
-    rows: dict[str, list[float]] = {}
-
-    def add(label, calls_per_s, gigabytes=None):  # GB/s for the stream, microseconds a call for the gates
-        rows.setdefault(label, []).append(calls_per_s * gigabytes if gigabytes else 1e6 / calls_per_s)
-
+    # Calls per second, by side and mode; the units are applied when printed.
+    rates: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    many, one = f"alone, {threads} threads", "alone, 1 thread"
+    beside = {"stream": "beside gates, 1 thread each", "gates": "beside stream, 1 thread each"}
     with torch.no_grad():
         for _ in range(args.rounds):
-            torch.set_num_threads(threads)
-            add(f"stream alone, {threads} threads (GB/s)", _loop(stream, args.seconds), stream_bytes / 1e9)
-            add(f"gates alone, {threads} threads (us a call)", _loop(gates, args.seconds))
-            torch.set_num_threads(1)
-            add("stream alone, 1 thread (GB/s)", _loop(stream, args.seconds), stream_bytes / 1e9)
-            add("gates alone, 1 thread (us a call)", _loop(gates, args.seconds))
-            s, g = _side_by_side(stream, gates, args.seconds)
-            add("stream beside gates, 1 thread each (GB/s)", s, stream_bytes / 1e9)
-            add("gates beside stream, 1 thread each (us a call)", g)
+            for count, mode in ((threads, many), (1, one)):
+                torch.set_num_threads(count)
+                rates["stream", mode].append(_loop(stream, args.seconds))
+                rates["gates", mode].append(_loop(gates, args.seconds))
+            for side, rate in zip(("stream", "gates"), _side_by_side(stream, gates, args.seconds)):
+                rates[side, beside[side]].append(rate)
     torch.set_num_threads(threads)
-    for label, values in rows.items():
+    shown = {"stream": ("GB/s", lambda r: r * stream_bytes / 1e9), "gates": ("us a call", lambda r: 1e6 / r)}
+    for (side, mode), values in rates.items():
+        unit, convert = shown[side]
+        values = [convert(r) for r in values]
         spread = ", ".join(f"{v:.1f}" for v in values)
-        print(f"  {label:48s} median {statistics.median(values):8.1f}   (rounds: {spread})")
-    # Round by round, each side beside the other over itself alone on one
-    # thread (above 1: slowed): a drift between rounds cancels in these.
-    for label, beside, alone in (("stream", "stream beside gates, 1 thread each (GB/s)", "stream alone, 1 thread (GB/s)"),
-                                 ("gates", "gates beside stream, 1 thread each (us a call)",
-                                  "gates alone, 1 thread (us a call)")):  # fmt: skip
-        slowed = [a / b if label == "stream" else b / a for a, b in zip(rows[alone], rows[beside])]
+        print(f"  {f'{side} {mode} ({unit})':48s} median {statistics.median(values):8.1f}   (rounds: {spread})")
+    # Round by round, each side's rate alone on one thread over its rate
+    # beside the other (above 1: slowed): a drift between rounds cancels.
+    for side in ("stream", "gates"):
+        slowed = [a / b for a, b in zip(rates[side, one], rates[side, beside[side]])]
         spread = ", ".join(f"{v:.2f}" for v in slowed)
-        print(f"  {label} slowed by the other side, x (median) {statistics.median(slowed):5.2f}   (rounds: {spread})")
+        print(f"  {side} slowed by the other side, x (median) {statistics.median(slowed):5.2f}   (rounds: {spread})")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
