@@ -1,5 +1,5 @@
-"""benchmarks/host_overhead.py, host_instructions.py, inference_paths.py, profile_step.py, passes_vs_torch.py
-and overlap_probe.py run and report every row (a few calls, not a timing)."""
+"""benchmarks/host_overhead.py, host_instructions.py, inference_paths.py, profile_step.py, passes_vs_torch.py,
+overlap_probe.py and autograd_node_probe.py run and report every row (a few calls, not a timing)."""
 
 import os
 import subprocess
@@ -140,3 +140,21 @@ def test_overlap_probe_reports_every_mode():
     medians = [float(line.split("median")[1].split()[0]) for line in lines if "slowed" not in line]
     assert len(medians) == 6 and all(m > 0 for m in medians), result.stdout
     assert sum("slowed by the other side" in line for line in lines) == 2, result.stdout
+
+
+def test_autograd_node_probe_times_both_nodes(tmp_path):
+    """The probe builds its C++ node and times every contender. It first checks
+    that each node's outputs hang from that node (a C++ op that recorded no
+    graph exits with an error), so only real nodes are timed."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "autograd_node_probe.py"), "--rounds", "1",
+                             "--calls", "3", "--build-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if "median" in line]
+    for side in ("C++ node", "Python node"):
+        for k in (3, 27):
+            for what in ("forward ", "forward+grad "):
+                assert any(line.strip().startswith(f"{side}, {k} inputs, {what}") for line in lines), result.stdout
+    assert any("module 'cpu', tiny sizes" in line for line in lines), result.stdout
+    medians = [float(line.split("median")[1].split()[0]) for line in lines]
+    assert len(medians) == 13 and all(m > 0 for m in medians), result.stdout
+    assert sum("C++ / Python" in line for line in lines) == 4, result.stdout
