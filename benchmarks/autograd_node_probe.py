@@ -29,6 +29,7 @@ import os
 import statistics
 import tempfile
 import timeit
+from typing import Callable
 
 import torch
 from torch.utils.cpp_extension import load_inline
@@ -83,7 +84,7 @@ def build(build_dir: str) -> None:
                 extra_cflags=["-O2"])  # fmt: skip
 
 
-def contenders(counts) -> dict[str, callable]:
+def contenders(counts) -> dict[str, Callable[[], object]]:
     """Each contender's call, by name: a node's forward, its step, and the module's step."""
     cpp = torch.ops.mmcal_node_probe.bare.default
     calls = {}
