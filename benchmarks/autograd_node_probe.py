@@ -8,10 +8,10 @@ Python, the ops' host side and the autograd engine. The fused node is a Python
 ``torch.autograd.Function``. The usual C++ alternative is a
 ``torch::autograd::Function`` behind a custom op's Autograd kernel, called from
 Python through ``torch.ops``. This compiles one (``load_inline``, a
-``TORCH_LIBRARY`` block, no pybind) and times it beside a Python Function doing
-the same nothing: the forward clones its first 3 inputs and saves all of them,
-the backward hands the saved tensors back as gradients (host_overhead.py's bare
-node). Each runs with 3 inputs (the features) and 27 (the module's
+``TORCH_LIBRARY`` block, no pybind) and times it beside host_overhead.py's
+Python ``BareNode``, doing the same nothing: the forward clones its first 3
+inputs and saves all of them, the backward hands the saved tensors back as
+gradients. Each runs with 3 inputs (the features) and 27 (the module's
 differentiable inputs at M = 3), recording a node (forward), and forward then
 ``torch.autograd.grad`` (the harness's step). For scale, the module's own eager
 step at sizes where its ops compute almost nothing (host_overhead.py's) is
@@ -36,7 +36,7 @@ from torch.utils.cpp_extension import load_inline
 
 from mmcal_kernels.info import cpu_name
 
-from host_overhead import tiny_module_and_inputs
+from host_overhead import BareNode as PythonBareNode, tiny_module_and_inputs
 
 CPP_NODE = r"""
 #include <torch/library.h>
@@ -66,17 +66,6 @@ std::vector<at::Tensor> bare(int64_t n, at::TensorList inputs) { return BareNode
 TORCH_LIBRARY(mmcal_node_probe, m) { m.def("bare(int n, Tensor[] inputs) -> Tensor[]"); }
 TORCH_LIBRARY_IMPL(mmcal_node_probe, Autograd, m) { m.impl("bare", &bare); }
 """
-
-
-class PythonBareNode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, n, *inputs):
-        ctx.save_for_backward(*inputs)
-        return tuple(x.clone() for x in inputs[:n])
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return (None, *ctx.saved_tensors)
 
 
 def build(build_dir: str) -> None:
@@ -124,7 +113,7 @@ def main():
         # Time real nodes only: each contender's outputs must hang from its own node.
         inputs = [torch.randn(2, 3, requires_grad=True) for _ in range(3)]
         for node, out in (("CppNode<", torch.ops.mmcal_node_probe.bare.default(3, inputs)),
-                          ("PythonBareNodeBackward", PythonBareNode.apply(3, *inputs))):  # fmt: skip
+                          ("BareNodeBackward", PythonBareNode.apply(3, *inputs))):  # fmt: skip
             name = out[0].grad_fn.name() if out[0].grad_fn is not None else "no node"
             if node not in name:
                 raise SystemExit(f"autograd_node_probe: expected the outputs of a {node}, got {name}")

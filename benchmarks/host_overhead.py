@@ -39,7 +39,7 @@ def best_mean_us(fn, calls, repeats, sync=lambda: None):
     return min(wall_samples(fn, sync, calls=calls, rounds=repeats, warmup=min(calls, 30))) * 1e6
 
 
-class _BareNode(torch.autograd.Function):
+class BareNode(torch.autograd.Function):
     """An autograd node with the fused node's differentiable inputs and no work:
     what the engine and the leaves' gradient accumulation cost by themselves."""
 
@@ -153,16 +153,16 @@ def main():
     leaves = [*xs, *params]
 
     def bare_forward():
-        return _BareNode.apply(len(xs), *leaves)
+        return BareNode.apply(len(xs), *leaves)
 
     def bare_step():
-        outputs = _BareNode.apply(len(xs), *leaves)
+        outputs = BareNode.apply(len(xs), *leaves)
         torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
         for t in leaves:
             t.grad = None
 
     def bare_step_grad():  # torch.autograd.grad accumulates no .grad
-        outputs = _BareNode.apply(len(xs), *leaves)
+        outputs = BareNode.apply(len(xs), *leaves)
         torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs])
 
     rows.update({
