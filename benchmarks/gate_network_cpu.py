@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
 import torch
 from torch.utils.benchmark import Timer

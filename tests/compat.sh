@@ -12,6 +12,8 @@
 #
 #   MMCAL_COMPAT_VENV  the venv (default /work/venv-compat), made or reused
 #   MMCAL_COMPAT_SRC   the copy (default /tmp/mmcal-compat-src), made anew each run but for build/
+#   MMCAL_COMPAT_TORCH / MMCAL_COMPAT_TRITON  the pair (default 2.11.0 / 3.6.0, the oldest; 2.12.0 / 3.7.0
+#                      for the middle of the range, in its own venv and copy: docs/testing.md)
 #   MMCAL_COMPAT_PYTHON the python that makes the venv (default python3.11, else python3)
 #   CUDA_HOME          the CUDA toolkit, if the search below finds the wrong one
 set -euo pipefail
@@ -19,8 +21,8 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 VENV=${MMCAL_COMPAT_VENV:-/work/venv-compat}
 SRC=${MMCAL_COMPAT_SRC:-/tmp/mmcal-compat-src}
-TORCH_VERSION=2.11.0
-TRITON_VERSION=3.6.0
+TORCH_VERSION=${MMCAL_COMPAT_TORCH:-2.11.0}
+TRITON_VERSION=${MMCAL_COMPAT_TRITON:-3.6.0}
 start=$(date +%s)
 
 # 1. The venv, made once and reused while it holds the wanted versions.

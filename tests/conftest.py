@@ -17,7 +17,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from mmcal_kernels import PreFusionCalibration  # noqa: E402
-from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_, reference_copy
+from mmcal_kernels.compare import assert_runs_close, forward_backward, randomize_, reference_copy  # noqa: E402
 
 # On a lent GPU a stage's time limit can kill pytest before it prints its
 # summary or writes its junit XML (a test failed there once with no trace

@@ -19,6 +19,11 @@ fi
 # The real-data experiment's tests (python/avdigits): espeak-ng and the "demo"
 # extra; they skip, saying why, where these cannot be installed.
 PYTHON="$PY" bash tests/install_demo_deps.sh
+# Lint first (pyproject.toml's [tool.ruff.lint]: pyflakes and pycodestyle's
+# errors), pinned, so a new ruff's rules cannot fail a run that passed: under
+# a second, and an undefined name fails here, not 15 minutes into the suite.
+"$PY" -m pip install -q "ruff==0.17.6"
+"$PY" -m ruff check --no-cache .
 start=$(date +%s)
 "$PY" -m pip install -q --no-build-isolation -e .  # builds mmcal_kernels._C (C++; CUDA where torch has it)
 echo "install and extension build took $(( $(date +%s) - start )) s"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from mmcal_kernels.backends.triton import configs, elementwise  # noqa: E402
+from mmcal_kernels.backends.triton import configs  # noqa: E402
+from mmcal_kernels.backends.triton import elementwise  # noqa: E402, F401  (registers mmcal::triton_modulate*)
 
 
 class Recorder:

@@ -27,7 +27,7 @@ import torch
 from triton_env import DEVICE, ON_GPU
 from mmcal_kernels import reference
 from mmcal_kernels.spec import DIAGNOSTIC_TENSORS, GateParams
-from mmcal_kernels.compare import TOLERANCES, assert_close
+from mmcal_kernels.compare import assert_close
 from mmcal_kernels.autograd import diagnostics_dict
 from mmcal_kernels.backends.triton import configs, gate_network
 import triton  # noqa: E402  (after triton_env, which sets the interpreter up)

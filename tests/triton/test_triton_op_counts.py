@@ -5,7 +5,6 @@ custom op is 1; views, allocations and dtype queries left out); launches by
 the one launcher every Triton op goes through (``configs.launch``)."""
 
 import pytest
-import torch
 from triton_env import DEVICE, configs
 from mmcal_kernels.backends.triton.slots import MAX_SLOTS
 from test_op_counts import BACKWARD_MAX, CASES, FORWARD_MAX, check_counts

@@ -22,13 +22,12 @@ if not (INTERPRETING or ON_GPU):
         allow_module_level=True,
     )
 
-import mmcal_kernels  # noqa: E402
 from mmcal_kernels import backends  # noqa: E402
 
 TRITON = backends.get("triton")
 if not TRITON.usable:
     pytest.skip(f"backend 'triton' unusable: {TRITON.why_not}", allow_module_level=True)
 
-from mmcal_kernels.backends.triton import configs  # noqa: E402
+from mmcal_kernels.backends.triton import configs  # noqa: E402, F401  (for the test files, after the skip above)
 
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the interpreter runs neither fake tensors nor torch.compile)")

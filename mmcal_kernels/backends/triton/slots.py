@@ -17,7 +17,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor
 
-from ...spec import SEQUENCE, SPATIAL
+from ...spec import SEQUENCE
 
 MAX_SLOTS = 4  # docs/spec.md's workloads have 2 or 3 modalities; more take more launches
 
