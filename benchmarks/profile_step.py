@@ -7,7 +7,14 @@ README's profile split is this script's output.
     python benchmarks/profile_step.py --device cuda --backend triton --top 15   # a GPU's host side
 
 The profiler adds its own cost to every op, so the step reads slower here
-than in the benchmark; read the split, not the total. On a GPU the split is
+than in the benchmark; read the split, not the total. Its own allocations
+can also move the heap under the step's large outputs, which then land on
+fresh pages: the op that first writes them (mostly ``input_grads``, the
+``dX`` pass) pays the page faults, and the split charges them to the passes.
+So the same steps run once more without the profiler, just before, and the
+report gives both walls and the page faults a step of each (CPU,
+``getrusage``): where the profiled window faults and the plain one does
+not, its pass time is inflated by them. On a GPU the split is
 the host's time (the ops' CPU time, launches included) and the wall time
 ends after a synchronisation; ``--top`` lists the events that took the most
 host time of their own, where a launch, a wait or a copy shows by name
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import time
 
 import torch
@@ -72,6 +80,12 @@ def split_us(averages, steps: int, wall_us: float, prefix: str = "") -> dict[str
     }
 
 
+def minor_faults() -> int:
+    """Page faults of this process so far that the kernel served without I/O
+    (a first touch of a fresh page)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def top_rows(averages, steps: int, count: int) -> list[str]:
     """The ``count`` events with the most host time of their own, per step."""
     ranked = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:count]
@@ -104,20 +118,28 @@ def main(argv=None) -> int:
     for i in range(args.steps):
         fwd_bwd(sets[i % len(sets)])
     sync()
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
+
+    def timed_steps() -> tuple[float, float]:
+        """(us a step, page faults a step) over args.steps steps."""
+        faults, start = minor_faults(), time.perf_counter()
         for i in range(args.steps):
             fwd_bwd(sets[i % len(sets)])
         sync()
-        wall_us = (time.perf_counter() - start) / args.steps * 1e6
+        return (time.perf_counter() - start) / args.steps * 1e6, (minor_faults() - faults) / args.steps
+
+    plain_us, plain_faults = timed_steps()
+    with profile(activities=activities) as prof:
+        wall_us, profiled_faults = timed_steps()
     averages = prof.key_averages()
     rows = split_us(averages, args.steps, wall_us, "triton_" if args.backend == "triton" else "")
+    rows = {"step (wall, no profiler, just before)": plain_us, **rows}
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     lines = [
         f"CPU: {cpu_name()} ({platform.machine()}){gpu}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
         f"kernels {torch.ops.mmcal.cpu_capability()}",
         f"{args.workload} float32 forward+backward, eager {args.backend!r}, {args.steps} steps under torch.profiler",
-    ] + [f"  {name:36s} {us / 1000:7.2f} ms" for name, us in rows.items()]
+    ] + [f"  {name:38s} {us / 1000:7.2f} ms" for name, us in rows.items()]
+    lines.append(f"  page faults a step: {profiled_faults:.0f} profiled, {plain_faults:.0f} not")
     if args.top:
         lines += [f"the {args.top} events with the most host time of their own:", *top_rows(averages, args.steps, args.top)]
     report = "\n".join(lines)

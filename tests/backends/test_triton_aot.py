@@ -87,7 +87,7 @@ def _ptxas_report(compiled, arch: int, tmp_path):
     return registers, spills, report
 
 
-@pytest.mark.parametrize("variant,arch,cfg", _cases())
+@pytest.mark.parametrize("variant,arch,cfg", list(_cases()))
 def test_compiles_without_spills(variant, arch, cfg, tmp_path):
     tuner, slot_types, flags = VARIANTS[variant]
     compiled = triton.compile(_source(tuner, slot_types, flags, cfg), target=GPUTarget("cuda", arch, 32),
