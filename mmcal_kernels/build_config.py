@@ -36,7 +36,14 @@ CAPABILITY_FLAGS = {
 # No --use_fast_math: it flushes float32 denormals to zero (Y = X * g would
 # lose them, unlike torch's kernels, the reference and the CPU backend) and
 # approximates division, exp and sqrt; the passes are bound by memory anyway.
-NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+# No -std in either flag list: torch's BuildExtension (and cpp_extension.load)
+# adds the standard its own headers need when the flags name none, -std=c++20
+# on torch 2.12-2.14 (read in their cpp_extension.py). A -std=c++17 of ours
+# overrode it, and torch 2.14's headers need C++20 (std::strong_ordering,
+# string_view::starts_with, requires-clauses): the build failed there. The
+# stand-alone checks of the .cu files (tests) pass TORCH_CXX_STD themselves.
+TORCH_CXX_STD = "-std=c++20"
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 MIN_CUDA_ARCH = (7, 5)
 
@@ -93,7 +100,7 @@ def runnable_capability_flags() -> dict[str, list[str]]:
 def compile_flags(has_openmp: bool, debug: bool = False, asan: bool = False, sanitize: bool = False):
     """``(cxx flags, link flags)`` for every C++ file of the extension."""
     cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3"]
-    cxx += ["-fvisibility=hidden", "-std=c++17"]
+    cxx += ["-fvisibility=hidden"]  # the standard: torch adds it (NVCC_FLAGS says why)
     link = []
     # at::parallel_for is a header template: without -fopenmp (under a torch
     # built with OpenMP, as the Linux wheels are) it compiles to a serial loop.

@@ -48,8 +48,9 @@ def test_cu_files_include_no_aten_or_torch_headers():
 @pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
 def test_cu_compiles_without_spills(path, arch, tmp_path):
-    # The extension's own nvcc flags (build_config), so the report is of what setup.py builds.
-    cmd = [NVCC, "-c", path, "-o", str(tmp_path / "out.o"), *build_config.NVCC_FLAGS,
+    # The extension's own nvcc flags (build_config) and the standard torch adds
+    # to them, so the report is of what setup.py builds.
+    cmd = [NVCC, "-c", path, "-o", str(tmp_path / "out.o"), *build_config.NVCC_FLAGS, build_config.TORCH_CXX_STD,
            f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-I", os.path.join(ROOT, "csrc")]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -79,7 +80,7 @@ def test_cuda_binding_parses_against_torch_headers(name, tmp_path):
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("")
     includes = [str(tmp_path), *ext.include_paths(), cuda_include, os.path.join(ROOT, "csrc"), sysconfig.get_paths()["include"]]
-    cmd = ["g++", "-std=c++17", "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", name)]
+    cmd = ["g++", build_config.TORCH_CXX_STD, "-fsyntax-only", *(f"-I{p}" for p in includes), os.path.join(ROOT, "csrc", "cuda", name)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
 
