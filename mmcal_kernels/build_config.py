@@ -38,11 +38,12 @@ CAPABILITY_FLAGS = {
 # approximates division, exp and sqrt; the passes are bound by memory anyway.
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 # No -std in either flag list: torch's BuildExtension (and cpp_extension.load)
-# adds the standard its own headers need when the flags name none, -std=c++20
-# on torch 2.12-2.14 (read in their cpp_extension.py). A -std=c++17 of ours
-# overrode it, and torch 2.14's headers need C++20 (std::strong_ordering,
-# string_view::starts_with, requires-clauses): the build failed there. The
-# stand-alone checks of the .cu files (tests) pass TORCH_CXX_STD themselves.
+# adds the standard its own headers need when the flags name none: -std=c++17
+# on torch 2.11, -std=c++20 on 2.12-2.14 (seen in their build files). A
+# -std=c++17 of ours overrode it, and torch 2.14's headers need C++20
+# (std::strong_ordering, string_view::starts_with, requires-clauses): the
+# build failed there. The stand-alone checks of the .cu files (tests) pass
+# TORCH_CXX_STD, CI's torch's; tests/compat.sh builds them as C++17 on 2.11.
 TORCH_CXX_STD = "-std=c++20"
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 MIN_CUDA_ARCH = (7, 5)
