@@ -158,6 +158,7 @@ def per_call_site(instructions, through=None):
 
 
 def compile_cubin(path, arch, out, nvcc, include):
+    # -std: build_config.TORCH_CXX_STD's value (this file imports nothing of the package).
     cmd = [nvcc, "-cubin", "-lineinfo", "-std=c++20", "-O3", f"-arch=sm_{arch}", "-I", include, path, "-o", out]
     subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
     return out
