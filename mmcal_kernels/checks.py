@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +34,8 @@ def _dtype_names(dtypes) -> str:
 def normalize_layouts(layouts, num: int, name: str = "layouts") -> list[str]:
     """One layout string for all modalities, or a list with one per modality."""
     if isinstance(layouts, str):
+        if layouts not in LAYOUTS:
+            raise ValueError(f"{name}: expected one of {LAYOUTS}, got {layouts!r}")
         layouts = [layouts] * num
     if not isinstance(layouts, (list, tuple)):
         raise TypeError(f"{name}: expected one of {LAYOUTS} or a list with one per modality, got {type(layouts).__name__}")
@@ -46,9 +48,17 @@ def normalize_layouts(layouts, num: int, name: str = "layouts") -> list[str]:
     return layouts
 
 
+def check_strided(t: Tensor, name: str) -> None:
+    """Dense tensors only: the kernels read strides, and a sparse or mkldnn
+    tensor has none (the C++ ops would fail in the dispatcher, naming no argument)."""
+    if t.layout is not torch.strided:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+
+
 def check_feature(x, layout: str, name: str, dtypes=FEATURE_DTYPES) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    check_strided(x, name)
     if x.dtype not in dtypes:
         raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected one of {_dtype_names(dtypes)}")
     if layout == "sequence" and x.dim() != 3:
@@ -65,6 +75,7 @@ def check_mask(mask, x: Tensor, layout: str, name: str) -> None:
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise TypeError(f"{name}: expected a bool tensor (True = valid position), got {got}")
+    check_strided(mask, name)
     if mask.dim() != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] != x.shape[1]:
         raise ValueError(f"{name}: expected shape [B, P] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
     if mask.device != x.device:
@@ -77,6 +88,7 @@ def check_present(present, batch: int, num: int, device: torch.device, name: str
     if not isinstance(present, Tensor) or present.dtype != torch.bool:
         got = present.dtype if isinstance(present, Tensor) else type(present).__name__
         raise TypeError(f"{name}: expected a bool tensor (False = modality missing), got {got}")
+    check_strided(present, name)
     if present.dim() != 2 or present.shape[0] != batch or present.shape[1] != num:
         raise ValueError(f"{name}: expected shape [B, M] = ({batch}, {num}), got {tuple(present.shape)}")
     if present.device != device:
@@ -109,7 +121,7 @@ def check_features(
     if num < 2:
         raise ValueError(f"features: calibration compares modalities, so it needs at least 2; got {num}")
     if dims is not None and num != len(dims):
-        raise ValueError(f"features: the module was built for {len(dims)} modalities, got {num}")
+        raise ValueError(f"features: expected {len(dims)} modalities, one per entry of dims {list(dims)}, got {num}")
     layouts = normalize_layouts(layouts, num)
     if masks is None:
         masks = [None] * num
@@ -142,7 +154,18 @@ def _as_list(values, name: str, expected: str) -> list:
     raise TypeError(f"{name}: expected {expected}, got {type(values).__name__}")
 
 
-def check_params(params: Sequence[GateParams], device: torch.device, name: str = "params") -> list[GateParams]:
+ParamName = Callable[[int, str], str]  # (modality, GateParams field) -> how a message names that tensor
+
+
+def _flat_param_name(name: str) -> ParamName:
+    return lambda m, field: f"{name}[{m}].{field}"
+
+
+def check_params(params: Sequence[GateParams], device: torch.device, name: str = "params",
+                 param_name: Optional[ParamName] = None) -> list[GateParams]:  # fmt: skip
+    """``param_name`` names one tensor in a message (default ``params[m].field``;
+    the module passes its layers' names, ``proj.0.weight``)."""
+    label = param_name or _flat_param_name(name)
     checked = []
     for m, p in enumerate(params):
         if isinstance(p, Tensor) or not isinstance(p, (tuple, list)) or len(p) != len(GateParams._fields):
@@ -153,27 +176,31 @@ def check_params(params: Sequence[GateParams], device: torch.device, name: str =
     for m, p in enumerate(params):
         for field, t in zip(GateParams._fields, p):
             if not isinstance(t, Tensor):
-                raise TypeError(f"{name}[{m}].{field}: expected a tensor, got {type(t).__name__}")
+                raise TypeError(f"{label(m, field)}: expected a tensor, got {type(t).__name__}")
             if t.dtype not in PARAM_DTYPES:
-                raise TypeError(f"{name}[{m}].{field}: expected one of {_dtype_names(PARAM_DTYPES)}, got {t.dtype}")
+                raise TypeError(f"{label(m, field)}: expected one of {_dtype_names(PARAM_DTYPES)}, got {t.dtype}")
             if t.device != device:
-                raise ValueError(f"{name}[{m}].{field}: on {t.device}, but the features are on {device}")
+                raise ValueError(f"{label(m, field)}: on {t.device}, but the features are on {device}")
+            if t.layout is not torch.strided:  # check_strided's test, the name built only for the error
+                check_strided(t, label(m, field))
     return params
 
 
-def check_param_list(params, dims: Sequence[int], device: torch.device, name: str = "params") -> list[GateParams]:
+def check_param_list(params, dims: Sequence[int], device: torch.device, name: str = "params",
+                     param_name: Optional[ParamName] = None) -> list[GateParams]:  # fmt: skip
     """One GateParams per modality, every shape docs/spec.md gives, one shared ``d``."""
+    label = param_name or _flat_param_name(name)
     params = _as_list(params, name, "one GateParams per modality")
     if len(params) != len(dims):
         raise ValueError(f"{name}: expected one GateParams per modality ({len(dims)}), got {len(params)}")
-    params = check_params(params, device, name)
+    params = check_params(params, device, name, label)
     for m, (p, dm) in enumerate(zip(params, dims)):
         for field in ("proj_weight", "hidden_weight"):  # their first sizes are d and r, read below
             if getattr(p, field).dim() != 2:
-                raise ValueError(f"{name}[{m}].{field}: expected a 2-D weight, got shape {tuple(getattr(p, field).shape)}")
+                raise ValueError(f"{label(m, field)}: expected a 2-D weight, got shape {tuple(getattr(p, field).shape)}")
         d = p.proj_weight.shape[0]
         if m and d != params[0].proj_weight.shape[0]:
-            raise ValueError(f"{name}[{m}].proj_weight: shared dim d = {d} differs from {name}[0]'s "
+            raise ValueError(f"{label(m, 'proj_weight')}: shared dim d = {d} differs from {label(0, 'proj_weight')}'s "
                              f"{params[0].proj_weight.shape[0]}; every modality projects into one shared space")  # fmt: skip
         r = p.hidden_weight.shape[0]
         expected = {
@@ -184,7 +211,7 @@ def check_param_list(params, dims: Sequence[int], device: torch.device, name: st
         }  # fmt: skip
         for field, t in zip(GateParams._fields, p):
             if tuple(t.shape) != expected[field]:
-                raise ValueError(f"{name}[{m}].{field}: expected shape {expected[field]}, got {tuple(t.shape)}")
+                raise ValueError(f"{label(m, field)}: expected shape {expected[field]}, got {tuple(t.shape)}")
     return params
 
 
@@ -198,6 +225,7 @@ def check_summaries(summaries, name: str = "summaries") -> list[Tensor]:
         if not isinstance(s, Tensor) or s.dim() != 2:
             got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(f"{name}[{i}]: expected a [B, D] tensor, got {got}")
+        check_strided(s, f"{name}[{i}]")
         if s.dtype not in COMPUTE_DTYPES or s.dtype != first.dtype:
             raise TypeError(f"{name}[{i}]: expected float32 or float64, the same for all; got {s.dtype} ({name}[0] is {first.dtype})")
         if s.shape[0] != first.shape[0]:
@@ -212,6 +240,7 @@ def check_gate(gate, x: Tensor, layout: str, name: str = "gate") -> None:
     if not isinstance(gate, Tensor) or not gate.is_floating_point():
         got = gate.dtype if isinstance(gate, Tensor) else type(gate).__name__
         raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
+    check_strided(gate, name)
     dm = channels(x, layout)
     if gate.dim() != 2 or gate.shape[0] != x.shape[0] or gate.shape[1] != dm:
         raise ValueError(f"{name}: expected shape [B, D] = ({x.shape[0]}, {dm}), got {tuple(gate.shape)}")
@@ -265,37 +294,37 @@ def check_op_features(xs: Sequence[Tensor], layouts: Sequence[int], name: str = 
 
 
 def check_like(t: Tensor, x: Tensor, name: str) -> None:
-    """A gradient of ``Y = f(X)``: X's shape, dtype and device."""
+    """A gradient of ``Y = f(X)``: X's device, shape and dtype, checked in the
+    C++ ops' order (``check_grad_like``), so that an argument wrong twice raises
+    the same exception on both sides."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
-    if t.dtype != x.dtype:  # TypeError, as the C++ ops raise
-        raise TypeError(f"{name}: expected dtype {x.dtype}, got {t.dtype}")
-    if t.shape != x.shape or t.device != x.device:
+    if t.device != x.device or t.shape != x.shape:
         raise ValueError(f"{name}: expected {tuple(x.shape)} {x.dtype} on {x.device}, "
                          f"got {tuple(t.shape)} {t.dtype} on {t.device}")  # fmt: skip
+    if t.dtype != x.dtype:  # TypeError, as the C++ ops raise
+        raise TypeError(f"{name}: expected dtype {x.dtype}, got {t.dtype}")
 
 
-def check_per_channel(g: Tensor, x: Tensor, code: int, name: str) -> None:
-    """A gate (or ds): ``[B, D]`` in the compute dtype, on X's device: the products are taken in it."""
+def check_call_compute_dtype(ct: torch.dtype, x: Tensor, name: str) -> None:
+    """The call's compute dtype (its first gate's, or ds's) against one
+    modality's features: float32 or float64, wide enough to hold them."""
+    if ct not in COMPUTE_DTYPES or torch.promote_types(ct, x.dtype) != ct:
+        raise TypeError(f"{name}: expected the compute dtype (float32 or float64, holding {x.dtype}), got {ct}")
+
+
+def check_per_channel(g: Tensor, x: Tensor, code: int, name: str, ct: torch.dtype, ct_from: str) -> None:
+    """A gate (or ds): ``[B, D]`` in the call's compute dtype ``ct`` (that of
+    ``ct_from``), on X's device; the C++ ops' order: shape, dtype, device."""
     if not isinstance(g, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(g).__name__}")
-    if g.dtype not in COMPUTE_DTYPES or torch.promote_types(g.dtype, x.dtype) != g.dtype:
-        raise TypeError(f"{name}: expected the compute dtype (float32 or float64, holding {x.dtype}), got {g.dtype}")
     dm = channels(x, layout_name(code))
     if g.dim() != 2 or g.shape[0] != x.shape[0] or g.shape[1] != dm:
         raise ValueError(f"{name}: expected [{x.shape[0]}, {dm}], got {tuple(g.shape)}")
+    if g.dtype != ct:
+        raise TypeError(f"{name}: expected {ct}, the compute dtype of {ct_from} (one for the call), got {g.dtype}")
     if g.device != x.device:
         raise ValueError(f"{name}: on {g.device}, but the features are on {x.device}")
-
-
-def check_one_compute_dtype(named: Sequence[tuple[str, Optional[Tensor]]]) -> None:
-    """Every gate and ds of a call in the first one's dtype: a pass launches
-    once for all modalities and computes in one dtype (as the C++ ops check)."""
-    first = next(((n, t) for n, t in named if t is not None), None)
-    for name, t in named:
-        if t is not None and t.dtype != first[1].dtype:
-            raise TypeError(f"{name}: expected {first[1].dtype}, the compute dtype of {first[0]} (one for the call), "
-                            f"got {t.dtype}")  # fmt: skip
 
 
 # ---- in place: what an op must refuse before it writes (as Tensor.mul_ does) ----

@@ -92,7 +92,12 @@ def calibrate(
     ``dims``, when given, are the channel counts the caller was built for.
     Returns the list of calibrated features, or ``(list, diagnostics)``.
     """
-    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend)
+    return _calibrate(features, params, layouts, masks, present, return_diagnostics, backend, dims)
+
+
+def _calibrate(features, params, layouts, masks, present, return_diagnostics, backend, dims, param_name=None):
+    """``calibrate``; ``param_name`` names a parameter in an error (the module's layer names)."""
+    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend, param_name)
     outputs, diagnostics = impl.calibrate(features, params, layouts, masks, present)
     return (outputs, diagnostics) if return_diagnostics else outputs
 
@@ -116,7 +121,12 @@ def calibrate_(
     on: use it under ``torch.no_grad()`` or ``torch.inference_mode()``.
     Returns ``features`` (the same tensors), or ``(features, diagnostics)``.
     """
-    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend)
+    return _calibrate_(features, params, layouts, masks, present, return_diagnostics, backend, dims)
+
+
+def _calibrate_(features, params, layouts, masks, present, return_diagnostics, backend, dims, param_name=None):
+    """``calibrate_``; ``param_name`` as in ``_calibrate``."""
+    impl, features, params, layouts, masks = _prepare(features, params, layouts, masks, present, dims, backend, param_name)
     checks.refuse_grad_in_place([*features, *(t for p in params for t in p)])
     # Every summary is taken before the first write, so only the written
     # features themselves must not share memory (masks and present are read first).
@@ -133,7 +143,7 @@ def calibrate_(
     return (features, diagnostics) if return_diagnostics else features
 
 
-def _prepare(features, params, layouts, masks, present, dims, backend):
+def _prepare(features, params, layouts, masks, present, dims, backend, param_name=None):
     """The checks every whole-calibration entry point makes, and its backend."""
     backends.check_name(backend)
     first = features[0] if isinstance(features, (list, tuple)) and len(features) else None
@@ -142,7 +152,7 @@ def _prepare(features, params, layouts, masks, present, dims, backend):
     features, layouts, masks = checks.check_features(features, layouts, masks, present, dims, impl.dtypes)
     checks.warn_suspicious_masks(masks, present)
     counts = [channels(x, lay) for x, lay in zip(features, layouts)]
-    params = checks.check_param_list(params, counts, features[0].device)
+    params = checks.check_param_list(params, counts, features[0].device, param_name=param_name)
     return impl, features, params, layouts, masks
 
 

@@ -25,6 +25,23 @@ def _weight_and_bias(layer: nn.Module) -> tuple[Tensor, Tensor]:
     return weight, bias
 
 
+# Where each GateParams field lives in the module: an error about a parameter
+# names it as the user can reach it (``gate_dim.1.weight``), not by its place
+# in the functional API's lists (``params[1].dim_weight``).
+_LAYER_OF_FIELD = {
+    "proj_weight": ("proj", "weight"), "proj_bias": ("proj", "bias"),
+    "hidden_weight": ("gate_hidden", "weight"), "hidden_bias": ("gate_hidden", "bias"),
+    "instance_weight": ("gate_instance", "weight"), "instance_bias": ("gate_instance", "bias"),
+    "dim_weight": ("gate_dim", "weight"), "dim_bias": ("gate_dim", "bias"),
+}  # fmt: skip
+
+
+def layer_param_name(m: int, field: str) -> str:
+    """The module's name of modality ``m``'s ``field`` (a ``GateParams`` field)."""
+    layers, attr = _LAYER_OF_FIELD[field]
+    return f"{layers}.{m}.{attr}"
+
+
 class ZeroInitLinear(nn.Linear):
     """A linear layer whose initialisation is zeros (docs/spec.md's last gate
     layers). Deferred initialisation (a module built on ``meta``, then
@@ -155,7 +172,7 @@ class PreFusionCalibration(nn.Module):
             ValueError, TypeError: bad input (docs/spec.md, "Bad input"), naming
                 the argument, before any kernel runs.
         """
-        return self._call(functional.calibrate, features, masks, present, return_diagnostics)
+        return self._call(functional._calibrate, features, masks, present, return_diagnostics)
 
     def calibrate_(
         self,
@@ -172,21 +189,13 @@ class PreFusionCalibration(nn.Module):
         if isinstance(features, (list, tuple)):  # anything else: the functional names the argument
             checks.refuse_grad_in_place([x for x in features if isinstance(x, Tensor)])
         with torch.no_grad():
-            return self._call(functional.calibrate_, features, masks, present, return_diagnostics)
+            return self._call(functional._calibrate_, features, masks, present, return_diagnostics)
 
     def _call(self, fn, features, masks, present, return_diagnostics):
         if not (getattr(self, "_hooks_warned", False) or torch.compiler.is_compiling()):
             self._warn_about_layer_hooks()  # eager only: the warning's frame walk would break a traced graph
-        return fn(
-            features,
-            self.gate_params(),
-            layouts=self.layouts,
-            masks=masks,
-            present=present,
-            return_diagnostics=return_diagnostics,
-            backend=self.backend,
-            dims=self.dims,
-        )
+        return fn(features, self.gate_params(), self.layouts, masks, present, return_diagnostics, self.backend,
+                  self.dims, layer_param_name)
 
     def _warn_about_layer_hooks(self) -> None:
         """The gate layers hold parameters and are never called: hooks on them

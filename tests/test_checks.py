@@ -91,8 +91,35 @@ def test_tensors_on_different_devices(module):
         module([seq(), spa()], masks=[torch.ones(2, 5, dtype=torch.bool, device="meta"), None])
     with pytest.raises(ValueError, match=r"^present: on meta, but the features are on cpu"):
         module([seq(), spa()], present=torch.ones(2, 2, dtype=torch.bool, device="meta"))
-    with pytest.raises(ValueError, match=r"^params\[0\]\.proj_weight: on cpu, but the features are on meta"):
+    # The module names a parameter as its user reaches it, not by its place in the functional API's lists.
+    with pytest.raises(ValueError, match=r"^proj\.0\.weight: on cpu, but the features are on meta"):
         module([seq(device="meta"), spa(device="meta")])
+
+
+def test_tensors_that_are_not_dense(module):
+    """Sparse tensors have no strides for the kernels to read: refused by name on
+    every backend, where the C++ ops failed inside the dispatcher, naming none."""
+    for backend in ("reference", "cpu"):
+        module.backend = backend
+        with pytest.raises(TypeError, match=r"^features\[0\]: expected a dense \(strided\) tensor, got layout torch.sparse_coo"):
+            module([seq().to_sparse(), spa()])
+        with pytest.raises(TypeError, match=r"^masks\[0\]: expected a dense \(strided\) tensor, got layout torch.sparse_coo"):
+            module([seq(), spa()], masks=[torch.ones(2, 5, dtype=torch.bool).to_sparse(), None])
+        with pytest.raises(TypeError, match=r"^present: expected a dense \(strided\) tensor, got layout torch.sparse_coo"):
+            module([seq(), spa()], present=torch.ones(2, 2, dtype=torch.bool).to_sparse())
+
+
+def test_a_wrong_layer_is_named_as_the_module_holds_it(module):
+    module.gate_dim[1] = torch.nn.Linear(4, 4)  # modality 1 has 3 channels
+    with pytest.raises(ValueError, match=r"^gate_dim\.1\.weight: expected shape \(3, 4\), got \(4, 4\)"):
+        module([seq(), spa()])
+    module.gate_dim[1] = torch.nn.Linear(4, 3, bias=False)
+    with pytest.raises(TypeError, match=r"^gate_dim\.1\.bias: expected a tensor, got NoneType"):
+        module([seq(), spa()])
+    module.gate_dim[1] = torch.nn.Linear(4, 3)
+    module.proj[1] = torch.nn.Linear(3, 6)
+    with pytest.raises(ValueError, match=r"^proj\.1\.weight: shared dim d = 6 differs from proj\.0\.weight's 4"):
+        module([seq(), spa()])
 
 
 def test_mask_or_present_not_bool(module):
@@ -116,6 +143,8 @@ def test_unsupported_dtype(module, dtype):
 def test_constructor_arguments():
     with pytest.raises(ValueError, match=r"^layouts\[1\]: expected one of \('sequence', 'spatial'\), got 'image'"):
         PreFusionCalibration([4, 3], layouts=["sequence", "image"])
+    with pytest.raises(ValueError, match=r"^layouts: expected one of \('sequence', 'spatial'\), got 'spatial2'"):
+        PreFusionCalibration([4, 3], layouts="spatial2")  # one string is the argument, not its entry [0]
     with pytest.raises(ValueError, match=r"^layouts: expected one entry per modality \(2\), got 3"):
         PreFusionCalibration([4, 3], layouts=["sequence"] * 3)
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'gpu'"):
@@ -151,7 +180,13 @@ def test_functional_parameter_errors():
     with pytest.raises(TypeError, match=r"^params\[0\].proj_bias: expected a tensor, got list"):
         functional.calibrate(features, [params[0]._replace(proj_bias=[0.0] * 4), params[1]])
     other_d = PreFusionCalibration([4, 3], shared_dim=6).gate_params()
-    with pytest.raises(ValueError, match=r"^params\[1\].proj_weight: shared dim d = 6 differs from params\[0\]'s 4"):
+    with pytest.raises(ValueError, match=r"^params\[1\].proj_weight: shared dim d = 6 differs from params\[0\]\.proj_weight's 4"):
         functional.calibrate(features, [params[0], other_d[1]])
     with pytest.raises(TypeError, match=r"^layouts: expected one of"):
         functional.calibrate(features, params, layouts=None)
+    # dims is the functional API's own argument: the message blames no module.
+    with pytest.raises(ValueError, match=r"^features: expected 1 modalities, one per entry of dims \[4\], got 2"):
+        functional.calibrate(features, params, dims=[4])
+    sparse = params[0]._replace(proj_weight=params[0].proj_weight.to_sparse())
+    with pytest.raises(TypeError, match=r"^params\[0\]\.proj_weight: expected a dense \(strided\) tensor"):
+        functional.calibrate(features, [sparse, params[1]])

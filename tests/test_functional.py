@@ -106,6 +106,27 @@ def test_gate_modulate_rounds_once_in_the_feature_dtype():
     torch.testing.assert_close(functional.gate_modulate(xs, g.double(), "spatial"), xs * g.double()[:, :, None, None])
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gate_modulate_allocates_its_output_like_its_input(backend):
+    """docs/spec.md: outputs are allocated like their input (torch.empty_like),
+    on every backend. Where x overlaps itself (a dim expanded) torch's own
+    elementwise layout rule followed the transposed gate in the reference."""
+    torch.manual_seed(0)
+    cases = [
+        (torch.randn(1, 3, 5).expand(2, 3, 5), "sequence"),
+        (torch.randn(2, 1, 5).expand(2, 3, 5), "sequence"),
+        (torch.randn(1, 4, 3, 3).expand(2, 4, 3, 3), "spatial"),
+        (torch.randn(2, 4, 1, 3).expand(2, 4, 5, 3), "spatial"),
+        (torch.randn(3, 2, 5).transpose(0, 1), "sequence"),
+    ]
+    for x, layout in cases:
+        dim = x.shape[2] if layout == "sequence" else x.shape[1]
+        for g in (torch.rand(2, dim), torch.rand(dim, 2).t()):
+            y = functional.gate_modulate(x, g, layout, backend=backend)
+            assert y.stride() == torch.empty_like(x).stride(), (layout, x.stride(), g.stride(), y.stride())
+            torch.testing.assert_close(y, reference.modulate(x.contiguous(), g, layout))
+
+
 def test_gates_pass_missing_modalities_through_exactly():
     module, features, masks, present = _case()
     summaries = [reference.summary(x, lay, v) for x, lay, v in zip(features, LAYOUTS, masks)]
@@ -117,7 +138,7 @@ def test_gates_pass_missing_modalities_through_exactly():
 
 
 def test_stage_op_bad_input_names_the_argument():
-    with pytest.raises(ValueError, match=r"layout\[0\]"):
+    with pytest.raises(ValueError, match=r"^layout: expected one of \('sequence', 'spatial'\), got 'channels'"):
         functional.summary_pool(torch.randn(2, 3, 4), "channels")
     with pytest.raises(ValueError, match=r"^gate: expected shape \[B, D\] = \(2, 4\), got \(2, 3\)"):
         functional.gate_modulate(torch.randn(2, 3, 4), torch.rand(2, 3))

@@ -454,6 +454,15 @@ def _bad_forward(what):
     if what == "integer parameter":
         flat[3] = flat[3].to(torch.int32)
         return TypeError, r"params\[3\]", (summaries, flat, present)
+    if what == "hidden_weight 1-d":  # the fake kernel once blamed params[0] here
+        flat[2] = flat[2][0]
+        return ValueError, r"params\[2\] \(hidden_weight of modality 0\)", (summaries, flat, present)
+    if what == "proj_weight 1-d":
+        flat[0] = flat[0][0]
+        return ValueError, r"params\[0\] \(proj_weight of modality 0\): expected \[d, D_0\]", (summaries, flat, present)
+    if what == "summary shape and dtype":  # wrong twice: both sides check the shape first
+        summaries[1] = summaries[1].unsqueeze(1).half()
+        return ValueError, r"summaries\[1\]", (summaries, flat, present)
     if what == "present shape":
         return ValueError, "present: expected shape", (summaries, flat, present[:, :2])
     if what == "present dtype":
@@ -463,7 +472,8 @@ def _bad_forward(what):
 
 BAD_FORWARD = ["one modality", "params length", "proj_weight shape", "dim_weight shape", "hidden_weight width",
                "instance_bias shape", "shared dims differ", "batch differs", "summary not 2-d", "summary dtype differs",
-               "half compute dtype", "integer parameter", "present shape", "present dtype"]  # fmt: skip
+               "half compute dtype", "integer parameter", "hidden_weight 1-d", "proj_weight 1-d",
+               "summary shape and dtype", "present shape", "present dtype"]  # fmt: skip
 
 
 def _named(pattern: str) -> str:
@@ -498,6 +508,7 @@ def test_bad_arguments_raise_naming_them(what):
         ("grad_gates count", ValueError, "grad_gates: expected one tensor per modality"),
         ("grad_gates shape", ValueError, r"grad_gates\[1\]"),
         ("grad_gates dtype", TypeError, r"grad_gates\[0\]"),
+        ("grad_gates shape and dtype", ValueError, r"grad_gates\[1\]"),  # wrong twice: the shape is checked first
         ("diagnostics count", ValueError, "diagnostics: expected"),
         ("agreement shape", ValueError, r"diagnostics\[0\] \(agreement\)"),
         ("dimension gate shape", ValueError, r"diagnostics\[5\] \(dimension gate 1\)"),
@@ -516,6 +527,8 @@ def test_bad_backward_arguments_raise_naming_them(what, error, name):
         grad_gates[1] = grad_gates[1][:, :-1]
     elif what == "grad_gates dtype":
         grad_gates[0] = grad_gates[0].double()
+    elif what == "grad_gates shape and dtype":
+        grad_gates[1] = grad_gates[1][:, :-1].double()
     elif what == "diagnostics count":
         diagnostics = diagnostics[:-1]
     elif what == "agreement shape":

@@ -211,6 +211,11 @@ BAD = [
     ("modulate_", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 3, 4)], [torch.rand(2, 4).double(), torch.rand(2, 4)], [0, 0]), TypeError, r"gates\[1\]: expected dtype Double"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)] * 2, [None, None], [None, None], [None, None], [torch.rand(2, 4), torch.rand(2, 4).double()], [0, 0]), TypeError, r"ds\[1\]: expected dtype Float"),
     ("input_grads", lambda: ([torch.randn(2, 3, 4)], [torch.randn(2, 3, 4)], [torch.rand(2, 4)], [None], [torch.rand(2, 4).double()], [0]), TypeError, r"ds\[0\]: expected dtype Float"),
+    # Wrong in two ways: the C++ checks and the fakes both check the shape before the dtype.
+    ("modulate", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 5, 2, 2)], [torch.rand(2, 4), torch.rand(2, 4).half()], [0, 1]), ValueError, r"gates\[1\]: expected shape \[B, D\] = \[2, 5\]"),
+    ("gate_grads", lambda: ([torch.randn(2, 3, 4), torch.randn(2, 4, 2, 2).double()], [torch.randn(2, 3, 4), torch.randn(2, 5, 2, 2)], [0, 1], torch.float32), ValueError, r"grad_ys\[1\]: expected the shape of its features"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)], [None], [None], [None], [torch.rand(2, 5).half()], [0]), TypeError, r"ds\[0\]: expected float32 or float64"),
+    ("input_grads", lambda: ([torch.randn(2, 3, 4)] * 2, [None, None], [None, None], [None, None], [torch.rand(2, 4), torch.rand(2, 5).double()], [0, 0]), ValueError, r"ds\[1\]: expected shape"),
     # One argument on `meta` sends the call to the fake kernel: it must refuse, not return empty CPU memory.
     ("modulate", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
     ("modulate_", lambda: ([torch.randn(2, 3, 4)], [torch.rand(2, 4, device="meta")], [0]), ValueError, r"gates\[0\]: on meta, but xs\[0\] is on cpu"),
@@ -225,6 +230,28 @@ BAD = [
 def test_bad_input_to_the_cpp_ops(name, make, exc, match):
     with pytest.raises(exc, match=match):
         getattr(torch.ops.mmcal, name)(*make())
+
+
+@pytest.mark.parametrize("name,make,exc,match", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_fake_kernels_refuse_each_bad_call_alike(name, make, exc, match):
+    """Every bad call above again with all its tensors on meta, which runs the
+    op's fake kernel (torch.compile's view of it): the same exception type,
+    naming the same argument (its words are Python's)."""
+    args = make()
+    if any(t.is_meta for t in _tensors(args)):
+        pytest.skip("the case is a device mismatch with meta itself")
+    with pytest.raises(exc) as refused:
+        getattr(torch.ops.mmcal, name)(*on_meta(args))
+    named = re.split(r"[ :]", match.replace("\\", ""))[0]
+    assert named in str(refused.value), f"the fake kernel does not name {named}: {refused.value}"
+
+
+def _tensors(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _tensors(a)
 
 
 def _meta(*shape, dtype=torch.float32):
