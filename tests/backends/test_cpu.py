@@ -246,6 +246,40 @@ def test_fake_kernels_refuse_each_bad_call_alike(name, make, exc, match):
     assert named in str(refused.value), f"the fake kernel does not name {named}: {refused.value}"
 
 
+EMPTY_CALLS = {
+    "summaries": ([], [], [], torch.float32), "modulate": ([], [], []), "modulate_": ([], [], []),
+    "gate_grads": ([], [], [], torch.float32), "input_grads": ([], [], [], [], [], []),
+    "gates": ([], [], None), "gates_backward": ([], [], [], None, [], []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_CALLS))
+def test_a_call_without_tensors_raises_what_its_fake_raises(name):
+    """Empty lists leave the dispatcher no key: it raised NotImplementedError
+    ("There were no tensor arguments") where the fake kernel raised the op's
+    ValueError. The kernel for keys without one of their own now checks too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op, args = getattr(torch.ops.mmcal, name), EMPTY_CALLS[name]
+    with pytest.raises(ValueError, match=r"^(xs|summaries): expected") as real:
+        op(*args)
+    with FakeTensorMode(), pytest.raises(ValueError) as fake:
+        op(*args)
+    assert str(real.value) == str(fake.value)
+
+
+def test_a_layout_or_device_without_kernels_is_named():
+    from mmcal_kernels.backends.cpp.ops import no_kernel
+
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TypeError, match=r"^xs\[0\]: expected a dense \(strided\) tensor, got layout torch.sparse_coo"):
+        torch.ops.mmcal.summaries([x.to_sparse()], [None], [0], torch.float32)
+    # A dense tensor on a device the build has no kernels for (an XPU, an MPS)
+    # gets there only on such a machine: the kernel itself, called directly.
+    with pytest.raises(NotImplementedError, match=r"^mmcal::modulate: no kernel for cpu tensors .* has kernels for: cpu"):
+        no_kernel("modulate")([x], [torch.rand(2, 4)], [0])
+
+
 def _tensors(args):
     for a in args:
         if isinstance(a, torch.Tensor):

@@ -72,8 +72,53 @@ def one_device(**lists) -> None:
                 raise ValueError(f"{name}[{i}]: on {t.device}, but xs[0] is on {device}")
 
 
+# The arguments each op checks, in Python (op_checks: what its fake checks).
+_OP_CHECKS = {
+    "summaries": op_checks.summaries_args, "modulate": op_checks.modulate_args,
+    "modulate_": op_checks.modulate_args, "gate_grads": op_checks.gate_grads_args,
+    "input_grads": op_checks.input_grads_args, "gates": op_checks.gates_args,
+    "gates_backward": op_checks.gates_backward_args,
+}  # fmt: skip
+_NO_KERNEL_LIB = None  # the Library holding the kernels below (registrations live while it does)
+
+
+def no_kernel(name: str):
+    """The op's kernel for every dispatch key the library has no kernel of its
+    own for: no tensor at all (empty lists, where the dispatcher said only
+    "There were no tensor arguments"), a layout or a device this build has no
+    kernels for. It makes the op's own argument checks, so an empty list or a
+    sparse tensor raises the ValueError / TypeError the fake kernel raises,
+    naming the argument; what passes them is a device without kernels."""
+    check = _OP_CHECKS[name]
+
+    def kernel(*args):
+        check(*args)
+        first = next(t for t in _tensors(args))
+        from .load import STATUS  # set once the library loaded, before any call
+
+        built = "cpu, cuda" if STATUS["cuda_kernels"] else "cpu"
+        raise NotImplementedError(f"mmcal::{name}: no kernel for {first.device.type} tensors (layout {first.layout}); "
+                                  f"this build of mmcal_kernels has kernels for: {built}")  # fmt: skip
+
+    return kernel
+
+
+def _tensors(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+
+
 def register() -> None:
     """The fakes and the autograd of the loaded library's ops."""
+    global _NO_KERNEL_LIB
+    _NO_KERNEL_LIB = torch.library.Library("mmcal", "IMPL")
+    for name in _OP_CHECKS:
+        # CompositeExplicitAutograd: the dispatcher's choice wherever no kernel
+        # of the op's own matches (the empty key set of a call without tensors included).
+        _NO_KERNEL_LIB.impl(name, no_kernel(name), "CompositeExplicitAutograd")
 
     @torch.library.register_fake("mmcal::summaries")
     def _(xs, masks, layouts, ct):
