@@ -93,12 +93,14 @@ def no_kernel(name: str):
 
     def kernel(*args):
         check(*args)
-        first = next(t for t in _tensors(args))
         from .load import STATUS  # set once the library loaded, before any call
 
-        built = "cpu, cuda" if STATUS["cuda_kernels"] else "cpu"
-        raise NotImplementedError(f"mmcal::{name}: no kernel for {first.device.type} tensors (layout {first.layout}); "
-                                  f"this build of mmcal_kernels has kernels for: {built}")  # fmt: skip
+        built = ("cpu", "cuda") if STATUS["cuda_kernels"] else ("cpu",)
+        tensors = list(_tensors(args))
+        # The tensor that sent the call here: the first the kernels cannot take.
+        odd = next((t for t in tensors if t.device.type not in built or t.layout is not torch.strided), tensors[0])
+        raise NotImplementedError(f"mmcal::{name}: no kernel for {odd.device.type} tensors (layout {odd.layout}); "
+                                  f"this build of mmcal_kernels has kernels for: {', '.join(built)}")  # fmt: skip
 
     return kernel
 
