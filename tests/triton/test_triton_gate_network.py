@@ -360,7 +360,7 @@ def test_device_mismatch_raises_value_error_naming_the_argument(where):
 
 BAD = [
     (lambda s, p, q: (s, p[:-1], q), ValueError, r"params: expected 8 tensors per modality \(16\), got 15"),
-    (lambda s, p, q: (s, p[:2] + [p[2][:, :-1]] + p[3:], q), ValueError, r"params\[2\] \(hidden_weight of modality 0\): expected \[5, 10\]"),
+    (lambda s, p, q: (s, p[:2] + [p[2][:, :-1]] + p[3:], q), ValueError, r"params\[2\] \(hidden_weight of modality 0\): expected \[r, 2d\+2\] = \[r, 10\]"),
     (lambda s, p, q: (s, p[:7] + [p[7].int()] + p[8:], q), TypeError, r"params\[7\] \(dim_bias of modality 0\): expected a floating-point"),
     (lambda s, p, q: ([s[0], s[1].double()], p, q), TypeError, r"summaries\[1\]: dtype torch.float64 differs"),
     (lambda s, p, q: ([s[0].half(), s[1].half()], p, q), TypeError, r"summaries\[0\]: expected the compute dtype"),
