@@ -299,6 +299,7 @@ def check_like(t: Tensor, x: Tensor, name: str) -> None:
     the same exception on both sides."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    check_strided(t, name)
     if t.device != x.device or t.shape != x.shape:
         raise ValueError(f"{name}: expected {tuple(x.shape)} {x.dtype} on {x.device}, "
                          f"got {tuple(t.shape)} {t.dtype} on {t.device}")  # fmt: skip
@@ -318,6 +319,7 @@ def check_per_channel(g: Tensor, x: Tensor, code: int, name: str, ct: torch.dtyp
     ``ct_from``), on X's device; the C++ ops' order: shape, dtype, device."""
     if not isinstance(g, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(g).__name__}")
+    check_strided(g, name)
     dm = channels(x, layout_name(code))
     if g.dim() != 2 or g.shape[0] != x.shape[0] or g.shape[1] != dm:
         raise ValueError(f"{name}: expected [{x.shape[0]}, {dm}], got {tuple(g.shape)}")

@@ -84,6 +84,7 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
     for i, s in enumerate(summaries):
         if not isinstance(s, Tensor):
             raise TypeError(f"summaries[{i}]: expected a tensor, got {type(s).__name__}")
+        checks.check_strided(s, f"summaries[{i}]")
     first = summaries[0]
     if first.dtype not in COMPUTE_DTYPES:
         raise TypeError(f"summaries[0]: expected the compute dtype, float32 or float64, got {first.dtype}")
@@ -103,6 +104,8 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             raise TypeError(f"{_param_name(i)}: expected a tensor, got {type(p).__name__}")
+        if p.layout is not torch.strided:  # check_strided's test, the name built only for the error
+            checks.check_strided(p, _param_name(i))
         if p.device != device:
             raise ValueError(f"{_param_name(i)}: on {p.device}, but summaries[0] is on {device}")
         if p.dtype not in PARAM_DTYPES:  # as the C++ op: float8 is floating point but cannot promote
@@ -125,6 +128,7 @@ def gates_args(summaries: Sequence[Tensor], params: Sequence[Tensor], present: O
     if present is not None:
         if not isinstance(present, Tensor):
             raise TypeError(f"present: expected a bool tensor, got {type(present).__name__}")
+        checks.check_strided(present, "present")
         if present.device != first.device:
             raise ValueError(f"present: on {present.device}, but summaries[0] is on {first.device}")
         if present.dtype != torch.bool:
@@ -166,6 +170,8 @@ def _returned(name: str, tensors, shapes, ct, device) -> None:
     for i, (t, shape) in enumerate(zip(tensors, shapes)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}[{i}]: expected a tensor, got {type(t).__name__}")
+        if t.layout is not torch.strided:
+            checks.check_strided(t, f"{name}[{i}]")
         if t.device != device:
             raise ValueError(f"{name}[{i}]: on {t.device}, but summaries[0] is on {device}")
         if tuple(t.shape) != tuple(shape):

@@ -367,8 +367,6 @@ BAD = [
     (lambda s, p, q: (s, p, q.int()), TypeError, r"present: expected a bool tensor"),
     (lambda s, p, q: (s, p, q[:, :1]), ValueError, r"present: expected \[B, M\] = \[2, 2\]"),
     (lambda s, p, q: (s[:1], p[:8], None), ValueError, r"summaries: expected one \[B, D_m\] tensor per modality, at least 2, got 1"),
-    (lambda s, p, q: (s, [t[:0] if i % 8 in (0, 1) else t[:, :2] if i % 8 == 2 else t for i, t in enumerate(p)], q),
-     ValueError, r"params\[0\] \(proj_weight of modality 0\): d = 0 and r_0 = 5; the Triton kernels need d >= 1"),
 ]
 
 
@@ -378,6 +376,23 @@ def test_bad_input_raises_naming_the_argument(i):
     summaries, flat, pres = _make(2, [3, 4], 4, [5, 3], F32, F32, "some", seed=9)
     with pytest.raises(exc, match=match):
         torch.ops.mmcal.triton_gates(*make(summaries, flat, pres))
+
+
+@pytest.mark.parametrize("zero", ["d", "r"])
+def test_a_zero_width_takes_the_torch_formulas(zero):
+    """d = 0 or r = 0: empty products, which the C++ ops compute. The kernels'
+    tiles need both at least 1, so the call takes the reference's formulas
+    (it was refused, naming proj_weight even where r was the zero)."""
+    d, hidden = (0, [5, 3]) if zero == "d" else (4, [5, 0])
+    summaries, flat, pres = _make(3, [3, 4], d, hidden, F32, F32, "some", seed=12)
+    grads = [torch.randn_like(s) for s in summaries]
+    runs = {}
+    for prefix in ("triton_", ""):
+        gates, diagnostics, saved = getattr(torch.ops.mmcal, prefix + "gates")(summaries, flat, pres)
+        back = getattr(torch.ops.mmcal, prefix + "gates_backward")(grads, summaries, flat, pres, diagnostics, saved)
+        runs[prefix] = [*gates, *diagnostics, *back[0], *back[1]]
+    for got, want in zip(runs["triton_"], runs[""]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_launch_counts_and_determinism(monkeypatch):

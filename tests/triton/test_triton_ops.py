@@ -80,3 +80,93 @@ BAD = [
 def test_bad_input_to_the_triton_ops(name, make, exc, match):
     with pytest.raises(exc, match=match):
         getattr(torch.ops.mmcal, name)(*make())
+
+
+def _gate_args():
+    torch.manual_seed(0)
+    flat = []
+    for dim in (3, 4):
+        flat += [t(5, dim), t(5), t(6, 12), t(6), t(1, 6), t(1), t(dim, 6), t(dim)]
+    summaries, present = [t(2, 3), t(2, 4)], b(2, 2)
+    gates, diagnostics, saved = torch.ops.mmcal.triton_gates(summaries, flat, present)
+    return summaries, flat, present, [torch.randn_like(g) for g in gates], list(diagnostics), list(saved)
+
+
+def _with_sparse(args, position, index=None):
+    args = [list(a) if isinstance(a, (list, tuple)) else a for a in args]
+    if index is None:
+        args[position] = args[position].to_sparse()
+    else:
+        args[position][index] = args[position][index].to_sparse()
+    return args
+
+
+def _pass_args():
+    xs, ys = [t(2, 3, 4), t(2, 5, 3)], [t(2, 3, 4), t(2, 5, 3)]
+    return xs, ys, [t(2, 4), t(2, 3)], [b(2, 3), None]
+
+
+SPARSE = [  # (op, arguments with one sparse tensor, the name the error gives it)
+    ("modulate", lambda: _with_sparse((_pass_args()[0], _pass_args()[2], [0, 0]), 1, 1), r"gates\[1\]"),
+    ("gate_grads", lambda: _with_sparse((_pass_args()[1], _pass_args()[0], [0, 0], torch.float32), 0, 1), r"grad_ys\[1\]"),
+    ("input_grads", lambda: _with_sparse((_pass_args()[0], [None, None], [None, None], [None, None], _pass_args()[2], [0, 0]), 4, 1), r"ds\[1\]"),
+    ("summaries", lambda: _with_sparse((_pass_args()[0], _pass_args()[3], [0, 0], torch.float32), 1, 0), r"masks\[0\]"),
+    ("summaries", lambda: _with_sparse((_pass_args()[0], [None, None], [0, 0], torch.float32), 0, 1), r"xs\[1\]"),
+    ("gates", lambda: _with_sparse(_gate_args()[:3], 0, 1), r"summaries\[1\]"),
+    ("gates", lambda: _with_sparse(_gate_args()[:3], 1, 0), r"params\[0\] \(proj_weight of modality 0\)"),
+    ("gates", lambda: _with_sparse(_gate_args()[:3], 2), r"present"),
+    ("gates_backward", lambda: _with_sparse(_order_backward(_gate_args()), 0, 0), r"grad_gates\[0\]"),
+    ("gates_backward", lambda: _with_sparse(_order_backward(_gate_args()), 4, 0), r"diagnostics\[0\]"),
+    ("gates_backward", lambda: _with_sparse(_order_backward(_gate_args()), 5, 3), r"saved\[3\]"),
+]  # fmt: skip
+
+
+def _order_backward(args):
+    summaries, flat, present, grads, diagnostics, saved = args
+    return grads, summaries, flat, present, diagnostics, saved
+
+
+@pytest.mark.parametrize("name,make,named", SPARSE, ids=[f"{s[0]}-{s[2]}" for s in SPARSE])
+def test_a_sparse_argument_is_refused_by_name(name, make, named):
+    """The ops read strides, and a sparse tensor has none: a TypeError naming
+    it, from the Triton op and from the C++ op of the same name (its kernel for
+    keys without one of its own), where torch's own errors named nothing."""
+    for prefix in ("triton_", "") if hasattr(torch.ops.mmcal, name) else ("triton_",):
+        with pytest.raises(TypeError, match=rf"^{named}: expected a dense \(strided\) tensor, got layout torch.sparse_coo"):
+            getattr(torch.ops.mmcal, prefix + name)(*make())
+
+
+def _on_meta(args):
+    if isinstance(args, torch.Tensor):
+        return args.to("meta")
+    if isinstance(args, (list, tuple)):
+        return type(args)(_on_meta(a) for a in args)
+    return args
+
+
+def _outputs(result):
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [o for r in result for o in _outputs(r)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["summaries", "modulate", "modulate_", "gate_grads", "input_grads", "gates", "gates_backward"])
+def test_a_call_on_meta_launches_nothing_and_returns_meta_outputs(name):
+    """Meta tensors have shapes and no data: a launch failed copying out of
+    them (under the interpreter). Nothing is launched; the outputs match the
+    C++ ops' fake kernels in shape, dtype and strides."""
+    xs, ys, gates, masks = _pass_args()
+    summaries, flat, present, grads, diagnostics, saved = _gate_args()
+    args = {
+        "summaries": (xs, masks, [0, 0], torch.float32), "modulate": (xs, gates, [0, 0]),
+        "modulate_": (xs, gates, [0, 0]), "gate_grads": (ys, xs, [0, 0], torch.float32),
+        "input_grads": (xs, ys, gates, masks, gates, [0, 0]), "gates": (summaries, flat, present),
+        "gates_backward": (grads, summaries, flat, present, diagnostics, saved),
+    }[name]  # fmt: skip
+    got = _outputs(getattr(torch.ops.mmcal, "triton_" + name)(*_on_meta(args)))
+    assert all(o.is_meta for o in got)
+    if hasattr(torch.ops.mmcal, name):
+        want = _outputs(getattr(torch.ops.mmcal, name)(*_on_meta(args)))
+        assert [(o.shape, o.dtype, o.stride()) for o in got] == [(o.shape, o.dtype, o.stride()) for o in want]

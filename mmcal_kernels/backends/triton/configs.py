@@ -107,7 +107,12 @@ def _on_tensors_device(args: list):
 
 def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, tune: bool = True) -> None:
     """One launch of ``tuner`` (a ``triton.autotune`` object) through ``wrap_triton``;
-    ``tune=False`` launches ``fixed_config`` without autotuning."""
+    ``tune=False`` launches ``fixed_config`` without autotuning. Tensors on
+    ``meta`` have shapes and no data: nothing is launched, and the op returns
+    its meta outputs, as the C++ ops' fakes do (launched, the interpreter
+    failed copying out of them)."""
+    if any(isinstance(a, torch.Tensor) and a.is_meta and not is_fake(a) for a in args):
+        return
     with _on_tensors_device(args):
         _launch(tuner, grid, args, constexprs, tune)
 

@@ -608,12 +608,13 @@ def _torch_formulas(num: int, ct: torch.dtype, d: int, hidden: list[int], tiles:
                     device: torch.device) -> bool:  # fmt: skip
     """Whether a call computes with the reference's formulas instead of the
     kernels: more modalities than one launch holds, float64 below triton 3.9,
-    or tiles whose blocks would ask ``device``'s GPU for more shared memory
+    a zero d or r (empty products: the C++ ops take them, the kernels' tiles
+    need both at least 1), or tiles whose blocks would ask ``device``'s GPU for more shared memory
     than it gives a block (``shared_memory.fits``: on an H200 d up to 1024
     and r up to 512 take the kernels, on an A100 up to 512 and 256). The
     forward and the backward decide alike, so one call's two halves run on
     the same side."""
-    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS):
+    if num > MAX_SLOTS or (ct == torch.float64 and not FP64_KERNELS) or d == 0 or min(hidden, default=1) == 0:
         return True
     element_size = 8 if ct == torch.float64 else 4
     return not shared_memory.fits(device, _pow2(d), _pow2(max(hidden, default=1)), element_size, tiles)
@@ -635,20 +636,10 @@ def _params_ct(params, ct):
     return [p if p.is_contiguous() else p.contiguous() for p in params]
 
 
-def _check_triton_sizes(params, num):
-    """The C++ ops take d = 0 or r = 0 (empty products); the Triton kernels' tiles need both at least 1."""
-    for m in range(num):
-        d, r = params[NUM_PARAMS * m].shape[0], params[NUM_PARAMS * m + 2].shape[0]
-        if d == 0 or r == 0:
-            raise ValueError(f"params[{NUM_PARAMS * m}] (proj_weight of modality {m}): d = {d} and r_{m} = {r}; "
-                             "the Triton kernels need d >= 1 and r >= 1")  # fmt: skip
-
-
 @triton_op("mmcal::triton_gates", mutates_args=())
 def gates(summaries: list[Tensor], params: list[Tensor], present: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """Steps 2-6 for every modality in one launch: (gates, diagnostics, saved) as in the contract."""
     op_checks.gates_args(summaries, params, present)
-    _check_triton_sizes(params, len(summaries))
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch = first.shape[0]
@@ -698,7 +689,6 @@ def gates_backward(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Steps 6-2 back: (grad_summaries, grad_params), each parameter's gradient in its dtype."""
     op_checks.gates_backward_args(grad_gates, summaries, params, present, diagnostics, saved)
-    _check_triton_sizes(params, len(summaries))
     d, dims, hidden = _sizes(summaries, params)
     num, ct, first = len(summaries), summaries[0].dtype, summaries[0]
     batch, device = first.shape[0], first.device
