@@ -136,10 +136,12 @@ def main(argv=None):
         ap.error(f"--epochs: expected at least 1, got {args.epochs}")
     warnings.filterwarnings("ignore", message=".*reference backend.*")
     cfg = {**robustness.COMMON, "epochs": args.epochs}
-    hp = robustness.HPARAMS[args.backbone]
     run = robustness._read_if_present(os.path.join(robustness.RESULTS, f"robustness{args.tag}.json"))
     committed = {}
-    if run is not None and run["config"]["epochs"] == args.epochs and run["config"]["hparams"][args.backbone] == hp:
+    hp = robustness.HPARAMS[args.backbone]
+    if run is not None and run["config"]["epochs"] == args.epochs:
+        # The run's own learning rate (a 12-epoch run takes its own search's), not the 4-epoch constant.
+        hp = run["config"]["hparams"][args.backbone]
         committed = {r["seed"]: r for r in run["runs"] if r["backbone"] == args.backbone and r["variant"] == "calibrated"}
     tasks = [(args.backbone, seed, cfg, hp) for seed in args.seeds]
     started = time.time()

@@ -342,3 +342,20 @@ def test_gate_probe_run_trains_as_the_run_does_and_probes_validation_items_only(
     assert len(probed) == 2 * 4  # four sets an epoch
     assert all(torch.equal(labels, small.val.label) for labels in probed)
     assert result["curves"]["loss"] and gate_probe.same_as_run(result, {"curves": result["curves"]})
+
+
+def test_the_learning_rates_in_the_code_are_the_committed_searchs_choice():
+    """robustness.py's HPARAMS (the 4-epoch run's learning rates, used when no
+    --lr-from is given) must be what the committed 4-epoch search chose, and
+    the 12-epoch run must have run with its own search's choice: a search
+    rerun and committed with another choice fails here instead of leaving the
+    documented command on stale rates."""
+    import robustness
+
+    def chosen(name):
+        with open(os.path.join(ROOT, "python", "results", name), encoding="utf-8") as f:
+            return {backbone: {"lr": c["lr"]} for backbone, c in json.load(f)["chosen"].items()}
+
+    assert chosen("select.json") == robustness.HPARAMS
+    with open(os.path.join(ROOT, "python", "results", "robustness-12ep.json"), encoding="utf-8") as f:
+        assert json.load(f)["config"]["hparams"] == chosen("select-12ep.json")
