@@ -26,6 +26,10 @@ DTYPES = {"float32": torch.float32, "bf16-mixed": torch.bfloat16}
 
 @pytest.fixture(scope="module")
 def prepared():
+    """(workload, input sets, module, pass callables, watch) of one contender.
+    At most one compiled contender is cached at a time: ``fresh()`` resets
+    dynamo for the next, which would leave an earlier one to recompile inside
+    its timing (in another order: ``-k``, pytest-randomly)."""
     cache = {}
 
     def get(name, dname, label):
@@ -37,12 +41,35 @@ def prepared():
             module = make_module(w, DEVICE, c.backend)
             watch = None
             if c.compiled:  # its own compiled functions, never another contender's cache entries
+                for old in [k for k in cache if CONTENDERS[k[2]].compiled]:
+                    del cache[old]
                 fresh()
                 watch = CompileWatch(label, c.mode)
-            cache[key] = (w, sets, module, pass_callables(w, c, module, watch))
+            cache[key] = (w, sets, module, pass_callables(w, c, module, watch), watch)
         return cache[key]
 
     return get
+
+
+def _tensors(result):
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (list, tuple)):
+        return [t for r in result for t in _tensors(r)]
+    if isinstance(result, dict):
+        return [t for r in result.values() for t in _tensors(r)]
+    return []
+
+
+def _check_against_the_reference(result, reference, what):
+    """A smoke check, not the precision tests (those compare with a float64
+    oracle in tests/): each tensor within 2% of the reference's largest
+    value, which a pass wired to the wrong inputs, or returning garbage, fails."""
+    got, want = _tensors(result), _tensors(reference)
+    assert len(got) == len(want) and got, f"{what}: {len(got)} tensors against the reference's {len(want)}"
+    for i, (a, b) in enumerate(zip(got, want)):
+        scale = max(1.0, b.double().abs().max().item()) if b.numel() else 1.0
+        torch.testing.assert_close(a.double(), b.double(), rtol=2e-2, atol=2e-2 * scale, msg=lambda m: f"{what}[{i}]: {m}")
 
 
 @pytest.mark.parametrize("pass_name", PASSES)
@@ -50,7 +77,7 @@ def prepared():
 @pytest.mark.parametrize("dname", list(DTYPES))
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_pass(benchmark, prepared, name, dname, label, pass_name):
-    w, sets, module, calls = prepared(name, dname, label)
+    w, sets, module, calls, watch = prepared(name, dname, label)
     fn, cycle = calls[pass_name], itertools.cycle(sets)
     x_bytes = w.feature_bytes(DTYPES[dname])
     p_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -59,5 +86,21 @@ def test_pass(benchmark, prepared, name, dname, label, pass_name):
         workload=name, dtype=dname, backend=label, feature_bytes=x_bytes,
         floor_bytes=floor_bytes(pass_name, x_bytes, w.mask_bytes(), p_bytes, g_bytes),
     )  # fmt: skip
-    result = benchmark(lambda: fn(next(cycle)))
+    what = f"{name} {dname} {label} {pass_name}"
+    if watch is not None:  # its first call compiles, outside the timing, as the runner's
+        before = watch.snapshot()
+        fn(sets[0])
+        watch.check_compiled(before, what)
+        before = watch.snapshot()
+    timed = [0]
+
+    def call():
+        timed[0] += 1
+        return fn(next(cycle))
+
+    result = benchmark(call)
+    if watch is not None:  # every timed call ran a compiled graph, none recompiled
+        watch.check(before, timed[0], what)
+    reference = prepared(name, dname, "reference")[3][pass_name]
+    _check_against_the_reference(fn(sets[0]), reference(sets[0]), what)
     assert result is not None
