@@ -111,7 +111,8 @@ def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, t
     ``meta`` have shapes and no data: nothing is launched, and the op returns
     its meta outputs, as the C++ ops' fakes do (launched, the interpreter
     failed copying out of them)."""
-    if any(isinstance(a, torch.Tensor) and a.is_meta and not is_fake(a) for a in args):
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if first is not None and first.is_meta and not is_fake(first):  # the op's checks put all on one device
         return
     with _on_tensors_device(args):
         _launch(tuner, grid, args, constexprs, tune)
