@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 from mmcal_kernels.bench.compiled import CompileWatch, fresh
 from mmcal_kernels.bench.contenders import contenders, input_sets, make_module, pass_callables
@@ -52,13 +53,7 @@ def prepared():
 
 
 def _tensors(result):
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, (list, tuple)):
-        return [t for r in result for t in _tensors(r)]
-    if isinstance(result, dict):
-        return [t for r in result.values() for t in _tensors(r)]
-    return []
+    return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
 def _check_against_the_reference(result, reference, what):

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 from hypothesis import given, settings, strategies as st
 
 from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, on_meta, random_grads, run_float64_oracle, with_odd_bytes
@@ -281,11 +282,7 @@ def test_a_layout_or_device_without_kernels_is_named():
 
 
 def _tensors(args):
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            yield a
-        elif isinstance(a, (list, tuple)):
-            yield from _tensors(a)
+    return [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
 
 
 def _meta(*shape, dtype=torch.float32):

@@ -5,6 +5,7 @@ op: a ValueError or TypeError that names the argument, never a kernel launch."""
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from triton_env import DEVICE, ON_GPU
 
@@ -137,19 +138,11 @@ def test_a_sparse_argument_is_refused_by_name(name, make, named):
 
 
 def _on_meta(args):
-    if isinstance(args, torch.Tensor):
-        return args.to("meta")
-    if isinstance(args, (list, tuple)):
-        return type(args)(_on_meta(a) for a in args)
-    return args
+    return tree_map(lambda a: a.to("meta") if isinstance(a, torch.Tensor) else a, args)
 
 
 def _outputs(result):
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, (list, tuple)):
-        return [o for r in result for o in _outputs(r)]
-    return []
+    return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
 @pytest.mark.parametrize("name", ["summaries", "modulate", "modulate_", "gate_grads", "input_grads", "gates", "gates_backward"])

@@ -8,6 +8,7 @@ library has loaded."""
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from ... import gates_torch, op_checks
 from ...autograd import register_gates_autograd, register_stage_autograd
@@ -96,21 +97,13 @@ def no_kernel(name: str):
         from .load import STATUS  # set once the library loaded, before any call
 
         built = ("cpu", "cuda") if STATUS["cuda_kernels"] else ("cpu",)
-        tensors = list(_tensors(args))
+        tensors = [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
         # The tensor that sent the call here: the first the kernels cannot take.
         odd = next((t for t in tensors if t.device.type not in built or t.layout is not torch.strided), tensors[0])
         raise NotImplementedError(f"mmcal::{name}: no kernel for {odd.device.type} tensors (layout {odd.layout}); "
                                   f"this build of mmcal_kernels has kernels for: {', '.join(built)}")  # fmt: skip
 
     return kernel
-
-
-def _tensors(args):
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            yield a
-        elif isinstance(a, (list, tuple)):
-            yield from (t for t in a if isinstance(t, torch.Tensor))
 
 
 def register() -> None:
