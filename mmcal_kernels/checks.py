@@ -248,9 +248,14 @@ def check_gate(gate, x: Tensor, layout: str, name: str = "gate") -> None:
         raise ValueError(f"{name}: on {gate.device}, but x is on {x.device}")
 
 
+def _holds(ct: torch.dtype, dtype: torch.dtype) -> bool:
+    """Whether ``ct`` is a compute dtype (float32 or float64) wide enough to hold ``dtype``."""
+    return ct in COMPUTE_DTYPES and torch.promote_types(ct, dtype) == ct
+
+
 def check_compute_dtype(ct: torch.dtype, x: Tensor, name: str = "compute_dtype") -> None:
     """float32 or float64, wide enough to hold x's dtype."""
-    if ct not in COMPUTE_DTYPES or torch.promote_types(ct, x.dtype) != ct:
+    if not _holds(ct, x.dtype):
         raise TypeError(f"{name}: expected float32 or float64, at least as wide as x's {x.dtype}; got {ct}")
 
 
@@ -309,8 +314,8 @@ def check_like(t: Tensor, x: Tensor, name: str) -> None:
 
 def check_call_compute_dtype(ct: torch.dtype, x: Tensor, name: str) -> None:
     """The call's compute dtype (its first gate's, or ds's) against one
-    modality's features: float32 or float64, wide enough to hold them."""
-    if ct not in COMPUTE_DTYPES or torch.promote_types(ct, x.dtype) != ct:
+    modality's features: ``check_compute_dtype``'s test, worded for a gate or ds."""
+    if not _holds(ct, x.dtype):
         raise TypeError(f"{name}: expected the compute dtype (float32 or float64, holding {x.dtype}), got {ct}")
 
 

@@ -57,10 +57,10 @@ def input_grads_args(xs, grad_ys, gates, masks, ds, layouts) -> None:
             raise ValueError(f"grad_ys[{i}], ds[{i}]: neither is given, so dX has no term")
         if (dy is None) != (g is None):
             raise ValueError(f"grad_ys[{i}], gates[{i}]: give both (the dY * g term) or neither")
+        named = f"gates[{i}]" if g is not None else f"ds[{i}]"  # the tensor that carries the compute dtype
         if ct is None:
-            ct_from = f"gates[{i}]" if g is not None else f"ds[{i}]"
-            ct = _first_dtype(g if g is not None else q, ct_from)
-        checks.check_call_compute_dtype(ct, x, f"gates[{i}]" if g is not None else f"ds[{i}]")
+            ct, ct_from = _first_dtype(g if g is not None else q, named), named
+        checks.check_call_compute_dtype(ct, x, named)
         if dy is not None:
             checks.check_like(dy, x, f"grad_ys[{i}]")
             checks.check_per_channel(g, x, lay, f"gates[{i}]", ct, ct_from)

@@ -90,14 +90,14 @@ def forced(tuner, config: triton.Config):
         _FORCED.pop(id(tuner), None)
 
 
-def _on_tensors_device(args: list):
-    """The tensors' GPU as the current device, where it is not already. Triton
+def _on_tensors_device(t: Optional[torch.Tensor]):
+    """The GPU of ``t`` (a launch's first tensor; the op's checks put all on
+    one device) as the current device, where it is not already. Triton
     launches on the current device and its stream, and neither triton_op nor
     wrap_triton sets it in eager mode: a call on cuda:1 while cuda:0 is
     current would run on GPU 0 with GPU 1's pointers (the CUDA backend's
     CUDAGuard does this for its ops). A no-op on one GPU, under fake tensors
     and under the interpreter; compiled code has Inductor's own guard."""
-    t = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if t is None or t.device.type != "cuda" or torch.compiler.is_compiling() or is_fake(t):
         return contextlib.nullcontext()
     if t.device.index == torch.cuda.current_device():
@@ -114,7 +114,7 @@ def launch(tuner, grid: Callable[[dict], tuple], args: list, constexprs: dict, t
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if first is not None and first.is_meta and not is_fake(first):  # the op's checks put all on one device
         return
-    with _on_tensors_device(args):
+    with _on_tensors_device(first):
         _launch(tuner, grid, args, constexprs, tune)
 
 
