@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The suite tests this checkout, and so must its child processes (the
@@ -46,6 +47,11 @@ def on_meta(arg):
     if isinstance(arg, (list, tuple)):
         return type(arg)(on_meta(a) for a in arg)
     return arg
+
+
+def tensors_in(args) -> list:
+    """Every tensor in op arguments or results (lists, tuples, dicts), in order."""
+    return [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
 
 
 def with_odd_bytes(flags, seed=0):

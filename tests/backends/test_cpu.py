@@ -12,10 +12,9 @@ import sys
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
 from hypothesis import given, settings, strategies as st
 
-from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, on_meta, random_grads, run_float64_oracle, with_odd_bytes
+from conftest import check_against_oracle, assert_compiled_matches_eager, KERNEL_CASES, KERNEL_DTYPES, make_module, on_meta, random_grads, tensors_in, run_float64_oracle, with_odd_bytes
 from mmcal_kernels import GateParams, backends, functional
 from mmcal_kernels.backends.cpp.load import STATUS
 from mmcal_kernels.compare import assert_runs_close, random_case
@@ -239,7 +238,7 @@ def test_fake_kernels_refuse_each_bad_call_alike(name, make, exc, match):
     op's fake kernel (torch.compile's view of it): the same exception type,
     naming the same argument (its words are Python's)."""
     args = make()
-    if any(t.is_meta for t in _tensors(args)):
+    if any(t.is_meta for t in tensors_in(args)):
         pytest.skip("the case is a device mismatch with meta itself")
     with pytest.raises(exc) as refused:
         getattr(torch.ops.mmcal, name)(*on_meta(args))
@@ -279,10 +278,6 @@ def test_a_layout_or_device_without_kernels_is_named():
     # gets there only on such a machine: the kernel itself, called directly.
     with pytest.raises(NotImplementedError, match=r"^mmcal::modulate: no kernel for cpu tensors .* has kernels for: cpu"):
         no_kernel("modulate")([x], [torch.rand(2, 4)], [0])
-
-
-def _tensors(args):
-    return [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
 
 
 def _meta(*shape, dtype=torch.float32):

@@ -5,8 +5,8 @@ op: a ValueError or TypeError that names the argument, never a kernel launch."""
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves, tree_map
 
+from conftest import on_meta, tensors_in
 from triton_env import DEVICE, ON_GPU
 
 OPCHECK_TESTS = None if ON_GPU else ("test_schema", "test_autograd_registration")
@@ -137,14 +137,6 @@ def test_a_sparse_argument_is_refused_by_name(name, make, named):
             getattr(torch.ops.mmcal, prefix + name)(*make())
 
 
-def _on_meta(args):
-    return tree_map(lambda a: a.to("meta") if isinstance(a, torch.Tensor) else a, args)
-
-
-def _outputs(result):
-    return [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
-
-
 @pytest.mark.parametrize("name", ["summaries", "modulate", "modulate_", "gate_grads", "input_grads", "gates", "gates_backward"])
 def test_a_call_on_meta_launches_nothing_and_returns_meta_outputs(name):
     """Meta tensors have shapes and no data: a launch failed copying out of
@@ -158,8 +150,8 @@ def test_a_call_on_meta_launches_nothing_and_returns_meta_outputs(name):
         "input_grads": (xs, ys, gates, masks, gates, [0, 0]), "gates": (summaries, flat, present),
         "gates_backward": (grads, summaries, flat, present, diagnostics, saved),
     }[name]  # fmt: skip
-    got = _outputs(getattr(torch.ops.mmcal, "triton_" + name)(*_on_meta(args)))
+    got = tensors_in(getattr(torch.ops.mmcal, "triton_" + name)(*on_meta(args)))
     assert all(o.is_meta for o in got)
     if hasattr(torch.ops.mmcal, name):
-        want = _outputs(getattr(torch.ops.mmcal, name)(*_on_meta(args)))
+        want = tensors_in(getattr(torch.ops.mmcal, name)(*on_meta(args)))
         assert [(o.shape, o.dtype, o.stride()) for o in got] == [(o.shape, o.dtype, o.stride()) for o in want]
