@@ -108,9 +108,11 @@ def extension_modules(argv):
         import torch
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError as exc:
+        # pip's default build isolation hides an installed torch: the usual case, named first.
         raise SystemExit(
-            "mmcal_kernels: building the C++ extension needs PyTorch installed first. Install torch, then "
-            "`pip install --no-build-isolation .` (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
+            "mmcal_kernels: building the C++ extension needs PyTorch, and this build cannot import it. If torch "
+            "is installed, pip's build isolation hides it: run `pip install --no-build-isolation .`; otherwise "
+            "install torch first (or set MMCAL_NO_EXTENSION=1 for a pure-Python install)."
         ) from exc
 
     jobs = os.environ.get("MAX_JOBS")
@@ -129,7 +131,12 @@ def extension_modules(argv):
         else:
             modules.append(CppExtension(f"mmcal_kernels.{lib.module}", sources, extra_compile_args={"cxx": list(lib.cxx)},
                                         extra_link_args=list(lib.link)))  # fmt: skip
-    facts = dict(EXTENSION=True, TORCH_VERSION=torch.__version__)
+    # What the loader checks before it loads _C: the torch it was built against,
+    # and (in a source checkout, an editable install) that csrc/ has not
+    # changed since: a stale _C would run the old kernels without a word.
+    files = build_config.compiled_files(os.path.join(HERE, "csrc"), plan)
+    facts = dict(EXTENSION=True, TORCH_VERSION=torch.__version__, SOURCE_FILES=files,
+                 SOURCES_DIGEST=build_config.sources_digest(os.path.join(HERE, "csrc"), files))  # fmt: skip
     return modules, {"build_ext": _recording_build_ext(BuildExtension.with_options(use_ninja=True), facts)}, facts
 
 

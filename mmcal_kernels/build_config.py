@@ -10,6 +10,7 @@ Imports nothing but the standard library at import time.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -87,6 +88,33 @@ def capability_flags() -> dict[str, list[str]]:
 REQUIRED_CPU_FLAGS = {"avx2": ("avx2", "fma"), "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
 
 
+def compiled_files(root: str, plan) -> tuple[str, ...]:
+    """The files under ``root`` (csrc/) that a build of ``plan`` reads, relative
+    to it: the plan's sources and every header they may include (``.cuh`` only
+    where it compiles CUDA, so that a .cu edit leaves a CPU-only _C current)."""
+    kinds = (".h", ".cuh") if any(lib.nvcc for lib in plan) else (".h",)
+    headers = [os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+               for folder, _, names in os.walk(root) for name in names if name.endswith(kinds)]  # fmt: skip
+    return tuple(sorted({*headers, *(source for lib in plan for source in lib.sources)}))
+
+
+def sources_digest(root: str, files) -> str:
+    """sha256 over ``files`` (relative to ``root``, csrc/), by name and content;
+    a missing file counts as empty-and-absent, so it changes the digest too.
+    setup.py records it beside _C, and the loader compares it with the
+    checkout's sources: a _C built before csrc/ changed is stale."""
+    digest = hashlib.sha256()
+    for name in files:
+        try:
+            with open(os.path.join(root, name), "rb") as f:
+                content = f.read()
+        except OSError:
+            content = None
+        size = -1 if content is None else len(content)
+        digest.update(name.encode() + b"\0" + size.to_bytes(8, "little", signed=True) + (content or b""))
+    return digest.hexdigest()
+
+
 def runnable_capability_flags() -> dict[str, list[str]]:
     """The tables this CPU can run: a JIT build loads every library it builds,
     so it builds no table whose code this CPU could not execute."""
@@ -100,7 +128,10 @@ def runnable_capability_flags() -> dict[str, list[str]]:
 
 def compile_flags(has_openmp: bool, debug: bool = False, asan: bool = False, sanitize: bool = False):
     """``(cxx flags, link flags)`` for every C++ file of the extension."""
-    cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3"]
+    # -g0 in a release build: setuptools hands every compile Python's own
+    # CFLAGS first, "-g" among them, and the libraries carried 19 MB of DWARF,
+    # 94% of their size (the symbols that name a crash's frames stay).
+    cxx = ["-O0", "-g"] if debug or asan else ["-O1", "-g"] if sanitize else ["-O3", "-g0"]
     cxx += ["-fvisibility=hidden"]  # the standard: torch adds it (NVCC_FLAGS says why)
     link = []
     # at::parallel_for is a header template: without -fopenmp (under a torch

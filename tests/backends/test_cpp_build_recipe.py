@@ -42,7 +42,7 @@ def _setup_py_libraries(monkeypatch):
     modules, _, build_info = setup_py["extension_modules"](["setup.py", "build_ext"])
     assert len(modules) == len(seen) and build_info["EXTENSION"] is True
     assert "CUDA" not in build_info  # nothing reads it
-    return seen
+    return seen, build_info
 
 
 def _jit_libraries(monkeypatch, tmp_path):
@@ -73,7 +73,7 @@ def test_setup_py_and_jit_build_the_same(cuda, clean_env, monkeypatch, tmp_path)
     monkeypatch.setattr(torch.version, "cuda", "13.0" if cuda else None)
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", TOOLKIT if cuda else None)
     monkeypatch.setenv("MMCAL_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-    setup_libs = _setup_py_libraries(monkeypatch)
+    setup_libs, build_info = _setup_py_libraries(monkeypatch)
     jit_libs = _jit_libraries(monkeypatch, tmp_path)
 
     # The CPU kernel tables: setup.py every one the compiler targets, the JIT
@@ -99,6 +99,39 @@ def test_setup_py_and_jit_build_the_same(cuda, clean_env, monkeypatch, tmp_path)
         assert not any(s.startswith("cuda/") for s in main["sources"])
     # Nothing the C++ sources do not read.
     assert not any("MMCAL_WITH_CUDA" in f for lib in setup_libs.values() for f in lib["cxx"])
+
+    # What the loader checks a checkout's csrc/ against: every file compiled, the
+    # headers, the CUDA ones only where CUDA is built (a .cu edit leaves a CPU _C current).
+    files = build_info["SOURCE_FILES"]
+    assert {s for lib in setup_libs.values() for s in lib["sources"]} < set(files)
+    assert "common/checks.h" in files and ("cuda/device_common.cuh" in files) == cuda
+    assert build_info["SOURCES_DIGEST"] == build_config.sources_digest(CSRC, files)
+    # A release build overrides Python's own CFLAGS' "-g" (setuptools passes them first).
+    assert all("-g0" in lib["cxx"] and "-g" not in lib["cxx"] for lib in setup_libs.values())
+
+
+@pytest.mark.parametrize("switch", ["debug", "asan", "sanitize"])
+def test_debug_and_sanitizer_builds_keep_their_debug_info(switch):
+    cxx, _ = build_config.compile_flags(False, **{switch: True})
+    assert "-g" in cxx and "-g0" not in cxx
+
+
+def test_the_sources_digest_sees_content_names_and_missing_files(tmp_path):
+    (tmp_path / "a.h").write_text("int a;\n")
+    (tmp_path / "b.cpp").write_text("int b;\n")
+    files = ("a.h", "b.cpp")
+    first = build_config.sources_digest(str(tmp_path), files)
+    assert build_config.sources_digest(str(tmp_path), files) == first
+    (tmp_path / "README.md").write_text("not compiled")
+    assert build_config.sources_digest(str(tmp_path), files) == first
+    (tmp_path / "a.h").write_text("int a; \n")
+    assert build_config.sources_digest(str(tmp_path), files) != first
+    (tmp_path / "a.h").write_text("int a;\n")
+    (tmp_path / "b.cpp").rename(tmp_path / "c.cpp")
+    assert build_config.sources_digest(str(tmp_path), files) != first
+    missing = build_config.sources_digest(str(tmp_path), files)
+    (tmp_path / "b.cpp").write_text("")
+    assert build_config.sources_digest(str(tmp_path), files) != missing  # empty is not missing
 
 
 def test_every_source_of_the_plan_exists(clean_env, monkeypatch):

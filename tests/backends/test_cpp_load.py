@@ -127,3 +127,71 @@ def test_the_built_libraries_use_the_shared_cxx_runtime():
         defined = subprocess.run([nm, "-DC", "--defined-only", path], capture_output=True, text=True, check=True).stdout
         copies = [line for line in defined.splitlines() if " std::__codecvt_utf8_base" in line or "std::ostream::_M_insert" in line]
         assert not copies, f"{os.path.basename(path)} carries its own libstdc++: {copies[:3]}"
+
+
+def test_a_prebuilt_library_older_than_the_checkouts_csrc_is_skipped(tmp_path, monkeypatch):
+    """An editable install runs the _C of its last build: after csrc/ changes
+    (an edit, a pull) that _C ran the old kernels without a word. The loader
+    now compares the sources it was built from with the checkout's, and skips
+    a stale one (then builds the current sources, or warns). Only the files
+    that build compiled count: a .cu edit leaves a CPU-only _C current."""
+    import importlib
+    import shutil
+    import types
+
+    import torch
+
+    from mmcal_kernels import build_config
+    from mmcal_kernels.backends.cpp import load
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(os.path.join(ROOT, "csrc"), csrc)
+    files = build_config.compiled_files(str(csrc), [build_config.Library("_C", build_config.MAIN_SOURCES, (), ())])
+    info = types.SimpleNamespace(EXTENSION=True, TORCH_VERSION=torch.__version__, SOURCE_FILES=files,
+                                 SOURCES_DIGEST=build_config.sources_digest(str(csrc), files))  # fmt: skip
+    real_import = importlib.import_module
+    fakes = {"mmcal_kernels._build_info": info, "mmcal_kernels._C": types.SimpleNamespace()}
+    monkeypatch.setattr(load.importlib, "import_module", lambda name, *a: fakes.get(name) or real_import(name, *a))
+    monkeypatch.setattr(load, "SOURCES", str(csrc))
+    monkeypatch.delenv("MMCAL_SKIP_PREBUILT", raising=False)
+
+    assert load._load_prebuilt() is None
+    for edited in ("cuda/gate_network.cu", "cuda/device_common.cuh", "README.md"):  # not in a CPU-only build
+        (csrc / edited).write_text((csrc / edited).read_text() + "\n// edited\n")
+        assert load._load_prebuilt() is None, edited
+    header = csrc / "common" / "checks.h"
+    original = header.read_text()
+    header.write_text(original + "\n// edited\n")
+    assert "built from older sources than csrc/" in load._load_prebuilt()
+    header.unlink()
+    assert "built from older sources than csrc/" in load._load_prebuilt()
+    header.write_text(original)
+    assert load._load_prebuilt() is None
+    (csrc / "cpu" / "ops_cpu.cpp").write_text("")
+    assert "pip install --no-build-isolation -e ." in load._load_prebuilt()
+    # An installed package (no csrc/ beside it), or a build from before the digest: nothing to compare.
+    monkeypatch.setattr(load, "SOURCES", str(tmp_path / "absent"))
+    assert load._load_prebuilt() is None
+    monkeypatch.setattr(load, "SOURCES", str(csrc))
+    fakes["mmcal_kernels._build_info"] = types.SimpleNamespace(EXTENSION=True, TORCH_VERSION=torch.__version__)
+    assert load._load_prebuilt() is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ELF shared objects")
+def test_a_release_build_carries_no_debug_info():
+    """Python's CFLAGS hand every compile "-g": the three libraries carried
+    19 MB of DWARF, 94% of their size, until the release flags added -g0."""
+    import shutil
+
+    import mmcal_kernels
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("no readelf (binutils)")
+    package = os.path.dirname(mmcal_kernels.__file__)
+    libraries = glob.glob(os.path.join(package, "_C*.so")) + glob.glob(os.path.join(package, "mmcal_cpu_*.so"))
+    if not libraries:
+        pytest.skip("no prebuilt library (a pure-Python or JIT install)")
+    for path in libraries:
+        sections = subprocess.run([readelf, "-S", "-W", path], capture_output=True, text=True, check=True).stdout
+        assert ".debug_info" not in sections, f"{os.path.basename(path)} carries DWARF: built with -g"

@@ -5,7 +5,9 @@ reference backend, and ``python -m mmcal_kernels.info`` says why):
 
 1. the prebuilt ``mmcal_kernels._C``, unless it was built against another
    torch (``_build_info.TORCH_VERSION``): a library built for one torch can
-   crash another, so it is skipped rather than tried;
+   crash another, so it is skipped rather than tried; in a source checkout
+   (an editable install), also unless csrc/ changed since it was built
+   (``_build_info.SOURCES_DIGEST``): it would run the old kernels;
 2. a JIT build of ``csrc/`` with ``torch.utils.cpp_extension.load``, cached
    per torch version under ``$MMCAL_CACHE`` (default ``~/.cache/mmcal_kernels``),
    where the sources are present (a source checkout); ``MMCAL_NO_JIT=1`` skips it.
@@ -49,6 +51,10 @@ def _load_prebuilt() -> Optional[str]:
         info = None
     if info is not None and _torch_release(info.TORCH_VERSION) != _torch_release(torch.__version__):
         return f"_C was built against torch {info.TORCH_VERSION}, this is torch {torch.__version__}"
+    files = getattr(info, "SOURCE_FILES", None)
+    if files and os.path.isdir(SOURCES) and build_config.sources_digest(SOURCES, files) != info.SOURCES_DIGEST:
+        # An editable install whose csrc/ was edited or updated since its build.
+        return "_C was built from older sources than csrc/ holds now (rebuild: pip install --no-build-isolation -e .)"
     try:
         importlib.import_module("mmcal_kernels._C")
     except ImportError as exc:  # not built, or an undefined symbol from another torch
