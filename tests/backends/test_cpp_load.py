@@ -44,6 +44,8 @@ def test_jit_build_when_the_prebuilt_library_is_skipped(tmp_path):
     result = _run(env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HOW JIT build" in result.stdout and "AUTO cpu" in result.stdout, result.stdout
+    # A build at import surprises: its line says why the prebuilt _C was passed over.
+    assert "prebuilt _C skipped (MMCAL_SKIP_PREBUILT=1); building the C++ kernels" in result.stderr, result.stderr
     check = _run(env, "import mmcal_kernels.info as i, sys; sys.exit(i.main([]))")
     assert check.returncode == 0 and "PASS cpu" in check.stdout, check.stdout
     # The same recipe as setup.py (build_config): every kernel table this CPU can run...

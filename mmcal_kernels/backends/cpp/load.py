@@ -62,8 +62,8 @@ def _load_prebuilt() -> Optional[str]:
     return None
 
 
-def _jit_build() -> Optional[str]:
-    """None on success, else why not."""
+def _jit_build(why_prebuilt: str = "") -> Optional[str]:
+    """None on success, else why not. ``why_prebuilt``: said first, since a build at import surprises."""
     if os.environ.get("MMCAL_NO_JIT") == "1":
         return "JIT build disabled (MMCAL_NO_JIT=1)"
     if not os.path.isdir(SOURCES):
@@ -82,7 +82,8 @@ def _jit_build() -> Optional[str]:
         plan = build_config.build_plan(tables="runnable")
     except build_config.BuildError as exc:
         return f"JIT build not possible: {exc}"
-    print(f"mmcal_kernels: building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
+    because = f"{why_prebuilt}; " if why_prebuilt else ""
+    print(f"mmcal_kernels: {because}building the C++ kernels for this torch (once; cached in {cache})", file=sys.stderr)
     try:
         for lib in plan:
             load(lib.jit_name, build_config.sources(SOURCES, lib.sources), extra_cflags=list(lib.cxx),
@@ -144,7 +145,7 @@ def load_extension() -> bool:
     if why_prebuilt is None:
         STATUS.update(loaded=True, how="prebuilt mmcal_kernels._C")
     else:
-        why_jit = _jit_build()
+        why_jit = _jit_build(why_prebuilt)
         if why_jit is None:
             STATUS.update(loaded=True, how=f"JIT build (prebuilt skipped: {why_prebuilt})")
         else:
