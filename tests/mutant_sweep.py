@@ -341,7 +341,9 @@ def stale(mutants, root: Path) -> list[str]:
 def run_tests(copy: Path, target: str, log: Path, only_files=None) -> bool:
     files, extra_env = TARGETS[target]
     files = only_files or files
-    env = dict(os.environ, PYTHONPATH=str(copy), **extra_env)
+    # MMCAL_NO_JIT: a _C that is not of the copy's sources fails loudly (no cpu
+    # backend) rather than JIT-building them in every pytest process.
+    env = dict(os.environ, PYTHONPATH=str(copy), MMCAL_NO_JIT="1", **extra_env)
     with open(log, "w") as out:
         done = subprocess.run([sys.executable, "-m", "pytest", *files, "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"],
                               cwd=copy, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
@@ -381,24 +383,37 @@ def main() -> int:
         if not run_tests(copy, target, log, args.tests):
             print(f"the {target} tests fail on the unmutated copy: see {log}", file=sys.stderr)
             return 255
+    missed = sweep(copy, mutants, args.tests)
+    print(f"mutant sweep: {missed} of {len(mutants)} mutant(s) no test noticed")
+    return missed
+
+
+def sweep(copy: Path, mutants, only_files=None) -> int:
+    """Plants each mutant in turn, runs its target's tests, restores the file;
+    returns how many no test noticed. A C++ mutant's build stays in the copy
+    after its file is restored: the next mutant rebuilds first, whatever it
+    edits (its tests once ran on the last C++ mutant's _C, and a Python
+    mutant after it was credited with that mutant's failures)."""
     missed = 0
+    built_from_a_mutant = False
     for i, m in enumerate(mutants):
         path = copy / m.path
         original = path.read_text()
         path.write_text(original.replace(m.old, m.new))
         start = time.perf_counter()
         try:
-            if m.path.startswith("csrc/") and m.path.endswith((".cpp", ".h")):  # a .cu is the emulation's to rebuild
+            compiled = m.path.startswith("csrc/") and m.path.endswith((".cpp", ".h"))  # a .cu is the emulation's to rebuild
+            if compiled or built_from_a_mutant:
                 build(copy)
+            built_from_a_mutant = compiled
             log = copy / f"mutant-{i}.log"
-            if run_tests(copy, m.target, log, args.tests):
+            if run_tests(copy, m.target, log, only_files):
                 missed += 1
                 print(f"NOT NOTICED: {m.name}: every test passed", flush=True)
             else:
                 print(f"noticed:     {m.name} ({time.perf_counter() - start:.0f} s): {first_failure(log)}", flush=True)
         finally:
             path.write_text(original)
-    print(f"mutant sweep: {missed} of {len(mutants)} mutant(s) no test noticed")
     return missed
 
 
