@@ -52,7 +52,8 @@ def _load_prebuilt() -> Optional[str]:
     if info is not None and _torch_release(info.TORCH_VERSION) != _torch_release(torch.__version__):
         return f"_C was built against torch {info.TORCH_VERSION}, this is torch {torch.__version__}"
     files = getattr(info, "SOURCE_FILES", None)
-    if files and os.path.isdir(SOURCES) and build_config.sources_digest(SOURCES, files) != info.SOURCES_DIGEST:
+    recorded = getattr(info, "SOURCES_DIGEST", None)
+    if files and os.path.isdir(SOURCES) and build_config.sources_digest(SOURCES, files) != recorded:
         # An editable install whose csrc/ was edited or updated since its build.
         return "_C was built from older sources than csrc/ holds now (rebuild: pip install --no-build-isolation -e .)"
     try:
