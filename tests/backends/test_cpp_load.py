@@ -107,22 +107,28 @@ def test_a_truncated_kernel_table_is_passed_over(tmp_path, cut_to):
     assert f"TABLE {narrower}" in result.stdout, result.stdout + result.stderr
 
 
+def _prebuilt_libraries(*tools):
+    """The package's prebuilt libraries and the paths of the binutils ``tools``; skips without either."""
+    import shutil
+
+    import mmcal_kernels
+
+    found = tuple(shutil.which(tool) for tool in tools)
+    if None in found:
+        pytest.skip(f"no {'/'.join(tools)} (binutils)")
+    package = os.path.dirname(mmcal_kernels.__file__)
+    libraries = glob.glob(os.path.join(package, "_C*.so")) + glob.glob(os.path.join(package, "mmcal_cpu_*.so"))
+    if not libraries:
+        pytest.skip("no prebuilt library (a pure-Python or JIT install)")
+    return libraries, found
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="ELF shared objects")
 def test_the_built_libraries_use_the_shared_cxx_runtime():
     """Each built library names libstdc++.so.6 as needed and carries no copy of
     the runtime: a copy beside torch's (a compiler with only libstdc++.a, the
     GPU machine's /opt/gcc) crashed in _C's error messages (docs/gpu.md, run 6)."""
-    import shutil
-
-    import mmcal_kernels
-
-    readelf, nm = shutil.which("readelf"), shutil.which("nm")
-    if readelf is None or nm is None:
-        pytest.skip("no readelf/nm (binutils)")
-    package = os.path.dirname(mmcal_kernels.__file__)
-    libraries = glob.glob(os.path.join(package, "_C*.so")) + glob.glob(os.path.join(package, "mmcal_cpu_*.so"))
-    if not libraries:
-        pytest.skip("no prebuilt library (a pure-Python or JIT install)")
+    libraries, (readelf, nm) = _prebuilt_libraries("readelf", "nm")
     for path in libraries:
         needed = subprocess.run([readelf, "-d", path], capture_output=True, text=True, check=True).stdout
         assert "[libstdc++.so.6]" in needed, f"{os.path.basename(path)} does not link libstdc++.so.6:\n{needed}"
@@ -183,17 +189,7 @@ def test_a_prebuilt_library_older_than_the_checkouts_csrc_is_skipped(tmp_path, m
 def test_a_release_build_carries_no_debug_info():
     """Python's CFLAGS hand every compile "-g": the three libraries carried
     19 MB of DWARF, 94% of their size, until the release flags added -g0."""
-    import shutil
-
-    import mmcal_kernels
-
-    readelf = shutil.which("readelf")
-    if readelf is None:
-        pytest.skip("no readelf (binutils)")
-    package = os.path.dirname(mmcal_kernels.__file__)
-    libraries = glob.glob(os.path.join(package, "_C*.so")) + glob.glob(os.path.join(package, "mmcal_cpu_*.so"))
-    if not libraries:
-        pytest.skip("no prebuilt library (a pure-Python or JIT install)")
+    libraries, (readelf,) = _prebuilt_libraries("readelf")
     for path in libraries:
         sections = subprocess.run([readelf, "-S", "-W", path], capture_output=True, text=True, check=True).stdout
         assert ".debug_info" not in sections, f"{os.path.basename(path)} carries DWARF: built with -g"
