@@ -100,7 +100,7 @@ def compiled_files(root: str, plan) -> tuple[str, ...]:
 
 def sources_digest(root: str, files) -> str:
     """sha256 over ``files`` (relative to ``root``, csrc/), by name and content;
-    a missing file counts as empty-and-absent, so it changes the digest too.
+    a missing file hashes unlike any content, an empty file's included.
     setup.py records it beside _C, and the loader compares it with the
     checkout's sources: a _C built before csrc/ changed is stale."""
     digest = hashlib.sha256()

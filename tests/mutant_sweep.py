@@ -392,8 +392,8 @@ def sweep(copy: Path, mutants, only_files=None) -> int:
     """Plants each mutant in turn, runs its target's tests, restores the file;
     returns how many no test noticed. A C++ mutant's build stays in the copy
     after its file is restored: the next mutant rebuilds first, whatever it
-    edits (its tests once ran on the last C++ mutant's _C, and a Python
-    mutant after it was credited with that mutant's failures)."""
+    edits (its tests once ran on the last C++ mutant's _C, so a Python
+    mutant after it could be credited with that mutant's failures)."""
     missed = 0
     built_from_a_mutant = False
     for i, m in enumerate(mutants):
