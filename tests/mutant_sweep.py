@@ -13,9 +13,9 @@ calls against the CPU mutants (docs/testing.md, "Random whole calls").
 
 The copy goes to $MMCAL_MUTANT_DIR (default /tmp/mmcal-mutant-sweep), so the
 checkout is never edited; the copy is built once (`setup.py build_ext
---inplace`, MAX_JOBS=2) and rebuilt after each C++ mutant (ninja recompiles
-the one file). The tests must pass on the unmutated copy first. About 35 min
-on 2 cores. Exit status: the number of mutants no test noticed (255 if a
+--inplace`, MAX_JOBS=2) and rebuilt when a C++ mutant is planted and again
+when it is restored (ninja recompiles the one file). The tests must pass on
+the unmutated copy first. About 50 min on 2 cores. Exit status: the number of mutants no test noticed (255 if a
 baseline fails). The CUDA kernels run in the CPU emulation
 (tests/cuda_emu), the Triton ones in Triton's interpreter.
 """

@@ -1,6 +1,6 @@
 """The mutant sweep's list stays in step with the code it mutates: each
 mutant's text occurs exactly once (else the sweep refuses to run), changes
-something, and names tests that exist. The sweep itself takes ~35 minutes
+something, and names tests that exist. The sweep itself takes ~50 minutes
 and runs by hand (docs/testing.md)."""
 
 from pathlib import Path
