@@ -134,9 +134,10 @@ def extension_modules(argv):
     # What the loader checks before it loads _C: the torch it was built against,
     # and (in a source checkout, an editable install) that csrc/ has not
     # changed since: a stale _C would run the old kernels without a word.
-    files = build_config.compiled_files(os.path.join(HERE, "csrc"), plan)
+    csrc = os.path.join(HERE, "csrc")
+    files = build_config.compiled_files(csrc, plan)
     facts = dict(EXTENSION=True, TORCH_VERSION=torch.__version__, SOURCE_FILES=files,
-                 SOURCES_DIGEST=build_config.sources_digest(os.path.join(HERE, "csrc"), files))  # fmt: skip
+                 SOURCES_DIGEST=build_config.sources_digest(csrc, files))  # fmt: skip
     return modules, {"build_ext": _recording_build_ext(BuildExtension.with_options(use_ninja=True), facts)}, facts
 
 
