@@ -180,6 +180,13 @@ def test_png_title_says_quick_and_machine():
     assert "full run" in t and "2 threads" in t and "CPU kernels AVX512" in t and "QUICK" not in t
 
 
+def test_passes_without_a_floor_get_no_floor_panel():
+    rows = [{"pass": "forward", "floor_fraction": 0.5}, {"pass": "gates", "floor_fraction": None},
+            {"pass": "gates fwd+bwd"}]  # fmt: skip
+    assert report.plot_panels(rows, ["forward", "gates", "gates fwd+bwd"]) == [
+        ("forward", "floor"), ("forward", "speed"), ("gates", "speed"), ("gates fwd+bwd", "speed")]
+
+
 def test_filtered_runs_are_named_apart():
     assert runner.filters_used(runner.parse_args([])) == {}
     assert runner.filters_used(runner.parse_args(["--quick"])) == {}

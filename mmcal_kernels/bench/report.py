@@ -88,11 +88,19 @@ def write_json(path: str, meta: dict, records: list[dict]) -> None:
         json.dump({"meta": meta, "records": records}, f, indent=1)
 
 
+def plot_panels(records: list[dict], passes: list[str]) -> list[tuple[str, str]]:
+    """(pass, "floor" | "speed") for each panel, top to bottom. The gate
+    network alone has no byte floor (docs/spec.md): its passes get the speed
+    panel only, where an empty floor panel used to stand."""
+    has_floor = {r["pass"] for r in records if r.get("floor_fraction") is not None}
+    return [(p, kind) for p in passes for kind in ("floor", "speed") if kind == "speed" or p in has_floor]
+
+
 def write_png(path: str, records: list[dict], title: str) -> None:
-    """Two panels per module pass, one above the other: the fraction of
-    docs/spec.md's byte floor, then the speedup against torch.compile of the
-    reference with each bar's median ms written on it. Bars per workload /
-    dtype / allocator."""
+    """Per module pass, one above the other: the fraction of docs/spec.md's
+    byte floor (for the passes that have one), then the speedup against
+    torch.compile of the reference with each bar's median ms written on it.
+    Bars per workload / dtype / allocator."""
     import textwrap
 
     import matplotlib
@@ -112,7 +120,7 @@ def write_png(path: str, records: list[dict], title: str) -> None:
     width = 0.8 / max(1, len(labels))
     fig_w = min(60, max(12, 1.25 * len(groups) + 1.5, 0.22 * len(groups) * len(labels) + 1.5))
     title = "\n".join(textwrap.fill(line, width=int(fig_w * 9)) for line in title.split("\n"))
-    panels = [(p, kind) for p in passes for kind in ("floor", "speed")]
+    panels = plot_panels(ok, passes)
     fig, axes = plt.subplots(len(panels), 1, figsize=(fig_w, 2.6 * len(panels) + 1.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (pass_name, kind) in zip(axes[:, 0], panels):
