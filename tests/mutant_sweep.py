@@ -144,6 +144,10 @@ MUTANTS = [
            "V::loadu(src + i, n - i) * V(gate_of(d1 - 1));", "V::loadu(src + i, n - i) * V(gate_of(d0));"),
     Mutant("cpu passes: a vector crossing two channels takes the second's gate for all lanes", "cpu-passes", MAPS,
            "const V g1 = V::blendv(V(gate_of(d + 1)), g, first);", "const V g1(gate_of(d + 1));"),
+    Mutant("cpu passes: a half type's vector crossing two channels takes the first's gate for all lanes",
+           "cpu-passes", MAPS, "if (left < lanes && d + 1 < d1) {", "if (false) {"),
+    Mutant("cpu passes: a half type's run tracks its channels a lane short", "cpu-passes", MAPS,
+           "    at += lanes;\n", "    at += lanes - 1;\n"),
     # The same branches in the CUDA kernels (emulated) and the Triton ones (interpreted).
     Mutant("cuda: forward norm not clamped", "cuda-emulated", CUDA, "u[i] /= n > eps ? n : eps;", "u[i] /= n;"),
     Mutant("cuda: radial term kept below eps", "cuda-emulated", CUDA, "sh.norm[warp] >= eps ? acc : T(0);", "acc;"),

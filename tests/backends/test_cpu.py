@@ -460,10 +460,12 @@ MAP_TOLERANCES = {
        seed=st.integers(0, 2**31 - 1))  # fmt: skip
 def test_channels_first_maps_match_float64(positions, channels, batch, dtype, seed):
     """The NCHW maps (modulation, and the input gradient with and without its
-    dY term) at every row length around the vector widths: float32 and float64
-    stream a run of channels, where a vector crossing from one channel into the
-    next takes each channel's gate and ds for its own lanes; halves go row by
-    row. Against float64 values of the same inputs."""
+    dY term) at every row length around the vector widths: every dtype streams
+    a run of channels (from one vector's lanes a channel; shorter rows go row
+    by row), where a vector crossing from one channel into the next takes each
+    channel's gate and ds for its own lanes; a half type's block is two float
+    vectors, each with its own channels. Against float64 values of the same
+    inputs."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, positions, generator=gen).to(dtype)
     dy = torch.randn(batch, channels, positions, generator=gen).to(dtype)
