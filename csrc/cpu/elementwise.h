@@ -213,9 +213,15 @@ void map_channels_first_run_half(const MapArgs& a, int64_t b, int64_t d0, int64_
   const float* masks = first_lanes<float>();
   int64_t d = d0, at = 0;  // the channel of the next vector's first lane, and that lane's position in it
   // The next vector's gate and ds terms, then step past its lanes. A vector
-  // crosses at most one boundary (P >= lanes); past the run's last channel
-  // (the partial tail's unloaded lanes) it reads nothing.
+  // crosses at most one boundary (P >= lanes). A partial block's vector that
+  // starts past the run's last element holds no lanes and reads nothing: the
+  // gate after the run's last channel may lie past the gates' end (found by
+  // tests/sanitizers.sh).
   const auto terms = [&](V& g, V& add) {
+    if (d == d1) {
+      g = add = V(0.f);
+      return;
+    }
     const int64_t left = P - at;  // lanes still in channel d
     g = V(kSrc ? gate[d] : 0.f);
     add = V(kDs ? ds[d] : 0.f);
