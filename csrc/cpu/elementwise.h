@@ -151,17 +151,34 @@ const Acc* first_lanes() {
   return table.bits;
 }
 
+// Where a run of sample b's channels [d0, d1) starts: its n elements of src
+// and out, and the sample's gates and ds terms (indexed by channel).
+template <typename T, bool kSrc, bool kDs>
+struct ChannelRun {
+  using Acc = typename Block<T>::Acc;
+  const T* src;
+  const Acc* gate;
+  const Acc* ds;
+  T* out;
+  int64_t n;
+  ChannelRun(const MapArgs& a, int64_t b, int64_t d0, int64_t d1)
+      : src(kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d0) : nullptr),
+        gate(kSrc ? static_cast<const Acc*>(a.gate) + b * a.vout.D : nullptr),
+        ds(kDs ? static_cast<const Acc*>(a.ds) + b * a.vout.D : nullptr),
+        out(static_cast<T*>(a.out) + a.vout.offset(b, 0, d0)),
+        n((d1 - d0) * a.vout.P) {}
+};
+
 template <typename T, bool kSrc, bool kDs>
 void map_channels_first_run(const MapArgs& a, int64_t b, int64_t d0, int64_t d1) {
   using Acc = typename Block<T>::Acc;
   using V = Vectorized<Acc>;
   static_assert(Block<T>::kVecs == 1, "one vector a block: float and double");
   constexpr int64_t lanes = V::size();
-  const int64_t P = a.vout.P, D = a.vout.D, n = (d1 - d0) * P;
-  const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d0) : nullptr;
-  const Acc* gate = kSrc ? static_cast<const Acc*>(a.gate) + b * D : nullptr;
-  const Acc* ds = kDs ? static_cast<const Acc*>(a.ds) + b * D : nullptr;
-  T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d0);
+  const ChannelRun<T, kSrc, kDs> run(a, b, d0, d1);
+  const int64_t P = a.vout.P, n = run.n;
+  const T* src = run.src;
+  T* out = run.out;
   const Acc* masks = first_lanes<Acc>();
   const auto value = [&](int64_t i, const V& g, const V& add) {
     V v(Acc(0));
@@ -169,8 +186,8 @@ void map_channels_first_run(const MapArgs& a, int64_t b, int64_t d0, int64_t d1)
     if constexpr (kDs) v = v + add;
     return v;
   };
-  const auto gate_of = [&](int64_t d) { return kSrc ? gate[d] : Acc(0); };
-  const auto ds_of = [&](int64_t d) { return kDs ? ds[d] : Acc(0); };
+  const auto gate_of = [&](int64_t d) { return kSrc ? run.gate[d] : Acc(0); };
+  const auto ds_of = [&](int64_t d) { return kDs ? run.ds[d] : Acc(0); };
   int64_t i = 0;  // the next vector's first element, counted from the run's start
   for (int64_t d = d0; d < d1; ++d) {
     const int64_t row_end = (d - d0 + 1) * P;
@@ -205,11 +222,9 @@ void map_channels_first_run_half(const MapArgs& a, int64_t b, int64_t d0, int64_
   using V = Vectorized<float>;
   static_assert(B::kVecs == 2, "two float vectors a block: the half types");
   constexpr int64_t lanes = V::size(), W = B::kWidth;
-  const int64_t P = a.vout.P, D = a.vout.D, n = (d1 - d0) * P;
-  const T* src = kSrc ? static_cast<const T*>(a.src) + a.vsrc.offset(b, 0, d0) : nullptr;
-  const float* gate = kSrc ? static_cast<const float*>(a.gate) + b * D : nullptr;
-  const float* ds = kDs ? static_cast<const float*>(a.ds) + b * D : nullptr;
-  T* out = static_cast<T*>(a.out) + a.vout.offset(b, 0, d0);
+  const ChannelRun<T, kSrc, kDs> run(a, b, d0, d1);
+  const int64_t P = a.vout.P, n = run.n;
+  const float *gate = run.gate, *ds = run.ds;
   const float* masks = first_lanes<float>();
   int64_t d = d0, at = 0;  // the channel of the next vector's first lane, and that lane's position in it
   // The next vector's gate and ds terms, then step past its lanes. A vector
@@ -245,15 +260,15 @@ void map_channels_first_run_half(const MapArgs& a, int64_t b, int64_t d0, int64_
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     V v[B::kVecs];
-    if constexpr (kSrc) B::load(src + i, v);
+    if constexpr (kSrc) B::load(run.src + i, v);
     apply(v);
-    B::store(out + i, v);
+    B::store(run.out + i, v);
   }
   if (i < n) {  // the run's last partial block
     V v[B::kVecs];
-    if constexpr (kSrc) B::load_part(src + i, n - i, v);
+    if constexpr (kSrc) B::load_part(run.src + i, n - i, v);
     apply(v);
-    B::store_part(out + i, n - i, v);
+    B::store_part(run.out + i, n - i, v);
   }
 }
 
